@@ -1,0 +1,1 @@
+"""Configs shipped as the package ``snnrun.conf`` (top-level ``conf/`` in the repo)."""

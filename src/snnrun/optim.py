@@ -1,0 +1,46 @@
+"""Optimizer and learning-rate scheduler registries (schedulers step once per epoch)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from snnrun.registry import Registry
+
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
+SCHEDULERS: Registry[Callable[..., Any]] = Registry("scheduler")
+
+OPTIMIZERS.register("sgd")(torch.optim.SGD)
+OPTIMIZERS.register("adam")(torch.optim.Adam)
+OPTIMIZERS.register("adamw")(torch.optim.AdamW)
+
+
+@SCHEDULERS.register("cosine")
+def _cosine(optimizer: torch.optim.Optimizer, T_max: int, eta_min: float = 0.0):
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=T_max, eta_min=eta_min)
+
+
+@SCHEDULERS.register("step")
+def _step(optimizer: torch.optim.Optimizer, step_size: int, gamma: float = 0.1):
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+
+
+@SCHEDULERS.register("none")
+def _none(optimizer: torch.optim.Optimizer):
+    return None
+
+
+def build_optimizer(cfg: dict[str, Any], params: Iterable[torch.nn.Parameter]):
+    options = dict(cfg)
+    name = options.pop("name")
+    if "betas" in options:
+        options["betas"] = tuple(options["betas"])
+    return OPTIMIZERS.get(name)(params, **options)
+
+
+def build_scheduler(cfg: dict[str, Any], optimizer: torch.optim.Optimizer):
+    """The scheduler, or None for ``scheduler=none``."""
+    options = dict(cfg)
+    return SCHEDULERS.get(options.pop("name"))(optimizer, **options)

@@ -1,0 +1,138 @@
+"""``snnrun resume=<run dir | checkpoint>``: validate everything before touching the run dir.
+
+The resumed run uses the checkpoint's saved config; value overrides on the command line (for
+example ``epochs=20``) are applied on top, and config groups cannot change. The run's original
+overrides must still compose with the current ``conf/``; keys whose current default differs from
+the saved value are reported (the saved value is kept).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from snnrun.checkpoint import LATEST, load_checkpoint
+from snnrun.errors import SnnrunError
+
+CONFIG_MODULE = "snnrun.conf"
+GROUPS = (
+    "model",
+    "neuron",
+    "surrogate",
+    "dataset",
+    "encoder",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "precision",
+    "logger",
+    "experiment",
+)
+
+
+class ResumeError(SnnrunError):
+    """A resume request that cannot be honoured; the run dir is left as it was."""
+
+
+def find_checkpoint(target: str) -> Path:
+    """The checkpoint file for a run dir or a checkpoint path."""
+    path = Path(target).expanduser()
+    if not path.exists():
+        raise ResumeError(
+            f"resume path {path} does not exist; pass a run dir such as "
+            "outputs/<date>/<time> or a checkpoint file"
+        )
+    if path.is_dir():
+        ckpt = path / LATEST
+        if not ckpt.is_file():
+            raise ResumeError(
+                f"{path} is not an snnrun run dir (no {LATEST} in it); pass the "
+                "folder of a run that finished at least one epoch"
+            )
+        return ckpt
+    return path
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """Compose ``conf/config.yaml`` with ``overrides`` (hydra.* overrides left out)."""
+    task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return compose(config_name="config", overrides=task)
+
+
+def resume_config(target: str, new_overrides: list[str]) -> tuple[DictConfig, Path, list[str]]:
+    """(config to run, run dir, overrides to record) for resuming ``target``."""
+    ckpt = find_checkpoint(target)
+    payload = load_checkpoint(ckpt)
+    saved_overrides = [o for o in payload.get("overrides", []) if not o.startswith("resume=")]
+    parsed = _parse(new_overrides)
+    try:
+        current = compose_config(saved_overrides + new_overrides)
+    except Exception as e:
+        raise ResumeError(
+            f"the run's config no longer composes with conf/ ({one_line(e)}); "
+            "restore the missing config or start a new run"
+        ) from None
+    cfg = OmegaConf.create(payload["config"])
+    OmegaConf.set_struct(cfg, True)
+    for key, value in parsed:
+        try:
+            OmegaConf.update(cfg, key, value, merge=False)
+        except OmegaConfBaseException as e:
+            raise ResumeError(f"cannot apply {key}={value} on resume: {one_line(e)}") from None
+    cfg.resume = str(ckpt)
+    _report_drift(cfg, current, {k for k, _ in parsed})
+    return cfg, ckpt.parent, saved_overrides + new_overrides
+
+
+def _parse(overrides: list[str]) -> list[tuple[str, Any]]:
+    """Value overrides as (key, value); group changes and sweeps are refused."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:
+        raise ResumeError(f"bad override: {one_line(e)}") from None
+    result = []
+    for o in parsed:
+        key = o.key_or_group
+        if key in GROUPS or key.startswith("hydra"):
+            raise ResumeError(f"cannot change {key} when resuming; start a new run instead")
+        if o.is_sweep_override():
+            raise ResumeError(f"cannot sweep {key} when resuming; resume one run at a time")
+        result.append((key, o.value()))
+    return result
+
+
+def _report_drift(saved: DictConfig, current: DictConfig, overridden: set[str]) -> None:
+    """Warn about keys whose value in today's conf/ differs from the saved run's."""
+    from snnrun.progress import console
+
+    flat_saved = _flatten(OmegaConf.to_container(saved, resolve=True))
+    flat_now = _flatten(OmegaConf.to_container(current, resolve=True))
+    for key in sorted(set(flat_saved) | set(flat_now)):
+        if key in overridden or key == "resume":
+            continue
+        if flat_saved.get(key) != flat_now.get(key):
+            console.print(
+                f"[yellow]note:[/] {key} is {flat_now.get(key)!r} in conf/ today but "
+                f"{flat_saved.get(key)!r} in this run; keeping the run's value"
+            )
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def one_line(error: BaseException) -> str:
+    """An exception message on one line, without Hydra's search-path appendix."""
+    text = str(error).split("Config search path")[0]
+    return " ".join(text.replace("\t", " ").split()) or type(error).__name__

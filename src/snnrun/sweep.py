@@ -1,0 +1,57 @@
+"""Hydra callback: after a sweep (``snnrun -m ...``), a table of every job's final metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from snnrun.loggers import read_metrics
+from snnrun.progress import console
+
+
+def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder under ``sweep_dir``: its overrides and last/best metrics."""
+    rows = []
+    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=_job_order):
+        history = read_metrics(job)
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
+        last = history[-1] if history else {}
+        rows.append(
+            {
+                "job": job.name,
+                "overrides": " ".join(str(o) for o in overrides),
+                "epochs": len(history),
+                "train_loss": last.get("train_loss"),
+                "test_acc": last.get("test_acc"),
+                "max_test_acc": last.get("max_test_acc"),
+            }
+        )
+    return rows
+
+
+def _job_order(path: Path) -> tuple[int, str]:
+    return (int(path.name), "") if path.name.isdigit() else (1 << 30, path.name)
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        table = Table(title=f"sweep {sweep_dir}")
+        for column in ("job", "overrides", "epochs", "train_loss", "test_acc", "max_test_acc"):
+            table.add_column(column, justify="left" if column == "overrides" else "right")
+        for row in job_rows(sweep_dir):
+            table.add_row(*(_fmt(row[c]) for c in row))
+        console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
