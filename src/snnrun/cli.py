@@ -8,12 +8,13 @@ names, bad paths, shapes, corrupt checkpoints) end as one line ``snnrun: error: 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from snnrun.checkpoint import LATEST
@@ -61,7 +62,7 @@ def _check_fresh_run(args: list[str]) -> None:
     try:
         compose_config(args)
     except Exception as e:
-        raise SnnrunError(one_line(e)) from None
+        raise SnnrunError(one_line(e) + _known_keys_hint(str(e), args)) from None
     for a in args:
         if a.startswith("hydra.run.dir="):
             run_dir = Path(a.split("=", 1)[1]).expanduser()
@@ -70,6 +71,23 @@ def _check_fresh_run(args: list[str]) -> None:
                     f"{run_dir} already holds a run; continue it with "
                     f"resume={run_dir} or pick another hydra.run.dir"
                 )
+
+
+def _known_keys_hint(message: str, args: list[str]) -> str:
+    """For "Could not override 'neuron.tau'": the keys that section does have."""
+    match = re.search(r"Could not override '([\w.]+)\.(\w+)'", message)
+    if not match:
+        return ""
+    section, key = match.groups()
+    try:
+        node = OmegaConf.select(
+            compose_config([a for a in args if not a.startswith(f"{section}.{key}=")]), section
+        )
+    except Exception:
+        return ""
+    if not isinstance(node, DictConfig):
+        return ""
+    return f" ({section} has no {key!r}; its keys: {', '.join(map(str, node.keys()))})"
 
 
 def main() -> None:

@@ -173,7 +173,7 @@ def _download(root: Path, torchvision_cls: str, name: str) -> Path:
         getattr(torchvision.datasets, torchvision_cls)(str(root), train=False, download=True)
     except Exception as e:  # network errors come in many types
         files = ", ".join(f"{s}[.gz]" for pair in _IDX_FILES.values() for s in pair)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
         raise DatasetError(
             f"{name} not found in {root} (nor {root / torchvision_cls / 'raw'}) and the download "
             f"failed ({reason}); put {files} there or set dataset.root to the folder holding them"

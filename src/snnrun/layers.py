@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from snnrun.neuron import build_neuron
+from snnrun.neuron import build_neuron, merge_neuron_options
 from snnrun.registry import Registry
 
 Shape = tuple[int, ...]
@@ -109,11 +109,4 @@ def _neuron(options: dict[str, Any], in_shape: Shape, defaults: dict[str, Any]) 
     """A neuron layer: the ``neuron``/``surrogate`` groups' settings, overridden by the entry."""
     options = dict(options)
     surrogate = options.pop("surrogate", None) or defaults["surrogate"]
-    neuron = {**defaults["neuron"], **options}
-    if "kind" in options and options["kind"] != defaults["neuron"].get("kind"):
-        neuron = {k: v for k, v in neuron.items() if k in options or k in _COMMON_NEURON_KEYS}
-    return build_neuron(neuron, surrogate)
-
-
-# Keys every neuron kind accepts: kept from the group when an entry switches kind.
-_COMMON_NEURON_KEYS = ("kind", "v_threshold", "backend", "step_mode", "store_v_seq")
+    return build_neuron(merge_neuron_options(defaults["neuron"], options), surrogate)

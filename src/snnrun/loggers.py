@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
 from snnrun.checkpoint import atomic_write_bytes
+from snnrun.errors import SnnrunError
 from snnrun.registry import Registry
 
 METRICS_FILE = "metrics.jsonl"
+WANDB_MODES = ("offline", "online", "disabled")
 
 
 class MetricsFile:
@@ -78,7 +82,9 @@ class WandbLogger(RunLogger):
         entity: str | None = None,
         tags: list[str] | None = None,
     ) -> None:
-        self.project, self.mode, self.entity = project, mode, entity
+        if (mode or "offline") not in WANDB_MODES:
+            raise SnnrunError(f"logger.mode={mode!r}; use one of {', '.join(WANDB_MODES)}")
+        self.project, self.mode, self.entity = project, mode or "offline", entity
         self.tags = list(tags or [])
         self.run = None
         self.run_id: str | None = None
@@ -87,7 +93,7 @@ class WandbLogger(RunLogger):
         import wandb
 
         saved = (state or {}).get("run_id") or _read_run_id(run_dir)
-        self.run_id = saved or wandb.util.generate_id()
+        self.run_id = saved or _new_run_id()
         (run_dir / self.RUN_ID_FILE).write_text(self.run_id + "\n")
         self.run = wandb.init(
             project=self.project,
@@ -116,6 +122,11 @@ class WandbLogger(RunLogger):
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id}
+
+
+def _new_run_id() -> str:
+    """8 random [a-z0-9] characters, drawn without touching the run's seeded RNGs."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
 def _read_run_id(run_dir: Path) -> str | None:

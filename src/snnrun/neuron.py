@@ -15,15 +15,20 @@ from typing import Any
 import torch
 from torch import nn
 
+import snnrun.kernels  # noqa: F401  (registers the "triton" backend)
 from snnrun.dynamics import BACKENDS, Decay, Dynamics
 from snnrun.registry import Registry
 from snnrun.surrogate import Surrogate, build_surrogate
 
 NEURONS: Registry[type[SpikingNeuron]] = Registry("neuron")
+_COMMON = ("v_threshold", "surrogate", "backend", "step_mode", "store_v_seq")
 
 
 class SpikingNeuron(nn.Module):
     """Base layer: runs the backend over time and keeps the membrane state."""
+
+    # Config keys this kind accepts (besides ``kind``).
+    OPTIONS: tuple[str, ...] = (*_COMMON, "v_reset", "detach_reset")
 
     def __init__(
         self,
@@ -99,6 +104,8 @@ class IFNeuron(SpikingNeuron):
 class LIFNeuron(SpikingNeuron):
     """Leaky integrate-and-fire with a fixed ``tau`` (``k = 1/tau``)."""
 
+    OPTIONS = (*SpikingNeuron.OPTIONS, "tau", "decay_input")
+
     def __init__(self, tau: float = 2.0, **kw: Any) -> None:
         if tau <= 1.0:
             raise ValueError(f"lif needs tau > 1, got {tau}")
@@ -119,6 +126,8 @@ class PLIFNeuron(SpikingNeuron):
     ``w`` starts at ``-log(init_tau - 1)`` so that ``1/tau = 1/init_tau``.
     """
 
+    OPTIONS = (*SpikingNeuron.OPTIONS, "init_tau", "decay_input")
+
     def __init__(self, init_tau: float = 2.0, **kw: Any) -> None:
         if init_tau <= 1.0:
             raise ValueError(f"plif needs init_tau > 1, got {init_tau}")
@@ -136,6 +145,8 @@ class PLIFNeuron(SpikingNeuron):
 @NEURONS.register("leaky")
 class LeakyNeuron(SpikingNeuron):
     """snnTorch ``Leaky``: ``U[t] = beta U[t-1] + X[t] - U_thr R[t]``, beta clamped to [0, 1]."""
+
+    OPTIONS = (*_COMMON, "beta", "learn_beta")
 
     def __init__(self, beta: float = 0.5, learn_beta: bool = False, **kw: Any) -> None:
         kw = {**kw, "v_reset": None, "detach_reset": True}
@@ -180,6 +191,16 @@ def build_neuron(cfg: dict[str, Any], surrogate_cfg: dict[str, Any]) -> SpikingN
     cls = NEURONS.get(options.pop("kind"))
     surrogate: Surrogate = build_surrogate(surrogate_cfg)
     return cls(surrogate=surrogate, **options)
+
+
+def merge_neuron_options(group: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """A model entry's neuron settings over the group's; switching ``kind`` keeps only the
+    group keys the new kind accepts (``{type: neuron, kind: lif}`` in a ``neuron=plif`` run
+    keeps ``v_threshold``, ``detach_reset``, ``backend``... but not ``init_tau``)."""
+    kind = entry.get("kind", group["kind"])
+    accepted = NEURONS.get(kind).OPTIONS
+    kept = {k: v for k, v in group.items() if k in accepted}
+    return {**kept, **entry, "kind": kind}
 
 
 def reset_states(module: nn.Module) -> None:

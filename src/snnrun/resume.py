@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -61,6 +62,7 @@ def find_checkpoint(target: str) -> Path:
 def compose_config(overrides: list[str]) -> DictConfig:
     """Compose ``conf/config.yaml`` with ``overrides`` (hydra.* overrides left out)."""
     task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return compose(config_name="config", overrides=task)
 

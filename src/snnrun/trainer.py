@@ -63,6 +63,8 @@ class Trainer:
     ) -> TrainState:
         for epoch in range(state.epoch, epochs):
             start = time.perf_counter()
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
             lr = self.optimizer.param_groups[0]["lr"]
             train = self.train_epoch(train_loader, state, f"epoch {epoch} train")
             test = self.evaluate(test_loader, f"epoch {epoch} test")
@@ -80,6 +82,8 @@ class Trainer:
                 "epoch_seconds": time.perf_counter() - start,
                 "lr": lr,
             }
+            if self.device.type == "cuda":
+                record["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
             if self.scheduler is not None:
                 self.scheduler.step()
             state.epoch = epoch + 1

@@ -1,0 +1,82 @@
+"""Shared test setup: the Triton interpreter on CPU, real configs composed small, run helpers."""
+
+from __future__ import annotations
+
+import os
+
+# Triton reads this when kernels are defined, so it must be set before anything imports them.
+if os.environ.get("SNNRUN_TEST_GPU") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig, open_dict
+
+from snnrun.resume import compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+SNNRUN = Path(sys.executable).with_name("snnrun")
+
+# A run small enough for a test: tiny CSNN on 256 digits, one epoch.
+TINY = [
+    "model.channels=4",
+    "neuron=if",
+    "dataset.train_limit=256",
+    "dataset.test_limit=128",
+    "epochs=1",
+    "batch_size=64",
+    "T=4",
+    "optimizer.lr=0.01",
+    "logger=none",
+]
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The real config, composed as the command line would."""
+    return compose_config(overrides)
+
+
+def run_snnrun(
+    args: list[str],
+    cwd: Path,
+    check: bool = True,
+    env: dict[str, str | None] | None = None,
+    timeout: float = 300,
+):
+    """Run the installed ``snnrun`` command (``env`` values of None unset a variable)."""
+    merged = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        [str(SNNRUN), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in merged.items() if v is not None},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snnrun {' '.join(args)} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> DictConfig:
+    cfg = compose(TINY)
+    with open_dict(cfg):
+        cfg.resume = None
+    return cfg
+
+
+def needs_shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"shared dataset {path} not present")
+    return path

@@ -1,0 +1,79 @@
+"""Config composition: every group choice composes and resolves; combinations do too."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+from omegaconf import OmegaConf
+
+from snnrun.resume import GROUPS
+
+from conftest import REPO, compose
+
+CONF = REPO / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+GROUP_CHOICES = [(g, o) for g in GROUPS for o in options(g)]
+
+
+def test_every_group_has_options() -> None:
+    for group in GROUPS:
+        assert options(group), f"conf/{group} is empty"
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), GROUP_CHOICES, ids=[f"{g}={o}" for g, o in GROUP_CHOICES]
+)
+def test_each_choice_composes_and_resolves(group: str, option: str) -> None:
+    cfg = compose([f"{group}={option}"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("T", "epochs", "batch_size", "seed", "device", "resume"):
+        assert key in resolved
+    if group != "experiment":
+        assert resolved[group]["name" if group != "neuron" else "kind"] is not None
+
+
+def test_random_combinations_compose() -> None:
+    """One choice per group, 40 random combinations: all compose and resolve."""
+    groups = [g for g in GROUPS if g != "experiment"]
+    everything = list(itertools.product(*(options(g) for g in groups)))
+    for combo in random.Random(0).sample(everything, 40):
+        cfg = compose([f"{g}={o}" for g, o in zip(groups, combo)])
+        OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_required_override_keys_exist() -> None:
+    cfg = compose(
+        [
+            "T=3",
+            "epochs=2",
+            "batch_size=8",
+            "seed=1",
+            "device=cpu",
+            "dataset.root=/x",
+            "dataset=mnist",
+            "dataset.train_limit=10",
+            "dataset.test_limit=5",
+            "neuron=lif",
+            "neuron.backend=torch",
+            "neuron.tau=3.0",
+            "neuron.v_threshold=0.5",
+            "neuron.v_reset=null",
+            "neuron.detach_reset=true",
+            "surrogate.alpha=3.0",
+            "optimizer.lr=0.5",
+            "model.channels=8",
+        ]
+    )
+    assert (cfg.T, cfg.epochs, cfg.neuron.tau, cfg.neuron.v_reset) == (3, 2, 3.0, None)
+    assert OmegaConf.to_container(cfg.model, resolve=True)["layers"][9]["out_features"] == 8 * 16
+
+
+def test_cosine_t_max_follows_epochs() -> None:
+    assert compose(["epochs=7"]).scheduler.T_max == 7

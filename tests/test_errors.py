@@ -1,0 +1,198 @@
+"""Bad input ends as one line ``snnrun: error: ...`` naming the fix, and never touches a run."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from snnrun.checkpoint import LATEST, load_checkpoint, save_checkpoint
+from snnrun.cli import main
+
+from conftest import TINY, needs_shared
+
+TINY_FC = [o for o in TINY if not o.startswith("model.")] + ["model=fc"]
+
+
+def cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run ``snnrun args`` in-process; (exit code, stderr). Expects an error exit."""
+    monkeypatch.setattr(sys, "argv", ["snnrun", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    return exc.value.code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("snnrun: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A real finished one-epoch run (through the command, in-process)."""
+    folder = tmp_path_factory.mktemp("run") / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sys, "argv", ["snnrun", *TINY, f"hydra.run.dir={folder}"])
+    try:
+        main()
+    finally:
+        mp.undo()
+    assert (folder / LATEST).is_file()
+    return folder
+
+
+def test_unknown_group_option(monkeypatch, capsys) -> None:
+    code, err = cli(monkeypatch, capsys, "model=nope")
+    assert_one_line_error(code, err, "model/nope", "csnn")
+
+
+def test_unknown_key(monkeypatch, capsys) -> None:
+    code, err = cli(monkeypatch, capsys, "neuron.nonsense=3")
+    assert_one_line_error(code, err, "nonsense")
+
+
+def test_unknown_layer_type(monkeypatch, capsys, tmp_path) -> None:
+    code, err = cli(
+        monkeypatch, capsys, *TINY, "model.layers.0.type=conv3d", f"hydra.run.dir={tmp_path / 'r'}"
+    )
+    assert_one_line_error(code, err, "model layer 0", "conv3d", "conv2d", "batchnorm2d")
+
+
+def test_shape_mismatch_names_the_layer(monkeypatch, capsys, tmp_path) -> None:
+    code, err = cli(
+        monkeypatch,
+        capsys,
+        *TINY_FC,
+        "+model.layers.1.in_features=100",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    )
+    assert_one_line_error(code, err, "model layer 1 (linear)", "[T, N, 784]")
+
+
+def test_output_size_mismatch(monkeypatch, capsys, tmp_path) -> None:
+    code, err = cli(
+        monkeypatch,
+        capsys,
+        *TINY_FC,
+        "model.layers.1.out_features=7",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    )
+    assert_one_line_error(code, err, "10 classes")
+
+
+def test_missing_dataset_names_folder_and_files(monkeypatch, capsys, tmp_path) -> None:
+    root = tmp_path / "nowhere"
+    code, err = cli(
+        monkeypatch,
+        capsys,
+        *TINY,
+        "dataset=mnist",
+        f"dataset.root={root}",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    )
+    assert_one_line_error(code, err, str(root), "train-images-idx3-ubyte", "dataset.root")
+
+
+def test_corrupt_dataset_file(monkeypatch, capsys, tmp_path) -> None:
+    source = needs_shared("mnist")
+    root = tmp_path / "mnist"
+    shutil.copytree(source, root)
+    broken = root / "t10k-labels-idx1-ubyte.gz"
+    broken.chmod(0o644)
+    broken.write_bytes(gzip.compress(b"\x00\x00\x08\x03garbage"))
+    code, err = cli(
+        monkeypatch,
+        capsys,
+        *TINY,
+        "dataset=mnist",
+        f"dataset.root={root}",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    )
+    assert_one_line_error(code, err, "corrupt dataset file", "t10k-labels")
+
+
+def test_fresh_run_refuses_an_existing_run_dir(monkeypatch, capsys, run_dir) -> None:
+    before = snapshot(run_dir)
+    code, err = cli(monkeypatch, capsys, *TINY, f"hydra.run.dir={run_dir}")
+    assert_one_line_error(code, err, "already holds a run", "resume=")
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "not_a_run",
+        "corrupt",
+        "truncated",
+        "no_compose",
+        "group_change",
+        "unknown_key",
+        "multirun",
+    ],
+)
+def test_bad_resume_leaves_run_untouched(monkeypatch, capsys, tmp_path, run_dir, case) -> None:
+    work = tmp_path / "run"
+    shutil.copytree(run_dir, work)
+    ckpt = work / LATEST
+    args = [f"resume={work}"]
+    needles: tuple[str, ...]
+    if case == "missing":
+        args, needles = [f"resume={tmp_path / 'gone'}"], ("does not exist",)
+    elif case == "not_a_run":
+        (tmp_path / "empty").mkdir()
+        args, needles = [f"resume={tmp_path / 'empty'}"], ("not an snnrun run dir",)
+    elif case == "corrupt":
+        ckpt.write_bytes(b"not a checkpoint at all")
+        needles = ("corrupt checkpoint",)
+    elif case == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+        needles = ("corrupt checkpoint",)
+    elif case == "no_compose":
+        payload = load_checkpoint(ckpt)
+        payload["overrides"] = [*payload["overrides"], "model=deleted_model"]
+        save_checkpoint(payload, ckpt)
+        needles = ("no longer composes", "model/deleted_model")
+    elif case == "group_change":
+        args, needles = [*args, "model=fc"], ("cannot change model",)
+    elif case == "unknown_key":
+        args, needles = [*args, "optimizer.nonsense=1"], ("nonsense",)
+    else:
+        args, needles = ["-m", *args], ("one run at a time",)
+    before = snapshot(work)
+    code, err = cli(monkeypatch, capsys, *args)
+    assert_one_line_error(code, err, *needles)
+    assert snapshot(work) == before
+
+
+def test_checkpoint_is_atomic(tmp_path, monkeypatch) -> None:
+    """A failure while writing leaves the previous checkpoint intact and no temp file."""
+    path = tmp_path / LATEST
+    save_checkpoint({"v": 1}, path)
+
+    def explode(obj, f) -> None:
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", explode)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"v": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == [LATEST]

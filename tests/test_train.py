@@ -1,0 +1,195 @@
+"""End to end through the real command: training, exact resume after a kill, sweeps, W&B files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from snnrun.checkpoint import BEST, LATEST, load_checkpoint
+from snnrun.cli import main
+from snnrun.loggers import read_metrics
+
+from conftest import SNNRUN, TINY, run_snnrun
+
+TIMING = {"train_samples_per_s", "test_samples_per_s", "epoch_seconds", "peak_gpu_mem_mb"}
+METRIC_KEYS = {
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "max_test_acc",
+    "train_samples_per_s",
+    "test_samples_per_s",
+    "epoch_seconds",
+    "lr",
+}
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
+
+
+def train_in_process(monkeypatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["snnrun", *args])
+    main()
+
+
+def test_tiny_run_writes_metrics_and_checkpoints(monkeypatch, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    train_in_process(monkeypatch, *TINY, "epochs=2", f"hydra.run.dir={run_dir}")
+    history = read_metrics(run_dir)
+    assert [r["epoch"] for r in history] == [0, 1]
+    assert set(history[0]) >= METRIC_KEYS
+    assert history[-1]["max_test_acc"] == max(r["test_acc"] for r in history)
+    payload = load_checkpoint(run_dir / LATEST)
+    assert payload["state"]["epoch"] == 2 and (run_dir / BEST).is_file()
+    assert set(payload) >= {
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "rng",
+        "config",
+        "logger",
+        "overrides",
+    }
+    assert set(payload["rng"]) == {"python", "numpy", "torch", "cuda", "loader"}
+    assert history[-1]["train_acc"] > 0.2  # learning, not chance (0.1)
+
+
+def test_same_seed_same_metrics(monkeypatch, tmp_path) -> None:
+    for name in ("a", "b"):
+        train_in_process(monkeypatch, *TINY, "encoder=poisson", f"hydra.run.dir={tmp_path / name}")
+    assert without_timing(read_metrics(tmp_path / "a")) == without_timing(
+        read_metrics(tmp_path / "b")
+    )
+
+
+def test_precisions_run_on_cpu(monkeypatch, tmp_path) -> None:
+    for precision in ("amp_bf16", "amp_fp16"):
+        run_dir = tmp_path / precision
+        train_in_process(monkeypatch, *TINY, f"precision={precision}", f"hydra.run.dir={run_dir}")
+        assert read_metrics(run_dir)[0]["train_loss"] > 0
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path) -> None:
+    """Kill a real snnrun mid-training, resume it: per-epoch metrics equal an unbroken run."""
+    args = [
+        *TINY,
+        "model.channels=8",
+        "dataset.train_limit=1000",
+        "epochs=4",
+        "encoder=poisson",
+        "T=3",
+    ]
+    run_snnrun([*args, f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path)
+    expected = without_timing(read_metrics(tmp_path / "whole"))
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [str(SNNRUN), *args, f"hydra.run.dir={killed}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while len(read_metrics(killed)) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(read_metrics(killed))
+    assert 1 <= done < 4, "the kill should land mid-training"
+
+    run_snnrun([f"resume={killed}"], cwd=tmp_path)
+    assert without_timing(read_metrics(killed)) == expected
+
+    run_snnrun([f"resume={killed}", "epochs=5"], cwd=tmp_path)  # raise epochs and go on
+    history = read_metrics(killed)
+    assert [r["epoch"] for r in history] == [0, 1, 2, 3, 4]
+    assert without_timing(history[:4]) == expected
+
+
+def test_multirun_two_jobs_each_resumable(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_snnrun(
+        ["-m", *TINY, "optimizer.lr=0.01,0.002", f"hydra.sweep.dir={sweep}"], cwd=tmp_path
+    )
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [j.name for j in jobs] == ["0", "1"]
+    lrs = [read_metrics(j)[0]["lr"] for j in jobs]
+    assert lrs == [0.01, 0.002]
+    assert "optimizer.lr=0.01" in proc.stdout and "max_test_acc" in proc.stdout
+    run_snnrun([f"resume={jobs[1]}", "epochs=2"], cwd=tmp_path)
+    assert [r["epoch"] for r in read_metrics(jobs[1])] == [0, 1]
+
+
+def test_wandb_offline_files_and_resumed_run_id(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    args = [o for o in TINY if o != "logger=none"] + ["logger=wandb"]
+    run_snnrun([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env={"WANDB_MODE": None})
+    run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
+    assert load_checkpoint(run_dir / LATEST)["logger"] == {"run_id": run_id}
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and offline[0].name.endswith(run_id)
+    assert (offline[0] / f"run-{run_id}.wandb").stat().st_size > 0
+
+    run_snnrun([f"resume={run_dir}", "epochs=2"], cwd=tmp_path, env={"WANDB_MODE": None})
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(p.name.endswith(run_id) for p in offline)
+    assert (run_dir / "wandb_run_id.txt").read_text().strip() == run_id
+
+
+def test_wandb_history_uses_global_step(tmp_path) -> None:
+    """The logged rows carry global_step, and a resumed run continues its count."""
+    run_dir = tmp_path / "run"
+    args = [o for o in TINY if o != "logger=none"] + ["logger=wandb", "log_every=1"]
+    run_snnrun([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    run_snnrun([f"resume={run_dir}", "epochs=2"], cwd=tmp_path)
+    files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    rows = [[r for r in history_rows(f) if "global_step" in r] for f in files]
+    epoch_steps = [[r["global_step"] for r in part if "epoch/test_acc" in r] for part in rows]
+    train_steps = [[r["global_step"] for r in part if "train/loss" in r] for part in rows]
+    assert epoch_steps == [[4], [8]]  # 256 samples / 64 per batch = 4 steps per epoch
+    assert train_steps == [[1, 2, 3, 4], [5, 6, 7, 8]]
+
+
+def history_rows(path: Path) -> list[dict]:
+    """History records of a W&B ``.wandb`` file (LevelDB-style log of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2
+
+    rows = []
+    for raw in _log_records(path.read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            rows.append(
+                {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                    for item in record.history.item
+                }
+            )
+    return rows
+
+
+def _log_records(data: bytes, block: int = 32768):
+    """Reassembled records: 7-byte header (crc32, length, type: 1 full, 2-4 first/mid/last)."""
+    assert data[:4] == b":W&B"
+    pos, pending = 7, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if left < 7 or (kind == 0 and length == 0):
+            pos += left
+            continue
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            yield pending
+            pending = b""
