@@ -1,4 +1,75 @@
 """Fused Triton neuron kernels, shipped as ``snnrun.kernels`` (top-level ``kernels/`` in the repo).
 
-Importing this package registers the ``triton`` neuron backend.
+Importing this package registers the ``triton`` neuron backend in
+:data:`snnrun.dynamics.BACKENDS`. The import is cheap and needs only torch: it defines the
+``snnrun::neuron_forward`` / ``snnrun::neuron_backward`` custom ops (:mod:`.neuron_op`); Triton
+itself and the kernels (:mod:`.neuron_kernels`, :mod:`.surrogate_jit`) are imported on the first
+launch.
+
+Where the kernels run, per call, by the device of the input:
+
+- CUDA tensors: the Triton kernels.
+- CPU tensors with ``TRITON_INTERPRET=1`` in the environment (read when this package is imported;
+  Triton reads it when the kernels are defined): the same kernels through Triton's interpreter
+  (slow; this is how the tests check them without a GPU).
+- CPU tensors otherwise: the reference ``torch`` backend
+  (:func:`snnrun.dynamics.torch_loop`), after one warning ``neuron.backend=triton needs a CUDA
+  device; falling back to the torch backend on cpu``.
+- Triton not installed: the ``torch`` backend, after one warning that names
+  ``pip install triton``.
+
+The fallback gives the reference results with the reference's dtypes (``v_last`` in the input
+dtype rather than float32).
 """
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+
+import torch
+
+from snnrun.dynamics import BACKENDS, BackendResult, Decay, Dynamics, torch_loop
+from snnrun.kernels.neuron_op import triton_neuron
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+_warned: set[str] = set()
+
+
+def _fallback_reason(x: torch.Tensor) -> str | None:
+    """Why ``x`` cannot go to the kernels (None when it can)."""
+    if not HAVE_TRITON:
+        return (
+            f"neuron.backend=triton needs Triton (pip install triton); "
+            f"falling back to the torch backend on {x.device.type}"
+        )
+    if x.is_cuda or INTERPRET:
+        return None
+    return (
+        f"neuron.backend=triton needs a CUDA device; "
+        f"falling back to the torch backend on {x.device.type}"
+    )
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+@BACKENDS.register("triton")
+def triton_backend(
+    x_seq: torch.Tensor, v: torch.Tensor, decay: Decay, dyn: Dynamics, store_v_seq: bool
+) -> BackendResult:
+    """Fused kernels on CUDA (or the interpreter); the torch loop otherwise (see above)."""
+    reason = _fallback_reason(x_seq)
+    if reason is None:
+        return triton_neuron(x_seq, v, decay, dyn, store_v_seq)
+    _warn_once(reason)
+    return torch_loop(x_seq, v, decay, dyn, store_v_seq)
+
+
+__all__ = ["HAVE_TRITON", "INTERPRET", "triton_backend", "triton_neuron"]
