@@ -39,25 +39,34 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _warned: set[str] = set()
 
 
-def _fallback_reason(x: torch.Tensor) -> str | None:
-    """Why ``x`` cannot go to the kernels (None when it can)."""
+def _fallback_reason(device_type: str) -> str | None:
+    """Why a tensor on ``device_type`` cannot go to the kernels (None when it can)."""
     if not HAVE_TRITON:
         return (
             f"neuron.backend=triton needs Triton (pip install triton); "
-            f"falling back to the torch backend on {x.device.type}"
+            f"falling back to the torch backend on {device_type}"
         )
-    if x.is_cuda or INTERPRET:
+    if device_type == "cuda" or INTERPRET:
         return None
     return (
         f"neuron.backend=triton needs a CUDA device; "
-        f"falling back to the torch backend on {x.device.type}"
+        f"falling back to the torch backend on {device_type}"
     )
 
 
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+def _falls_back(device_type: str) -> bool:
+    """True when the torch loop must run instead; warns once per reason."""
+    reason = _fallback_reason(device_type)
+    if reason is not None and reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(reason, RuntimeWarning, stacklevel=3)
+    return reason is not None
+
+
+# torch.compile runs _falls_back in Python while tracing and keeps its result as a constant (what
+# torch._dynamo.assume_constant_result does), so the warning causes no graph break. Set by hand:
+# importing torch._dynamo here would cost ~1 s (and import Triton) on every `import snnrun`.
+_falls_back._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 @BACKENDS.register("triton")
@@ -65,11 +74,9 @@ def triton_backend(
     x_seq: torch.Tensor, v: torch.Tensor, decay: Decay, dyn: Dynamics, store_v_seq: bool
 ) -> BackendResult:
     """Fused kernels on CUDA (or the interpreter); the torch loop otherwise (see above)."""
-    reason = _fallback_reason(x_seq)
-    if reason is None:
-        return triton_neuron(x_seq, v, decay, dyn, store_v_seq)
-    _warn_once(reason)
-    return torch_loop(x_seq, v, decay, dyn, store_v_seq)
+    if _falls_back(x_seq.device.type):
+        return torch_loop(x_seq, v, decay, dyn, store_v_seq)
+    return triton_neuron(x_seq, v, decay, dyn, store_v_seq)
 
 
 __all__ = ["HAVE_TRITON", "INTERPRET", "triton_backend", "triton_neuron"]

@@ -45,6 +45,12 @@ def build_precision(cfg: dict[str, Any], device: torch.device) -> Precision:
     dtype, scaled = PRECISIONS.get(cfg["name"])
     if dtype is not None:
         _check_autocast(device.type, dtype, cfg["name"])
+    if dtype == torch.float16 and device.type == "cpu":
+        warnings.warn(
+            "precision=amp_fp16 on cpu runs emulated float16 kernels (several times "
+            "slower than fp32 here); precision=fp32 or amp_bf16 is faster on cpu",
+            stacklevel=2,
+        )
     scaler = torch.amp.GradScaler(device.type) if scaled else None
     return Precision(cfg["name"], dtype, device.type, scaler)
 

@@ -1,0 +1,398 @@
+# Kernels branch on constexprs with if-statements (not ternaries): the most portable Triton form.
+# ruff: noqa: SIM102, SIM108
+"""Fused Triton kernels for the multi-step neuron update (if, lif/plif, leaky) and its gradient.
+
+Layout: ``x`` is ``[T, N]`` row-major (the layer's ``[T, ...]`` flattened; non-contiguous inputs
+are made contiguous once by the caller). One program owns ``BLOCK`` neurons for all ``T`` steps
+and keeps their membrane in float32 registers; ``N`` is masked at the tail.
+
+Equations (see :mod:`snnrun.dynamics`), with ``k`` the decay (``1/tau``, PLIF ``sigmoid(w)``,
+leaky ``beta``) and ``V_r = V_reset`` for hard reset, 0 otherwise::
+
+    if    H[t] = V[t-1] + X[t]
+    lif   H[t] = V[t-1] + (X[t] - (V[t-1] - V_r)) k        (decay_input)
+          H[t] = V[t-1] - (V[t-1] - V_r) k + X[t]          (otherwise)
+    leaky H[t] = k V[t-1] + X[t] - V_th [V[t-1] >= V_th]   (reset term detached)
+    S[t] = [H[t] - V_th >= 0]
+    V[t] = H[t] (1 - S[t]) + V_reset S[t]  (hard) | H[t] - V_th S[t]  (soft) | H[t]  (leaky)
+
+Forward (:func:`neuron_fwd_kernel`) reads ``X`` and writes ``S`` (and ``V`` when ``STORE_V``), and
+every ``CHUNK`` steps writes the float32 membrane entering the chunk, ``V[c*CHUNK - 1]``, into the
+checkpoint tensor ``ckpt`` ``[ceil(T/CHUNK), N]`` (``ckpt[0] = V[-1] = v_init``).
+
+Backward (:func:`neuron_bwd_kernel`) walks the chunks from last to first. For one chunk it loads
+the checkpoint, recomputes the chunk's ``H`` (and ``dH/dk`` when the decay is learned) into
+``[CHUNK, BLOCK]`` register tiles, then walks the chunk backwards with ``x_t = H[t] - V_th``,
+``sg = g'(x_t)``::
+
+    grad_h[t]   = grad_s[t] sg + grad_v[t] dV/dH[t]
+                  dV/dH = (1 - S) + (V_reset - H) sg [not detach]   (hard)
+                          1 - V_th sg [not detach]                  (soft);  1  (leaky)
+    grad_x[t]   = b grad_h[t]      b = dH/dX:    if 1, lif k (decay_input) or 1, leaky 1
+    grad_v[t-1] = a grad_h[t]      a = dH/dV[t-1]: if 1, lif 1 - k, leaky k
+    grad_k     += grad_h[t] dH/dk  dH/dk: lif X - (V[t-1] - V_r) (decay_input) or -(V[t-1] - V_r),
+                                          leaky V[t-1]
+
+starting from ``grad_v[T-1] = grad_v_last`` and ending with ``grad_v_init = grad_v[-1]``.
+``grad_k`` is summed per program into ``gdec[pid]`` (float32); the caller sums those partials in
+torch (deterministic, no atomics).
+
+Memory traffic per neuron and step, ``B`` = bytes of the input dtype: forward reads X, writes S
+(2B) and the checkpoint (4/CHUNK bytes); backward reads grad_s and X, writes grad_x (3B) and
+reads the checkpoint (4/CHUNK bytes). Saved for backward: only X (the layer input, alive anyway)
+and the checkpoints. Total ``5B + 8/CHUNK`` bytes: with CHUNK = 8, 21 bytes for float32 (floor
+20) and 11 bytes for bf16/fp16 (floor 10). ``store_v_seq`` adds B to the forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from snnrun.kernels.surrogate_jit import surrogate_grad
+
+KIND_IF, KIND_LIF, KIND_LEAKY = 0, 1, 2
+CHUNK = 8  # steps between float32 checkpoints (a power of two: the backward tile height)
+POISON = False  # tests: fill every output with NaN before the launch (to see each one written)
+
+
+@triton.jit
+def _decay(dec_ptr, decay_value, DECAY_PTR: tl.constexpr):
+    """The decay as float32: loaded from ``dec_ptr`` (a learned tensor) or the runtime float."""
+    if DECAY_PTR:
+        k = tl.load(dec_ptr).to(tl.float32)
+    else:
+        k = decay_value
+    return k
+
+
+@triton.jit
+def _v_rest(v_reset, HARD: tl.constexpr):
+    """``V_r`` of the lif charge: ``V_reset`` for hard reset, 0 for soft."""
+    if HARD:
+        v_r = v_reset
+    else:
+        v_r = 0.0
+    return v_r
+
+
+@triton.jit
+def _dh_dv(k, KIND: tl.constexpr):
+    """``a = dH[t]/dV[t-1]``: if 1, lif ``1 - k``, leaky ``k`` (its reset term is detached)."""
+    if KIND == 0:
+        a = 1.0
+    elif KIND == 1:
+        a = 1.0 - k
+    else:
+        a = k
+    return a
+
+
+@triton.jit
+def _dh_dx(k, KIND: tl.constexpr, DECAY_INPUT: tl.constexpr):
+    """``b = dH[t]/dX[t]``: ``k`` for lif with decay_input, else 1."""
+    b = 1.0
+    if KIND == 1:
+        if DECAY_INPUT:
+            b = k
+    return b
+
+
+@triton.jit
+def _charge(v, x, k, v_th, v_r, KIND: tl.constexpr, DECAY_INPUT: tl.constexpr):
+    """``H[t]`` from ``V[t-1]`` and ``X[t]``, in the same operation order as ``torch_loop``."""
+    if KIND == 0:
+        h = v + x
+    elif KIND == 1:
+        if DECAY_INPUT:
+            h = v + (x - (v - v_r)) * k
+        else:
+            h = v - (v - v_r) * k + x
+    else:
+        h = k * v + x - v_th * tl.where(v >= v_th, 1.0, 0.0)
+    return h
+
+
+@triton.jit
+def _reset(h, s, v_th, v_reset, KIND: tl.constexpr, HARD: tl.constexpr):
+    """``V[t]`` from ``H[t]`` and ``S[t]``."""
+    if KIND == 2:
+        v = h
+    elif HARD:
+        v = h * (1.0 - s) + v_reset * s
+    else:
+        v = h - v_th * s
+    return v
+
+
+@triton.jit
+def _dh_dk(v, x, v_r, KIND: tl.constexpr, DECAY_INPUT: tl.constexpr):
+    """``dH[t]/dk`` at ``V[t-1] = v``, ``X[t] = x``."""
+    if KIND == 2:
+        d = v
+    elif DECAY_INPUT:
+        d = x - (v - v_r)
+    else:
+        d = v_r - v
+    return d
+
+
+@triton.jit
+def _dv_dh(h, s, sg, v_th, v_reset, KIND: tl.constexpr, HARD: tl.constexpr, DETACH: tl.constexpr):
+    """``dV[t]/dH[t]`` through the reset (the spike's part uses the surrogate ``sg``)."""
+    if KIND == 2:
+        d = tl.zeros_like(h) + 1.0
+    elif HARD:
+        if DETACH:
+            d = 1.0 - s
+        else:
+            d = (1.0 - s) + (v_reset - h) * sg
+    else:
+        if DETACH:
+            d = tl.zeros_like(h) + 1.0
+        else:
+            d = 1.0 - v_th * sg
+    return d
+
+
+@triton.jit
+def neuron_fwd_kernel(
+    x_ptr,  # [T, N] input dtype
+    v0_ptr,  # [N] float32, V[-1]
+    dec_ptr,  # [1] float32 learned decay (read when DECAY_PTR)
+    s_ptr,  # [T, N] out, input dtype
+    vlast_ptr,  # [N] out, float32
+    ckpt_ptr,  # [ceil(T/CHUNK), N] out, float32
+    vseq_ptr,  # [T, N] out, input dtype (written when STORE_V)
+    N,
+    T,
+    v_th,
+    v_reset,
+    decay_value,
+    KIND: tl.constexpr,
+    HARD: tl.constexpr,
+    DECAY_INPUT: tl.constexpr,
+    DECAY_PTR: tl.constexpr,
+    STORE_V: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Spikes, final membrane and chunk checkpoints for ``BLOCK`` neurons over all T steps."""
+    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = cols < N
+    k = _decay(dec_ptr, decay_value, DECAY_PTR)
+    v_r = _v_rest(v_reset, HARD)
+    v = tl.load(v0_ptr + cols, mask=live, other=0.0)
+    for c in range(tl.cdiv(T, CHUNK)):
+        t0 = c * CHUNK
+        tl.store(ckpt_ptr + tl.cast(c, tl.int64) * N + cols, v, mask=live)
+        base = tl.cast(t0, tl.int64) * N + cols
+        for j in tl.static_range(CHUNK):
+            step = t0 + j < T
+            m = live & step
+            x = tl.load(x_ptr + base + j * N, mask=m, other=0.0).to(tl.float32)
+            h = _charge(v, x, k, v_th, v_r, KIND, DECAY_INPUT)
+            s = tl.where(h - v_th >= 0.0, 1.0, 0.0)
+            v = tl.where(step, _reset(h, s, v_th, v_reset, KIND, HARD), v)
+            tl.store(s_ptr + base + j * N, s.to(s_ptr.dtype.element_ty), mask=m)
+            if STORE_V:
+                tl.store(vseq_ptr + base + j * N, v.to(vseq_ptr.dtype.element_ty), mask=m)
+    tl.store(vlast_ptr + cols, v, mask=live)
+
+
+@triton.jit
+def neuron_bwd_kernel(
+    gs_ptr,  # [T, N] grad of spikes, input dtype
+    gvl_ptr,  # [N] float32 grad of v_last
+    x_ptr,  # [T, N] saved input
+    ckpt_ptr,  # [ceil(T/CHUNK), N] float32 checkpoints from the forward
+    dec_ptr,  # [1] float32 learned decay (read when DECAY_PTR)
+    gx_ptr,  # [T, N] out grad of x, input dtype
+    gv0_ptr,  # [N] out grad of v_init, float32
+    gdec_ptr,  # [programs] out partial sums of grad of the decay, float32 (when NEED_DGRAD)
+    N,
+    T,
+    v_th,
+    v_reset,
+    decay_value,
+    alpha,
+    KIND: tl.constexpr,
+    HARD: tl.constexpr,
+    DETACH: tl.constexpr,
+    DECAY_INPUT: tl.constexpr,
+    DECAY_PTR: tl.constexpr,
+    NEED_DGRAD: tl.constexpr,
+    SG: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Gradients of x, v_init (and the decay) for ``BLOCK`` neurons, chunk by chunk backwards."""
+    pid = tl.program_id(0)
+    cols = pid * BLOCK + tl.arange(0, BLOCK)
+    live = cols < N
+    k = _decay(dec_ptr, decay_value, DECAY_PTR)
+    v_r = _v_rest(v_reset, HARD)
+    a = _dh_dv(k, KIND)
+    b = _dh_dx(k, KIND, DECAY_INPUT)
+    rows = tl.arange(0, CHUNK)[:, None]
+    gv = tl.load(gvl_ptr + cols, mask=live, other=0.0)
+    gk = tl.zeros([BLOCK], tl.float32)
+    n_chunks = tl.cdiv(T, CHUNK)
+    for cc in range(n_chunks):
+        c = n_chunks - 1 - cc
+        t0 = c * CHUNK
+        base = tl.cast(t0, tl.int64) * N + cols
+        # Recompute the chunk forward from its checkpoint: H (and dH/dk) into register tiles.
+        v = tl.load(ckpt_ptr + tl.cast(c, tl.int64) * N + cols, mask=live, other=0.0)
+        hs = tl.zeros([CHUNK, BLOCK], tl.float32)
+        ds = tl.zeros([CHUNK, BLOCK], tl.float32)
+        for j in tl.static_range(CHUNK):
+            m = live & (t0 + j < T)
+            x = tl.load(x_ptr + base + j * N, mask=m, other=0.0).to(tl.float32)
+            h = _charge(v, x, k, v_th, v_r, KIND, DECAY_INPUT)
+            hs = tl.where(rows == j, h[None, :], hs)
+            if NEED_DGRAD:
+                ds = tl.where(rows == j, _dh_dk(v, x, v_r, KIND, DECAY_INPUT)[None, :], ds)
+            v = _reset(h, tl.where(h - v_th >= 0.0, 1.0, 0.0), v_th, v_reset, KIND, HARD)
+        # Walk the chunk backwards.
+        for jj in tl.static_range(CHUNK):
+            j = CHUNK - 1 - jj
+            step = t0 + j < T
+            m = live & step
+            h = tl.sum(tl.where(rows == j, hs, 0.0), axis=0)
+            z = h - v_th
+            sg = surrogate_grad(z, alpha, SG)
+            s = tl.where(z >= 0.0, 1.0, 0.0)
+            gs = tl.load(gs_ptr + base + j * N, mask=m, other=0.0).to(tl.float32)
+            gh = gs * sg + gv * _dv_dh(h, s, sg, v_th, v_reset, KIND, HARD, DETACH)
+            tl.store(gx_ptr + base + j * N, (b * gh).to(gx_ptr.dtype.element_ty), mask=m)
+            if NEED_DGRAD:
+                dk = tl.sum(tl.where(rows == j, ds, 0.0), axis=0)
+                gk += tl.where(m, gh * dk, 0.0)
+            gv = tl.where(step, a * gh, gv)
+    tl.store(gv0_ptr + cols, gv, mask=live)
+    if NEED_DGRAD:
+        tl.store(gdec_ptr + pid, tl.sum(gk, axis=0))
+
+
+def fwd_block(n: int, device: torch.device) -> int:
+    """Forward ``BLOCK`` (4 warps): on a GPU the largest power of two <= 1024 that still gives
+    >= 512 programs (at least 128), so that 8 neurons per thread load as 128-bit vectors when N
+    is large; under the CPU interpreter 1024 (fewer, larger programs run faster there).
+    """
+    if device.type != "cuda":
+        return 1024
+    block = 1024
+    while block > 128 and triton.cdiv(n, block) < 512:
+        block //= 2
+    return block
+
+
+def bwd_block(device: torch.device) -> int:
+    """Backward ``BLOCK`` (4 warps): 128 on a GPU, one neuron per thread. The [CHUNK, BLOCK]
+    tiles then share the layout of the row loads; with more neurons per thread Triton vectorizes
+    the loads and converts every row to the tile layout through shared memory (seen in the
+    sm_90 PTX: 86 barriers per chunk instead of 1). 512 under the CPU interpreter.
+    """
+    return 128 if device.type == "cuda" else 512
+
+
+def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An output buffer (NaN-filled when :data:`POISON` is set)."""
+    out = torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
+    return out.fill_(float("nan")) if POISON else out
+
+
+def _decay_args(decay: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``(dec_ptr tensor, DECAY_PTR)``: the learned decay as float32 [1], or a dummy pointer."""
+    if decay is None:
+        return like, False
+    return decay.detach().reshape(1).to(device=like.device, dtype=torch.float32), True
+
+
+def forward(
+    x: torch.Tensor,
+    v_init: torch.Tensor,
+    decay: torch.Tensor | None,
+    decay_value: float,
+    kind: int,
+    v_threshold: float,
+    v_reset: float,
+    hard_reset: bool,
+    decay_input: bool,
+    store_v_seq: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the forward on ``x`` [T, N] contiguous, ``v_init`` [N] float32.
+
+    Returns ``(spikes [T, N] x.dtype, v_last [N] float32, v_seq [T, N] x.dtype or [0],
+    ckpt [ceil(T/CHUNK), N] float32)``.
+    """
+    t, n = x.shape
+    spikes = _empty(t, n, like=x)
+    v_last = _empty(n, like=x, dtype=torch.float32)
+    v_seq = _empty(t, n, like=x) if store_v_seq else x.new_empty(0)
+    ckpt = _empty(triton.cdiv(t, CHUNK), n, like=x, dtype=torch.float32)
+    if n == 0:
+        return spikes, v_last, v_seq, ckpt
+    dec, dec_ptr = _decay_args(decay, v_init)
+    block = fwd_block(n, x.device)
+    with _on_device(x):
+        neuron_fwd_kernel[(triton.cdiv(n, block),)](
+            x, v_init, dec, spikes, v_last, ckpt, v_seq if store_v_seq else spikes,
+            n, t, float(v_threshold), float(v_reset), float(decay_value),
+            KIND=kind, HARD=hard_reset, DECAY_INPUT=decay_input, DECAY_PTR=dec_ptr,
+            STORE_V=store_v_seq, CHUNK=CHUNK, BLOCK=block, num_warps=4,
+        )  # fmt: skip
+    return spikes, v_last, v_seq, ckpt
+
+
+def backward(
+    grad_s: torch.Tensor,
+    grad_v_last: torch.Tensor,
+    x: torch.Tensor,
+    ckpt: torch.Tensor,
+    decay: torch.Tensor | None,
+    decay_value: float,
+    kind: int,
+    v_threshold: float,
+    v_reset: float,
+    hard_reset: bool,
+    detach_reset: bool,
+    decay_input: bool,
+    surrogate: int,
+    alpha: float,
+    need_decay_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the backward: ``(grad_x [T, N] x.dtype, grad_v_init [N] f32, grad_decay [] f32)``.
+
+    ``grad_s`` [T, N] and ``grad_v_last`` [N] must be contiguous (float32 for the latter).
+    """
+    t, n = x.shape
+    grad_x = _empty(t, n, like=x)
+    grad_v0 = _empty(n, like=x, dtype=torch.float32)
+    block = bwd_block(x.device)
+    programs = triton.cdiv(n, block)
+    if need_decay_grad:
+        partials = _empty(max(programs, 1), like=x, dtype=torch.float32)
+    else:
+        partials = torch.zeros(max(programs, 1), device=x.device, dtype=torch.float32)
+    if n == 0:
+        return grad_x, grad_v0, torch.zeros((), device=x.device, dtype=torch.float32)
+    dec, dec_ptr = _decay_args(decay, grad_v0)
+    with _on_device(x):
+        neuron_bwd_kernel[(programs,)](
+            grad_s, grad_v_last, x, ckpt, dec, grad_x, grad_v0, partials,
+            n, t, float(v_threshold), float(v_reset), float(decay_value), float(alpha),
+            KIND=kind, HARD=hard_reset, DETACH=detach_reset, DECAY_INPUT=decay_input,
+            DECAY_PTR=dec_ptr, NEED_DGRAD=need_decay_grad, SG=surrogate, CHUNK=CHUNK,
+            BLOCK=block, num_warps=4,
+        )  # fmt: skip
+    return grad_x, grad_v0, partials.sum()
+
+
+def _on_device(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make ``x``'s GPU current for the launch (Triton launches on the current device)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()

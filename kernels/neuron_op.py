@@ -1,0 +1,169 @@
+"""The fused neuron as a ``torch.library`` custom op with autograd, and its Backend wrapper.
+
+Two ops in the ``snnrun`` namespace, both opaque to ``torch.compile`` (so a compiled model keeps
+the neuron as one node and never breaks its graph there):
+
+- ``snnrun::neuron_forward(x [T, N], v_init [N] f32, decay?, ...)`` →
+  ``(spikes [T, N], v_last [N] f32, v_seq [T, N] or [0], ckpt [ceil(T/8), N] f32)``
+- ``snnrun::neuron_backward(grad_s, grad_v_last, x, ckpt, decay?, ...)`` →
+  ``(grad_x [T, N], grad_v_init [N] f32, grad_decay [] f32)``
+
+``register_fake`` gives both their shapes for tracing; ``register_autograd`` ties them together
+(it builds the one ``torch.autograd.Function`` of the neuron): the forward saves ``x`` (the layer
+input, alive anyway) and the float32 chunk checkpoints ``ckpt``; ``v_seq`` and ``ckpt`` are
+non-differentiable outputs (``v_seq`` is a monitoring trace: gradients flow through ``spikes``
+and ``v_last`` only). The decay is either a runtime float (LIF) or a tensor (PLIF ``sigmoid(w)``,
+leaky ``beta``) read by the kernel from device memory, so a learned value never syncs the host
+and never recompiles; its gradient comes back when it requires one.
+
+This module needs only torch; the Triton kernels (:mod:`snnrun.kernels.neuron_kernels`) are
+imported on the first launch.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from snnrun.dynamics import BackendResult, Decay, Dynamics
+
+KIND_CODES = {"if": 0, "lif": 1, "leaky": 2}
+CHUNK = 8  # = neuron_kernels.CHUNK (kept here so that tracing needs no Triton import)
+
+
+def _kernels():  # the Triton module, imported on first launch
+    from snnrun.kernels import neuron_kernels
+
+    return neuron_kernels
+
+
+@torch.library.custom_op("snnrun::neuron_forward", mutates_args=())
+def neuron_forward(
+    x: Tensor,
+    v_init: Tensor,
+    decay: Optional[Tensor],  # noqa: UP045 - torch.library parses this annotation
+    decay_value: float,
+    kind: int,
+    v_threshold: float,
+    v_reset: float,
+    hard_reset: bool,
+    detach_reset: bool,
+    decay_input: bool,
+    surrogate: int,
+    alpha: float,
+    store_v_seq: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Multi-step neuron forward on ``x`` [T, N]; see the module docstring for the outputs."""
+    del detach_reset, surrogate, alpha  # backward-only; in the schema for setup_context
+    return _kernels().forward(
+        x.contiguous(), v_init.contiguous().float(), decay, decay_value, kind,
+        v_threshold, v_reset, hard_reset, decay_input, store_v_seq,
+    )  # fmt: skip
+
+
+@neuron_forward.register_fake
+def _(x, v_init, decay, decay_value, kind, v_threshold, v_reset, hard_reset, detach_reset,
+      decay_input, surrogate, alpha, store_v_seq):  # fmt: skip
+    t, n = x.shape
+    v_seq = x.new_empty(x.shape) if store_v_seq else x.new_empty(0)
+    ckpt = x.new_empty(((t + CHUNK - 1) // CHUNK, n), dtype=torch.float32)
+    return x.new_empty(x.shape), x.new_empty(n, dtype=torch.float32), v_seq, ckpt
+
+
+@torch.library.custom_op("snnrun::neuron_backward", mutates_args=())
+def neuron_backward(
+    grad_s: Tensor,
+    grad_v_last: Tensor,
+    x: Tensor,
+    ckpt: Tensor,
+    decay: Optional[Tensor],  # noqa: UP045 - torch.library parses this annotation
+    decay_value: float,
+    kind: int,
+    v_threshold: float,
+    v_reset: float,
+    hard_reset: bool,
+    detach_reset: bool,
+    decay_input: bool,
+    surrogate: int,
+    alpha: float,
+    need_decay_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients ``(grad_x [T, N], grad_v_init [N] f32, grad_decay [] f32)``."""
+    return _kernels().backward(
+        grad_s.to(x.dtype).contiguous(), grad_v_last.float().contiguous(), x.contiguous(),
+        ckpt.contiguous(), decay, decay_value, kind, v_threshold, v_reset, hard_reset,
+        detach_reset, decay_input, surrogate, alpha, need_decay_grad,
+    )  # fmt: skip
+
+
+@neuron_backward.register_fake
+def _(grad_s, grad_v_last, x, ckpt, decay, decay_value, kind, v_threshold, v_reset, hard_reset,
+      detach_reset, decay_input, surrogate, alpha, need_decay_grad):  # fmt: skip
+    n = x.shape[1]
+    return (
+        x.new_empty(x.shape),
+        x.new_empty(n, dtype=torch.float32),
+        x.new_empty((), dtype=torch.float32),
+    )
+
+
+_PARAMS = ("decay_value", "kind", "v_threshold", "v_reset", "hard_reset", "detach_reset",
+           "decay_input", "surrogate", "alpha")  # fmt: skip
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, _, decay, *params, _store = inputs
+    _, _, v_seq, ckpt = output
+    ctx.mark_non_differentiable(v_seq, ckpt)
+    ctx.save_for_backward(x, ckpt, decay)
+    ctx.params = dict(zip(_PARAMS, params, strict=True))
+
+
+def _backward(ctx, grad_s, grad_v_last, _grad_v_seq, _grad_ckpt):
+    x, ckpt, decay = ctx.saved_tensors
+    need_decay_grad = decay is not None and ctx.needs_input_grad[2]
+    grad_x, grad_v0, grad_decay = torch.ops.snnrun.neuron_backward(
+        grad_s, grad_v_last, x, ckpt, decay, need_decay_grad=need_decay_grad, **ctx.params
+    )
+    grad_decay = grad_decay.to(decay.dtype).reshape(decay.shape) if need_decay_grad else None
+    return (grad_x, grad_v0, grad_decay) + (None,) * (len(_PARAMS) + 1)
+
+
+torch.library.register_autograd("snnrun::neuron_forward", _backward, setup_context=_setup_context)
+
+
+def triton_neuron(
+    x_seq: Tensor, v: Tensor, decay: Decay, dyn: Dynamics, store_v_seq: bool
+) -> BackendResult:
+    """The ``triton`` backend: ``(spikes [T, ...] x.dtype, v_last [...] f32, v_seq or None)``.
+
+    ``x_seq`` [T, ...] is flattened to [T, N]; a non-contiguous input is copied once to a
+    contiguous one here. ``v`` is cast to float32 (the state is float32 in the kernel).
+    """
+    t = x_seq.shape[0]
+    x = x_seq.reshape(t, -1).contiguous()
+    v0 = v.reshape(-1).to(torch.float32)
+    decay_t, decay_value = _split_decay(decay, x)
+    spikes, v_last, v_seq, _ = torch.ops.snnrun.neuron_forward(
+        x, v0, decay_t, decay_value, KIND_CODES[dyn.kind], float(dyn.v_threshold),
+        float(dyn.v_reset or 0.0), dyn.hard_reset, dyn.detach_reset, dyn.decay_input,
+        dyn.surrogate.spec.code, float(dyn.surrogate.value), store_v_seq,
+    )  # fmt: skip
+    shape = x_seq.shape
+    return (
+        spikes.view(shape),
+        v_last.view(shape[1:]),
+        v_seq.view(shape) if store_v_seq else None,
+    )
+
+
+def _split_decay(decay: Decay, x: Tensor) -> tuple[Tensor | None, float]:
+    """``(tensor or None, float)``: a tensor decay goes by pointer, a float by value."""
+    if isinstance(decay, Tensor):
+        if decay.numel() != 1:
+            raise ValueError(
+                f"the triton backend takes one decay per layer, got a tensor of shape "
+                f"{tuple(decay.shape)} (use neuron.backend=torch for per-neuron decays)"
+            )
+        return decay.to(device=x.device, dtype=torch.float32), 0.0
+    return None, float(decay) if decay is not None else 0.0
