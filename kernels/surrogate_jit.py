@@ -10,8 +10,9 @@ starts with ``def`` on, which drops the ``@surrogate(...)`` registration line ab
 The kernels pick the formula at compile time: ``SG`` is the surrogate's stable ``code`` (a
 constexpr), and :func:`surrogate_grad` is a constexpr if-chain over the codes, so a kernel
 contains only the one formula it uses; the parameter ``alpha`` is a runtime float (changing it
-does not recompile). A surrogate registered without a branch here is refused by
-:func:`surrogate_code` with a clear error, and its test fails.
+does not recompile). A surrogate registered without a branch here stops the kernel's compilation
+at the ``tl.static_assert`` of the else-branch; :func:`surrogate_code` makes the same check in
+Python, and the dispatch test runs every registered surrogate.
 
 Importing this module imports Triton; :mod:`snnrun.kernels` imports it lazily.
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -144,6 +145,8 @@ def test_fresh_run_refuses_an_existing_run_dir(monkeypatch, capsys, run_dir) -> 
         "no_compose",
         "group_change",
         "unknown_key",
+        "changed_state",
+        "best_checkpoint",
         "multirun",
     ],
 )
@@ -173,6 +176,10 @@ def test_bad_resume_leaves_run_untouched(monkeypatch, capsys, tmp_path, run_dir,
         args, needles = [*args, "model=fc"], ("cannot change model",)
     elif case == "unknown_key":
         args, needles = [*args, "optimizer.nonsense=1"], ("nonsense",)
+    elif case == "changed_state":
+        args, needles = [*args, "optimizer.lr=0.5"], ("cannot change optimizer.lr", "epochs")
+    elif case == "best_checkpoint":
+        args, needles = [f"resume={work / 'checkpoint_best.pt'}"], ("overwrite the epochs",)
     else:
         args, needles = ["-m", *args], ("one run at a time",)
     before = snapshot(work)
@@ -196,3 +203,29 @@ def test_checkpoint_is_atomic(tmp_path, monkeypatch) -> None:
     monkeypatch.undo()
     assert torch.load(path) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == [LATEST]
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("batch_size=0", "batch_size must be a positive integer"),
+        ("T=-1", "T must be a positive integer"),
+        ("optimizer.lr=-1", "Invalid learning rate"),
+        ("device=tpu9", "device='tpu9'"),
+    ],
+)
+def test_bad_values_are_one_line(monkeypatch, capsys, tmp_path, override, needle) -> None:
+    code, err = cli(monkeypatch, capsys, *TINY, override, f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, needle)
+
+
+def test_multirun_checks_its_first_job(monkeypatch, capsys) -> None:
+    code, err = cli(monkeypatch, capsys, "-m", "model=nope,fc", "optimizer.lr=0.1,0.2")
+    assert_one_line_error(code, err, "model/nope", "csnn")
+
+
+def test_checkpoint_files_get_the_usual_mode(run_dir) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (LATEST, "checkpoint_best.pt", "metrics.jsonl"):
+        assert (run_dir / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

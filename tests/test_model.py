@@ -138,3 +138,65 @@ def test_voting_averages_groups() -> None:
     layer = LAYERS.get("voting")({"k": 10}, (110,), {})
     x = torch.arange(110.0).expand(2, 3, 110)
     assert torch.equal(layer(x)[0, 0], torch.arange(11.0) * 10 + 4.5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_with_triton_neurons_matches_torch_backend(name: str) -> None:
+    """Every zoo model: the Triton backend (interpreted on CPU) gives the torch backend's
+    spikes and parameter gradients."""
+    shape, _, _ = MODELS[name]
+    small = ["model.channels=2"] if name == "plif_net" else []  # the interpreter is slow
+    x = torch.rand(2, 1 if small else 2, *shape)
+    results = []
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        model = build(name, [f"neuron.backend={backend}", *small])
+        out = model(x)
+        (out * torch.linspace(0.5, 1.5, out.shape[-1])).sum().backward()
+        results.append((out, [p.grad for p in model.parameters()]))
+    (out_torch, grads_torch), (out_triton, grads_triton) = results
+    assert all(n.backend == "triton" for n in model.modules() if hasattr(n, "backend_fn"))
+    assert torch.equal(out_torch, out_triton)
+    for a, b in zip(grads_torch, grads_triton):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "train"), [("fc", True), ("snntorch_csnn", True), ("plif_net", False), ("csnn", False)]
+)
+def test_network_with_single_step_neurons_matches_multi_step(name: str, train: bool) -> None:
+    """step_mode='s' neurons: the network feeds one step at a time with the same results
+    (float64; BatchNorm compared in eval mode, since its batch statistics are per call)."""
+    shape, _, _ = MODELS[name]
+    x = torch.rand(4, 2, *shape, dtype=torch.float64) * 2
+    results = []
+    for step_mode in ("m", "s"):
+        torch.manual_seed(0)
+        model = build(name, [f"neuron.step_mode={step_mode}"]).double().train(train)
+        assert model.step_by_step == (step_mode == "s")
+        torch.manual_seed(1)  # the same dropout masks
+        out = model(x)
+        (out * torch.linspace(0.5, 1.5, out.shape[-1], dtype=torch.float64)).sum().backward()
+        results.append((out, [p.grad for p in model.parameters()]))
+    (out_m, grads_m), (out_s, grads_s) = results
+    assert torch.equal(out_m, out_s)
+    for a, b in zip(grads_m, grads_s):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_dropout_mask_is_kept_across_single_steps() -> None:
+    """One mask per sample for the whole sequence, also when fed one step at a time."""
+    layers = [{"type": "flatten"}, {"type": "dropout", "p": 0.5},
+              {"type": "linear", "out_features": 10}, {"type": "neuron"}]  # fmt: skip
+    x = torch.rand(3, 2, 1, 8, 8) * 4
+    outs = []
+    for step_mode in ("s", "m"):
+        defaults = {"neuron": {"kind": "if", "step_mode": step_mode},
+                    "surrogate": {"name": "atan"}}  # fmt: skip
+        torch.manual_seed(0)
+        model = build_model({"layers": layers}, defaults, (1, 8, 8), 10).train()
+        torch.manual_seed(5)
+        outs.append(model(x))
+        mask = model.layers[1].mask
+        assert mask.shape == (2, 64) and (mask == 0).any()
+    assert torch.equal(*outs) and outs[0].sum() > 0

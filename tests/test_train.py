@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import struct
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from snnrun.checkpoint import BEST, LATEST, load_checkpoint
 from snnrun.cli import main
@@ -114,6 +117,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path) -> None:
     history = read_metrics(killed)
     assert [r["epoch"] for r in history] == [0, 1, 2, 3, 4]
     assert without_timing(history[:4]) == expected
+    # the cosine horizon followed epochs: epoch 4 runs at lr(4) of a 5-epoch schedule
+    assert history[4]["lr"] == pytest.approx(0.01 * (1 + math.cos(math.pi * 4 / 5)) / 2)
 
 
 def test_multirun_two_jobs_each_resumable(tmp_path) -> None:
@@ -128,6 +133,16 @@ def test_multirun_two_jobs_each_resumable(tmp_path) -> None:
     assert "optimizer.lr=0.01" in proc.stdout and "max_test_acc" in proc.stdout
     run_snnrun([f"resume={jobs[1]}", "epochs=2"], cwd=tmp_path)
     assert [r["epoch"] for r in read_metrics(jobs[1])] == [0, 1]
+
+
+def test_a_failing_sweep_job_does_not_stop_the_sweep(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_snnrun(["-m", *TINY, "dataset.train_limit=0,64", f"hydra.sweep.dir={sweep}"],
+                      cwd=tmp_path)  # fmt: skip
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("snnrun: error:")]
+    assert len(errors) == 1 and "train_limit" in errors[0] and "job 0" in errors[0]
+    assert read_metrics(sweep / "0") == [] and len(read_metrics(sweep / "1")) == 1
+    assert "dataset.train_limit=64" in proc.stdout
 
 
 def test_wandb_offline_files_and_resumed_run_id(tmp_path) -> None:
@@ -193,3 +208,33 @@ def _log_records(data: bytes, block: int = 32768):
         if kind in (1, 4):
             yield pending
             pending = b""
+
+
+def test_triton_backend_through_the_command(monkeypatch, tmp_path) -> None:
+    """neuron.backend=triton end to end (kernels interpreted on the CPU in tests): same first
+    epoch as the torch backend up to float rounding of the surrogate gradients."""
+    histories = []
+    for backend in ("torch", "triton"):
+        run_dir = tmp_path / backend
+        train_in_process(
+            monkeypatch,
+            *TINY,
+            "dataset.train_limit=64",
+            "dataset.test_limit=32",
+            "batch_size=32",
+            f"neuron.backend={backend}",
+            f"hydra.run.dir={run_dir}",
+        )
+        histories.append(read_metrics(run_dir)[0])
+    torch_run, triton_run = histories
+    assert abs(torch_run["train_loss"] - triton_run["train_loss"]) < 1e-4
+    assert abs(torch_run["test_acc"] - triton_run["test_acc"]) <= 1 / 32
+
+
+@pytest.mark.slow
+def test_compile_true_trains(tmp_path) -> None:
+    """compile=true: the whole model under torch.compile (minutes of Inductor work on a CPU)."""
+    run_dir = tmp_path / "run"
+    run_snnrun([*TINY, "compile=true", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=900)
+    assert len(read_metrics(run_dir)) == 1
+    assert not any(k.startswith("_orig_mod.") for k in load_checkpoint(run_dir / LATEST)["model"])

@@ -1,6 +1,6 @@
 """Checkpoints: atomic writes, RNG capture/restore, and validated loading.
 
-A checkpoint is one ``torch.save``'d dict (see :func:`snnrun.run.checkpoint_payload`). Writes go
+A checkpoint is one ``torch.save``'d dict (see ``snnrun.run._checkpoint_payload``). Writes go
 to a temporary file in the same folder, are fsync'ed, then renamed over the target, so a kill at
 any moment leaves the previous checkpoint whole.
 """
@@ -18,6 +18,8 @@ import torch
 
 from snnrun.errors import SnnrunError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 LATEST = "checkpoint_latest.pt"
 BEST = "checkpoint_best.pt"
 REQUIRED_KEYS = ("model", "optimizer", "state", "rng", "config")
@@ -30,6 +32,7 @@ class CheckpointError(SnnrunError, RuntimeError):
 def atomic_write_bytes(path: Path, write: Any) -> None:
     """Call ``write(file)`` on a temp file beside ``path``, fsync, then rename onto ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

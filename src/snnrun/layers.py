@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from snnrun.neuron import build_neuron, merge_neuron_options
+from snnrun.neuron import Stateful, build_neuron, merge_neuron_options
 from snnrun.registry import Registry
 
 Shape = tuple[int, ...]
@@ -37,20 +37,29 @@ class TimeFolded(nn.Module):
         return repr(self.module)
 
 
-class MultiStepDropout(nn.Module):
-    """Dropout with one mask per sample shared across all T steps (SpikingJelly's multi-step)."""
+class MultiStepDropout(Stateful):
+    """Dropout with one mask per sample shared across all T steps (SpikingJelly's multi-step).
+
+    The mask is drawn at the first step after :meth:`reset` and kept, so a network fed one
+    step at a time drops the same units at every step too.
+    """
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout p must be in [0, 1), got {p}")
         self.p = p
+        self.mask: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.mask = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = torch.empty_like(x[0]).bernoulli_(1.0 - self.p) / (1.0 - self.p)
-        return x * keep
+        if self.mask is None or self.mask.shape != x.shape[1:]:
+            self.mask = torch.empty_like(x[0]).bernoulli_(1.0 - self.p) / (1.0 - self.p)
+        return x * self.mask
 
     def extra_repr(self) -> str:
         return f"p={self.p}, mask shared over T"

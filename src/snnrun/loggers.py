@@ -4,7 +4,8 @@
 against a ``global_step`` metric that checkpoints restore (W&B's own step restarts at 0 for a
 resumed offline run). Its files live in ``<run dir>/wandb``; the run id is kept in
 ``<run dir>/wandb_run_id.txt`` and in each checkpoint so a resume continues the same run.
-``mode`` defaults to ``offline`` (``WANDB_MODE`` in the environment wins over that default).
+``mode`` defaults to ``offline``; ``WANDB_MODE`` in the environment, when set, wins (also on
+resume, whose saved config holds the mode the run started with).
 """
 
 from __future__ import annotations
@@ -82,9 +83,10 @@ class WandbLogger(RunLogger):
         entity: str | None = None,
         tags: list[str] | None = None,
     ) -> None:
-        if (mode or "offline") not in WANDB_MODES:
-            raise SnnrunError(f"logger.mode={mode!r}; use one of {', '.join(WANDB_MODES)}")
-        self.project, self.mode, self.entity = project, mode or "offline", entity
+        mode = os.environ.get("WANDB_MODE") or mode or "offline"
+        if mode not in WANDB_MODES:
+            raise SnnrunError(f"W&B mode {mode!r}; use one of {', '.join(WANDB_MODES)}")
+        self.project, self.mode, self.entity = project, mode, entity
         self.tags = list(tags or [])
         self.run = None
         self.run_id: str | None = None

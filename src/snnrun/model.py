@@ -26,34 +26,32 @@ class ModelBuildError(SnnrunError, ValueError):
 class SpikingNetwork(nn.Module):
     """A stack of layers over ``[T, N, ...]``; output ``[T, N, classes]``.
 
-    Each forward starts from fresh neuron states. When the input is the same at every step (a
+    Each forward starts from fresh states. When the input is the same at every step (a
     direct-encoded image, expanded over T with stride 0), the stateless layers before the first
-    neuron run once and their output is broadcast over T: same result and gradients, T times
-    less work for the first convolution.
+    neuron run once and their output is broadcast over T: the same outputs and gradients, T
+    times less work for the first convolution (BatchNorm there updates its running variance
+    from N instead of T*N copies of the same values). A network with ``step_mode='s'`` neurons
+    is fed one step at a time instead, every layer keeping its state between steps.
     """
 
     def __init__(self, layers: Sequence[nn.Module], names: Sequence[str]) -> None:
         super().__init__()
         self.layers = nn.Sequential(*layers)
         self.names = list(names)
-        stateful = [i for i, m in enumerate(layers) if _has_state(m)]
-        self.static_head = stateful[0] if stateful else len(layers)
+        neurons = [i for i, m in enumerate(layers) if isinstance(m, SpikingNeuron)]
+        self.static_head = neurons[0] if neurons else len(layers)
+        self.step_by_step = any(layers[i].step_mode == "s" for i in neurons)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         reset_states(self)
+        if self.step_by_step:
+            return torch.cat([self.layers(x_seq[t : t + 1]) for t in range(x_seq.shape[0])])
         start = 0
         if x_seq.shape[0] > 1 and x_seq.stride(0) == 0:
             head = self.layers[: self.static_head](x_seq[:1])
             x_seq = head.expand(x_seq.shape[0], *head.shape[1:])
             start = self.static_head
         return self.layers[start:](x_seq)
-
-
-def _has_state(module: nn.Module) -> bool:
-    """Layers whose output at t depends on other steps or on per-step randomness."""
-    return isinstance(module, SpikingNeuron) or any(
-        isinstance(m, SpikingNeuron) for m in module.modules()
-    )
 
 
 def build_model(
@@ -86,7 +84,12 @@ def build_model(
 
 
 def _output_shape(module: nn.Module, in_shape: Shape, label: str) -> Shape:
-    """Run ``module`` on a dummy ``[T=1, N=2, *in_shape]`` to learn its output shape."""
+    """Run ``module`` on a dummy ``[T=1, N=2, *in_shape]`` to learn its output shape.
+
+    Neurons keep their input's shape and are not run (their backend may need the device).
+    """
+    if isinstance(module, SpikingNeuron):
+        return in_shape
     was_training = module.training
     module.eval()
     try:

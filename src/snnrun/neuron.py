@@ -3,8 +3,9 @@
 A layer holds its :class:`~snnrun.dynamics.Dynamics`, its learned decay (PLIF, Leaky) and its
 membrane state ``v``. The backend (``torch`` loop or ``triton`` kernel) is looked up once at build
 time; ``forward`` just calls it. ``step_mode='m'`` takes ``[T, N, ...]``; ``step_mode='s'`` takes
-one step ``[N, ...]`` per call and keeps ``v`` between calls, giving results identical to 'm'.
-State persists until :meth:`reset` (the network resets all its neurons before each batch).
+one step ``[N, ...]`` per call and keeps ``v`` between calls, giving results identical to 'm'
+(a network with 's' neurons feeds its layers one step at a time). State persists until
+:meth:`reset`; the network resets every :class:`Stateful` layer before each batch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ NEURONS: Registry[type[SpikingNeuron]] = Registry("neuron")
 _COMMON = ("v_threshold", "surrogate", "backend", "step_mode", "store_v_seq")
 
 
-class SpikingNeuron(nn.Module):
+class Stateful(nn.Module):
+    """A layer with memory across time steps; :meth:`reset` forgets it."""
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+
+class SpikingNeuron(Stateful):
     """Base layer: runs the backend over time and keeps the membrane state."""
 
     # Config keys this kind accepts (besides ``kind``).
@@ -204,7 +212,7 @@ def merge_neuron_options(group: dict[str, Any], entry: dict[str, Any]) -> dict[s
 
 
 def reset_states(module: nn.Module) -> None:
-    """Reset every neuron inside ``module``."""
+    """Reset every stateful layer (neurons, time-shared dropout masks) inside ``module``."""
     for m in module.modules():
-        if isinstance(m, SpikingNeuron):
+        if isinstance(m, Stateful):
             m.reset()

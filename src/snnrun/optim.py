@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -44,3 +45,16 @@ def build_scheduler(cfg: dict[str, Any], optimizer: torch.optim.Optimizer):
     """The scheduler, or None for ``scheduler=none``."""
     options = dict(cfg)
     return SCHEDULERS.get(options.pop("name"))(optimizer, **options)
+
+
+def follow_horizon(scheduler: Any, cfg: dict[str, Any]) -> None:
+    """After a restore: a cosine schedule whose ``T_max`` was raised on resume (``epochs=N``)
+    continues on the new horizon, at its closed-form learning rate for the current epoch."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        return
+    if scheduler.T_max == cfg["T_max"]:
+        return
+    scheduler.T_max = cfg["T_max"]
+    progress = (1 + math.cos(math.pi * scheduler.last_epoch / scheduler.T_max)) / 2
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * progress

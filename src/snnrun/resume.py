@@ -1,9 +1,12 @@
 """``snnrun resume=<run dir | checkpoint>``: validate everything before touching the run dir.
 
-The resumed run uses the checkpoint's saved config; value overrides on the command line (for
-example ``epochs=20``) are applied on top, and config groups cannot change. The run's original
-overrides must still compose with the current ``conf/``; keys whose current default differs from
-the saved value are reported (the saved value is kept).
+The resumed run uses the checkpoint's saved config. Only keys that do not contradict the
+checkpoint's state may change on the command line (:data:`RESUMABLE`: ``epochs``, ``device``,
+``dataset.root``, ``logger.*`` ...); raising ``epochs`` also stretches a cosine schedule whose
+``T_max`` followed ``epochs``. The run's original overrides must still compose with the current
+``conf/``; keys whose current default differs from the saved value are reported (the saved
+value is kept). Only ``checkpoint_latest.pt`` can be resumed: continuing an older checkpoint
+would overwrite the epochs after it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,19 @@ GROUPS = (
 )
 
 
+# Keys a resume may change (a trailing dot: the whole section).
+RESUMABLE = (
+    "epochs",
+    "device",
+    "num_workers",
+    "log_every",
+    "compile",
+    "dataset.root",
+    "scheduler.T_max",
+    "logger.",
+)
+
+
 class ResumeError(SnnrunError):
     """A resume request that cannot be honoured; the run dir is left as it was."""
 
@@ -48,15 +64,18 @@ def find_checkpoint(target: str) -> Path:
             f"resume path {path} does not exist; pass a run dir such as "
             "outputs/<date>/<time> or a checkpoint file"
         )
-    if path.is_dir():
-        ckpt = path / LATEST
-        if not ckpt.is_file():
-            raise ResumeError(
-                f"{path} is not an snnrun run dir (no {LATEST} in it); pass the "
-                "folder of a run that finished at least one epoch"
-            )
-        return ckpt
-    return path
+    ckpt = path / LATEST if path.is_dir() else path
+    if path.is_dir() and not ckpt.is_file():
+        raise ResumeError(
+            f"{path} is not an snnrun run dir (no {LATEST} in it); pass the "
+            "folder of a run that finished at least one epoch"
+        )
+    if ckpt.name != LATEST:
+        raise ResumeError(
+            f"resume continues a run from its {LATEST}; {ckpt.name} would overwrite the "
+            "epochs after it (start a new run to branch from it)"
+        )
+    return ckpt
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -67,8 +86,10 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=task)
 
 
-def resume_config(target: str, new_overrides: list[str]) -> tuple[DictConfig, Path, list[str]]:
-    """(config to run, run dir, overrides to record) for resuming ``target``."""
+def resume_config(
+    target: str, new_overrides: list[str]
+) -> tuple[DictConfig, Path, list[str], dict[str, Any]]:
+    """(config to run, run dir, overrides to record, checkpoint) for resuming ``target``."""
     ckpt = find_checkpoint(target)
     payload = load_checkpoint(ckpt)
     saved_overrides = [o for o in payload.get("overrides", []) if not o.startswith("resume=")]
@@ -82,6 +103,9 @@ def resume_config(target: str, new_overrides: list[str]) -> tuple[DictConfig, Pa
         ) from None
     cfg = OmegaConf.create(payload["config"])
     OmegaConf.set_struct(cfg, True)
+    keys = {k for k, _ in parsed}
+    if "epochs" in keys and "scheduler.T_max" not in keys and _follows_epochs(cfg):
+        parsed.append(("scheduler.T_max", dict(parsed)["epochs"]))
     for key, value in parsed:
         try:
             OmegaConf.update(cfg, key, value, merge=False)
@@ -89,7 +113,12 @@ def resume_config(target: str, new_overrides: list[str]) -> tuple[DictConfig, Pa
             raise ResumeError(f"cannot apply {key}={value} on resume: {one_line(e)}") from None
     cfg.resume = str(ckpt)
     _report_drift(cfg, current, {k for k, _ in parsed})
-    return cfg, ckpt.parent, saved_overrides + new_overrides
+    return cfg, ckpt.parent, saved_overrides + new_overrides, payload
+
+
+def _follows_epochs(cfg: DictConfig) -> bool:
+    """Whether the run's schedule horizon was its epoch count (cosine's default)."""
+    return OmegaConf.select(cfg, "scheduler.T_max") == cfg.epochs
 
 
 def _parse(overrides: list[str]) -> list[tuple[str, Any]]:
@@ -103,6 +132,11 @@ def _parse(overrides: list[str]) -> list[tuple[str, Any]]:
         key = o.key_or_group
         if key in GROUPS or key.startswith("hydra"):
             raise ResumeError(f"cannot change {key} when resuming; start a new run instead")
+        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE):
+            raise ResumeError(
+                f"cannot change {key} when resuming (the checkpoint holds the "
+                f"state it set up); resume may change: {', '.join(RESUMABLE)}"
+            )
         if o.is_sweep_override():
             raise ResumeError(f"cannot sweep {key} when resuming; resume one run at a time")
         result.append((key, o.value()))

@@ -104,7 +104,8 @@ class Trainer:
                 state.global_step += 1
                 if state.global_step % self.log_every == 0:
                     self.logger.log_step(state.global_step, {"loss": loss.item()})
-                bar.update(task, advance=len(y), loss=f"loss={loss.item():.4f}")
+                shown = "" if bar.disable else f"loss={loss.item():.4f}"  # no sync when hidden
+                bar.update(task, advance=len(y), loss=shown)
         return totals.summary()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,24 +144,28 @@ class Trainer:
 
 
 class _Totals:
-    """Sample-weighted loss and accuracy over an epoch, plus throughput."""
+    """Sample-weighted loss and accuracy over an epoch, plus throughput.
+
+    Sums stay on the device (no host sync per step); :meth:`summary` reads them once.
+    """
 
     def __init__(self) -> None:
-        self.loss = 0.0
-        self.correct = 0
+        self.loss: torch.Tensor | float = 0.0
+        self.correct: torch.Tensor | int = 0
         self.samples = 0
         self.start = time.perf_counter()
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
-        self.loss += loss.item() * n
-        self.correct += int(correct)
+        self.loss = self.loss + loss.detach().double() * n
+        self.correct = self.correct + correct
         self.samples += n
 
     def summary(self) -> dict[str, float]:
-        seconds = time.perf_counter() - self.start
         n = max(self.samples, 1)
+        loss, correct = float(self.loss), int(self.correct)  # the one sync of the epoch
+        seconds = time.perf_counter() - self.start
         return {
-            "loss": self.loss / n,
-            "acc": self.correct / n,
+            "loss": loss / n,
+            "acc": correct / n,
             "samples_per_s": self.samples / seconds if seconds > 0 else 0.0,
         }
