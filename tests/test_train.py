@@ -76,10 +76,27 @@ def test_same_seed_same_metrics(monkeypatch, tmp_path) -> None:
 
 
 def test_precisions_run_on_cpu(monkeypatch, tmp_path) -> None:
-    for precision in ("amp_bf16", "amp_fp16"):
+    """Both autocast precisions train on the CPU, and do change the arithmetic."""
+    losses = {}
+    for precision in ("fp32", "amp_bf16", "amp_fp16"):
         run_dir = tmp_path / precision
         train_in_process(monkeypatch, *TINY, f"precision={precision}", f"hydra.run.dir={run_dir}")
-        assert read_metrics(run_dir)[0]["train_loss"] > 0
+        losses[precision] = read_metrics(run_dir)[0]["train_loss"]
+    assert losses["amp_bf16"] != losses["fp32"] and losses["amp_fp16"] != losses["fp32"]
+
+
+def test_resume_is_exact_with_scaler_step_schedule_and_workers(monkeypatch, tmp_path) -> None:
+    """2 epochs straight vs 1 epoch + resume to 2: GradScaler, StepLR, SGD momentum, Poisson
+    input and a worker process all continue exactly."""
+    args = [*TINY, "precision=amp_fp16", "scheduler=step", "scheduler.step_size=1",
+            "optimizer=sgd", "optimizer.lr=0.05", "encoder=poisson", "num_workers=1"]  # fmt: skip
+    train_in_process(monkeypatch, *args, "epochs=2", f"hydra.run.dir={tmp_path / 'whole'}")
+    train_in_process(monkeypatch, *args, "epochs=1", f"hydra.run.dir={tmp_path / 'split'}")
+    monkeypatch.setattr(sys, "argv", ["snnrun", f"resume={tmp_path / 'split'}", "epochs=2"])
+    main()
+    whole = without_timing(read_metrics(tmp_path / "whole"))
+    assert without_timing(read_metrics(tmp_path / "split")) == whole
+    assert whole[1]["lr"] == pytest.approx(0.005)
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path) -> None:
