@@ -150,7 +150,7 @@ def _report_drift(saved: DictConfig, current: DictConfig, overridden: set[str]) 
     flat_saved = _flatten(OmegaConf.to_container(saved, resolve=True))
     flat_now = _flatten(OmegaConf.to_container(current, resolve=True))
     for key in sorted(set(flat_saved) | set(flat_now)):
-        if key in overridden or key == "resume":
+        if key in overridden or key in ("resume", "dataset.root"):  # root is made absolute
             continue
         if flat_saved.get(key) != flat_now.get(key):
             console.print(

@@ -97,10 +97,19 @@ def build_run(conf: dict[str, Any]) -> Run:
         raise SnnrunError(f"bad config value: {e}") from None
     batch, seed, workers = conf["batch_size"], conf["seed"], conf["num_workers"]
     return Run(
-        conf, device, splits, model, optimizer, scheduler, build_precision(conf["precision"],
-        device), logger, encoder, loss, make_loader(splits.train, batch, True, seed, workers),
-        make_loader(splits.test, batch, False, seed, workers),
-    )  # fmt: skip
+        conf=conf,
+        device=device,
+        splits=splits,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        precision=build_precision(conf["precision"], device),
+        logger=logger,
+        encoder=encoder,
+        loss=loss,
+        train_loader=make_loader(splits.train, batch, True, seed, workers),
+        test_loader=make_loader(splits.test, batch, False, seed, workers),
+    )
 
 
 def train(
