@@ -229,3 +229,13 @@ def test_checkpoint_files_get_the_usual_mode(run_dir) -> None:
     os.umask(umask)
     for name in (LATEST, "checkpoint_best.pt", "metrics.jsonl"):
         assert (run_dir / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_two_runs_cannot_share_a_run_dir(monkeypatch, capsys, tmp_path) -> None:
+    """A dir another run has claimed (same-second start, no checkpoint yet) is refused."""
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "run.pid").write_text("12345\n")
+    code, err = cli(monkeypatch, capsys, *TINY, f"hydra.run.dir={run_dir}")
+    assert_one_line_error(code, err, "claimed by another run (pid 12345)")
+    assert not (run_dir / LATEST).exists()

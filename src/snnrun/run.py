@@ -32,6 +32,8 @@ from snnrun.precision import Precision, build_precision
 from snnrun.progress import console
 from snnrun.trainer import Trainer, TrainState
 
+RUN_MARKER = "run.pid"
+
 
 @dataclass
 class Run:
@@ -70,6 +72,20 @@ def refuse_existing_run(run_dir: Path) -> None:
             f"{run_dir} already holds a run; continue it with resume={run_dir} "
             "or pick another hydra.run.dir"
         )
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Mark ``run_dir`` as this run's (``run.pid``, created exclusively), so that two runs
+    started in the same second into the same timestamped dir cannot both train there."""
+    refuse_existing_run(run_dir)
+    try:
+        fd = os.open(run_dir / RUN_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        owner = (run_dir / RUN_MARKER).read_text().strip()
+        raise SnnrunError(f"{run_dir} was claimed by another run (pid {owner}); pick another "
+                          "hydra.run.dir") from None  # fmt: skip
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
 
 
 def _check_values(conf: dict[str, Any]) -> None:
@@ -118,7 +134,7 @@ def train(
     """Train the run in ``run_dir`` (continue it from ``checkpoint``); best test accuracy."""
     conf: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     if checkpoint is None:
-        refuse_existing_run(run_dir)
+        claim_run_dir(run_dir)
     if conf["dataset"].get("root"):  # absolute, so a resume from elsewhere finds the data
         conf["dataset"]["root"] = os.path.abspath(os.path.expanduser(conf["dataset"]["root"]))
     run = build_run(conf)
