@@ -239,3 +239,10 @@ def test_two_runs_cannot_share_a_run_dir(monkeypatch, capsys, tmp_path) -> None:
     code, err = cli(monkeypatch, capsys, *TINY, f"hydra.run.dir={run_dir}")
     assert_one_line_error(code, err, "claimed by another run (pid 12345)")
     assert not (run_dir / LATEST).exists()
+
+
+def test_a_run_that_fails_before_training_frees_its_dir(monkeypatch, capsys, tmp_path) -> None:
+    run_dir = tmp_path / "r"
+    code, err = cli(monkeypatch, capsys, *TINY, "batch_size=0", f"hydra.run.dir={run_dir}")
+    assert_one_line_error(code, err, "batch_size")
+    assert not (run_dir / "run.pid").exists()

@@ -97,17 +97,24 @@ class WandbLogger(RunLogger):
         saved = (state or {}).get("run_id") or _read_run_id(run_dir)
         self.run_id = saved or _new_run_id()
         (run_dir / self.RUN_ID_FILE).write_text(self.run_id + "\n")
-        self.run = wandb.init(
-            project=self.project,
-            entity=self.entity,
-            id=self.run_id,
-            resume="allow",
-            dir=str(run_dir),
-            mode=self.mode,
-            config=config,
-            tags=self.tags,
-            name=f"{run_dir.parent.name}/{run_dir.name}",
-        )
+        try:
+            self.run = wandb.init(
+                project=self.project,
+                entity=self.entity,
+                id=self.run_id,
+                resume="allow",
+                dir=str(run_dir),
+                mode=self.mode,
+                config=config,
+                tags=self.tags,
+                name=f"{run_dir.parent.name}/{run_dir.name}",
+            )
+        except Exception as e:  # login, network and service errors come in many types
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise SnnrunError(
+                f"W&B could not start a {self.mode} run ({reason}); "
+                "set WANDB_MODE=offline or logger=none"
+            ) from None
         self.run.define_metric("global_step")
         self.run.define_metric("*", step_metric="global_step")
 

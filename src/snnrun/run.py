@@ -83,7 +83,8 @@ def claim_run_dir(run_dir: Path) -> None:
     except FileExistsError:
         owner = (run_dir / RUN_MARKER).read_text().strip()
         raise SnnrunError(f"{run_dir} was claimed by another run (pid {owner}); pick another "
-                          "hydra.run.dir") from None  # fmt: skip
+                          "hydra.run.dir, or delete its run.pid if that process is gone"
+                          ) from None  # fmt: skip
     with os.fdopen(fd, "w") as f:
         f.write(f"{os.getpid()}\n")
 
@@ -133,8 +134,21 @@ def train(
 ) -> float:
     """Train the run in ``run_dir`` (continue it from ``checkpoint``); best test accuracy."""
     conf: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    if checkpoint is None:
-        claim_run_dir(run_dir)
+    if checkpoint is not None:
+        return _fit(conf, run_dir, overrides, checkpoint)
+    claim_run_dir(run_dir)
+    try:
+        return _fit(conf, run_dir, overrides, None)
+    except BaseException:
+        if not (run_dir / LATEST).exists():  # nothing trained yet: free the dir again
+            (run_dir / RUN_MARKER).unlink(missing_ok=True)
+        raise
+
+
+def _fit(
+    conf: dict[str, Any], run_dir: Path, overrides: list[str], checkpoint: dict[str, Any] | None
+) -> float:
+    """Build, restore, train and report (``train`` owns the run dir)."""
     if conf["dataset"].get("root"):  # absolute, so a resume from elsewhere finds the data
         conf["dataset"]["root"] = os.path.abspath(os.path.expanduser(conf["dataset"]["root"]))
     run = build_run(conf)
