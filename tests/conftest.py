@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, open_dict
 
-from snnrun.resume import compose_config
+from snnrun.compose import compose_config
+from snnrun.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -35,6 +36,10 @@ TINY = [
     "optimizer.lr=0.01",
     "logger=none",
 ]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return RunDir(run_dir).read_metrics()
 
 
 def compose(overrides: list[str]) -> DictConfig:

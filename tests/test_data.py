@@ -1,10 +1,13 @@
-"""Datasets: the embedded digits, and MNIST / Fashion-MNIST read from real IDX files."""
+"""Datasets: the embedded digits, MNIST / Fashion-MNIST from real IDX files, the data contract.
+
+Event datasets (sequences) are tested in test_events.py."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from snnrun.data import build_splits, make_loader
+from snnrun.data import DATASETS, DatasetError, build_splits, make_loader
 
 from conftest import SHARED_DATA, needs_shared
 
@@ -13,6 +16,7 @@ def test_digits_split_is_fixed_stratified_and_28x28() -> None:
     splits = build_splits({"name": "digits"})
     assert (len(splits.train), len(splits.test)) == (1437, 360)
     assert splits.sample_shape == (1, 28, 28) and splits.num_classes == 10
+    assert not splits.sequence  # static images: an encoder expands them over T
     x, _ = splits.train.__getitems__(list(range(8)))
     assert x.shape == (8, 1, 28, 28) and x.dtype == torch.float32
     assert x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.9
@@ -53,3 +57,21 @@ def test_fmnist_found_from_the_parent_folder() -> None:
     splits = build_splits({"name": "fmnist", "root": str(SHARED_DATA), "train_limit": 5})
     assert splits.train.labels.tolist() == [9, 0, 0, 3, 0]
     assert len(splits.test) == 10000
+
+
+def test_single_samples_and_batches_agree() -> None:
+    data = build_splits({"name": "digits", "test_limit": 16}).test
+    x, y = data.__getitems__([3, 7])
+    assert torch.equal(data[7][0], x[1]) and int(data[7][1]) == int(y[1])
+    assert data.head(None) is data and len(data.head(5)) == 5
+
+
+def test_non_positive_limits_are_rejected() -> None:
+    with pytest.raises(DatasetError, match="train_limit"):
+        build_splits({"name": "digits", "train_limit": 0})
+
+
+def test_every_dataset_is_registered() -> None:
+    assert {"digits", "mnist", "fmnist", "nmnist", "dvsgesture", "cifar10dvs", "shd"} <= set(
+        DATASETS.names()
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import os
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from snnrun.checkpoint import LATEST, load_checkpoint, save_checkpoint
+from snnrun.checkpoint import load_checkpoint, save_checkpoint
 from snnrun.cli import main
+from snnrun.rundir import LATEST
 
 from conftest import TINY, needs_shared
 
@@ -160,7 +162,7 @@ def test_bad_resume_leaves_run_untouched(monkeypatch, capsys, tmp_path, run_dir,
         args, needles = [f"resume={tmp_path / 'gone'}"], ("does not exist",)
     elif case == "not_a_run":
         (tmp_path / "empty").mkdir()
-        args, needles = [f"resume={tmp_path / 'empty'}"], ("not an snnrun run dir",)
+        args, needles = [f"resume={tmp_path / 'empty'}"], ("has no checkpoint_latest.pt",)
     elif case == "corrupt":
         ckpt.write_bytes(b"not a checkpoint at all")
         needles = ("corrupt checkpoint",)
@@ -232,17 +234,25 @@ def test_checkpoint_files_get_the_usual_mode(run_dir) -> None:
 
 
 def test_two_runs_cannot_share_a_run_dir(monkeypatch, capsys, tmp_path) -> None:
-    """A dir another run has claimed (same-second start, no checkpoint yet) is refused."""
+    """A dir another process holds (its run.lock flocked) is refused, fresh or resumed."""
     run_dir = tmp_path / "r"
     run_dir.mkdir()
-    (run_dir / "run.pid").write_text("12345\n")
-    code, err = cli(monkeypatch, capsys, *TINY, f"hydra.run.dir={run_dir}")
-    assert_one_line_error(code, err, "claimed by another run (pid 12345)")
+    with (run_dir / "run.lock").open("w") as held:
+        held.write("12345\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, err = cli(monkeypatch, capsys, *TINY, f"hydra.run.dir={run_dir}")
+    assert_one_line_error(code, err, "in use by another snnrun process (pid 12345)")
     assert not (run_dir / LATEST).exists()
 
 
-def test_a_run_that_fails_before_training_frees_its_dir(monkeypatch, capsys, tmp_path) -> None:
+def test_a_stale_claim_does_not_block(monkeypatch, capsys, tmp_path) -> None:
+    """A run that failed (or was killed) before its first checkpoint leaves a run.lock that
+    nobody holds: the next run trains there."""
     run_dir = tmp_path / "r"
     code, err = cli(monkeypatch, capsys, *TINY, "batch_size=0", f"hydra.run.dir={run_dir}")
     assert_one_line_error(code, err, "batch_size")
-    assert not (run_dir / "run.pid").exists()
+    (run_dir / "run.lock").write_text("999999\n")  # a dead process's claim
+    monkeypatch.setattr(sys, "argv", ["snnrun", *TINY, f"hydra.run.dir={run_dir}"])
+    main()
+    assert (run_dir / LATEST).is_file()

@@ -7,9 +7,7 @@ import shutil
 import subprocess
 import sys
 
-from snnrun.loggers import read_metrics
-
-from conftest import REPO, TINY, run_snnrun
+from conftest import REPO, TINY, read_metrics, run_snnrun
 
 
 def test_editable_install_runs_outside_the_repo(tmp_path) -> None:

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from snnrun.checkpoint import BEST, LATEST, load_checkpoint
+from snnrun.checkpoint import load_checkpoint
 from snnrun.cli import main
-from snnrun.loggers import read_metrics
+from snnrun.rundir import BEST, LATEST
+from snnrun.wandb_files import history_rows
 
-from conftest import SNNRUN, TINY, run_snnrun
+from conftest import SNNRUN, TINY, read_metrics, run_snnrun
 
 TIMING = {"train_samples_per_s", "test_samples_per_s", "epoch_seconds", "peak_gpu_mem_mb"}
 METRIC_KEYS = {
@@ -153,13 +151,17 @@ def test_multirun_two_jobs_each_resumable(tmp_path) -> None:
 
 
 def test_a_failing_sweep_job_does_not_stop_the_sweep(tmp_path) -> None:
+    """The other jobs run; the table marks the failed one; the sweep then exits 1."""
     sweep = tmp_path / "sweep"
     proc = run_snnrun(["-m", *TINY, "dataset.train_limit=0,64", f"hydra.sweep.dir={sweep}"],
-                      cwd=tmp_path)  # fmt: skip
+                      cwd=tmp_path, check=False)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("snnrun: error:")]
-    assert len(errors) == 1 and "train_limit" in errors[0] and "job 0" in errors[0]
+    assert len(errors) == 2 and "train_limit" in errors[0] and "job 0" in errors[0]
+    assert "1 sweep job(s) failed: 0" in errors[1]
     assert read_metrics(sweep / "0") == [] and len(read_metrics(sweep / "1")) == 1
-    assert "dataset.train_limit=64" in proc.stdout
+    assert "dataset.train_limit=64" in proc.stdout and "failed" in proc.stdout
+    run_snnrun([f"resume={sweep / '1'}", "epochs=2"], cwd=tmp_path)  # each job stays resumable
 
 
 def test_wandb_offline_files_and_resumed_run_id(tmp_path) -> None:
@@ -190,41 +192,6 @@ def test_wandb_history_uses_global_step(tmp_path) -> None:
     train_steps = [[r["global_step"] for r in part if "train/loss" in r] for part in rows]
     assert epoch_steps == [[4], [8]]  # 256 samples / 64 per batch = 4 steps per epoch
     assert train_steps == [[1, 2, 3, 4], [5, 6, 7, 8]]
-
-
-def history_rows(path: Path) -> list[dict]:
-    """History records of a W&B ``.wandb`` file (LevelDB-style log of protobuf records)."""
-    from wandb.proto import wandb_internal_pb2
-
-    rows = []
-    for raw in _log_records(path.read_bytes()):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
-        if record.WhichOneof("record_type") == "history":
-            rows.append(
-                {
-                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                    for item in record.history.item
-                }
-            )
-    return rows
-
-
-def _log_records(data: bytes, block: int = 32768):
-    """Reassembled records: 7-byte header (crc32, length, type: 1 full, 2-4 first/mid/last)."""
-    assert data[:4] == b":W&B"
-    pos, pending = 7, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if left < 7 or (kind == 0 and length == 0):
-            pos += left
-            continue
-        pending += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):
-            yield pending
-            pending = b""
 
 
 def test_triton_backend_through_the_command(monkeypatch, tmp_path) -> None:

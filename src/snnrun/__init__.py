@@ -1,4 +1,7 @@
-"""snnrun: a Hydra-configured experiment runner for spiking neural networks."""
+"""snnrun: a Hydra-configured experiment runner for spiking neural networks.
+
+``snnrun.load_run(path)`` opens a run dir for tools and notebooks (see :mod:`snnrun.api`).
+"""
 
 import math
 
@@ -8,3 +11,10 @@ __version__ = "0.1.0"
 
 # ${mul:a,b,...} in configs, e.g. Linear(C*4*4) as "${mul:${model.channels},16}".
 OmegaConf.register_new_resolver("mul", lambda *xs: math.prod(xs), replace=True)
+
+
+def load_run(path, which="best", device="cpu"):
+    """Open a run dir: config, metrics, and the network with its weights (see snnrun.api)."""
+    from snnrun.api import load_run as _load_run
+
+    return _load_run(path, which, device)

@@ -1,15 +1,20 @@
-"""Checkpoints: atomic writes, RNG capture/restore, and validated loading.
+"""Checkpoints: atomic writes, RNG capture/restore, and safe, validated loading.
 
-A checkpoint is one ``torch.save``'d dict (see ``snnrun.run._checkpoint_payload``). Writes go
-to a temporary file in the same folder, are fsync'ed, then renamed over the target, so a kill at
-any moment leaves the previous checkpoint whole.
+A checkpoint is one ``torch.save``'d dict (see ``snnrun.run.checkpoint_payload``) holding only
+tensors, numbers, strings, lists, tuples and dicts, and it is loaded with
+``torch.load(weights_only=True)``: opening someone else's checkpoint runs no code from it.
+Writes go to a temporary file in the same folder, are fsync'ed, then renamed over the target,
+so a kill or a full disk at any moment leaves the previous checkpoint whole.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +25,11 @@ from snnrun.errors import SnnrunError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-LATEST = "checkpoint_latest.pt"
-BEST = "checkpoint_best.pt"
 REQUIRED_KEYS = ("model", "optimizer", "state", "rng", "config")
 
 
 class CheckpointError(SnnrunError, RuntimeError):
-    """A checkpoint that is missing, unreadable or incomplete."""
+    """A checkpoint that is missing, unreadable, unsafe or incomplete."""
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
@@ -49,14 +52,20 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load on the CPU; any failure is a :class:`CheckpointError` naming the file."""
+    """Load on the CPU with ``weights_only=True``; any failure is one :class:`CheckpointError`."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        if isinstance(e, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"refusing {path}: it holds pickled Python objects, not only tensors and plain "
+                "data (loading it could run code); only open checkpoints written by snnrun"
+            ) from None
         raise CheckpointError(
-            f"corrupt checkpoint {path}: {type(e).__name__}: "
-            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            "; resume from checkpoint_best.pt or start a new run"
+            f"corrupt checkpoint {path}: {type(e).__name__}: {_reason(e)}; restore the file "
+            "from a copy, or start a new run"
         ) from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(payload, dict) or k not in payload]
     if missing:
@@ -64,11 +73,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
+def _reason(e: Exception) -> str:
+    """The informative line of a load error (torch's weights_only text wraps the cause)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    causes = [line for line in lines if "Unsupported" in line or "error" in line.lower()]
+    return (causes[-1] if causes else lines[0] if lines else type(e).__name__)[:200]
+
+
 def capture_rng(loader_generator: torch.Generator) -> dict[str, Any]:
-    """Every random state a run draws from: python, numpy, torch (CPU, CUDA), loader order."""
+    """Every random state a run draws from: python, numpy, torch (CPU, CUDA), loader order.
+
+    numpy's key array is stored as a tensor so that the checkpoint loads with weights_only.
+    """
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "loader": loader_generator.get_state(),
@@ -77,7 +97,8 @@ def capture_rng(loader_generator: torch.Generator) -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any], loader_generator: torch.Generator) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,16 +1,23 @@
-"""The ``snnrun`` command: Hydra composes ``conf/`` into one config and :func:`train` runs it.
+"""The ``snnrun`` command: training through Hydra, and tool verbs.
 
-``snnrun [overrides]`` trains; ``snnrun -m a=1,2`` sweeps (one run dir per job);
-``snnrun resume=<run dir>`` continues a run in place. Mistakes a user can fix (unknown config
-names, bad values, paths, shapes, corrupt checkpoints) end as one line ``snnrun: error: ...``,
-exit 2; in a sweep a failing job prints that line and the sweep goes on.
+- ``snnrun [overrides]`` trains (Hydra composes ``conf/`` into one config; :func:`run.train`);
+  ``snnrun -m a=1,2`` sweeps (one run dir per job); ``snnrun resume=<run dir>`` continues a run.
+- ``snnrun viz <run dir> [key=value ...]``: figures of a run (more verbs in :data:`VERBS`).
+
+Mistakes a user can fix (unknown config names, bad values, paths, shapes, corrupt checkpoints,
+a full disk) end as one line ``snnrun: error: ...``, exit 2, nothing half-written; in a sweep a
+failing job prints that line, is marked failed, the sweep goes on and then exits 1. SIGTERM
+and Ctrl-C end a run between steps, exit ``128 + signal``.
 """
 
 from __future__ import annotations
 
+import errno
+import importlib
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,8 +26,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from snnrun.compose import compose_config, config_dir_overrides, one_line
 from snnrun.errors import SnnrunError
-from snnrun.resume import compose_config, one_line, resume_config
+from snnrun.stop import Stopped
 
 USER_ERRORS = (SnnrunError, OmegaConfBaseException)
 HYDRA_FLAGS_WITHOUT_RUN = (
@@ -34,6 +42,11 @@ HYDRA_FLAGS_WITHOUT_RUN = (
     "-sc",
     "--version",
 )
+# verb -> "module:function" taking the arguments after the verb
+VERBS = {"viz": "snnrun.viz:main"}
+# sections whose builders take their keys as keyword arguments and refuse unknown ones
+OPEN_SECTIONS = ("model", "neuron", "surrogate", "dataset", "encoder", "loss", "optimizer",
+                 "scheduler", "logger")  # fmt: skip
 
 
 def _error_line(error: BaseException) -> str:
@@ -45,25 +58,62 @@ def _fail(error: BaseException) -> None:
     sys.exit(2)
 
 
+def os_error(e: OSError) -> SnnrunError:
+    """A failed file operation as one line naming the file and the fix."""
+    where = f" {e.filename}" if e.filename else ""
+    if e.errno == errno.ENOSPC:
+        fix = "free disk space, then continue the run with resume=<run dir>"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make that folder writable, or choose another one with hydra.run.dir=..."
+    else:
+        fix = "check the path and the disk"
+    return SnnrunError(f"cannot write{where}: {e.strerror or e}; {fix} (nothing was half-written)")
+
+
 @hydra.main(version_base="1.3", config_path="pkg://snnrun.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
     """Hydra's task: one training run in Hydra's run (or sweep job) dir."""
     from snnrun.run import train
+    from snnrun.rundir import RunDir
 
     hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    overrides = [*list(hc.overrides.task), *_searchpath(hc)]
     try:
-        return train(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+        try:
+            return train(cfg, run_dir, overrides)
+        except OSError as e:
+            raise os_error(e) from None
     except USER_ERRORS as e:
         if hc.mode != RunMode.MULTIRUN:
             _fail(e)
+        RunDir(run_dir).mark_failed(one_line(e))
         print(f"{_error_line(e)} (job {hc.job.num}; the sweep goes on)", file=sys.stderr)
         return float("nan")
 
 
+def _searchpath(hc: Any) -> list[str]:
+    """Where the run found configs besides the package (``hydra.searchpath``, ``--config-dir``),
+    kept with its overrides so that a resume composes the same way."""
+    kept = [o for o in hc.overrides.hydra if o.startswith("hydra.searchpath=")]
+    dirs = [s.path for s in hc.runtime.config_sources if s.provider == "command-line"]
+    if dirs:
+        kept.append(f"hydra.searchpath=[{','.join(dirs)}]")
+    return kept
+
+
 def _resume(target: str, overrides: list[str]) -> None:
-    """Continue the run that ``target`` names, in its own dir, with its saved config."""
+    """Continue the run that ``target`` names, in its own dir, with its saved config
+    (``wandb:<entity>/<project>/<id>``: fetched into a new run dir first)."""
+    from snnrun.resume import resume_config
     from snnrun.run import train
 
+    if target.startswith("wandb:"):
+        from snnrun.wandb_resume import default_run_dir, fetch_run
+
+        dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+        overrides = [o for o in overrides if not o.startswith("hydra.run.dir=")]
+        target = str(fetch_run(target, Path(dirs[-1]) if dirs else default_run_dir()))
     cfg, run_dir, all_overrides, checkpoint = resume_config(target, overrides)
     train(cfg, run_dir, all_overrides, checkpoint)
 
@@ -79,19 +129,68 @@ def _first_job(args: list[str]) -> list[str]:
     return first
 
 
+def _value_args(args: list[str]) -> list[str]:
+    """The key=value overrides (flags and the values of ``--config-dir``-style flags left out)."""
+    skip = {i + 1 for i, a in enumerate(args) if a in ("--config-dir", "-cd", "--config-name",
+                                                        "-cn", "--config-path", "-cp")}  # fmt: skip
+    return [a for i, a in enumerate(args) if not a.startswith("-") and i not in skip]
+
+
 def _check_overrides(args: list[str]) -> None:
-    """Before Hydra writes anything: the overrides (of the first job) compose, and an explicit
-    run dir does not hold a run already."""
-    overrides = [a for a in args if not a.startswith("-")]
-    try:
-        compose_config(_first_job(overrides) if "-m" in args or "--multirun" in args else overrides)
-    except Exception as e:
-        raise SnnrunError(one_line(e) + _known_keys_hint(str(e), overrides)) from None
+    """Before Hydra writes anything: the overrides (of the first job) compose, added keys are
+    used, and the run or sweep dir does not hold runs already."""
     from snnrun.run import refuse_existing_run
 
+    overrides = _value_args(args) + config_dir_overrides(args)
+    sweep = "-m" in args or "--multirun" in args
+    try:
+        compose_config(_first_job(overrides) if sweep else overrides)
+    except Exception as e:
+        raise SnnrunError(_without_append_hint(one_line(e)) + _known_keys_hint(str(e), overrides)
+                          ) from None  # fmt: skip
+    _refuse_unused_keys(overrides)
     for a in overrides:
-        if a.startswith("hydra.run.dir="):
-            refuse_existing_run(Path(a.split("=", 1)[1]).expanduser())
+        key, _, value = a.partition("=")
+        if key == "hydra.run.dir" and not sweep:
+            refuse_existing_run(Path(value).expanduser())
+            _make_dir(Path(value).expanduser())
+        if key == "hydra.sweep.dir" and sweep:
+            _refuse_existing_sweep(Path(value).expanduser())
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error(e) from None
+
+
+def _refuse_existing_sweep(sweep_dir: Path) -> None:
+    from snnrun.rundir import RunDir
+
+    if sweep_dir.is_dir() and any(RunDir(p).has_files() for p in sweep_dir.iterdir()):
+        raise SnnrunError(
+            f"{sweep_dir} already holds a sweep's runs; pick another hydra.sweep.dir (or resume "
+            "a job with resume=<job dir>)"
+        )
+    _make_dir(sweep_dir)
+
+
+def _without_append_hint(message: str) -> str:
+    return re.sub(r"\s*To append to your config use \+\S+", "", message)
+
+
+def _refuse_unused_keys(overrides: list[str]) -> None:
+    """``+key=value`` adds a key; outside the open sections nothing would read it."""
+    for a in overrides:
+        if a.startswith("+"):
+            key = a.lstrip("+").split("=", 1)[0]
+            if key.startswith("hydra.") or key.split(".")[0] in OPEN_SECTIONS:
+                continue
+            raise SnnrunError(
+                f"{a}: snnrun has no key {key!r} and would ignore it; see snnrun --cfg job "
+                "for the keys there are"
+            )
 
 
 def _known_keys_hint(message: str, args: list[str]) -> str:
@@ -111,24 +210,54 @@ def _known_keys_hint(message: str, args: list[str]) -> str:
     return f" ({section} has no {key!r}; its keys: {', '.join(map(str, node.keys()))})"
 
 
+def _run_verb(verb: str, args: list[str]) -> None:
+    module, function = VERBS[verb].split(":")
+    getattr(importlib.import_module(module), function)(args)
+
+
 def main() -> None:
     """Console entry point."""
     args = sys.argv[1:]
-    resume = [a for a in args if a.startswith("resume=")]
     try:
-        if resume and resume[-1] != "resume=null":
-            if "-m" in args or "--multirun" in args:
-                raise SnnrunError(
-                    "resume one run at a time (drop -m); each sweep job has its own run dir"
-                )
-            rest = [a for a in args if not a.startswith("resume=")]
-            _resume(resume[-1].split("=", 1)[1], rest)
-            return
-        if not any(a.split("=")[0] in HYDRA_FLAGS_WITHOUT_RUN for a in args):
-            _check_overrides(args)
+        try:
+            _dispatch(args)
+        except OSError as e:
+            raise os_error(e) from None
     except USER_ERRORS as e:
         _fail(e)
+    except Stopped as e:
+        print(f"snnrun: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("snnrun: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _dispatch(args: list[str]) -> None:
+    if args and args[0] in VERBS:
+        _run_verb(args[0], args[1:])
+        return
+    resume = [a for a in args if a.startswith("resume=")]
+    if resume and resume[-1] != "resume=null":
+        if "-m" in args or "--multirun" in args:
+            raise SnnrunError(
+                "resume one run at a time (drop -m); each sweep job has its own run dir"
+            )
+        _resume(resume[-1].split("=", 1)[1], [a for a in args if not a.startswith("resume=")])
+        return
+    if not any(a.split("=")[0] in HYDRA_FLAGS_WITHOUT_RUN for a in args):
+        _check_overrides(args)
     _hydra_main()
+    _exit_if_sweep_failed(args)
+
+
+def _exit_if_sweep_failed(args: list[str]) -> None:
+    from snnrun.sweep import FAILED
+
+    if FAILED:
+        print(f"snnrun: error: {len(FAILED)} sweep job(s) failed: {', '.join(FAILED)}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(1)
 
 
 if __name__ == "__main__":

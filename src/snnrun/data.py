@@ -1,9 +1,10 @@
-"""Datasets: a registry of builders returning in-memory train/test splits, and their loaders.
+"""Datasets: a registry of builders returning train/test splits, and their loaders.
 
-Every builder returns a :class:`Splits` of :class:`TensorDataset` (uint8 images ``[N, C, H, W]``,
-int64 labels); batches come out as float32 pixels in ``[0, 1]``. ``train_limit`` /
-``test_limit`` keep the first N samples. Loaders shuffle with their own seeded generator, whose
-state goes into checkpoints so a resumed run sees the same order.
+Every builder returns a :class:`Splits` of two :class:`SampleSet`: static samples (images
+``[C, H, W]``, float32 pixels in ``[0, 1]``) or sequences ``[T, ...]`` (event frames, see
+:mod:`snnrun.events.datasets`), with int64 labels. ``train_limit`` / ``test_limit`` keep the
+first N samples. Loaders shuffle with their own seeded generator, whose state goes into
+checkpoints so a resumed run sees the same order.
 """
 
 from __future__ import annotations
@@ -27,40 +28,115 @@ class DatasetError(SnnrunError, RuntimeError):
     """Missing or unreadable dataset files."""
 
 
-class TensorDataset(Dataset):
-    """Images and labels held in memory; fetches whole batches at once (``__getitems__``)."""
+class SampleSet(Dataset):
+    """Samples with int64 ``labels``; ``__getitems__`` fetches a whole batch at once.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        if len(images) != len(labels):
-            raise DatasetError(f"{len(images)} images but {len(labels)} labels")
-        self.images, self.labels = images, labels
+    A batch is ``(x, y)``: ``x`` float32 ``[N, *shape]`` (stored values times ``scale``, then
+    ``transform`` when set, e.g. augmentation on the training split), ``y`` int64 ``[N]``;
+    ``dataset[i]`` is one sample as stored, without ``transform``.
+    Subclasses say where the stored samples live (:meth:`fetch`).
+    """
+
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        scale: float = 1.0,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.labels, self.scale, self.transform = labels, scale, transform
+
+    def fetch(self, index: torch.Tensor) -> torch.Tensor:
+        """The stored samples at ``index`` (any dtype)."""
+        raise NotImplementedError
+
+    def head(self, n: int | None) -> SampleSet:
+        """The first ``n`` samples (all when ``n`` is None)."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return _as_float(self.images[i]), self.labels[i]
+        """Sample ``i`` as stored, never augmented (the loaders use :meth:`__getitems__`)."""
+        return self._floats(torch.tensor([i]))[0], self.labels[i]
 
     def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(idx)
-        return _as_float(self.images[index]), self.labels[index]
+        index = torch.as_tensor(idx, dtype=torch.long)
+        x = self._floats(index)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.labels[index]
+
+    def _floats(self, index: torch.Tensor) -> torch.Tensor:
+        x = self.fetch(index).float()
+        return x.mul_(self.scale) if self.scale != 1.0 else x
+
+
+class TensorDataset(SampleSet):
+    """Samples held in memory: uint8 images ``[N, C, H, W]`` become pixels in [0, 1]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, scale: float | None = None):
+        if len(images) != len(labels):
+            raise DatasetError(f"{len(images)} images but {len(labels)} labels")
+        if scale is None:
+            scale = 1 / 255 if images.dtype == torch.uint8 else 1.0
+        super().__init__(labels, scale)
+        self.images = images
+
+    def fetch(self, index: torch.Tensor) -> torch.Tensor:
+        return self.images[index]
 
     def head(self, n: int | None) -> TensorDataset:
-        """The first ``n`` samples (all when ``n`` is None)."""
-        return self if n is None else TensorDataset(self.images[:n], self.labels[:n])
+        if n is None or n >= len(self):
+            return self
+        return TensorDataset(self.images[:n], self.labels[:n], self.scale)
 
 
-def _as_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels → float32 in [0, 1]; float data passes through."""
-    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+class ArrayFileDataset(SampleSet):
+    """Samples in one ``.npy`` file (e.g. cached event frames ``[N, T, C, H, W]``), memory-mapped.
+
+    The map is opened on first use in each process, so loader workers never pickle the data.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        labels: torch.Tensor,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(labels, 1.0, transform)
+        self.path = Path(path)
+        self._array: np.ndarray | None = None
+
+    def fetch(self, index: torch.Tensor) -> torch.Tensor:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return torch.from_numpy(np.ascontiguousarray(self._array[index.numpy()]))
+
+    def head(self, n: int | None) -> ArrayFileDataset:
+        if n is None or n >= len(self):
+            return self
+        return ArrayFileDataset(self.path, self.labels[:n], self.transform)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_array": None}
 
 
 @dataclass
 class Splits:
-    train: TensorDataset
-    test: TensorDataset
+    """A dataset's two splits and what one sample is.
+
+    ``sequence=False``: a sample is static, ``[*sample_shape]``, and an encoder expands it over
+    T. ``sequence=True``: a sample is already a sequence ``[T, *sample_shape]`` (event frames,
+    spike bins); batches come out ``[N, T, ...]`` and the ``none`` encoder makes them
+    ``[T, N, ...]``.
+    """
+
+    train: SampleSet
+    test: SampleSet
     sample_shape: tuple[int, ...]
     num_classes: int
+    sequence: bool = False
 
 
 DatasetBuilder = Callable[[dict[str, Any]], Splits]
@@ -69,11 +145,11 @@ DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 
 def build_splits(cfg: dict[str, Any]) -> Splits:
     """The dataset named ``cfg['name']``, cut to ``train_limit`` / ``test_limit``."""
-    splits = DATASETS.get(cfg["name"])(cfg)
     for key in ("train_limit", "test_limit"):
         n = cfg.get(key)
         if n is not None and n <= 0:
             raise DatasetError(f"dataset.{key} must be a positive number or null, got {n}")
+    splits = DATASETS.get(cfg["name"])(cfg)
     splits.train = splits.train.head(cfg.get("train_limit"))
     splits.test = splits.test.head(cfg.get("test_limit"))
     return splits
@@ -84,7 +160,7 @@ def _identity(batch):
 
 
 def make_loader(
-    dataset: TensorDataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0
+    dataset: SampleSet, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0
 ) -> DataLoader:
     """A loader over whole-batch fetches; shuffling draws from its own generator."""
     generator = torch.Generator().manual_seed(seed)
@@ -201,3 +277,6 @@ def _read_idx(folder: Path, stem: str, ndim: int) -> np.ndarray:
         raise DatasetError(
             f"corrupt dataset file {path}: {e}; delete it and download again"
         ) from None
+
+
+from snnrun.events import datasets as _event_datasets  # noqa: E402, F401  (nmnist, dvsgesture, ...)

@@ -1,64 +1,53 @@
-"""Where a run's numbers go: ``metrics.jsonl`` in the run dir (always) and an optional logger.
+"""Where a run's numbers go besides ``metrics.jsonl``: the logger registry (``wandb``, ``none``).
 
 ``logger=wandb`` logs the resolved config, the per-step train loss and the per-epoch metrics
 against a ``global_step`` metric that checkpoints restore (W&B's own step restarts at 0 for a
-resumed offline run). Its files live in ``<run dir>/wandb``; the run id is kept in
-``<run dir>/wandb_run_id.txt`` and in each checkpoint so a resume continues the same run.
-``mode`` defaults to ``offline``; ``WANDB_MODE`` in the environment, when set, wins (also on
-resume, whose saved config holds the mode the run started with).
+resumed offline run), and each epoch's checkpoint as a model artifact (aliases ``latest``, and
+``best`` on the best epoch). Its files live in ``<run dir>/wandb``; the W&B run id is the
+snnrun run id. On resume, epochs of the run's history that no local ``.wandb`` file holds (a
+SIGKILL loses what W&B had not flushed) are logged again, so W&B holds every epoch
+``metrics.jsonl`` holds. ``mode`` defaults to ``offline``; ``WANDB_MODE`` in the environment,
+when set, wins (also on resume, whose saved config holds the mode the run started with).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import string
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from snnrun.checkpoint import atomic_write_bytes
 from snnrun.errors import SnnrunError
 from snnrun.registry import Registry
+from snnrun.wandb_files import logged_epochs
 
-METRICS_FILE = "metrics.jsonl"
+if TYPE_CHECKING:
+    from snnrun.rundir import RunDir
+
 WANDB_MODES = ("offline", "online", "disabled")
-
-
-class MetricsFile:
-    """One JSON object per epoch, appended and flushed to ``<run dir>/metrics.jsonl``."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / METRICS_FILE
-
-    def append(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def rewrite(self, records: list[dict[str, Any]]) -> None:
-        """Replace the file with exactly ``records`` (a resume drops epochs past its checkpoint)."""
-        text = "".join(json.dumps(r) + "\n" for r in records).encode()
-        atomic_write_bytes(self.path, lambda f: f.write(text))
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class RunLogger:
     """Base logger: does nothing. Subclasses send numbers somewhere."""
 
-    def start(self, run_dir: Path, config: dict[str, Any], state: dict[str, Any] | None) -> None:
-        """Open the run; ``state`` is what :meth:`state_dict` returned before a resume."""
+    wants_steps = False  # whether log_step is worth a host sync for the loss
+
+    def start(
+        self,
+        rundir: RunDir,
+        run_id: str,
+        config: dict[str, Any],
+        state: dict[str, Any] | None,
+        history: list[dict[str, Any]],
+    ) -> None:
+        """Open the run; ``state`` is what :meth:`state_dict` returned before a resume and
+        ``history`` the epoch records the run already has."""
 
     def log_step(self, global_step: int, metrics: dict[str, float]) -> None: ...
 
     def log_epoch(self, global_step: int, metrics: dict[str, float]) -> None: ...
+
+    def log_checkpoint(self, rundir: RunDir, epoch: int, is_best: bool) -> None: ...
+
+    def log_figures(self, figures: dict[str, Any], global_step: int | None = None) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -74,7 +63,7 @@ LOGGERS.register("none")(RunLogger)
 class WandbLogger(RunLogger):
     """Weights & Biases, offline by default."""
 
-    RUN_ID_FILE = "wandb_run_id.txt"
+    wants_steps = True
 
     def __init__(
         self,
@@ -82,32 +71,42 @@ class WandbLogger(RunLogger):
         mode: str = "offline",
         entity: str | None = None,
         tags: list[str] | None = None,
+        log_checkpoints: bool = True,
     ) -> None:
         mode = os.environ.get("WANDB_MODE") or mode or "offline"
         if mode not in WANDB_MODES:
             raise SnnrunError(f"W&B mode {mode!r}; use one of {', '.join(WANDB_MODES)}")
         self.project, self.mode, self.entity = project, mode, entity
         self.tags = list(tags or [])
+        self.log_checkpoints = log_checkpoints
         self.run = None
         self.run_id: str | None = None
 
-    def start(self, run_dir: Path, config: dict[str, Any], state: dict[str, Any] | None) -> None:
+    def start(
+        self,
+        rundir: RunDir,
+        run_id: str,
+        config: dict[str, Any],
+        state: dict[str, Any] | None,
+        history: list[dict[str, Any]],
+    ) -> None:
         import wandb
 
-        saved = (state or {}).get("run_id") or _read_run_id(run_dir)
-        self.run_id = saved or _new_run_id()
-        (run_dir / self.RUN_ID_FILE).write_text(self.run_id + "\n")
+        self.run_id = (state or {}).get("run_id") or rundir.read_wandb_id() or run_id
+        fetched = str(rundir.read_info().get("from", "")).startswith("wandb:")
+        already = {r["epoch"] for r in history} if fetched else logged_epochs(rundir.wandb_dir)
+        rundir.write_wandb_id(self.run_id)
         try:
             self.run = wandb.init(
                 project=self.project,
                 entity=self.entity,
                 id=self.run_id,
                 resume="allow",
-                dir=str(run_dir),
+                dir=str(rundir.path),
                 mode=self.mode,
                 config=config,
                 tags=self.tags,
-                name=f"{run_dir.parent.name}/{run_dir.name}",
+                name=f"{rundir.path.parent.name}/{rundir.path.name}",
             )
         except Exception as e:  # login, network and service errors come in many types
             reason = " ".join(str(e).split())[:200] or type(e).__name__
@@ -117,12 +116,38 @@ class WandbLogger(RunLogger):
             ) from None
         self.run.define_metric("global_step")
         self.run.define_metric("*", step_metric="global_step")
+        for record in history:  # what a killed segment never flushed
+            if record["epoch"] not in already:
+                self.log_epoch(record.get("global_step", 0), record)
 
     def log_step(self, global_step: int, metrics: dict[str, float]) -> None:
         self.run.log({**{f"train/{k}": v for k, v in metrics.items()}, "global_step": global_step})
 
     def log_epoch(self, global_step: int, metrics: dict[str, float]) -> None:
         self.run.log({**{f"epoch/{k}": v for k, v in metrics.items()}, "global_step": global_step})
+
+    def log_checkpoint(self, rundir: RunDir, epoch: int, is_best: bool) -> None:
+        """The latest checkpoint as a model artifact; W&B copies and uploads it in the
+        background, so the loop waits only for the copy."""
+        if not self.log_checkpoints:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(f"model-{self.run_id}", type="model", metadata={"epoch": epoch})
+        artifact.add_file(str(rundir.checkpoint("latest")), name="checkpoint.pt")
+        aliases = ["latest", f"epoch-{epoch}"] + (["best"] if is_best else [])
+        self.run.log_artifact(artifact, aliases=aliases)
+
+    def log_figures(self, figures: dict[str, Any], global_step: int | None = None) -> None:
+        """PNG/GIF figures as W&B images (W&B shows no SVG/PDF images)."""
+        import wandb
+
+        row = {f"figures/{k}": wandb.Image(str(v)) for k, v in figures.items()
+               if str(v).endswith((".png", ".gif"))}  # fmt: skip
+        if row:
+            self.run.log(
+                {**row, **({"global_step": global_step} if global_step is not None else {})}
+            )
 
     def finish(self) -> None:
         if self.run is not None:
@@ -131,16 +156,6 @@ class WandbLogger(RunLogger):
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id}
-
-
-def _new_run_id() -> str:
-    """8 random [a-z0-9] characters, drawn without touching the run's seeded RNGs."""
-    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-
-
-def _read_run_id(run_dir: Path) -> str | None:
-    path = run_dir / WandbLogger.RUN_ID_FILE
-    return path.read_text().strip() or None if path.is_file() else None
 
 
 def build_logger(cfg: dict[str, Any]) -> RunLogger:

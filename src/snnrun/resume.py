@@ -1,12 +1,12 @@
 """``snnrun resume=<run dir | checkpoint>``: validate everything before touching the run dir.
 
-The resumed run uses the checkpoint's saved config. Only keys that do not contradict the
+The resumed run uses the run's saved config. Only keys that do not contradict the
 checkpoint's state may change on the command line (:data:`RESUMABLE`: ``epochs``, ``device``,
 ``dataset.root``, ``logger.*`` ...); raising ``epochs`` also stretches a cosine schedule whose
 ``T_max`` followed ``epochs``. The run's original overrides must still compose with the current
 ``conf/``; keys whose current default differs from the saved value are reported (the saved
-value is kept). Only ``checkpoint_latest.pt`` can be resumed: continuing an older checkpoint
-would overwrite the epochs after it.
+value is kept). Only ``checkpoint_latest.pt`` can be resumed (continuing an older checkpoint
+would overwrite the epochs after it), and only in the dir whose ``run.json`` names its run.
 """
 
 from __future__ import annotations
@@ -14,16 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from snnrun.checkpoint import LATEST, load_checkpoint
+from snnrun.compose import compose_config, one_line
 from snnrun.errors import SnnrunError
+from snnrun.rundir import find_run_dir
 
-CONFIG_MODULE = "snnrun.conf"
 GROUPS = (
     "model",
     "neuron",
@@ -35,6 +33,8 @@ GROUPS = (
     "scheduler",
     "precision",
     "logger",
+    "monitor",
+    "viz",
     "experiment",
 )
 
@@ -46,9 +46,12 @@ RESUMABLE = (
     "num_workers",
     "log_every",
     "compile",
+    "allow_new_data",
     "dataset.root",
     "scheduler.T_max",
     "logger.",
+    "monitor.",
+    "viz.",
 )
 
 
@@ -56,44 +59,26 @@ class ResumeError(SnnrunError):
     """A resume request that cannot be honoured; the run dir is left as it was."""
 
 
-def find_checkpoint(target: str) -> Path:
-    """The checkpoint file for a run dir or a checkpoint path."""
-    path = Path(target).expanduser()
-    if not path.exists():
-        raise ResumeError(
-            f"resume path {path} does not exist; pass a run dir such as "
-            "outputs/<date>/<time> or a checkpoint file"
-        )
-    ckpt = path / LATEST if path.is_dir() else path
-    if path.is_dir() and not ckpt.is_file():
-        raise ResumeError(
-            f"{path} is not an snnrun run dir (no {LATEST} in it); pass the "
-            "folder of a run that finished at least one epoch"
-        )
-    if ckpt.name != LATEST:
-        raise ResumeError(
-            f"resume continues a run from its {LATEST}; {ckpt.name} would overwrite the "
-            "epochs after it (start a new run to branch from it)"
-        )
-    return ckpt
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    """Compose ``conf/config.yaml`` with ``overrides`` (hydra.* overrides left out)."""
-    task = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return compose(config_name="config", overrides=task)
-
-
 def resume_config(
     target: str, new_overrides: list[str]
 ) -> tuple[DictConfig, Path, list[str], dict[str, Any]]:
     """(config to run, run dir, overrides to record, checkpoint) for resuming ``target``."""
-    ckpt = find_checkpoint(target)
-    payload = load_checkpoint(ckpt)
+    rundir, which = find_run_dir(target)
+    if which != "latest":
+        raise ResumeError(
+            f"resume continues a run from its checkpoint_latest.pt; checkpoint_{which}.pt would "
+            "overwrite the epochs after it (start a new run to branch from it)"
+        )
+    payload = rundir.load_checkpoint("latest")
     saved_overrides = [o for o in payload.get("overrides", []) if not o.startswith("resume=")]
     parsed = _parse(new_overrides)
+    cfg = OmegaConf.create(payload["config"])
+    OmegaConf.set_struct(cfg, True)
+    keys = {k for k, _ in parsed}
+    if "epochs" in keys and "scheduler.T_max" not in keys and _follows_epochs(cfg):
+        parsed.append(("scheduler.T_max", dict(parsed)["epochs"]))
+    for key, value in parsed:
+        _apply(cfg, key, value)
     try:
         current = compose_config(saved_overrides + new_overrides)
     except Exception as e:
@@ -101,19 +86,26 @@ def resume_config(
             f"the run's config no longer composes with conf/ ({one_line(e)}); "
             "restore the missing config or start a new run"
         ) from None
-    cfg = OmegaConf.create(payload["config"])
-    OmegaConf.set_struct(cfg, True)
-    keys = {k for k, _ in parsed}
-    if "epochs" in keys and "scheduler.T_max" not in keys and _follows_epochs(cfg):
-        parsed.append(("scheduler.T_max", dict(parsed)["epochs"]))
-    for key, value in parsed:
-        try:
-            OmegaConf.update(cfg, key, value, merge=False)
-        except OmegaConfBaseException as e:
-            raise ResumeError(f"cannot apply {key}={value} on resume: {one_line(e)}") from None
-    cfg.resume = str(ckpt)
+    cfg.resume = str(rundir.checkpoint("latest"))
     _report_drift(cfg, current, {k for k, _ in parsed})
-    return cfg, ckpt.parent, saved_overrides + new_overrides, payload
+    return cfg, rundir.path, saved_overrides + new_overrides, payload
+
+
+def _apply(cfg: DictConfig, key: str, value: Any) -> None:
+    section = key.rsplit(".", 1)[0] if "." in key else None
+    if section and OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+        node = OmegaConf.select(cfg, section)
+        keys = ", ".join(map(str, node.keys())) if isinstance(node, DictConfig) else "none"
+        name = OmegaConf.select(cfg, f"{section}.name", default=None)
+        which = f"{section}={name}" if name else section
+        raise ResumeError(
+            f"cannot set {key} on resume: this run's {which} has no {key.rsplit('.', 1)[1]!r} "
+            f"(its keys: {keys}); the {section} group cannot change when resuming"
+        )
+    try:
+        OmegaConf.update(cfg, key, value, merge=False)
+    except OmegaConfBaseException as e:
+        raise ResumeError(f"cannot apply {key}={value} on resume: {one_line(e)}") from None
 
 
 def _follows_epochs(cfg: DictConfig) -> bool:
@@ -166,9 +158,3 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: node}
-
-
-def one_line(error: BaseException) -> str:
-    """An exception message on one line, without Hydra's search-path appendix."""
-    text = str(error).split("Config search path")[0]
-    return " ".join(text.replace("\t", " ").split()) or type(error).__name__

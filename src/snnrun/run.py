@@ -1,10 +1,13 @@
 """One training run: build every object from the resolved config, restore a checkpoint, fit.
 
 This is the composition root: the only place that knows which registry builds which piece.
+The run dir (:class:`~snnrun.rundir.RunDir`) is claimed for the whole run, fresh or resumed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,26 +16,21 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from snnrun.checkpoint import (
-    BEST,
-    LATEST,
-    capture_rng,
-    restore_rng,
-    save_checkpoint,
-    seed_everything,
-)
+import snnrun
+from snnrun.checkpoint import capture_rng, restore_rng, seed_everything
 from snnrun.data import Splits, build_splits, make_loader
 from snnrun.encoders import Encoder, build_encoder
 from snnrun.errors import SnnrunError
-from snnrun.loggers import MetricsFile, RunLogger, build_logger
+from snnrun.loggers import RunLogger, build_logger
 from snnrun.losses import RateLoss, build_loss
 from snnrun.model import SpikingNetwork, build_model
+from snnrun.monitors import Monitor, build_monitors
 from snnrun.optim import build_optimizer, build_scheduler, follow_horizon
 from snnrun.precision import Precision, build_precision
 from snnrun.progress import console
+from snnrun.rundir import RunDir, new_run_id
+from snnrun.stop import graceful_stop
 from snnrun.trainer import Trainer, TrainState
-
-RUN_MARKER = "run.pid"
 
 
 @dataclass
@@ -49,6 +47,7 @@ class Run:
     logger: RunLogger
     encoder: Encoder
     loss: RateLoss
+    monitors: list[Monitor]
     train_loader: torch.utils.data.DataLoader
     test_loader: torch.utils.data.DataLoader
 
@@ -67,51 +66,56 @@ def resolve_device(name: str) -> torch.device:
 
 def refuse_existing_run(run_dir: Path) -> None:
     """A fresh run never writes into another run's dir."""
-    if (run_dir / LATEST).exists():
+    if RunDir(run_dir).holds_run():
         raise SnnrunError(
             f"{run_dir} already holds a run; continue it with resume={run_dir} "
             "or pick another hydra.run.dir"
         )
 
 
-def claim_run_dir(run_dir: Path) -> None:
-    """Mark ``run_dir`` as this run's (``run.pid``, created exclusively), so that two runs
-    started in the same second into the same timestamped dir cannot both train there."""
-    refuse_existing_run(run_dir)
-    try:
-        fd = os.open(run_dir / RUN_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        owner = (run_dir / RUN_MARKER).read_text().strip()
-        raise SnnrunError(f"{run_dir} was claimed by another run (pid {owner}); pick another "
-                          "hydra.run.dir, or delete its run.pid if that process is gone"
-                          ) from None  # fmt: skip
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()}\n")
-
-
-def _check_values(conf: dict[str, Any]) -> None:
-    for key in ("T", "batch_size", "log_every"):
-        if not isinstance(conf[key], int) or conf[key] < 1:
-            raise SnnrunError(f"{key} must be a positive integer, got {conf[key]!r}")
+def check_values(conf: dict[str, Any]) -> None:
+    """Types and ranges the groups cannot check themselves; non-finite numbers anywhere."""
+    for key in ("T", "batch_size", "log_every", "seed", "num_workers"):
+        low = 0 if key in ("seed", "num_workers") else 1
+        if not isinstance(conf[key], int) or isinstance(conf[key], bool) or conf[key] < low:
+            kind = "non-negative" if low == 0 else "positive"
+            raise SnnrunError(f"{key} must be a {kind} integer, got {conf[key]!r}")
     if not isinstance(conf["epochs"], int) or conf["epochs"] < 0:
         raise SnnrunError(f"epochs must be a non-negative integer, got {conf['epochs']!r}")
+    for key, value in _leaves(conf):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SnnrunError(f"{key}={value} is not a finite number; give it a real value")
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        return [kv for k, v in node.items() for kv in _leaves(v, f"{prefix}{k}.")]
+    if isinstance(node, list):
+        return [kv for i, v in enumerate(node) for kv in _leaves(v, f"{prefix}{i}.")]
+    return [(prefix[:-1], node)]
+
+
+def network_defaults(conf: dict[str, Any]) -> dict[str, Any]:
+    """The groups every neuron layer falls back to."""
+    return {"neuron": conf["neuron"], "surrogate": conf["surrogate"]}
 
 
 def build_run(conf: dict[str, Any]) -> Run:
     """Build every piece; a bad value in any group is one :class:`SnnrunError`."""
-    _check_values(conf)
+    check_values(conf)
     device = resolve_device(conf["device"])
     seed_everything(conf["seed"])
     splits = build_splits(conf["dataset"])
-    defaults = {"neuron": conf["neuron"], "surrogate": conf["surrogate"]}
-    model = build_model(conf["model"], defaults, splits.sample_shape, splits.num_classes)
-    try:
-        optimizer = build_optimizer(conf["optimizer"], model.to(device).parameters())
-        scheduler = build_scheduler(conf["scheduler"], optimizer)
-        logger = build_logger(conf["logger"])
-        encoder, loss = build_encoder(conf["encoder"]), build_loss(conf["loss"])
-    except (TypeError, ValueError) as e:
-        raise SnnrunError(f"bad config value: {e}") from None
+    model = build_model(
+        conf["model"], network_defaults(conf), splits.sample_shape, splits.num_classes
+    )
+    model.to(device)
+    optimizer = _built(conf, "optimizer", build_optimizer, conf["optimizer"], model.parameters())
+    scheduler = _built(conf, "scheduler", build_scheduler, conf["scheduler"], optimizer)
+    logger = _built(conf, "logger", build_logger, conf["logger"])
+    encoder = _built(conf, "encoder", build_encoder, conf["encoder"], splits.sequence)
+    loss = _built(conf, "loss", build_loss, conf["loss"])
+    monitors = _built(conf, "monitor", build_monitors, conf["monitor"], model)
     batch, seed, workers = conf["batch_size"], conf["seed"], conf["num_workers"]
     return Run(
         conf=conf,
@@ -124,66 +128,141 @@ def build_run(conf: dict[str, Any]) -> Run:
         logger=logger,
         encoder=encoder,
         loss=loss,
+        monitors=monitors,
         train_loader=make_loader(splits.train, batch, True, seed, workers),
         test_loader=make_loader(splits.test, batch, False, seed, workers),
     )
 
 
+def _built(conf: dict[str, Any], section: str, build: Any, *args: Any) -> Any:
+    """``build(*args)``; a bad value in ``section`` is one line naming the section."""
+    try:
+        return build(*args)
+    except (TypeError, ValueError) as e:
+        raise SnnrunError(
+            f"bad {section} config {conf[section]}: {' '.join(str(e).split())}"
+        ) from None
+
+
 def train(
     cfg: DictConfig, run_dir: Path, overrides: list[str], checkpoint: dict[str, Any] | None = None
 ) -> float:
-    """Train the run in ``run_dir`` (continue it from ``checkpoint``); best test accuracy."""
+    """Train the run in ``run_dir`` (continue it from ``checkpoint``); best test accuracy.
+
+    The dir is claimed first (``run.lock``), fresh or resumed, so two processes never train in
+    one dir; a fresh run refuses a dir that already holds a run.
+    """
     conf: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    if checkpoint is not None:
-        return _fit(conf, run_dir, overrides, checkpoint)
-    claim_run_dir(run_dir)
+    if conf["dataset"].get("root"):  # absolute, so a resume from elsewhere finds the data
+        conf["dataset"]["root"] = os.path.abspath(os.path.expanduser(conf["dataset"]["root"]))
+    rundir = RunDir(run_dir)
+    rundir.claim()
     try:
-        return _fit(conf, run_dir, overrides, None)
-    except BaseException:
-        if not (run_dir / LATEST).exists():  # nothing trained yet: free the dir again
-            (run_dir / RUN_MARKER).unlink(missing_ok=True)
-        raise
+        rundir.clear_failure()
+        if checkpoint is None:
+            refuse_existing_run(run_dir)
+        else:  # read again under the claim: another process may have trained meanwhile
+            checkpoint = rundir.load_checkpoint("latest")
+        with graceful_stop(rundir.path):
+            return _fit(conf, rundir, overrides, checkpoint)
+    finally:
+        rundir.release()
+
+
+def data_identity(splits: Splits) -> dict[str, Any]:
+    """What a resume can check about the data under a run (shape, classes, sizes, content)."""
+    return {
+        "sample_shape": list(splits.sample_shape),
+        "num_classes": splits.num_classes,
+        "train_size": len(splits.train),
+        "test_size": len(splits.test),
+        "fingerprint": _fingerprint(splits),
+    }
+
+
+def _fingerprint(splits: Splits, per_split: int = 8) -> str:
+    """A hash of each split's first samples and labels: same name and sizes, other data."""
+    digest = hashlib.sha256()
+    for dataset in (splits.train, splits.test):
+        for i in range(min(len(dataset), per_split)):
+            x, y = dataset[i]
+            digest.update(torch.as_tensor(x).contiguous().cpu().numpy().tobytes())
+            digest.update(str(int(y)).encode())
+    return digest.hexdigest()[:16]
+
+
+def _check_same_data(saved: dict[str, Any], now: dict[str, Any], conf: dict[str, Any]) -> None:
+    differs = [k for k in saved if k != "name" and saved.get(k) != now.get(k)]
+    if differs and not conf.get("allow_new_data"):
+        details = ", ".join(
+            f"{k} {saved[k]} -> {now.get(k)}" for k in differs if k != "fingerprint"
+        )
+        raise SnnrunError(
+            f"the data under this run changed ({details or 'different samples'}; "
+            f"dataset.root={conf['dataset'].get('root')}); point dataset.root at the run's data, "
+            "or add allow_new_data=true to continue on other data on purpose"
+        )
 
 
 def _fit(
-    conf: dict[str, Any], run_dir: Path, overrides: list[str], checkpoint: dict[str, Any] | None
+    conf: dict[str, Any], rundir: RunDir, overrides: list[str], checkpoint: dict[str, Any] | None
 ) -> float:
-    """Build, restore, train and report (``train`` owns the run dir)."""
-    if conf["dataset"].get("root"):  # absolute, so a resume from elsewhere finds the data
-        conf["dataset"]["root"] = os.path.abspath(os.path.expanduser(conf["dataset"]["root"]))
+    """Build, restore, train and report (``train`` holds the run dir)."""
     run = build_run(conf)
+    data = {"name": conf["dataset"]["name"], **data_identity(run.splits)}
     state, logger_state = TrainState(), None
-    metrics = MetricsFile(run_dir)
-    if checkpoint is not None:
+    if checkpoint is None:
+        run_id = new_run_id()
+        rundir.write_info({"run_id": run_id, "snnrun_version": snnrun.__version__, "data": data})
+    else:
+        run_id = checkpoint["run_id"]
+        _check_same_data(checkpoint["data"], data, conf)
         state, logger_state = _restore(checkpoint, run)
-        metrics.rewrite(state.history)
-        console.print(f"resuming {run_dir} at epoch {state.epoch} "
+        rundir.rewrite_metrics(state.history)
+        console.print(f"resuming {rundir.path} at epoch {state.epoch} "
                       f"(best test_acc {state.best_acc:.4f})")  # fmt: skip
+    rundir.write_config(conf)
     _describe(run)
 
     def on_epoch_end(st: TrainState, record: dict[str, Any], is_best: bool) -> None:
-        payload = _checkpoint_payload(run, st, overrides)
-        save_checkpoint(payload, run_dir / LATEST)
-        if is_best:
-            save_checkpoint(payload, run_dir / BEST)
-        metrics.append(record)
+        payload = checkpoint_payload(run, st, overrides, run_id, data)
+        rundir.save_epoch(payload, record, is_best)
+        run.logger.log_checkpoint(rundir, record["epoch"], is_best)
+        _render_during_training(conf["viz"], rundir, st, run.logger)
 
     net = torch.compile(run.model) if conf["compile"] else run.model  # checkpoints keep .model
-    trainer = Trainer(net, run.encoder, run.loss, run.optimizer, run.scheduler, run.precision,
-                      run.device, conf["T"], run.logger, conf["log_every"])  # fmt: skip
-    run.logger.start(run_dir, conf, logger_state)
+    trainer = Trainer(run, net)
+    run.logger.start(rundir, run_id, conf, logger_state, state.history)
     try:
-        trainer.fit(run.train_loader, run.test_loader, conf["epochs"], state, on_epoch_end)
+        trainer.fit(conf["epochs"], state, on_epoch_end)
     finally:
         run.logger.finish()
-    _report(state, run_dir)
+    _report(state, rundir.path)
     return state.best_acc
 
 
-def _checkpoint_payload(run: Run, state: TrainState, overrides: list[str]) -> dict[str, Any]:
-    """Everything a resume needs, the resolved config and the overrides that composed it."""
+def _render_during_training(
+    viz: dict[str, Any], rundir: RunDir, state: TrainState, logger: RunLogger
+) -> None:
+    """``viz.every_n_epochs``: the cheap figures (curves, firing rates) into the run dir."""
+    every = viz.get("every_n_epochs") or 0
+    if every <= 0 or state.epoch % every:
+        return
+    from snnrun.viz import render_cheap
+
+    figures = render_cheap(rundir, state.history, viz.get("format", "png"))
+    logger.log_figures(figures, state.global_step)
+
+
+def checkpoint_payload(
+    run: Run, state: TrainState, overrides: list[str], run_id: str, data: dict[str, Any]
+) -> dict[str, Any]:
+    """Everything a resume needs, the resolved config, the overrides that composed it, and
+    what rebuilding the network needs (``data``): tensors and plain data only."""
     scaler = run.precision.scaler
     return {
+        "run_id": run_id,
+        "data": data,
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,

@@ -1,4 +1,8 @@
-"""Hydra callback: after a sweep (``snnrun -m ...``), a table of every job's final metrics."""
+"""Hydra callback: after a sweep (``snnrun -m ...``), a table of every job's final metrics.
+
+A job that failed is marked ``failed`` with its one-line reason and collected in
+:data:`FAILED`, so the command exits non-zero after all jobs ran.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +13,27 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from snnrun.loggers import read_metrics
 from snnrun.progress import console
+from snnrun.rundir import RunDir
+
+FAILED: list[str] = []
+COLUMNS = ("job", "status", "overrides", "epochs", "train_loss", "test_acc", "max_test_acc")
 
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job folder under ``sweep_dir``: its overrides and last/best metrics."""
+    """One row per job folder under ``sweep_dir``: status, overrides and last/best metrics."""
     rows = []
     for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=_job_order):
-        history = read_metrics(job)
+        rundir = RunDir(job)
+        history = rundir.read_metrics()
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
         last = history[-1] if history else {}
+        failure = rundir.failure()
         rows.append(
             {
                 "job": job.name,
+                "status": f"failed: {failure}" if failure else "ok",
                 "overrides": " ".join(str(o) for o in overrides),
                 "epochs": len(history),
                 "train_loss": last.get("train_loss"),
@@ -44,11 +54,16 @@ class SweepSummary(Callback):
         if not sweep_dir.is_dir():
             return
         table = Table(title=f"sweep {sweep_dir}")
-        for column in ("job", "overrides", "epochs", "train_loss", "test_acc", "max_test_acc"):
-            table.add_column(column, justify="left" if column == "overrides" else "right")
-        for row in job_rows(sweep_dir):
-            table.add_row(*(_fmt(row[c]) for c in row))
+        for column in COLUMNS:
+            table.add_column(
+                column, justify="left" if column in ("overrides", "status") else "right"
+            )
+        rows = job_rows(sweep_dir)
+        for row in rows:
+            style = "red" if row["status"] != "ok" else None
+            table.add_row(*(_fmt(row[c]) for c in COLUMNS), style=style)
         console.print(table)
+        FAILED.extend(r["job"] for r in rows if r["status"] != "ok")
 
 
 def _fmt(value: Any) -> str:

@@ -1,7 +1,10 @@
 """The training loop: batch → encode → forward → loss → backward → step → log; test each epoch.
 
-The trainer receives built objects and never names a neuron, dataset or model. At the end of
-each epoch it hands the epoch's record to ``on_epoch_end`` (checkpointing, metrics file).
+The trainer receives built objects and never names a neuron, dataset or model. Training and
+evaluation share one loss step (:meth:`Trainer.forward`). At the end of each epoch the
+parameters are checked for non-finite values (one host sync) before the epoch's record goes to
+``on_epoch_end`` (checkpointing, metrics file), so a diverged run never overwrites its last
+good checkpoint.
 """
 
 from __future__ import annotations
@@ -9,17 +12,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from snnrun.encoders import Encoder
-from snnrun.loggers import RunLogger
-from snnrun.losses import RateLoss
-from snnrun.precision import Precision
+from snnrun.errors import SnnrunError
+from snnrun.monitors import monitoring
 from snnrun.progress import print_epoch, progress_bar
+from snnrun.stop import check_stop
+
+if TYPE_CHECKING:
+    from snnrun.run import Run
 
 
 @dataclass
@@ -35,43 +40,32 @@ class TrainState:
 EpochHook = Callable[[TrainState, dict[str, Any], bool], None]
 
 
-class Trainer:
-    def __init__(
-        self,
-        model: nn.Module,
-        encoder: Encoder,
-        loss_fn: RateLoss,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        precision: Precision,
-        device: torch.device,
-        T: int,
-        logger: RunLogger,
-        log_every: int = 10,
-    ) -> None:
-        self.model, self.encoder, self.loss_fn = model, encoder, loss_fn
-        self.optimizer, self.scheduler, self.precision = optimizer, scheduler, precision
-        self.device, self.T, self.logger, self.log_every = device, T, logger, log_every
+class DivergedError(SnnrunError):
+    """Parameters or the loss became NaN/inf."""
 
-    def fit(
-        self,
-        train_loader: DataLoader,
-        test_loader: DataLoader,
-        epochs: int,
-        state: TrainState,
-        on_epoch_end: EpochHook,
-    ) -> TrainState:
+
+class Trainer:
+    """Fits ``net`` (the run's model, possibly compiled) with the run's other built pieces."""
+
+    def __init__(self, run: Run, net: nn.Module) -> None:
+        self.run, self.net = run, net
+        self.T, self.log_every = run.conf["T"], run.conf["log_every"]
+
+    def fit(self, epochs: int, state: TrainState, on_epoch_end: EpochHook) -> TrainState:
+        run = self.run
         for epoch in range(state.epoch, epochs):
             start = time.perf_counter()
-            if self.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(self.device)
-            lr = self.optimizer.param_groups[0]["lr"]
-            train = self.train_epoch(train_loader, state, f"epoch {epoch} train")
-            test = self.evaluate(test_loader, f"epoch {epoch} test")
+            if run.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(run.device)
+            lr = run.optimizer.param_groups[0]["lr"]
+            train = self.train_epoch(run.train_loader, state, f"epoch {epoch} train")
+            test = self.evaluate(run.test_loader, f"epoch {epoch} test")
+            self._check_finite(epoch, train)
             is_best = test["acc"] > state.best_acc or not state.history
             state.best_acc = max(state.best_acc, test["acc"])
             record = {
                 "epoch": epoch,
+                "global_step": state.global_step,
                 "train_loss": train["loss"],
                 "train_acc": train["acc"],
                 "test_loss": test["loss"],
@@ -81,66 +75,84 @@ class Trainer:
                 "test_samples_per_s": test["samples_per_s"],
                 "epoch_seconds": time.perf_counter() - start,
                 "lr": lr,
+                **test["monitors"],
             }
-            if self.device.type == "cuda":
-                record["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-            if self.scheduler is not None:
-                self.scheduler.step()
+            if run.device.type == "cuda":
+                record["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
+            if run.scheduler is not None:
+                run.scheduler.step()
             state.epoch = epoch + 1
             state.history.append(record)
             print_epoch(record, epochs)
-            self.logger.log_epoch(state.global_step, record)
+            run.logger.log_epoch(state.global_step, record)
             on_epoch_end(state, record, is_best)
         return state
 
-    def train_epoch(self, loader: DataLoader, state: TrainState, label: str) -> dict[str, float]:
-        self.model.train()
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one loss step: (output spikes ``[T, N, classes]``, loss) for a batch."""
+        x = x.to(self.run.device, non_blocking=True)
+        with self.run.precision.autocast():
+            out = self.net(self.run.encoder(x, self.T))
+            return out, self.run.loss(out, y)
+
+    def train_epoch(self, loader: DataLoader, state: TrainState, label: str) -> dict[str, Any]:
+        self.net.train()
         totals = _Totals()
         with progress_bar() as bar:
             task = bar.add_task(label, total=len(loader.dataset), loss="")
             for x, y in loader:
-                loss, correct = self.train_step(x, y)
+                loss, correct = self.train_step(x, y.to(self.run.device, non_blocking=True))
                 totals.add(loss, correct, len(y))
                 state.global_step += 1
-                if state.global_step % self.log_every == 0:
-                    self.logger.log_step(state.global_step, {"loss": loss.item()})
+                if self.run.logger.wants_steps and state.global_step % self.log_every == 0:
+                    self.run.logger.log_step(state.global_step, {"loss": loss.item()})
                 shown = "" if bar.disable else f"loss={loss.item():.4f}"  # no sync when hidden
                 bar.update(task, advance=len(y), loss=shown)
+                check_stop()
         return totals.summary()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self._to_device(x, y)
-        with self.precision.autocast():
-            out = self.model(self.encoder(x, self.T))
-            loss = self.loss_fn(out, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        scaler = self.precision.scaler
+        out, loss = self.forward(x, y)
+        optimizer, scaler = self.run.optimizer, self.run.precision.scaler
+        optimizer.zero_grad(set_to_none=True)
         if scaler is None:
             loss.backward()
-            self.optimizer.step()
+            optimizer.step()
         else:
             scaler.scale(loss).backward()
-            scaler.step(self.optimizer)
+            scaler.step(optimizer)
             scaler.update()
-        return loss.detach(), (self.loss_fn.predict(out) == y).sum()
+        return loss.detach(), (self.run.loss.predict(out) == y).sum()
 
     @torch.no_grad()
-    def evaluate(self, loader: DataLoader, label: str) -> dict[str, float]:
-        self.model.eval()
+    def evaluate(self, loader: DataLoader, label: str) -> dict[str, Any]:
+        self.net.eval()
         totals = _Totals()
-        with progress_bar() as bar:
+        with progress_bar() as bar, monitoring(self.run.monitors) as monitors:
             task = bar.add_task(label, total=len(loader.dataset), loss="")
             for x, y in loader:
-                x, y = self._to_device(x, y)
-                with self.precision.autocast():
-                    out = self.model(self.encoder(x, self.T))
-                    loss = self.loss_fn(out, y)
-                totals.add(loss, (self.loss_fn.predict(out) == y).sum(), len(y))
+                y = y.to(self.run.device, non_blocking=True)
+                out, loss = self.forward(x, y)
+                totals.add(loss, (self.run.loss.predict(out) == y).sum(), len(y))
                 bar.update(task, advance=len(y))
-        return totals.summary()
+                check_stop()
+        return {**totals.summary(), "monitors": monitors.summary()}
 
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def _check_finite(self, epoch: int, train: dict[str, Any]) -> None:
+        """One sync: every parameter and buffer finite, else name the first bad tensor."""
+        tensors = [*self.run.model.named_parameters(), *self.run.model.named_buffers()]
+        floats = [(n, t) for n, t in tensors if t.is_floating_point()]
+        if floats and bool(torch.stack([t.isfinite().all() for _, t in floats]).all()):
+            if train["loss"] == train["loss"] and abs(train["loss"]) != float("inf"):
+                return
+            bad = f"the training loss is {train['loss']}"
+        else:
+            name = next(n for n, t in floats if not bool(t.isfinite().all()))
+            bad = f"parameter {name} holds NaN/inf"
+        raise DivergedError(
+            f"training diverged in epoch {epoch}: {bad}; the last good checkpoint is kept "
+            "(lower optimizer.lr, check surrogate/neuron values, or try precision=fp32)"
+        )
 
 
 class _Totals:

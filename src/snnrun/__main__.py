@@ -1,0 +1,5 @@
+"""``python -m snnrun ...`` (e.g. under torchrun) is the ``snnrun`` command."""
+
+from snnrun.cli import main
+
+main()

@@ -1,0 +1,270 @@
+"""The plotting functions behind ``snnrun viz``: numbers in, matplotlib figures out.
+
+Every function takes plain arrays (no model, no run dir) and returns a :class:`Figure` of a fixed
+size (:data:`SIZES`, or :func:`channel_grid_size` for the channel grids) so files come out the
+same size each time. Titles come from the caller (run, epoch, sample); axes say their units.
+Headless: the ``Agg`` backend, chosen on import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.animation import FuncAnimation, PillowWriter
+from matplotlib.colors import Colormap, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+DPI = 100
+SIZES = {  # inches; pixels = inches x DPI
+    "curves": (10.0, 4.0),
+    "output_layer": (10.0, 4.2),
+    "firing_rates": (10.0, 4.0),
+    "firing_rates_epochs": (6.0, 4.0),
+    "spike_counts": (6.0, 4.0),
+}
+MAX_CHANNELS = 16  # channel columns in the first-layer grid (the first ones of a wider layer)
+PANEL = 1.0  # inches per channel image in the grid
+SPIKE_COLOR, TARGET_COLOR = "tab:blue", "tab:orange"
+SPIKE_CMAP = ListedColormap(["white", "black"])  # 0 / 1
+
+
+def save(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` at its own size (no tight bbox, so the pixel size is predictable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _integer_ticks(ax: Any, axis: str = "x") -> None:
+    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
+
+
+def _epoch_axis(ax: Any, epochs: Sequence[int]) -> None:
+    """An "epoch" x axis with whole-epoch ticks, readable for one epoch as for hundreds."""
+    ax.set_xlabel("epoch")
+    ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    if len(set(epochs)) <= 12:
+        ax.set_xticks(sorted(set(epochs)))
+    else:
+        _integer_ticks(ax)
+
+
+# --- training curves ----------------------------------------------------------------------------
+def plot_curves(metrics: Sequence[dict[str, Any]], title: str) -> Figure:
+    """Loss and accuracy per epoch (train and test) from ``metrics.jsonl`` records, best test
+    accuracy marked."""
+    epochs = [r["epoch"] for r in metrics]
+    best = max(metrics, key=lambda r: r["test_acc"])
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=SIZES["curves"], layout="constrained")
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        for split, style in (("train", "o-"), ("test", "s-")):
+            ax.plot(epochs, [r[f"{split}_{key}"] for r in metrics], style, label=split, ms=4)
+        ax.axvline(best["epoch"], color="grey", ls="--", lw=1, label=f"best: epoch {best['epoch']}")
+        _epoch_axis(ax, epochs)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    ax_acc.plot(best["epoch"], best["test_acc"], "*", color="red", ms=14, zorder=3,
+                label=f"best test acc {best['test_acc']:.3f}")  # fmt: skip
+    lowest = min(min(r["train_acc"], r["test_acc"]) for r in metrics)
+    ax_acc.set_ylim(max(0.0, lowest - 0.05), 1.02)
+    ax_loss.set_title("loss")
+    ax_acc.set_title("accuracy")
+    ax_loss.legend(fontsize=8)
+    ax_acc.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    return fig
+
+
+# --- one sample's output layer ------------------------------------------------------------------
+def plot_output_layer(
+    spikes: np.ndarray, v: np.ndarray, threshold: float | None, target: int | None, title: str
+) -> Figure:
+    """Spike raster and membrane heatmap of the output neurons for one sample.
+
+    ``spikes`` and ``v`` are ``[T, K]`` (time step x neuron); ``target`` the true class's neuron
+    (None when the neurons are not one per class, e.g. before a voting layer).
+    """
+    T, K = spikes.shape
+    fig, (ax_r, ax_v) = plt.subplots(1, 2, figsize=SIZES["output_layer"], layout="constrained")
+    t_idx, n_idx = np.nonzero(spikes)
+    colors = [TARGET_COLOR if n == target else SPIKE_COLOR for n in n_idx]
+    ax_r.scatter(t_idx, n_idx, marker="|", s=200, c=colors, linewidths=2)
+    ax_r.set_xlim(-0.5, T - 0.5)
+    ax_r.set_ylim(-0.5, K - 0.5)
+    marked = "; true class in orange" if target is not None else ""
+    ax_r.set_title(f"spikes ({int(spikes.sum())} in all{marked})", fontsize=10)
+    image = ax_v.imshow(v.T, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
+    ax_v.scatter(t_idx, n_idx, marker="o", s=18, facecolors="none", edgecolors="red", lw=1.2)
+    bar = fig.colorbar(image, ax=ax_v)
+    bar.set_label("V after the step's reset" + (f" (threshold {threshold:g})" if threshold else ""))
+    ax_v.set_title("membrane potential (red circle: spike)", fontsize=10)
+    for ax in (ax_r, ax_v):
+        ax.set_xlabel("time step")
+        ax.set_ylabel("output neuron")
+        _integer_ticks(ax, "x")
+        _integer_ticks(ax, "y")
+        if K <= 20:
+            ax.set_yticks(range(K))
+    fig.suptitle(title)
+    return fig
+
+
+# --- the first neuron layer as channel images -----------------------------------------------------
+def channel_grid_size(T: int, channels: int, with_input: bool = True) -> tuple[float, float]:
+    """Figure size (inches) of a grid of ``T`` rows by ``min(channels, MAX_CHANNELS)`` columns."""
+    cols = min(channels, MAX_CHANNELS) + int(with_input)
+    return (max(7.5, PANEL * cols + 1.6), PANEL * T + 1.8)
+
+
+def plot_channel_grid(
+    maps: np.ndarray,
+    inputs: np.ndarray | None,
+    title: str,
+    value_label: str,
+    vmax: float,
+    cmap: str | Colormap,
+) -> Figure:
+    """A grid of channel images: one row per time step, one column per channel.
+
+    ``maps`` is ``[T, C, H, W]`` (spikes, or their cumulative sum); ``inputs`` the encoded input
+    the network saw at each step, ``[T, h, w]`` (or ``[T, h, w, 3]``), drawn in column 0.
+    """
+    T, C = maps.shape[:2]
+    shown = min(C, MAX_CHANNELS)
+    offset = int(inputs is not None)
+    fig = plt.figure(figsize=channel_grid_size(T, C, inputs is not None), layout="constrained")
+    axes = fig.subplots(T, shown + offset, squeeze=False, gridspec_kw={"wspace": 0.02})
+    image = None
+    for t in range(T):
+        if inputs is not None:
+            axes[t, 0].imshow(inputs[t], cmap="gray", vmin=0, vmax=max(1.0, float(inputs.max())))
+        for c in range(shown):
+            image = axes[t, c + offset].imshow(maps[t, c], cmap=cmap, vmin=0, vmax=vmax,
+                                               interpolation="nearest")  # fmt: skip
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for t in range(T):
+        axes[t, 0].set_ylabel(f"t = {t}", rotation=0, ha="right", va="center")
+    for c in range(shown):
+        axes[0, c + offset].set_title(f"ch {c}", fontsize=8)
+    if inputs is not None:
+        axes[0, 0].set_title("input", fontsize=8)
+    more = f" (channels 0-{shown - 1} of {C})" if shown < C else ""
+    fig.supxlabel(f"channel{more}", fontsize=9)
+    fig.supylabel("time step", fontsize=9)
+    bar = fig.colorbar(image, ax=axes[:, offset:], shrink=0.8, pad=0.01)
+    bar.set_label(value_label)
+    if cmap is SPIKE_CMAP:
+        bar.set_ticks([0.25, 0.75], labels=["0", "1"])
+    else:
+        bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def plot_neuron_time(
+    values: np.ndarray, title: str, value_label: str, cmap: str | Colormap
+) -> Figure:
+    """A ``[T, K]`` layer without channel images (a fully connected layer): neuron x time step."""
+    fig, ax = plt.subplots(figsize=SIZES["firing_rates_epochs"], layout="constrained")
+    image = ax.imshow(values.T, aspect="auto", origin="lower", cmap=cmap, interpolation="nearest")
+    fig.colorbar(image, ax=ax).set_label(value_label)
+    ax.set_xlabel("time step")
+    ax.set_ylabel("neuron")
+    _integer_ticks(ax)
+    fig.suptitle(title)
+    return fig
+
+
+# --- firing rates ---------------------------------------------------------------------------------
+def plot_firing_rates(
+    batch_rates: dict[str, np.ndarray] | None,
+    epoch_rates: dict[str, list[tuple[int, float]]],
+    title: str,
+) -> Figure:
+    """Per-layer firing rates: a box per layer over a batch (``{layer: [N] rates}``, one rate per
+    sample), beside the rates per epoch (``{layer: [(epoch, rate)]}``, the test pass means).
+
+    Without ``batch_rates`` only the per-epoch panel is drawn; without ``epoch_rates`` that
+    panel holds a note instead.
+    """
+    if batch_rates is None:
+        fig, ax_e = plt.subplots(figsize=SIZES["firing_rates_epochs"], layout="constrained")
+    else:
+        fig, (ax_b, ax_e) = plt.subplots(1, 2, figsize=SIZES["firing_rates"], layout="constrained")
+        _batch_boxes(ax_b, batch_rates)
+    _epoch_lines(ax_e, epoch_rates)
+    fig.suptitle(title)
+    return fig
+
+
+def _epoch_lines(ax: Any, rates: dict[str, list[tuple[int, float]]]) -> None:
+    ax.set_title("per epoch (test pass)", fontsize=10)
+    if not rates:
+        ax.text(0.5, 0.5, "no firing_rate/L<i> in metrics.jsonl\n(trained with monitor=none)",
+                ha="center", va="center", transform=ax.transAxes, color="grey")  # fmt: skip
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    for name, points in rates.items():
+        ax.plot(*zip(*points), "o-", ms=4, label=name)
+    _epoch_axis(ax, [e for points in rates.values() for e, _ in points])
+    ax.set_ylabel("firing rate (spikes / neuron / step)")
+    ax.legend(fontsize=8, title="neuron layer", title_fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _batch_boxes(ax: Any, rates: dict[str, np.ndarray]) -> None:
+    names = list(rates)
+    ax.boxplot([rates[n] for n in names], tick_labels=names, showmeans=True)
+    ax.set_xlabel("neuron layer (index in model.layers)")
+    ax.set_ylabel("firing rate (spikes / neuron / step)")
+    n = len(next(iter(rates.values())))
+    ax.set_title(f"over one test batch ({n} samples; triangle = mean)", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+
+
+# --- the spike-count animation -------------------------------------------------------------------
+def animate_counts(output: np.ndarray, target: int, title: str, path: Path, fps: int = 4) -> Path:
+    """A GIF with one frame per time step: each output neuron's count up to that step.
+
+    ``output`` is ``[T, K]``: spikes (counts are spike counts) or any other output (its running
+    sum is shown).
+    """
+    T, K = output.shape
+    counts = np.cumsum(output, axis=0)
+    binary = bool(np.isin(output, (0, 1)).all())
+    fig, ax = plt.subplots(figsize=SIZES["spike_counts"], layout="constrained")
+    colors = [TARGET_COLOR if k == target else SPIKE_COLOR for k in range(K)]
+    bars = ax.bar(range(K), counts[0], color=colors)
+    ax.set_ylim(0, max(1.0, float(counts.max())) * 1.1)
+    ax.set_xlabel("output neuron (orange: true class)")
+    ax.set_ylabel("spike count" if binary else "summed output")
+    if K <= 20:
+        ax.set_xticks(range(K))
+    _integer_ticks(ax, "y")
+    step = ax.set_title("")
+    fig.suptitle(title)
+
+    def frame(t: int) -> list[Any]:
+        for bar, h in zip(bars, counts[t]):
+            bar.set_height(h)
+        step.set_text(f"counts after time step t = {t} (of 0-{T - 1})")
+        return [*bars, step]
+
+    anim = FuncAnimation(fig, frame, frames=T, blit=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    anim.save(path, writer=PillowWriter(fps=fps), dpi=DPI)
+    plt.close(fig)
+    return path

@@ -1,0 +1,65 @@
+"""Ending a run cleanly on SIGTERM (what SLURM sends on preemption) and Ctrl-C.
+
+Inside :func:`graceful_stop` the first SIGTERM or SIGINT only raises a flag; the trainer
+checks it after each step (:func:`check_stop`) and raises :class:`Stopped`, dropping the
+unfinished epoch, so the run ends between steps with its last checkpoint whole and the logger
+flushed. A second signal stops at once. The command line reports one line and exits with the
+conventional status ``128 + signal number`` (130 for Ctrl-C, 143 for SIGTERM).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+_requested: list[int] = []
+
+
+class Stopped(BaseException):
+    """The run was asked to stop; ``exit_code`` is ``128 + signal``."""
+
+    def __init__(self, signum: int, run_dir: Path | None) -> None:
+        self.signum, self.run_dir = signum, run_dir
+        name = signal.Signals(signum).name
+        where = f"; continue with: snnrun resume={run_dir}" if run_dir else ""
+        super().__init__(f"stopped by {name}: the unfinished epoch was dropped{where}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+_run_dir: list[Path | None] = [None]
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if _requested:  # the second signal: stop now
+        raise Stopped(signum, _run_dir[0])
+    _requested.append(signum)
+
+
+@contextmanager
+def graceful_stop(run_dir: Path) -> Iterator[None]:
+    """Turn SIGTERM/SIGINT into a stop request between steps (main thread only)."""
+    try:
+        previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    _requested.clear()
+    _run_dir[0] = run_dir
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _run_dir[0] = None
+
+
+def check_stop() -> None:
+    """Raise :class:`Stopped` when a stop was requested."""
+    if _requested:
+        raise Stopped(_requested[0], _run_dir[0])

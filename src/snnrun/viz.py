@@ -1,0 +1,385 @@
+"""``snnrun viz <run dir> [key=value ...]``: figures of a trained run, into ``<run dir>/figures/``.
+
+Keys: ``which=best|latest`` (the checkpoint), ``format=png|svg|pdf``, ``sample=<test index>``,
+``device=cpu|cuda|auto``, ``dataset.root=<dir>`` (where the run's data lives now).
+
+One test batch (the chosen sample first) goes through the network with ``store_v_seq`` on every
+neuron layer; from it and ``metrics.jsonl`` come:
+
+- ``curves``: loss and accuracy per epoch (train, test), best epoch marked;
+- ``output_layer``: the sample's output spike raster and membrane heatmap (neuron x time step);
+- ``first_layer_spikes`` / ``first_layer_cumsum``: the first neuron layer's spikes per time step
+  (channel x time step grid beside the encoded input) and their running sum;
+- ``firing_rates``: per neuron layer, a box over the batch's samples, and the rates per epoch
+  (``firing_rate/L<i>`` records; a note when the run counted none);
+- ``spike_counts.gif``: the output neurons' spike counts growing over the time steps.
+
+A run trained with ``logger=wandb`` gets the raster figures (PNG, GIF) logged to its W&B run.
+:func:`render_cheap` draws the figures that need no network (curves, rates per epoch).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from snnrun.errors import SnnrunError
+
+if TYPE_CHECKING:  # torch and matplotlib load inside the functions: a typo fails at once
+    import numpy as np
+    import torch
+
+    from snnrun.rundir import RunDir
+
+USAGE = ("snnrun viz <run dir> [which=best|latest] [format=png|svg|pdf] [sample=<test index>] "
+         "[device=cpu] [dataset.root=<dir>]")  # fmt: skip
+FORMATS = ("png", "svg", "pdf")
+MAX_BATCH = 64
+
+
+@dataclass
+class VizOptions:
+    path: Path
+    which: str = "best"
+    fmt: str | None = None  # None: the run's viz.format (png by default)
+    sample: int = 0
+    device: str = "cpu"
+    root: str | None = None
+
+
+def parse_args(args: list[str]) -> VizOptions:
+    """``<run dir> [key=value ...]`` → options; anything else is a one-line error."""
+    paths = [a for a in args if "=" not in a]
+    if len(paths) != 1 or paths[0].startswith("-"):
+        raise SnnrunError(f"viz needs one run dir; usage: {USAGE}")
+    opts = VizOptions(Path(paths[0]).expanduser())
+    for arg in (a for a in args if "=" in a):
+        key, value = arg.split("=", 1)
+        _set_option(opts, key, value)
+    return opts
+
+
+def _set_option(opts: VizOptions, key: str, value: str) -> None:
+    if key == "which" and value in ("best", "latest"):
+        opts.which = value
+    elif key == "format" and value in FORMATS:
+        opts.fmt = value
+    elif key == "sample" and value.isdigit():
+        opts.sample = int(value)
+    elif key == "device" and value:
+        opts.device = value
+    elif key == "dataset.root" and value:
+        opts.root = value
+    elif key in ("which", "format", "sample", "device", "dataset.root"):
+        allowed = {"which": "best or latest", "format": " or ".join(FORMATS),
+                   "sample": "a test index (0, 1, ...)"}  # fmt: skip
+        raise SnnrunError(f"viz {key}={value!r}; use {allowed.get(key, 'a value')}")
+    else:
+        raise SnnrunError(f"viz has no key {key!r}; usage: {USAGE}")
+
+
+# --- one batch through the network --------------------------------------------------------------
+@dataclass
+class Probe:
+    """One test batch through the network; the chosen sample is row 0 of the batch.
+
+    ``inputs`` is the encoded batch ``[T, N, ...]``, ``output`` the network's ``[T, N, classes]``;
+    ``spikes`` and ``v_seq`` map each neuron layer's index in ``model.layers`` to its
+    ``[T, N, ...]`` spikes and membrane potentials.
+    """
+
+    inputs: torch.Tensor
+    target: int
+    predicted: int
+    output: torch.Tensor
+    spikes: dict[int, torch.Tensor]
+    v_seq: dict[int, torch.Tensor]
+    thresholds: dict[int, float]
+
+
+def encode_batch(config: dict[str, Any], dataset: Any, indices: list[int]) -> tuple[Any, Any]:
+    """The samples at ``indices`` as the network's input ``[T, N, ...]`` and labels ``[N]``.
+
+    The data/encoder contract lives here only: ``dataset[i] -> (x, y)`` and
+    ``build_encoder(config["encoder"])(x [N, ...], T) -> [T, N, ...]``.
+    """
+    import torch
+
+    from snnrun.encoders import build_encoder
+
+    items = [dataset[i] for i in indices]
+    x = torch.stack([torch.as_tensor(s) for s, _ in items])
+    y = torch.stack([torch.as_tensor(label) for _, label in items])
+    return build_encoder(config["encoder"])(x, config["T"]), y
+
+
+def probe(run: Any, dataset: Any, sample: int, device: torch.device) -> Probe:
+    """Run ``sample`` and the next test samples (one batch) with every neuron layer recording."""
+    import torch
+
+    from snnrun.losses import build_loss
+
+    n = len(dataset)
+    if not 0 <= sample < n:
+        raise SnnrunError(f"viz sample={sample} but the test split has {n} samples (0-{n - 1})")
+    size = min(run.config["batch_size"], MAX_BATCH, n)
+    indices = [sample, *[i for i in range(n) if i != sample][: size - 1]]
+    torch.manual_seed(run.config.get("seed", 0))  # a Poisson encoder draws the same each time
+    x_seq, y = encode_batch(run.config, dataset, indices)
+    out, spikes, v_seq, thresholds = _recording(run.model, x_seq.to(device))
+    predicted = build_loss(run.config["loss"]).predict(out[:, :1])
+    return Probe(
+        inputs=x_seq.float().cpu(),
+        target=int(y[0]),
+        predicted=int(predicted[0]),
+        output=out,
+        spikes=spikes,
+        v_seq=v_seq,
+        thresholds=thresholds,
+    )
+
+
+def _recording(model: torch.nn.Module, x_seq: torch.Tensor) -> tuple[Any, dict, dict, dict]:
+    """``model(x_seq)`` with every neuron layer's spikes and ``v_seq`` kept, ``[T, N, ...]``
+    each by layer index, and its threshold (all on the CPU, float32)."""
+    import torch
+
+    from snnrun.neuron import SpikingNeuron, reset_states
+
+    neurons = {i: m for i, m in enumerate(model.layers) if isinstance(m, SpikingNeuron)}
+    stored = {i: m.store_v_seq for i, m in neurons.items()}
+    recorded: dict[int, list[torch.Tensor]] = {i: [] for i in neurons}
+    hooks = [m.register_forward_hook(_recorder(recorded[i])) for i, m in neurons.items()]
+    try:
+        for m in neurons.values():
+            m.store_v_seq = True
+        with torch.no_grad():
+            out = model(x_seq).float().cpu()
+        spikes = {i: torch.cat(recorded[i]).float().cpu() for i in neurons}
+        v_seq = {i: m.v_seq.reshape(spikes[i].shape).float().cpu() for i, m in neurons.items()}
+    finally:
+        for h in hooks:
+            h.remove()
+        for i, m in neurons.items():
+            m.store_v_seq = stored[i]
+        reset_states(model)
+    return out, spikes, v_seq, {i: m.dynamics.v_threshold for i, m in neurons.items()}
+
+
+def _recorder(store: list[torch.Tensor]) -> Callable[..., None]:
+    """A forward hook keeping a neuron layer's spikes (one call per step in step mode 's')."""
+
+    def hook(module: torch.nn.Module, args: Any, out: torch.Tensor) -> None:
+        store.append(out.detach())
+
+    return hook
+
+
+# --- the figures ------------------------------------------------------------------------------
+def run_label(path: Path) -> str:
+    """The run's name in titles: its dir name, with the date for Hydra's ``<date>/<time>``."""
+    if re.fullmatch(r"[\d-]+", path.name) and path.parent.name:
+        return f"{path.parent.name}/{path.name}"
+    return path.name
+
+
+def _epoch_rates(metrics: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """``{"L<i>": [(epoch, rate), ...]}`` from the ``firing_rate/L<i>`` keys of the records."""
+    rates: dict[str, list[tuple[int, float]]] = {}
+    for record in metrics:
+        for key, value in record.items():
+            if key.startswith("firing_rate/"):
+                rates.setdefault(key.split("/", 1)[1], []).append((record["epoch"], value))
+    return dict(sorted(rates.items(), key=lambda kv: (len(kv[0]), kv[0])))  # L2 before L10
+
+
+def render_cheap(rundir: RunDir, metrics: list[dict[str, Any]], fmt: str) -> dict[str, Path]:
+    """The figures that need only ``metrics.jsonl`` records: curves and firing rates per epoch
+    (the latter only when the run counts them). Returns ``{name: file}``."""
+    from snnrun import figures as F
+
+    if not metrics:
+        return {}
+    title = f"{run_label(rundir.path)} · after epoch {metrics[-1]['epoch']}"
+    out = {"curves": F.save(F.plot_curves(metrics, title), rundir.figures / f"curves.{fmt}")}
+    rates = _epoch_rates(metrics)
+    if rates:
+        fig = F.plot_firing_rates(None, rates, f"firing rates · {title}")
+        out["firing_rates"] = F.save(fig, rundir.figures / f"firing_rates.{fmt}")
+    return out
+
+
+class Renderer:
+    """Draws every ``snnrun viz`` figure of one probed run into its ``figures/`` folder."""
+
+    def __init__(self, run: Any, probe: Probe, sample: int, fmt: str) -> None:
+        self.run, self.probe, self.fmt = run, probe, fmt
+        self.folder = run.rundir.figures
+        p = probe
+        tie = " (a tie: no output spikes)" if not p.output[:, 0].any() else ""
+        self.head = f"{run_label(run.path)} · {run.which} weights (epoch {run.epoch - 1})"
+        self.about = f"test sample {sample}: true {p.target}, predicted {p.predicted}{tie}"
+        self.title = f"{self.head} · {self.about}"
+        self.first, self.last = min(p.spikes), max(p.spikes)
+
+    def jobs(self) -> dict[str, Callable[[], Path]]:
+        return {
+            "curves": self.curves,
+            "output_layer": self.output_layer,
+            "first_layer_spikes": lambda: self.first_layer(cumulative=False),
+            "first_layer_cumsum": lambda: self.first_layer(cumulative=True),
+            "firing_rates": self.firing_rates,
+            "spike_counts": self.spike_counts,
+        }
+
+    def _save(self, fig: Any, name: str) -> Path:
+        from snnrun import figures as F
+
+        return F.save(fig, self.folder / f"{name}.{self.fmt}")
+
+    def curves(self) -> Path:
+        from snnrun import figures as F
+
+        n = len(self.run.metrics)
+        title = f"{run_label(self.run.path)} · {n} epoch{'s' * (n != 1)}"
+        return self._save(F.plot_curves(self.run.metrics, title), "curves")
+
+    def output_layer(self) -> Path:
+        """Layer ``last``'s spikes and potentials for the sample, ``[T, K]`` each."""
+        from snnrun import figures as F
+
+        p, i = self.probe, self.last
+        spikes, v = p.spikes[i][:, 0].flatten(1).numpy(), p.v_seq[i][:, 0].flatten(1).numpy()
+        target = p.target if spikes.shape[1] == p.output.shape[-1] else None
+        fig = F.plot_output_layer(
+            spikes, v, p.thresholds[i], target, f"{self.title}\noutput layer (L{i})"
+        )
+        return self._save(fig, "output_layer")
+
+    def first_layer(self, cumulative: bool) -> Path:
+        """Layer ``first``'s spikes ``[T, C, H, W]`` for the sample (or ``[T, K]`` when flat)."""
+        from snnrun import figures as F
+
+        p, i = self.probe, self.first
+        maps = p.spikes[i][:, 0]
+        maps = maps.cumsum(0) if cumulative else maps
+        what = "cumulative spike count" if cumulative else "spikes"
+        name = "first_layer_cumsum" if cumulative else "first_layer_spikes"
+        title = f"{self.head}\n{self.about}\nfirst neuron layer (L{i}): {what}"
+        vmax = float(maps.shape[0]) if cumulative else 1.0
+        cmap = "magma" if cumulative else F.SPIKE_CMAP
+        if maps.dim() != 4:
+            return self._save(F.plot_neuron_time(maps.flatten(1).numpy(), title, what, cmap), name)
+        inputs = _input_views(p.inputs[:, 0])
+        fig = F.plot_channel_grid(maps.numpy(), inputs, title, what, vmax, cmap)
+        return self._save(fig, name)
+
+    def firing_rates(self) -> Path:
+        from snnrun import figures as F
+
+        batch = {f"L{i}": s.transpose(0, 1).flatten(1).mean(1).numpy() for i, s in
+                 self.probe.spikes.items()}  # fmt: skip
+        title = f"firing rates · {self.head}"
+        fig = F.plot_firing_rates(batch, _epoch_rates(self.run.metrics), title)
+        return self._save(fig, "firing_rates")
+
+    def spike_counts(self) -> Path:
+        from snnrun import figures as F
+
+        output = self.probe.output[:, 0].numpy()
+        return F.animate_counts(output, self.probe.target, f"{self.head}\n{self.about}",
+                                self.folder / "spike_counts.gif")  # fmt: skip
+
+
+def _input_views(x: torch.Tensor) -> np.ndarray | None:
+    """The encoded input per step ``[T, C, H, W]`` as images ``[T, H, W]`` (RGB: ``[T, H, W, 3]``);
+    None for inputs that are not images."""
+    if x.dim() != 4:
+        return None
+    if x.shape[1] == 3:
+        return x.permute(0, 2, 3, 1).clamp(0, 1).numpy()
+    return x.mean(1).numpy()
+
+
+def render_all(run: Any, probe: Probe, sample: int, fmt: str) -> dict[str, Path]:
+    """Every figure, with a progress bar over them; ``{name: file}``."""
+    from snnrun.progress import progress_bar
+
+    jobs = Renderer(run, probe, sample, fmt).jobs()
+    written: dict[str, Path] = {}
+    with progress_bar() as bar:
+        task = bar.add_task("figures", total=len(jobs), loss="")
+        for name, draw in jobs.items():
+            bar.update(task, description=f"figure {name}")
+            written[name] = draw()
+            bar.advance(task)
+    return written
+
+
+# --- W&B and the command ------------------------------------------------------------------------
+def log_to_wandb(run: Any, written: dict[str, Path]) -> bool:
+    """Log the PNG/GIF figures to the run's W&B run, when it was trained with ``logger=wandb``
+    (W&B images take no SVG/PDF: with those formats only the GIF goes)."""
+    from snnrun.loggers import build_logger
+
+    cfg, wandb_id = run.config.get("logger", {}), run.rundir.read_wandb_id()
+    images = {k: v for k, v in written.items() if v.suffix in (".png", ".gif")}
+    if cfg.get("name") != "wandb" or not wandb_id or not images:
+        return False
+    logger = build_logger(cfg)
+    run.rundir.claim()  # refused while the run trains: one writer per W&B run
+    try:
+        run_id = run.rundir.read_info()["run_id"]
+        logger.start(run.rundir, run_id, run.config, {"run_id": wandb_id}, [])
+        logger.log_figures(images)
+    finally:
+        logger.finish()
+        run.rundir.release()
+    return True
+
+
+def main(args: list[str]) -> None:
+    """``snnrun viz <run dir> [key=value ...]``."""
+    if not args or args[0] in ("-h", "--help"):
+        print(f"usage: {USAGE}")
+        return
+    opts = parse_args(args)
+    from snnrun.api import load_run
+    from snnrun.run import resolve_device
+
+    device = resolve_device(opts.device)
+    run = load_run(opts.path, opts.which, device)
+    splits = run.splits(**({"root": opts.root} if opts.root else {}))
+    written = render_all(run, probe(run, splits.test, opts.sample, device), opts.sample,
+                         _format(opts, run.config))  # fmt: skip
+    _report(written, _log_or_warn(run, written))
+
+
+def _format(opts: VizOptions, config: dict[str, Any]) -> str:
+    """``format=`` when given, else the run's ``viz.format``, else png."""
+    fmt = opts.fmt or config.get("viz", {}).get("format") or "png"
+    if fmt not in FORMATS:
+        raise SnnrunError(f"the run's viz.format is {fmt!r}; pass format=png, svg or pdf")
+    return fmt
+
+
+def _log_or_warn(run: Any, written: dict[str, Path]) -> bool:
+    """The figures are written whatever W&B does: a failure to log them is a warning."""
+    from snnrun.progress import console
+
+    try:
+        return log_to_wandb(run, written)
+    except SnnrunError as e:
+        console.print(f"[yellow]warning:[/] figures not logged to W&B: {e}")
+        return False
+
+
+def _report(written: dict[str, Path], logged: bool) -> None:
+    from snnrun.progress import console
+
+    console.print(f"wrote {len(written)} figures" + (" (and logged them to W&B)" if logged else ""))
+    for path in written.values():
+        console.print(f"  {path}", highlight=False)
