@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import snnrun.nir_graph  # noqa: F401  (registers the "nir" layer type)
 from snnrun.errors import SnnrunError
 from snnrun.layers import LAYERS, Shape
 from snnrun.neuron import SpikingNeuron, reset_states
@@ -72,9 +73,10 @@ def build_model(
             raise ModelBuildError(f"{label}: {e}") from None
         except (TypeError, ValueError) as e:
             raise ModelBuildError(f"{label}: bad options {options}: {e}") from None
-        shape = _output_shape(module, shape, label)
-        layers.append(module)
-        names.append(kind)
+        for part in module if isinstance(module, nn.Sequential) else [module]:
+            shape = _output_shape(part, shape, label)  # a Sequential joins layer by layer
+            layers.append(part)
+            names.append(kind)
     if shape != (num_classes,):
         raise ModelBuildError(
             f"model output per sample is {list(shape)} but the dataset has {num_classes} classes: "

@@ -1,0 +1,103 @@
+"""``snnrun export <run dir> format=nir [which=best] [dt=1e-4] [strict=false]``: the trained
+network as a NIR graph, ``<run dir>/export/model.nir`` (read it with ``nir.read``).
+
+The mapping and what it cannot carry are in :mod:`snnrun.nir_graph` and ``docs/nir.md``; a layer
+NIR cannot express ends as one line naming it. Lossy mappings (a subtractive reset) are written
+with a warning each, or refused with ``strict=true``. ``snnrun ... model=nir
+model.path=<run dir>/export/model.nir`` builds the network from the file again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from snnrun.errors import SnnrunError
+
+USAGE = (
+    "snnrun export <run dir> format=nir [which=best|latest] [dt=<seconds per step>] "
+    "[strict=false|true]"
+)
+FORMATS = ("nir",)
+
+
+@dataclass
+class ExportOptions:
+    path: Path
+    fmt: str | None = None
+    which: str = "best"
+    dt: float = 1e-4
+    strict: bool = False
+
+
+def parse_args(args: list[str]) -> ExportOptions:
+    """``<run dir> format=nir [key=value ...]`` → options; anything else is one line."""
+    paths = [a for a in args if "=" not in a]
+    if len(paths) != 1 or paths[0].startswith("-"):
+        raise SnnrunError(f"export needs one run dir; usage: {USAGE}")
+    opts = ExportOptions(Path(paths[0]).expanduser())
+    for arg in (a for a in args if "=" in a):
+        key, value = arg.split("=", 1)
+        if key == "format" and value in FORMATS:
+            opts.fmt = value
+        elif key == "which" and value in ("best", "latest"):
+            opts.which = value
+        elif key == "dt" and _positive(value):
+            opts.dt = float(value)
+        elif key == "strict" and value.lower() in ("true", "false"):
+            opts.strict = value.lower() == "true"
+        elif key in ("format", "which", "dt", "strict"):
+            allowed = {
+                "format": " or ".join(FORMATS),
+                "which": "best or latest",
+                "dt": "a positive number of seconds (1e-4)",
+                "strict": "true or false",
+            }
+            raise SnnrunError(f"export {key}={value!r}; use {allowed[key]}")
+        else:
+            raise SnnrunError(f"export has no key {key!r}; usage: {USAGE}")
+    if opts.fmt is None:
+        raise SnnrunError(f"export needs format=nir (the one format today); usage: {USAGE}")
+    return opts
+
+
+def _positive(value: str) -> bool:
+    try:
+        return float(value) > 0
+    except ValueError:
+        return False
+
+
+def main(args: list[str]) -> None:
+    """``snnrun export <run dir> format=nir [key=value ...]``."""
+    if not args or args[0] in ("-h", "--help"):
+        print(f"usage: {USAGE}")
+        return
+    opts = parse_args(args)
+    import nir
+
+    import snnrun
+    from snnrun.api import load_run
+    from snnrun.nir_graph import to_nir
+    from snnrun.progress import console
+
+    run = load_run(opts.path, opts.which, "cpu")
+    info = {
+        "snnrun_version": snnrun.__version__,
+        "run_id": run.rundir.read_info()["run_id"],
+        "which": run.which,
+        "epoch": run.epoch,
+        "T": run.config["T"],
+    }
+    exported = to_nir(run.model, tuple(run.data["sample_shape"]), opts.dt, opts.strict, info)
+    target = run.rundir.exports / "model.nir"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nir.write(target, exported.graph)
+    for line in exported.layers:
+        console.print(f"  {line}", highlight=False)
+    for warning in exported.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(
+        f"wrote {target} ({run.which} weights, epoch {run.epoch - 1}, dt={opts.dt:g} s)",
+        highlight=False,
+    )

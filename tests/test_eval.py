@@ -1,0 +1,149 @@
+"""``snnrun eval``: a short real digits run evaluates to exactly the test accuracy and loss it
+recorded; the eval record, per-class accuracy, confusion matrix and figure are written; other
+data, T, backend and checkpoint overrides work; overrides that change the network's shape and
+bad arguments fail as one line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from snnrun import cli, evaluate
+from snnrun.errors import SnnrunError
+from snnrun.rundir import RunDir
+
+from conftest import TINY, read_metrics, run_snnrun
+
+TEST_LIMIT = 128  # TINY's dataset.test_limit
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("eval")
+    run_snnrun([*TINY, f"hydra.run.dir={root / 'run'}"], cwd=root)
+    return root / "run"
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(RunDir(run_dir).evals.glob("*.json"))]
+
+
+def _last(run_dir: Path) -> dict:
+    paths = sorted(RunDir(run_dir).evals.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    return json.loads(paths[-1].read_text())
+
+
+def test_eval_reproduces_the_recorded_test_pass(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["snnrun", "eval", str(run_dir), "device=cpu"])
+    cli.main()  # the command, in this process
+    last = read_metrics(run_dir)[-1]
+    rec = _last(run_dir)
+    assert rec["acc"] == last["test_acc"]  # exactly: the same test pass on the same batches
+    assert rec["loss"] == last["test_loss"]
+    assert rec["which"] == "best" and rec["samples"] == TEST_LIMIT and rec["split"] == "test"
+    confusion = np.array(rec["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == TEST_LIMIT
+    assert np.trace(confusion) == round(rec["acc"] * TEST_LIMIT)
+    per_class = rec["per_class_acc"]
+    assert set(per_class) == {str(c) for c in range(10)}
+    for c, acc in per_class.items():
+        row = confusion[int(c)]
+        assert acc == pytest.approx(row[int(c)] / row.sum())
+    rates = {k for k in rec if k.startswith("firing_rate/")}
+    assert rates == {k for k in last if k.startswith("firing_rate/")}
+    for key in rates:
+        assert rec[key] == pytest.approx(last[key], rel=1e-12)
+    figure = RunDir(run_dir).evals / rec["figure"]
+    with Image.open(figure) as im:
+        assert im.format == "PNG"
+        assert np.asarray(im.convert("L"), dtype=float).var() > 0
+    out = capsys.readouterr().out
+    assert f"acc={last['test_acc']:.4f}" in out and "per class:" in out and "firing rates:" in out
+
+
+def test_eval_latest_T_step_mode_and_limit(run_dir: Path) -> None:
+    evaluate.main(
+        [
+            str(run_dir),
+            "which=latest",
+            "T=2",
+            "neuron.backend=torch",
+            "neuron.step_mode=s",
+            "dataset.test_limit=32",
+            "format=svg",
+            "device=cpu",
+        ]
+    )
+    rec = _last(run_dir)
+    assert rec["which"] == "latest" and rec["T"] == 2 and rec["samples"] == 32
+    assert rec["overrides"] == {
+        "T": 2,
+        "neuron.backend": "torch",
+        "neuron.step_mode": "s",
+        "dataset.test_limit": 32,
+    }
+    assert rec["figure"].endswith(".svg")
+    assert 0.0 <= rec["acc"] <= 1.0
+
+
+def _write_idx(folder: Path, size: int, n: int) -> None:
+    """MNIST-format files of ``n`` random ``size x size`` images per split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split in ("train", "t10k"):
+        images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        head = struct.pack(">4I", 0x803, n, size, size)
+        (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(head + images.tobytes())
+        )
+        head = struct.pack(">2I", 0x801, n)
+        (folder / f"{split}-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(head + labels.tobytes())
+        )
+
+
+def test_eval_on_other_data(run_dir: Path, tmp_path: Path) -> None:
+    """Another dataset of the run's shape evaluates; one of another shape is one line."""
+    _write_idx(tmp_path / "same", 28, 20)
+    evaluate.main(
+        [str(run_dir), "dataset=mnist", f"dataset.root={tmp_path / 'same'}", "device=cpu"]
+    )
+    rec = _last(run_dir)
+    assert rec["dataset"]["name"] == "mnist" and rec["samples"] == 20
+    _write_idx(tmp_path / "small", 10, 20)
+    with pytest.raises(SnnrunError, match=r"\[1, 10, 10\].*change the network's shape"):
+        evaluate.main([str(run_dir), "dataset=mnist", f"dataset.root={tmp_path / 'small'}"])
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ([], "eval needs one run dir"),
+        (["which=worst"], "which='worst'; use best or latest"),
+        (["T=0"], "T='0'; use a positive integer"),
+        (["neuron.tau=3"], "neuron.backend and neuron.step_mode only"),
+        (["epochs=3"], "eval has no key 'epochs'"),
+    ],
+)
+def test_eval_bad_arguments(run_dir: Path, args: list[str], match: str) -> None:
+    with pytest.raises(SnnrunError, match=match):
+        evaluate.parse_args([str(run_dir), *args] if args else ["which=best"])
+
+
+def test_eval_command_errors_are_one_line(tmp_path: Path) -> None:
+    proc = run_snnrun(["eval", str(tmp_path / "missing")], cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1 and lines[0].startswith("snnrun: error:") and "does not exist" in lines[0]
+    )
