@@ -35,7 +35,7 @@ def test_each_choice_composes_and_resolves(group: str, option: str) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for key in ("T", "epochs", "batch_size", "seed", "device", "resume"):
         assert key in resolved
-    if group != "experiment":
+    if group not in ("experiment", "hparams_search"):  # global overlays
         assert resolved[group]["name" if group != "neuron" else "kind"] is not None
 
 

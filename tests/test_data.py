@@ -36,11 +36,28 @@ def test_limits_take_the_first_samples() -> None:
 def test_loader_order_is_seeded_and_restorable() -> None:
     data = build_splits({"name": "digits", "train_limit": 64}).train
     loader = make_loader(data, batch_size=16, shuffle=True, seed=3)
-    state = loader.generator.get_state()
     first = [y.tolist() for _, y in loader]
-    loader.generator.set_state(state)
-    assert [y.tolist() for _, y in loader] == first
+    assert [y.tolist() for _, y in loader] == first  # the order is a function of (seed, epoch)
+    loader.batch_sampler.set_epoch(1)
     assert [y.tolist() for _, y in loader] != first  # a new epoch, a new order
+    again = make_loader(data, batch_size=16, shuffle=True, seed=3)  # e.g. after a resume
+    again.batch_sampler.set_epoch(1)
+    assert [y.tolist() for _, y in again] == [y.tolist() for _, y in loader]
+
+
+def test_ranks_share_each_global_batch() -> None:
+    """Two ranks take the even and odd positions of each global batch of one process."""
+    from snnrun.distributed import ShardedBatches, World
+
+    one = list(ShardedBatches(70, 16, True, 3, World()))
+    ranks = [list(ShardedBatches(70, 16, True, 3, World(r, r, 2))) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == len(one) == 5
+    for step, batch in enumerate(one):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(batch)
+    tiny = [list(ShardedBatches(17, 16, True, 3, World(r, r, 2))) for r in (0, 1)]
+    assert len(tiny[0]) == len(tiny[1]) == 1  # a last batch of one sample: dropped for training
+    tests = [list(ShardedBatches(17, 16, False, 3, World(r, r, 2))) for r in (0, 1)]
+    assert sum(len(b) for t in tests for b in t) == 17  # testing keeps every sample
 
 
 def test_mnist_from_shared_idx_files() -> None:

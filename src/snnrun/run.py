@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 import snnrun
 from snnrun.checkpoint import capture_rng, restore_rng, seed_everything
 from snnrun.data import Splits, build_splits, make_loader
+from snnrun.distributed import World, broadcast, gather
+from snnrun.distributed import init as init_distributed
 from snnrun.encoders import Encoder, build_encoder
 from snnrun.errors import SnnrunError
 from snnrun.loggers import RunLogger, build_logger
@@ -48,13 +50,15 @@ class Run:
     encoder: Encoder
     loss: RateLoss
     monitors: list[Monitor]
-    train_loader: torch.utils.data.DataLoader
+    train_loader: torch.utils.data.DataLoader | None
     test_loader: torch.utils.data.DataLoader
+    world: World = field(default_factory=World)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: this rank's GPU (``cuda:LOCAL_RANK``) when CUDA is there, else the CPU."""
+    if name == "auto" or (name == "cuda" and local_rank):
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -100,22 +104,35 @@ def network_defaults(conf: dict[str, Any]) -> dict[str, Any]:
     return {"neuron": conf["neuron"], "surrogate": conf["surrogate"]}
 
 
-def build_run(conf: dict[str, Any]) -> Run:
-    """Build every piece; a bad value in any group is one :class:`SnnrunError`."""
+def build_run(conf: dict[str, Any], world: World | None = None) -> Run:
+    """Build every piece; a bad value in any group is one :class:`SnnrunError`.
+
+    Every rank builds the same network from the same seed; then each rank draws from its own
+    stream (``seed + rank``: encoders, dropout, augmentation).
+    """
     check_values(conf)
-    device = resolve_device(conf["device"])
+    world = world or World()
+    device = resolve_device(conf["device"], world.local_rank)
+    if conf["sync_bn"] and device.type != "cuda":
+        raise SnnrunError("sync_bn=true needs CUDA (SyncBatchNorm has no CPU kernel); drop it")
     seed_everything(conf["seed"])
     splits = build_splits(conf["dataset"])
     model = build_model(
         conf["model"], network_defaults(conf), splits.sample_shape, splits.num_classes
     )
     model.to(device)
+    if device.type == "cpu" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        # NHWC convolutions (oneDNN's native layout): x1.15 (fmnist CSNN) to x1.5 (snnTorch
+        # CSNN) train samples/s on the CPU, see docs/benchmarks.md; activations follow.
+        model.to(memory_format=torch.channels_last)
     optimizer = _built(conf, "optimizer", build_optimizer, conf["optimizer"], model.parameters())
     scheduler = _built(conf, "scheduler", build_scheduler, conf["scheduler"], optimizer)
     logger = _built(conf, "logger", build_logger, conf["logger"])
     encoder = _built(conf, "encoder", build_encoder, conf["encoder"], splits.sequence)
     loss = _built(conf, "loss", build_loss, conf["loss"])
     monitors = _built(conf, "monitor", build_monitors, conf["monitor"], model)
+    if world.rank:
+        seed_everything(conf["seed"] + world.rank)
     batch, seed, workers = conf["batch_size"], conf["seed"], conf["num_workers"]
     return Run(
         conf=conf,
@@ -125,12 +142,13 @@ def build_run(conf: dict[str, Any]) -> Run:
         optimizer=optimizer,
         scheduler=scheduler,
         precision=build_precision(conf["precision"], device),
-        logger=logger,
+        logger=logger if world.is_main else build_logger({"name": "none"}),
         encoder=encoder,
         loss=loss,
         monitors=monitors,
-        train_loader=make_loader(splits.train, batch, True, seed, workers),
-        test_loader=make_loader(splits.test, batch, False, seed, workers),
+        train_loader=make_loader(splits.train, batch, True, seed, workers, world),
+        test_loader=make_loader(splits.test, batch, False, seed, workers, world),
+        world=world,
     )
 
 
@@ -149,24 +167,71 @@ def train(
 ) -> float:
     """Train the run in ``run_dir`` (continue it from ``checkpoint``); best test accuracy.
 
-    The dir is claimed first (``run.lock``), fresh or resumed, so two processes never train in
-    one dir; a fresh run refuses a dir that already holds a run.
+    Rank 0 claims the dir first (``run.lock``), fresh or resumed, so two processes never train
+    in one dir; a fresh run refuses a dir that already holds a run, unless ``resume=auto``
+    finds a run of the same config there and continues it (a requeued job).
     """
     conf: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    if conf["dataset"].get("root"):  # absolute, so a resume from elsewhere finds the data
-        conf["dataset"]["root"] = os.path.abspath(os.path.expanduser(conf["dataset"]["root"]))
+    for section, key in (("dataset", "root"), ("model", "path")):  # absolute: found on resume
+        if conf[section].get(key):
+            conf[section][key] = os.path.abspath(os.path.expanduser(conf[section][key]))
+    world = init_distributed()
     rundir = RunDir(run_dir)
-    rundir.claim()
+    if checkpoint is None and conf.get("resume") == "auto":
+        checkpoint = auto_resume(rundir, conf)
+    checkpoint = _claim(rundir, checkpoint, world)
     try:
-        rundir.clear_failure()
-        if checkpoint is None:
-            refuse_existing_run(run_dir)
-        else:  # read again under the claim: another process may have trained meanwhile
-            checkpoint = rundir.load_checkpoint("latest")
         with graceful_stop(rundir.path):
-            return _fit(conf, rundir, overrides, checkpoint)
+            return _fit(conf, rundir, overrides, checkpoint, world)
     finally:
         rundir.release()
+
+
+def _claim(rundir: RunDir, checkpoint: dict[str, Any] | None, world: World) -> Any:
+    """Rank 0 claims the dir (and re-reads a resume's checkpoint under the claim); every rank
+    raises rank 0's error, so none waits for the others forever."""
+    error = None
+    if world.is_main:
+        try:
+            rundir.claim()
+            rundir.clear_failure()
+            if checkpoint is None:
+                refuse_existing_run(rundir.path)
+            else:  # another process may have trained meanwhile
+                checkpoint = rundir.load_checkpoint("latest")
+        except SnnrunError as e:
+            rundir.release()
+            error = str(e)
+    error = broadcast(error)
+    if error:
+        raise SnnrunError(error)
+    return checkpoint
+
+
+def auto_resume(rundir: RunDir, conf: dict[str, Any]) -> dict[str, Any] | None:
+    """``resume=auto``: the dir's latest checkpoint when it holds a run of this config (keys a
+    resume may change aside); None when it holds no run."""
+    from snnrun.resume import RESUMABLE, flatten
+
+    if not rundir.holds_run():
+        return None
+    payload = rundir.load_checkpoint("latest")
+    saved, now = flatten(payload["config"]), flatten(conf)
+    differs = [
+        k
+        for k in sorted(set(saved) | set(now))
+        if k != "resume"
+        and saved.get(k) != now.get(k)
+        and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)
+    ]
+    if differs:
+        k = differs[0]
+        raise SnnrunError(
+            f"resume=auto: {rundir.path} holds a run of another config ({k}={saved.get(k)!r} "
+            f"there, {now.get(k)!r} here); pick another hydra.run.dir"
+        )
+    console.print(f"resume=auto: continuing the run in {rundir.path}")
+    return payload
 
 
 def data_identity(splits: Splits) -> dict[str, Any]:
@@ -205,33 +270,45 @@ def _check_same_data(saved: dict[str, Any], now: dict[str, Any], conf: dict[str,
 
 
 def _fit(
-    conf: dict[str, Any], rundir: RunDir, overrides: list[str], checkpoint: dict[str, Any] | None
+    conf: dict[str, Any],
+    rundir: RunDir,
+    overrides: list[str],
+    checkpoint: dict[str, Any] | None,
+    world: World,
 ) -> float:
-    """Build, restore, train and report (``train`` holds the run dir)."""
-    run = build_run(conf)
+    """Build, restore, train and report (``train`` holds the run dir); only rank 0 writes."""
+    main = world.is_main
+    console.quiet = not main
+    run = build_run(conf, world)
     data = {"name": conf["dataset"]["name"], **data_identity(run.splits)}
     state, logger_state = TrainState(), None
     if checkpoint is None:
-        run_id = new_run_id()
-        rundir.write_info({"run_id": run_id, "snnrun_version": snnrun.__version__, "data": data})
+        run_id = broadcast(new_run_id())
+        if main:
+            rundir.write_info(
+                {"run_id": run_id, "snnrun_version": snnrun.__version__, "data": data}
+            )
     else:
         run_id = checkpoint["run_id"]
         _check_same_data(checkpoint["data"], data, conf)
         state, logger_state = _restore(checkpoint, run)
-        rundir.rewrite_metrics(state.history)
+        if main:
+            rundir.rewrite_metrics(state.history)
         console.print(f"resuming {rundir.path} at epoch {state.epoch} "
                       f"(best test_acc {state.best_acc:.4f})")  # fmt: skip
-    rundir.write_config(conf)
+    if main:
+        rundir.write_config(conf)
     _describe(run)
 
     def on_epoch_end(st: TrainState, record: dict[str, Any], is_best: bool) -> None:
-        payload = checkpoint_payload(run, st, overrides, run_id, data)
-        rundir.save_epoch(payload, record, is_best)
-        run.logger.log_checkpoint(rundir, record["epoch"], is_best)
-        _render_during_training(conf["viz"], rundir, st, run.logger)
+        payload = checkpoint_payload(run, st, overrides, run_id, data)  # every rank's RNG
+        if main:
+            rundir.save_epoch(payload, record, is_best)
+            run.logger.log_checkpoint(rundir, record["epoch"], is_best)
+            _render_during_training(conf["viz"], rundir, st, run.logger)
 
     net = torch.compile(run.model) if conf["compile"] else run.model  # checkpoints keep .model
-    trainer = Trainer(run, net)
+    trainer = Trainer(run, _data_parallel(net, run, conf), net)
     run.logger.start(rundir, run_id, conf, logger_state, state.history)
     try:
         trainer.fit(conf["epochs"], state, on_epoch_end)
@@ -239,6 +316,18 @@ def _fit(
         run.logger.finish()
     _report(state, rundir.path)
     return state.best_acc
+
+
+def _data_parallel(net: torch.nn.Module, run: Run, conf: dict[str, Any]) -> torch.nn.Module:
+    """Under torchrun: DistributedDataParallel (gradients averaged over ranks every step)."""
+    if run.world.size == 1:
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    if conf["sync_bn"]:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    cuda = run.device.type == "cuda"
+    return DistributedDataParallel(net, device_ids=[run.device.index] if cuda else None)
 
 
 def _render_during_training(
@@ -268,7 +357,7 @@ def checkpoint_payload(
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "state": vars(state),
-        "rng": capture_rng(run.train_loader.generator),
+        "rng": gather(capture_rng()),  # one entry per rank
         "logger": run.logger.state_dict(),
         "config": run.conf,
         "overrides": overrides,
@@ -286,11 +375,26 @@ def _restore(payload: dict[str, Any], run: Run) -> tuple[TrainState, dict[str, A
         if run.precision.scaler is not None and payload.get("scaler") is not None:
             run.precision.scaler.load_state_dict(payload["scaler"])
         state = TrainState(**payload["state"])
-        restore_rng(payload["rng"], run.train_loader.generator)
+        _restore_rng(payload["rng"], run)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise SnnrunError(f"checkpoint does not fit the configured run: {' '.join(str(e).split())}"
                           ) from None  # fmt: skip
     return state, payload.get("logger") or {}
+
+
+def _restore_rng(states: list[dict[str, Any]] | dict[str, Any], run: Run) -> None:
+    """This rank's saved random state; with another rank count, say what changes."""
+    if isinstance(states, dict):  # saved before the per-rank list: one process
+        states = [states]
+    rank, size = run.world.rank, run.world.size
+    if rank < len(states):
+        restore_rng(states[rank])
+    if len(states) != size:
+        console.print(
+            f"[yellow]note:[/] the run was saved with {len(states)} rank(s) and continues with "
+            f"{size}: the data order (seed, epoch) and the global batch stay; the per-rank "
+            "batch, BatchNorm statistics and random streams (Poisson input, dropout) change"
+        )
 
 
 def _describe(run: Run) -> None:

@@ -11,6 +11,8 @@
 - ``run.lock``: held (``flock``) by the process training in the dir; the kernel releases it
   when that process ends in any way, so a stale claim never blocks a later run;
 - ``wandb/``, ``wandb_run_id.txt``: the W&B files; ``figures/``: ``snnrun viz`` output;
+- ``eval/``: ``snnrun eval`` results (``<timestamp>.json`` and a confusion matrix each);
+- ``export/``: ``snnrun export`` output (``model.nir``);
 - ``failed.txt``: why a sweep job failed (cleared when it trains again);
 - ``.hydra/``: Hydra's record of the first start (``config.yaml`` above is the truth).
 """
@@ -22,6 +24,7 @@ import json
 import os
 import secrets
 import string
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,8 @@ LOCK = "run.lock"
 WANDB_ID = "wandb_run_id.txt"
 FAILED = "failed.txt"
 FIGURES = "figures"
+EVALS = "eval"
+EXPORTS = "export"
 
 
 class RunDirError(SnnrunError):
@@ -70,6 +75,14 @@ class RunDir:
     @property
     def figures(self) -> Path:
         return self.path / FIGURES
+
+    @property
+    def evals(self) -> Path:
+        return self.path / EVALS
+
+    @property
+    def exports(self) -> Path:
+        return self.path / EXPORTS
 
     @property
     def wandb_dir(self) -> Path:
@@ -208,6 +221,11 @@ class RunDir:
 
     def write_wandb_id(self, run_id: str) -> None:
         (self.path / WANDB_ID).write_text(run_id + "\n")
+
+
+def default_run_dir() -> Path:
+    """``outputs/<date>/<time>``, as Hydra names a run's dir (``hydra.run.dir``)."""
+    return Path("outputs") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
 
 
 def find_run_dir(target: str | Path) -> tuple[RunDir, str]:

@@ -59,7 +59,10 @@ def graceful_stop(run_dir: Path) -> Iterator[None]:
         _run_dir[0] = None
 
 
-def check_stop() -> None:
-    """Raise :class:`Stopped` when a stop was requested."""
-    if _requested:
-        raise Stopped(_requested[0], _run_dir[0])
+def check_stop(collective: bool = False) -> None:
+    """Raise :class:`Stopped` when a stop was requested (``collective``: on any rank, so that
+    every rank stops after the same step)."""
+    from snnrun.distributed import any_rank
+
+    if any_rank(bool(_requested)) if collective else _requested:
+        raise Stopped(_requested[0] if _requested else signal.SIGTERM, _run_dir[0])

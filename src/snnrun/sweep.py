@@ -23,7 +23,8 @@ COLUMNS = ("job", "status", "overrides", "epochs", "train_loss", "test_acc", "ma
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job folder under ``sweep_dir``: status, overrides and last/best metrics."""
     rows = []
-    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=_job_order):
+    jobs = (p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for job in sorted(jobs, key=_job_order):
         rundir = RunDir(job)
         history = rundir.read_metrics()
         overrides_file = job / ".hydra" / "overrides.yaml"
@@ -53,17 +54,29 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        table = Table(title=f"sweep {sweep_dir}")
+        rows = job_rows(sweep_dir)
+        shared = _shared_overrides(rows)
+        for row in rows:
+            row["overrides"] = " ".join(o for o in row["overrides"].split() if o not in shared)
+        title = f"sweep {sweep_dir}" + (f" (every job: {' '.join(shared)})" if shared else "")
+        table = Table(title=title)
         for column in COLUMNS:
             table.add_column(
                 column, justify="left" if column in ("overrides", "status") else "right"
             )
-        rows = job_rows(sweep_dir)
         for row in rows:
             style = "red" if row["status"] != "ok" else None
             table.add_row(*(_fmt(row[c]) for c in COLUMNS), style=style)
         console.print(table)
         FAILED.extend(r["job"] for r in rows if r["status"] != "ok")
+
+
+def _shared_overrides(rows: list[dict[str, Any]]) -> list[str]:
+    """The overrides every job has (shown once, above the table)."""
+    if len(rows) < 2:
+        return []
+    sets = [set(r["overrides"].split()) for r in rows]
+    return [o for o in rows[0]["overrides"].split() if all(o in s for s in sets)]
 
 
 def _fmt(value: Any) -> str:

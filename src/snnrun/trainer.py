@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from snnrun.distributed import active, sum_over_ranks
 from snnrun.errors import SnnrunError
 from snnrun.monitors import monitoring
 from snnrun.progress import print_epoch, progress_bar
@@ -47,9 +48,12 @@ class DivergedError(SnnrunError):
 class Trainer:
     """Fits ``net`` (the run's model, possibly compiled) with the run's other built pieces."""
 
-    def __init__(self, run: Run, net: nn.Module) -> None:
-        self.run, self.net = run, net
+    def __init__(self, run: Run, net: nn.Module, eval_net: nn.Module | None = None) -> None:
+        """``net`` trains (DDP-wrapped under torchrun); ``eval_net`` (default ``net``) tests,
+        unwrapped so that ranks with unequal test shares never wait on each other."""
+        self.run, self.net, self.eval_net = run, net, eval_net or net
         self.T, self.log_every = run.conf["T"], run.conf["log_every"]
+        self.collective = active()
 
     def fit(self, epochs: int, state: TrainState, on_epoch_end: EpochHook) -> TrainState:
         run = self.run
@@ -58,6 +62,8 @@ class Trainer:
             if run.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(run.device)
             lr = run.optimizer.param_groups[0]["lr"]
+            for loader in (run.train_loader, run.test_loader):
+                loader.batch_sampler.set_epoch(epoch)
             train = self.train_epoch(run.train_loader, state, f"epoch {epoch} train")
             test = self.evaluate(run.test_loader, f"epoch {epoch} test")
             self._check_finite(epoch, train)
@@ -88,11 +94,13 @@ class Trainer:
             on_epoch_end(state, record, is_best)
         return state
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, net: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The one loss step: (output spikes ``[T, N, classes]``, loss) for a batch."""
         x = x.to(self.run.device, non_blocking=True)
         with self.run.precision.autocast():
-            out = self.net(self.run.encoder(x, self.T))
+            out = (net or self.net)(self.run.encoder(x, self.T))
             return out, self.run.loss(out, y)
 
     def train_epoch(self, loader: DataLoader, state: TrainState, label: str) -> dict[str, Any]:
@@ -108,7 +116,7 @@ class Trainer:
                     self.run.logger.log_step(state.global_step, {"loss": loss.item()})
                 shown = "" if bar.disable else f"loss={loss.item():.4f}"  # no sync when hidden
                 bar.update(task, advance=len(y), loss=shown)
-                check_stop()
+                check_stop(self.collective)
         return totals.summary()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,13 +134,13 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader: DataLoader, label: str) -> dict[str, Any]:
-        self.net.eval()
+        self.eval_net.eval()
         totals = _Totals()
         with progress_bar() as bar, monitoring(self.run.monitors) as monitors:
             task = bar.add_task(label, total=len(loader.dataset), loss="")
             for x, y in loader:
                 y = y.to(self.run.device, non_blocking=True)
-                out, loss = self.forward(x, y)
+                out, loss = self.forward(x, y, self.eval_net)
                 totals.add(loss, (self.run.loss.predict(out) == y).sum(), len(y))
                 bar.update(task, advance=len(y))
                 check_stop()
@@ -173,11 +181,14 @@ class _Totals:
         self.samples += n
 
     def summary(self) -> dict[str, float]:
-        n = max(self.samples, 1)
-        loss, correct = float(self.loss), int(self.correct)  # the one sync of the epoch
+        """Over every rank: one all-reduce, the one host sync of the epoch."""
+        sums = torch.stack([torch.as_tensor(v).double() for v in (self.loss, self.correct)])
+        sums = torch.cat([sums, torch.tensor([float(self.samples)], device=sums.device).double()])
+        loss, correct, samples = sum_over_ranks(sums).tolist()
+        n = max(samples, 1)
         seconds = time.perf_counter() - self.start
         return {
             "loss": loss / n,
             "acc": correct / n,
-            "samples_per_s": self.samples / seconds if seconds > 0 else 0.0,
+            "samples_per_s": samples / seconds if seconds > 0 else 0.0,
         }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from snnrun.checkpoint import load_checkpoint
@@ -28,10 +27,6 @@ def parse_spec(spec: str) -> tuple[str, str, str]:
             "shows all three)"
         )
     return parts[0], parts[1], parts[2]
-
-
-def default_run_dir() -> Path:
-    return Path("outputs") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
 
 
 def fetch_run(spec: str, run_dir: Path) -> Path:

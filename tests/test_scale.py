@@ -1,0 +1,114 @@
+"""Beyond one process: DDP through torchrun (gloo, 2 CPU ranks), Hydra's joblib and submitit
+launchers, an Optuna sweep, and a relaunched (requeued) job continuing with resume=auto."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_train import without_timing
+
+from snnrun.rundir import RunDir
+
+from conftest import SNNRUN, TINY, read_metrics, run_snnrun
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+FC = ["model=fc", *[o for o in TINY if not o.startswith("model.")]]  # no BatchNorm
+
+
+def torchrun(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "snnrun", *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode:
+        raise AssertionError(f"torchrun failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path) -> None:
+    """Each rank takes half of every global batch; DDP averages the gradients: the same
+    training as one process up to float summation order."""
+    args = [*FC, "epochs=2", "batch_size=64"]
+    run_snnrun([*args, f"hydra.run.dir={tmp_path / 'one'}"], cwd=tmp_path)
+    torchrun([*args, f"hydra.run.dir={tmp_path / 'two'}"], cwd=tmp_path)
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    for a, b in zip(one, two, strict=True):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-5
+        assert abs(a["test_acc"] - b["test_acc"]) <= 1 / 128
+        assert abs(a["firing_rate/L2"] - b["firing_rate/L2"]) < 1e-3  # over the whole test set
+    payload = RunDir(tmp_path / "two").load_checkpoint("latest")
+    assert len(payload["rng"]) == 2  # every rank's random state
+
+
+def test_two_ranks_killed_mid_epoch_resume_exactly(tmp_path) -> None:
+    args = [*TINY, "epochs=4", "encoder=poisson", "dataset.train_limit=512"]
+    torchrun([*args, f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path)
+    killed = tmp_path / "killed"
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "snnrun", *args,
+           f"hydra.run.dir={killed}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while len(read_metrics(killed)) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(read_metrics(killed))
+    assert 1 <= done < 4, "the run was not killed mid-training"
+    torchrun([f"resume={killed}"], cwd=tmp_path)
+    assert without_timing(read_metrics(killed)) == without_timing(read_metrics(tmp_path / "whole"))
+
+
+def test_a_relaunched_job_continues_with_resume_auto(tmp_path) -> None:
+    """What a requeued SLURM job does: the same command again; resume=auto continues the run
+    in its dir exactly, and refuses a dir holding a run of another config."""
+    run_dir = tmp_path / "job"
+    args = [*TINY, "epochs=3", "resume=auto", f"hydra.run.dir={run_dir}"]
+    run_snnrun([*TINY, "epochs=3", f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path)
+    proc = subprocess.Popen([str(SNNRUN), *args], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while len(read_metrics(run_dir)) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_snnrun(args, cwd=tmp_path)  # relaunched as it was
+    assert without_timing(read_metrics(run_dir)) == without_timing(read_metrics(tmp_path / "whole"))
+    other = run_snnrun([*args[:-1], "optimizer.lr=0.5", args[-1]], cwd=tmp_path, check=False)
+    assert other.returncode == 2 and "holds a run of another config" in other.stderr
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+        ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
+    ],
+    ids=["joblib", "submitit_local"],
+)
+def test_launcher_runs_a_two_job_sweep(tmp_path, launcher) -> None:
+    pytest.importorskip(launcher[0].split("=")[1].replace("submitit_local", "submitit"))
+    sweep = tmp_path / "sweep"
+    proc = run_snnrun(["-m", *launcher, *TINY, "optimizer.lr=0.01,0.02",
+                       f"hydra.sweep.dir={sweep}"], cwd=tmp_path)  # fmt: skip
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [len(read_metrics(j)) for j in jobs] == [1, 1]
+    assert [RunDir(j).read_config()["optimizer"]["lr"] for j in jobs] == [0.01, 0.02]
+    assert "failed" not in proc.stdout and proc.returncode == 0
+
+
+def test_optuna_sweep_maximises_max_test_acc(tmp_path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "optuna"
+    tiny = [o for o in TINY if not o.startswith(("neuron=", "optimizer.lr=", "T="))]  # swept
+    run_snnrun(["-m", "hparams_search=lif_optuna", "hydra.sweeper.n_trials=3", *tiny,
+                f"hydra.sweep.dir={sweep}"], cwd=tmp_path)  # fmt: skip
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == 3
+    best = (sweep / "optimization_results.yaml").read_text()
+    best_acc = max(read_metrics(j)[-1]["max_test_acc"] for j in jobs)
+    assert f"best_value: {best_acc}" in best
