@@ -263,3 +263,21 @@ def test_synops_match_spikingjelly_op_counter() -> None:
     with torch.no_grad(), op_counter.DispatchCounterMode([counter]):
         model(x)
     assert ours.summary()["synops/ac"] * 8 == counter.get_total() > 0
+
+
+def test_a_run_from_before_a_new_key_resumes_with_its_default(monkeypatch, capsys, tmp_path):
+    """A checkpoint whose config predates a key added to conf/ (here sync_bn) resumes; the key
+    takes today's default and a note says so."""
+    from snnrun.checkpoint import save_checkpoint
+
+    run_dir = tmp_path / "r"
+    train(monkeypatch, *TINY, f"hydra.run.dir={run_dir}")
+    latest = RunDir(run_dir).checkpoint("latest")
+    payload = RunDir(run_dir).load_checkpoint("latest")
+    del payload["config"]["sync_bn"]
+    payload["rng"] = payload["rng"][0]  # and the one-process RNG format of that time
+    save_checkpoint(payload, latest)
+    capsys.readouterr()
+    train(monkeypatch, f"resume={run_dir}", "epochs=2")
+    assert "sync_bn is new in conf/" in capsys.readouterr().out
+    assert len(read_metrics(run_dir)) == 2

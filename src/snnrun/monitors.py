@@ -8,7 +8,8 @@ summed over ranks under torchrun (the record covers the whole test set).
   with a one-line warning for a silent or saturated layer.
 - ``synops``: per sample, over the synaptic layers (conv2d, linear) as they actually run:
   an input that is all 0/1 (spikes) costs accumulates, ``AC = sum_inputs spike x fan-out``
-  (exact at borders, via a ones-kernel convolution of the spike mask); any other input costs
+  (exact at borders: per-site spike counts times each site's precomputed coverage); any other
+  input costs
   multiply-accumulates, ``MAC = outputs x fan-in`` per executed call (a direct-encoded image's
   first conv runs once, not T times). ``synops/ann_mac`` is the same network run once as an
   ANN. Energy: ``E = mac_pj MAC + ac_pj AC`` (45 nm defaults, Horowitz 2014), ``energy/snn_uj``
@@ -134,9 +135,12 @@ class SynapticOps(Monitor):
             x = args[0].detach()
             fan_in = _fan_in(module)
             self.ann_macs[j] = out[0].numel() * fan_in  # one sample, one step
-            spikes = ((x == 0) | (x == 1)).all()
+            nonzero = x != 0
+            per_site = nonzero.sum(dim=0, dtype=torch.float32)  # [C, H, W] or [F]
+            spikes = per_site.sum() == (x == 1).sum()  # every nonzero input is a 1
+            acs = _accumulates(module, per_site, x.shape)
             dense = float(out.numel() * fan_in)
-            self.acs = self.acs + torch.where(spikes, _accumulates(module, x), 0.0)
+            self.acs = self.acs + torch.where(spikes, acs, 0.0)
             self.macs = self.macs + torch.where(spikes, 0.0, dense)
 
         return hook
@@ -166,17 +170,34 @@ def _fan_in(module: nn.Module) -> int:
     return module.weight[0].numel()  # in_channels / groups x kernel area
 
 
-def _accumulates(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Sum over nonzero inputs of their fan-out, exactly (borders, stride, groups)."""
-    mask = (x != 0).to(torch.float32)
+def _accumulates(module: nn.Module, per_site: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum over nonzero inputs of their fan-out, exactly (borders, stride, groups).
+
+    ``per_site``: nonzero inputs per site, summed over the batch (``[C, H, W]`` or ``[F]``). A
+    conv input at ``(h, w)`` reaches ``coverage[h, w]`` output positions in each of the
+    ``C_out / groups`` channels of its group; ``coverage`` depends only on the geometry.
+    """
     if isinstance(module, nn.Linear):
-        return mask.sum() * module.out_features
+        return per_site.sum() * module.out_features
     assert isinstance(module, nn.Conv2d)
-    groups, per_group = module.groups, module.out_channels // module.groups
-    ones = torch.ones(groups, module.in_channels // groups, *module.kernel_size, device=x.device)
-    padding = module.padding if isinstance(module.padding, tuple | str) else (module.padding,) * 2
-    reached = F.conv2d(mask, ones, None, module.stride, padding, module.dilation, groups)
-    return reached.sum() * per_group
+    cover = _coverage(module, tuple(shape[-2:]), per_site.device)
+    return (per_site.sum(0) * cover).sum() * (module.out_channels // module.groups)
+
+
+_COVERAGE: dict[tuple[Any, ...], torch.Tensor] = {}
+
+
+def _coverage(conv: nn.Conv2d, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """``[H, W]``: how many output positions of ``conv`` read each input position."""
+    key = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, size, str(device))
+    if key not in _COVERAGE:
+        ones = torch.ones(1, 1, *size, device=device, requires_grad=True)
+        kernel = torch.ones(1, 1, *conv.kernel_size, device=device)
+        with torch.enable_grad():  # d(sum of outputs)/d(input) counts the reads
+            out = F.conv2d(ones, kernel, None, conv.stride, conv.padding, conv.dilation)
+            (cover,) = torch.autograd.grad(out.sum(), ones)
+        _COVERAGE[key] = cover[0, 0]
+    return _COVERAGE[key]
 
 
 def build_monitors(cfg: dict[str, Any], model: nn.Module) -> list[Monitor]:

@@ -88,6 +88,7 @@ def resume_config(
             "restore the missing config or start a new run"
         ) from None
     cfg.resume = str(rundir.checkpoint("latest"))
+    _add_new_keys(cfg, current)
     _report_drift(cfg, current, {k for k, _ in parsed})
     return cfg, rundir.path, saved_overrides + new_overrides, payload
 
@@ -107,6 +108,18 @@ def _apply(cfg: DictConfig, key: str, value: Any) -> None:
         OmegaConf.update(cfg, key, value, merge=False)
     except OmegaConfBaseException as e:
         raise ResumeError(f"cannot apply {key}={value} on resume: {one_line(e)}") from None
+
+
+def _add_new_keys(saved: DictConfig, current: DictConfig) -> None:
+    """Keys added to conf/ since the run started take today's default (said once each)."""
+    from snnrun.progress import console
+
+    known = flatten(OmegaConf.to_container(saved, resolve=True))
+    for key, value in flatten(OmegaConf.to_container(current, resolve=True)).items():
+        if key not in known:
+            OmegaConf.update(saved, key, value, force_add=True)
+            console.print(f"[yellow]note:[/] {key} is new in conf/ since this run started; "
+                          f"using its default {value!r}")  # fmt: skip
 
 
 def _follows_epochs(cfg: DictConfig) -> bool:
