@@ -2,7 +2,7 @@
 
 - ``snnrun [overrides]`` trains (Hydra composes ``conf/`` into one config; :func:`run.train`);
   ``snnrun -m a=1,2`` sweeps (one run dir per job); ``snnrun resume=<run dir>`` continues a run.
-- ``snnrun viz <run dir> [key=value ...]``: figures of a run (more verbs in :data:`VERBS`).
+- ``snnrun viz|eval|export <run dir> [key=value ...]``: tools reading a run dir (:data:`VERBS`).
 
 Mistakes a user can fix (unknown config names, bad values, paths, shapes, corrupt checkpoints,
 a full disk) end as one line ``snnrun: error: ...``, exit 2, nothing half-written; in a sweep a
