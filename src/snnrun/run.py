@@ -221,6 +221,7 @@ def auto_resume(rundir: RunDir, conf: dict[str, Any]) -> dict[str, Any] | None:
         k
         for k in sorted(set(saved) | set(now))
         if k != "resume"
+        and k in saved  # a key added to conf/ since the run started takes today's default
         and saved.get(k) != now.get(k)
         and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)
     ]
