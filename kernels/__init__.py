@@ -12,8 +12,8 @@ Where the kernels run, per call, by the device of the input:
 - CPU tensors with ``TRITON_INTERPRET=1`` in the environment (read when this package is imported;
   Triton reads it when the kernels are defined): the same kernels through Triton's interpreter
   (slow; this is how the tests check them without a GPU).
-- CPU tensors otherwise: the reference ``torch`` backend
-  (:func:`snnrun.dynamics.torch_loop`), after one warning ``neuron.backend=triton needs a CUDA
+- CPU tensors otherwise: the default ``torch`` backend
+  (:mod:`snnrun.neuron_loop`), after one warning ``neuron.backend=triton needs a CUDA
   device; falling back to the torch backend on cpu``.
 - Triton not installed: the ``torch`` backend, after one warning that names
   ``pip install triton``.
@@ -30,8 +30,9 @@ import warnings
 
 import torch
 
-from snnrun.dynamics import BACKENDS, BackendResult, Decay, Dynamics, torch_loop
+from snnrun.dynamics import BACKENDS, BackendResult, Decay, Dynamics
 from snnrun.kernels.neuron_op import triton_neuron
+from snnrun.neuron_loop import fused_loop
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -75,7 +76,7 @@ def triton_backend(
 ) -> BackendResult:
     """Fused kernels on CUDA (or the interpreter); the torch loop otherwise (see above)."""
     if _falls_back(x_seq.device.type):
-        return torch_loop(x_seq, v, decay, dyn, store_v_seq)
+        return fused_loop(x_seq, v, decay, dyn, store_v_seq)
     return triton_neuron(x_seq, v, decay, dyn, store_v_seq)
 
 

@@ -22,10 +22,11 @@ Rows (each in its own process, one after the other, so the peak RSS is the row's
   fastest backend here (2.x picks it by device: ``torch-reference`` on a CPU).
 - ``snntorch``: seed 004's code: ``nn.Sequential`` with ``snn.Leaky(init_hidden=True)`` called
   once per step in a Python loop after ``utils.reset``, ``SF.ce_rate_loss``.
-- extra ``snnrun`` variants measure candidate speed-ups without touching ``src/`` (``--variants``):
-  ``channels_last`` (conv weights and activations NHWC), ``step`` (encoder + net + loss compiled
-  as one graph), and the eval pass with BatchNorm folded into
-  the convolutions (``--eval``).
+- extra ``snnrun`` variants (``--variants``) show what each shipped speed-up buys and test
+  candidates: ``autograd`` (the reference neuron loop, autograd through every op, that the
+  default ``torch`` backend's handwritten backward replaced), ``nchw`` (without the runner's
+  channels_last convolutions), ``step`` (encoder + net + loss compiled as one graph); and the
+  eval pass with BatchNorm folded into the convolutions (``--eval``).
 
 Reported per row: train samples/s (the best of ``--repeats`` timed chunks of ``--steps`` steps,
 after ``--warmup`` steps that include compilation: other work on a shared machine only slows a
@@ -113,7 +114,6 @@ def snnrun_conf(net: str, args: argparse.Namespace, *extra: str) -> dict:
         f"batch_size={args.batch}",
         "logger=none",
         "monitor=none",
-        "neuron.backend=torch",
         *extra,
     ]
     if net == "fmnist":
@@ -135,29 +135,26 @@ def batches(net: str, args: argparse.Namespace) -> list[tuple[torch.Tensor, torc
 
 
 def snnrun_row(net: str, args: argparse.Namespace, variant: str) -> tuple[Step, nn.Module]:
-    """The product's own train step on the composed config (``compile``, ``channels_last``,
-    ``step`` variants applied as the runner would, or as a patch to ``src/`` would)."""
+    """The product's own train step on the composed config, as shipped or with one variant:
+    ``compile`` (the runner's ``compile=true``), ``autograd`` (``neuron.backend=autograd``, the
+    reference loop the default ``torch`` backend replaced), ``nchw`` (without the runner's
+    channels_last), ``step`` (encoder + net + loss compiled as one graph, a candidate)."""
     from snnrun.run import build_run
     from snnrun.trainer import Trainer
 
-    compiled = variant in ("compile", "channels_last+compile")
-    conf = snnrun_conf(net, args, f"compile={str(compiled).lower()}")
+    compiled = variant == "compile"
+    backend = "autograd" if variant == "autograd" else "torch"
+    conf = snnrun_conf(net, args, f"compile={str(compiled).lower()}", f"neuron.backend={backend}")
     run = build_run(conf)
-    if "channels_last" in variant:
-        run.model.to(memory_format=torch.channels_last)
+    if variant == "nchw":
+        run.model.to(memory_format=torch.contiguous_format)
     model = run.model
     net_mod = torch.compile(run.model) if compiled else run.model  # as run._fit does
     trainer = Trainer(run, net_mod)
-    if variant == "step":  # encoder + net + loss compiled as one graph (not the model alone)
+    if variant == "step":
         trainer.forward = torch.compile(trainer.forward)
     trainer.net.train()
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> object:
-        if "channels_last" in variant:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return trainer.train_step(x, y)
-
-    return step, model
+    return trainer.train_step, model
 
 
 def spikingjelly_row(net: str, args: argparse.Namespace) -> tuple[Step, nn.Module]:
@@ -380,7 +377,7 @@ def eval_fold(model: nn.Module, data: list, T: int, args: argparse.Namespace) ->
 def rows_for(net: str, args: argparse.Namespace) -> list[str]:
     rows = ["snnrun", "snnrun compile", "snnrun triton", PEER[net]]
     if args.variants:
-        rows += ["snnrun channels_last", "snnrun channels_last+compile", "snnrun step"]
+        rows += ["snnrun autograd", "snnrun nchw", "snnrun step"]
     return rows
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 # Triton reads this when kernels are defined, so it must be set before anything imports them.
 if os.environ.get("SNNRUN_TEST_GPU") != "1":
@@ -12,6 +13,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,41 @@ def run_snnrun(
             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         )
     return proc
+
+
+def start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``args`` (the ``snnrun`` command's unless ``args[0]`` is a path) in its own
+    process group, so that a test can signal or SIGKILL the whole of it."""
+    cmd = args if Path(args[0]).is_absolute() else [str(SNNRUN), *args]
+    return subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+
+
+def wait_for_epochs(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``run_dir`` holds ``n`` epoch records (or the process ended, or ``timeout``)."""
+    deadline = time.time() + timeout
+    while len(read_metrics(run_dir)) < n and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert len(read_metrics(run_dir)) >= n, proc.communicate()
+
+
+def kill_everything_of(run_dir: Path) -> None:
+    """SIGKILL every process whose command line names ``run_dir`` (torchrun starts each worker
+    in a session of its own, so killing the launcher's process group leaves them running)."""
+    marker = f"hydra.run.dir={run_dir}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass  # it ended meanwhile
+
+
+def train_tiny(root: Path, *overrides: str) -> Path:
+    """One epoch of ``TINY`` (with ``overrides``) into ``root/run``; the run dir."""
+    run_snnrun([*TINY, *overrides, f"hydra.run.dir={root / 'run'}"], cwd=root)
+    return root / "run"
 
 
 @pytest.fixture

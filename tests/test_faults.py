@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from snnrun.checkpoint import load_checkpoint
 from snnrun.rundir import LATEST, RunDir
 from snnrun.wandb_files import logged_epochs
 
-from conftest import REPO, SNNRUN, TINY, read_metrics, run_snnrun
+from conftest import REPO, TINY, read_metrics, run_snnrun, start, wait_for_epochs
 
 FAULTS = REPO / "tests" / "faults"
 SMALL = [*TINY, "dataset.train_limit=128", "dataset.test_limit=64", "batch_size=32"]
@@ -52,19 +51,6 @@ def whole(tmp_path_factory) -> list[dict]:
     run_dir = tmp_path_factory.mktemp("whole") / "run"
     run_snnrun([*SMALL, "epochs=3", f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
     return without_timing(read_metrics(run_dir))
-
-
-def start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([str(SNNRUN), *args], cwd=cwd, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-
-
-def wait_for_epochs(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while len(read_metrics(run_dir)) < n and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert len(read_metrics(run_dir)) >= n, proc.communicate()
 
 
 @pytest.mark.parametrize(("fault", "needles"), [

@@ -33,7 +33,7 @@ from snnrun.model import SpikingNetwork
 from snnrun.neuron import SpikingNeuron
 from snnrun.run import network_defaults
 
-from conftest import TINY, compose, run_snnrun
+from conftest import compose, train_tiny
 
 T, N = 6, 16
 
@@ -218,10 +218,8 @@ def test_import_scales_a_general_input_gain() -> None:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("nir")
-    limits = ["dataset.train_limit=64", "dataset.test_limit=32"]
-    run_snnrun([*TINY, *limits, f"hydra.run.dir={root / 'run'}"], cwd=root)
-    return root / "run"
+    limits = ("dataset.train_limit=64", "dataset.test_limit=32")
+    return train_tiny(tmp_path_factory.mktemp("nir"), *limits)
 
 
 def test_export_command_and_model_nir(run_dir: Path) -> None:

@@ -15,7 +15,15 @@ from test_train import without_timing
 
 from snnrun.rundir import RunDir
 
-from conftest import SNNRUN, TINY, read_metrics, run_snnrun
+from conftest import (
+    SNNRUN,
+    TINY,
+    kill_everything_of,
+    read_metrics,
+    run_snnrun,
+    start,
+    wait_for_epochs,
+)
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 FC = ["model=fc", *[o for o in TINY if not o.startswith("model.")]]  # no BatchNorm
@@ -50,13 +58,10 @@ def test_two_ranks_killed_mid_epoch_resume_exactly(tmp_path) -> None:
     killed = tmp_path / "killed"
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "snnrun", *args,
            f"hydra.run.dir={killed}"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 300
-    while len(read_metrics(killed)) < 2 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc = start(cmd, cwd=tmp_path)
+    wait_for_epochs(killed, 2, proc, timeout=300)
+    kill_everything_of(killed)
+    proc.communicate()
     done = len(read_metrics(killed))
     assert 1 <= done < 4, "the run was not killed mid-training"
     torchrun([f"resume={killed}"], cwd=tmp_path)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
@@ -16,7 +14,7 @@ from snnrun.cli import main
 from snnrun.rundir import BEST, LATEST
 from snnrun.wandb_files import history_rows
 
-from conftest import SNNRUN, TINY, read_metrics, run_snnrun
+from conftest import TINY, read_metrics, run_snnrun, start, wait_for_epochs
 
 TIMING = {"train_samples_per_s", "test_samples_per_s", "epoch_seconds", "peak_gpu_mem_mb"}
 METRIC_KEYS = {
@@ -111,17 +109,10 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path) -> None:
     expected = without_timing(read_metrics(tmp_path / "whole"))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [str(SNNRUN), *args, f"hydra.run.dir={killed}"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while len(read_metrics(killed)) < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc = start([*args, f"hydra.run.dir={killed}"], cwd=tmp_path)
+    wait_for_epochs(killed, 1, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
     done = len(read_metrics(killed))
     assert 1 <= done < 4, "the kill should land mid-training"
 

@@ -15,7 +15,7 @@ from snnrun import cli, figures, viz
 from snnrun.errors import SnnrunError
 from snnrun.rundir import RunDir
 
-from conftest import TINY, run_snnrun
+from conftest import run_snnrun, train_tiny
 
 T, CHANNELS = 4, 4  # TINY's T and model.channels
 FIXED = ("curves", "output_layer", "firing_rates")
@@ -38,10 +38,8 @@ def _assert_image(path: Path, size: tuple[int, int]) -> None:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One epoch of the tiny CSNN on 64 digits (a little less data than TINY)."""
-    root = tmp_path_factory.mktemp("viz")
-    limits = ["dataset.train_limit=64", "dataset.test_limit=64"]
-    run_snnrun([*TINY, *limits, f"hydra.run.dir={root / 'run'}"], cwd=root)
-    return root / "run"
+    limits = ("dataset.train_limit=64", "dataset.test_limit=64")
+    return train_tiny(tmp_path_factory.mktemp("viz"), *limits)
 
 
 def test_viz_writes_every_figure(

@@ -217,6 +217,16 @@ def _known_keys_hint(message: str, args: list[str]) -> str:
     return f" ({section} has no {key!r}; its keys: {', '.join(map(str, node.keys()))})"
 
 
+def verb_args(verb: str, args: list[str], usage: str) -> tuple[Path, list[tuple[str, str]]]:
+    """A verb's ``<run dir> [key=value ...]`` → the dir and the ``(key, value)`` pairs in order;
+    anything else is one line with the verb's usage."""
+    paths = [a for a in args if "=" not in a]
+    if len(paths) != 1 or paths[0].startswith("-"):
+        raise SnnrunError(f"{verb} needs one run dir; usage: {usage}")
+    pairs = [(key, value) for key, value in (a.split("=", 1) for a in args if "=" in a)]
+    return Path(paths[0]).expanduser(), pairs
+
+
 def _run_verb(verb: str, args: list[str]) -> None:
     module, function = VERBS[verb].split(":")
     getattr(importlib.import_module(module), function)(args)

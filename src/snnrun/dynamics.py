@@ -90,11 +90,14 @@ def fire_and_reset(dyn: Dynamics, h: torch.Tensor) -> tuple[torch.Tensor, torch.
     return s, h - dyn.v_threshold * s_r
 
 
-@BACKENDS.register("torch")
+@BACKENDS.register("autograd")
 def torch_loop(
     x_seq: torch.Tensor, v: torch.Tensor, decay: Decay, dyn: Dynamics, store_v_seq: bool
 ) -> BackendResult:
-    """Reference multi-step update: a Python loop over T, autograd through every op."""
+    """Reference multi-step update: a Python loop over T, autograd through every op.
+
+    The ``autograd`` backend; the default ``torch`` backend (:mod:`snnrun.neuron_loop`) computes the
+    same values with a handwritten backward, and the tests hold both to this one."""
     spikes, v_seq = [], []
     for x in x_seq:
         s, v = fire_and_reset(dyn, charge(dyn, v, x, decay))

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from snnrun.cli import verb_args
 from snnrun.errors import SnnrunError
 
 if TYPE_CHECKING:  # torch loads inside the functions: a typo in the arguments fails at once
@@ -53,12 +54,9 @@ class EvalOptions:
 
 def parse_args(args: list[str]) -> EvalOptions:
     """``<run dir> [key=value ...]`` → options; anything else is a one-line error."""
-    paths = [a for a in args if "=" not in a]
-    if len(paths) != 1 or paths[0].startswith("-"):
-        raise SnnrunError(f"eval needs one run dir; usage: {USAGE}")
-    opts = EvalOptions(Path(paths[0]).expanduser())
-    for arg in (a for a in args if "=" in a):
-        key, value = arg.split("=", 1)
+    run_dir, pairs = verb_args("eval", args, USAGE)
+    opts = EvalOptions(run_dir)
+    for key, value in pairs:
         _set_option(opts, key, value)
     return opts
 
@@ -150,7 +148,7 @@ def evaluate(opts: EvalOptions) -> Evaluation:
     from snnrun.losses import build_loss
     from snnrun.monitors import build_monitors
     from snnrun.precision import build_precision
-    from snnrun.run import Run, check_values, resolve_device
+    from snnrun.run import Run, check_values, place, resolve_device
     from snnrun.rundir import find_run_dir
     from snnrun.trainer import Trainer
 
@@ -171,7 +169,7 @@ def evaluate(opts: EvalOptions) -> Evaluation:
             f"the checkpoint's weights do not fit the network these overrides build: "
             f"{' '.join(str(e).split())[:300]}"
         ) from None
-    model.to(device).eval()
+    place(model, device).eval()
     monitor = dict(conf.get("monitor") or {"name": "none"})
     monitor["counters"] = list(dict.fromkeys([*monitor.get("counters", []), "firing_rate"]))
     loss = _Counting(build_loss(conf["loss"]), splits.num_classes)

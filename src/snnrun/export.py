@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from snnrun.cli import verb_args
 from snnrun.errors import SnnrunError
 
 USAGE = (
@@ -32,12 +33,9 @@ class ExportOptions:
 
 def parse_args(args: list[str]) -> ExportOptions:
     """``<run dir> format=nir [key=value ...]`` → options; anything else is one line."""
-    paths = [a for a in args if "=" not in a]
-    if len(paths) != 1 or paths[0].startswith("-"):
-        raise SnnrunError(f"export needs one run dir; usage: {USAGE}")
-    opts = ExportOptions(Path(paths[0]).expanduser())
-    for arg in (a for a in args if "=" in a):
-        key, value = arg.split("=", 1)
+    run_dir, pairs = verb_args("export", args, USAGE)
+    opts = ExportOptions(run_dir)
+    for key, value in pairs:
         if key == "format" and value in FORMATS:
             opts.fmt = value
         elif key == "which" and value in ("best", "latest"):

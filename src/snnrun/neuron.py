@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import snnrun.kernels  # noqa: F401  (registers the "triton" backend)
+import snnrun.kernels  # noqa: F401  (registers the "triton" backend and, through it, "torch")
 from snnrun.dynamics import BACKENDS, Decay, Dynamics
 from snnrun.registry import Registry
 from snnrun.surrogate import Surrogate, build_surrogate

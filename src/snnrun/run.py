@@ -104,6 +104,15 @@ def network_defaults(conf: dict[str, Any]) -> dict[str, Any]:
     return {"neuron": conf["neuron"], "surrogate": conf["surrogate"]}
 
 
+def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move ``model`` to ``device``; on a CPU, convolutions go NHWC (oneDNN's native layout:
+    x1.15 to x1.5 train samples/s, docs/benchmarks.md), and their activations follow."""
+    model.to(device)
+    if device.type == "cpu" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def build_run(conf: dict[str, Any], world: World | None = None) -> Run:
     """Build every piece; a bad value in any group is one :class:`SnnrunError`.
 
@@ -120,11 +129,7 @@ def build_run(conf: dict[str, Any], world: World | None = None) -> Run:
     model = build_model(
         conf["model"], network_defaults(conf), splits.sample_shape, splits.num_classes
     )
-    model.to(device)
-    if device.type == "cpu" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
-        # NHWC convolutions (oneDNN's native layout): x1.15 (fmnist CSNN) to x1.5 (snnTorch
-        # CSNN) train samples/s on the CPU, see docs/benchmarks.md; activations follow.
-        model.to(memory_format=torch.channels_last)
+    place(model, device)
     optimizer = _built(conf, "optimizer", build_optimizer, conf["optimizer"], model.parameters())
     scheduler = _built(conf, "scheduler", build_scheduler, conf["scheduler"], optimizer)
     logger = _built(conf, "logger", build_logger, conf["logger"])

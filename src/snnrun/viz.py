@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from snnrun.cli import verb_args
 from snnrun.errors import SnnrunError
 
 if TYPE_CHECKING:  # torch and matplotlib load inside the functions: a typo fails at once
@@ -52,12 +53,9 @@ class VizOptions:
 
 def parse_args(args: list[str]) -> VizOptions:
     """``<run dir> [key=value ...]`` → options; anything else is a one-line error."""
-    paths = [a for a in args if "=" not in a]
-    if len(paths) != 1 or paths[0].startswith("-"):
-        raise SnnrunError(f"viz needs one run dir; usage: {USAGE}")
-    opts = VizOptions(Path(paths[0]).expanduser())
-    for arg in (a for a in args if "=" in a):
-        key, value = arg.split("=", 1)
+    run_dir, pairs = verb_args("viz", args, USAGE)
+    opts = VizOptions(run_dir)
+    for key, value in pairs:
         _set_option(opts, key, value)
     return opts
 
