@@ -41,7 +41,9 @@ CODE = (
     "snnrun at commit 058d44b, torch 2.14.1 (CPU). The first commands (`mnist_fc` epochs 1-2, "
     "`mnist_snntorch_csnn` epochs 1-2) ran from the working tree while the modules a run "
     "imports still matched that commit; once it was being edited, the others imported a copy "
-    "of that commit's `src/`, `conf/` and `kernels/` through `PYTHONPATH`"
+    "of that commit's `src/`, `conf/` and `kernels/` through `PYTHONPATH`. `mnist_fc` epochs "
+    "27-100 ran from the working tree at commit 0c69068 (the same computation for its "
+    "convolution-free network)"
 )
 
 
@@ -71,6 +73,10 @@ ROWS = {
             "mnist_fc",
             "92.5% after 100 epochs",
             ["experiment=mnist_fc", f"dataset.root={DATA / 'mnist'}", "logger=none"],
+            steps=[[], []],
+            note="The first command was stopped by SIGTERM after epoch 2 and the first resume "
+            "after epoch 26, by hand at the end of a session; resume is exact, so the three "
+            "commands make one run",
         ),
         Row(
             "fmnist_csnn",
@@ -248,6 +254,7 @@ def row_text(row: Row, runs: Path) -> tuple[str, list[str]]:
             )
         detail += ["", "The tutorial's loader drops the last partial batch of a shuffled 6000 "
                    "(46 x 128 = 5888 images); here all 6000 are counted.", ""]  # fmt: skip
+    detail += [f"{row.note}.", ""] if row.note else []
     planned = planned_epochs(path)
     if len(metrics) < planned:
         got += f"; **{len(metrics)}/{planned} epochs so far**"

@@ -24,8 +24,8 @@ MODELS = {
 def build(name: str, overrides: list[str] = ()) -> SpikingNetwork:
     shape, classes, small = MODELS[name]
     conf = OmegaConf.to_container(compose([f"model={name}", *small, *overrides]), resolve=True)
-    defaults = {"neuron": conf["neuron"], "surrogate": conf["surrogate"]}
-    return build_model(conf["model"], defaults, shape, classes)
+    neuron_groups = {"neuron": conf["neuron"], "surrogate": conf["surrogate"]}
+    return build_model(conf["model"], neuron_groups, shape, classes)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -191,10 +191,10 @@ def test_dropout_mask_is_kept_across_single_steps() -> None:
     x = torch.rand(3, 2, 1, 8, 8) * 4
     outs = []
     for step_mode in ("s", "m"):
-        defaults = {"neuron": {"kind": "if", "step_mode": step_mode},
+        neuron_groups = {"neuron": {"kind": "if", "step_mode": step_mode},
                     "surrogate": {"name": "atan"}}  # fmt: skip
         torch.manual_seed(0)
-        model = build_model({"layers": layers}, defaults, (1, 8, 8), 10).train()
+        model = build_model({"layers": layers}, neuron_groups, (1, 8, 8), 10).train()
         torch.manual_seed(5)
         outs.append(model(x))
         mask = model.layers[1].mask

@@ -31,7 +31,7 @@ from snnrun.api import build_network, load_run
 from snnrun.errors import SnnrunError
 from snnrun.model import SpikingNetwork
 from snnrun.neuron import SpikingNeuron
-from snnrun.run import network_defaults
+from snnrun.run import neuron_groups
 
 from conftest import compose, train_tiny
 
@@ -76,7 +76,7 @@ def _round_trip(net: SpikingNetwork, shape: tuple[int, ...], tmp_path: Path, con
     exported = nir_graph.to_nir(net, shape)
     path = tmp_path / "model.nir"
     nir.write(path, exported.graph)
-    layers = nir_graph.from_nir(nir.read(path), shape, network_defaults(conf))
+    layers = nir_graph.from_nir(nir.read(path), shape, neuron_groups(conf))
     return exported, SpikingNetwork(layers, ["nir"] * len(layers)).eval()
 
 
@@ -166,7 +166,7 @@ def _lif(tau: Any = 2e-4) -> nir.LIF:
 
 
 def test_import_refuses_what_snnrun_cannot_build() -> None:
-    defaults = network_defaults(_conf([]))
+    groups = neuron_groups(_conf([]))
     w = np.eye(4, dtype=np.float32)
     cuba = nir.CubaLIF(
         tau_syn=np.ones(4),
@@ -192,16 +192,16 @@ def test_import_refuses_what_snnrun_cannot_build() -> None:
     ]
     for graph, match in cases:
         with pytest.raises(nir_graph.NirError, match=match):
-            nir_graph.from_nir(graph, (4,), defaults)
+            nir_graph.from_nir(graph, (4,), groups)
 
 
 def test_import_scales_a_general_input_gain() -> None:
     """NIR's LIF with r = 3 (neither 1 nor tau/dt) and IF with r = 1 (as snnTorch writes it)
     become snnrun neurons with the potentials divided by the input gain: the same spikes."""
-    defaults = network_defaults(_conf([]))
+    groups = neuron_groups(_conf([]))
     ones = np.ones(4, np.float32)
     lif = nir.LIF(tau=4e-4 * ones, r=3 * ones, v_leak=0 * ones, v_threshold=ones, v_reset=0 * ones)
-    net = SpikingNetwork(nir_graph.from_nir(_graph(lif), (4,), defaults), ["nir"])
+    net = SpikingNetwork(nir_graph.from_nir(_graph(lif), (4,), groups), ["nir"])
     x = torch.rand(20, 8, 4)
     v, ref = torch.zeros(8, 4), []
     for t in range(20):  # NIR's forward Euler, reset to 0 on v > threshold
@@ -212,7 +212,7 @@ def test_import_scales_a_general_input_gain() -> None:
     with torch.no_grad():
         assert torch.equal(net(x), torch.stack(ref))
     integrator = nir.IF(r=ones, v_threshold=ones, v_reset=0 * ones)
-    (neuron,) = nir_graph.from_nir(_graph(integrator), (4,), defaults)
+    (neuron,) = nir_graph.from_nir(_graph(integrator), (4,), groups)
     assert neuron.dynamics.v_threshold == pytest.approx(1 / nir_graph.DT)
 
 
@@ -367,14 +367,14 @@ def test_snnrun_runs_snntorchs_graph(tmp_path: Path) -> None:
     from snntorch.export_nir import export_to_nir
 
     x = torch.rand(T * 3, 64, 20) * 1.5
-    defaults = network_defaults(_conf([]))
+    groups = neuron_groups(_conf([]))
     report = {}
     for reset in ("zero", "subtract"):
         peer = _snntorch_net(reset)
         graph = export_to_nir(peer, torch.zeros(1, 20), ignore_dims=[0])
         path = tmp_path / f"{reset}.nir"
         nir.write(path, graph)
-        layers = nir_graph.from_nir(nir.read(path), (20,), defaults)
+        layers = nir_graph.from_nir(nir.read(path), (20,), groups)
         ours = SpikingNetwork(layers, ["nir"] * len(layers)).eval()
         (s_ours, v_ours), (s_peer, v_peer) = _ours(ours, x), _run_snntorch(peer, x)
         report[reset] = agreement(s_ours, s_peer, v_ours, v_peer)
@@ -396,7 +396,7 @@ def test_threshold_ties_differ() -> None:
     lif = nir.LIF(tau=2e-4 * ones, r=2 * ones, v_leak=0 * ones, v_threshold=ones, v_reset=0 * ones)
     graph = _graph(nir.Linear(weight=np.eye(4, dtype=np.float32)), lif)
     x = torch.ones(1, 1, 4)  # V = 0 + 1 = threshold at the first step
-    ours = SpikingNetwork(nir_graph.from_nir(graph, (4,), network_defaults(_conf([]))), ["nir"])
+    ours = SpikingNetwork(nir_graph.from_nir(graph, (4,), neuron_groups(_conf([]))), ["nir"])
     with torch.no_grad():
         assert ours(x).sum() == 4
     peer = import_from_nir(graph)

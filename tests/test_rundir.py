@@ -248,12 +248,12 @@ def test_synops_match_spikingjelly_op_counter() -> None:
     from omegaconf import OmegaConf
 
     from snnrun.model import build_model
-    from snnrun.run import network_defaults
+    from snnrun.run import neuron_groups
 
     from conftest import compose
 
     conf = OmegaConf.to_container(compose(TINY), resolve=True)
-    model = build_model(conf["model"], network_defaults(conf), (1, 28, 28), 10).eval()
+    model = build_model(conf["model"], neuron_groups(conf), (1, 28, 28), 10).eval()
     torch.manual_seed(0)
     x = (torch.rand(4, 8, 1, 28, 28) < 0.3).float()  # [T, N, ...] spikes
     ours = SynapticOps(model)

@@ -45,10 +45,10 @@ class LoadedRun:
 
 def build_network(config: dict[str, Any], data: dict[str, Any]) -> SpikingNetwork:
     """The run's network, untrained, from its config and data shape (no dataset needed)."""
-    from snnrun.run import network_defaults
+    from snnrun.run import neuron_groups
 
     return build_model(
-        config["model"], network_defaults(config), tuple(data["sample_shape"]), data["num_classes"]
+        config["model"], neuron_groups(config), tuple(data["sample_shape"]), data["num_classes"]
     )
 
 

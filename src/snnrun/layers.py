@@ -17,7 +17,7 @@ from snnrun.neuron import Stateful, build_neuron, merge_neuron_options
 from snnrun.registry import Registry
 
 Shape = tuple[int, ...]
-LayerBuilder = Callable[..., nn.Module]  # (options, in_shape, defaults) -> module
+LayerBuilder = Callable[..., nn.Module]  # (options, in_shape, neuron_groups) -> module
 
 LAYERS: Registry[LayerBuilder] = Registry("layer type")
 
@@ -87,7 +87,7 @@ class Voting(nn.Module):
 def _folded(cls: type[nn.Module], infer: Callable[[Shape], dict[str, Any]] | None = None):
     """A builder for a stateless torch layer, with sizes inferred from the input shape."""
 
-    def build(options: dict[str, Any], in_shape: Shape, defaults: dict[str, Any]) -> nn.Module:
+    def build(options: dict[str, Any], in_shape: Shape, neuron_groups: dict[str, Any]) -> nn.Module:
         inferred = infer(in_shape) if infer else {}
         return TimeFolded(cls(**{**inferred, **options}))
 
@@ -104,18 +104,18 @@ LAYERS.register("linear")(_folded(nn.Linear, lambda s: {"in_features": s[-1]}))
 
 
 @LAYERS.register("dropout")
-def _dropout(options: dict[str, Any], in_shape: Shape, defaults: dict[str, Any]) -> nn.Module:
+def _dropout(options: dict[str, Any], in_shape: Shape, neuron_groups: dict[str, Any]) -> nn.Module:
     return MultiStepDropout(**options)
 
 
 @LAYERS.register("voting")
-def _voting(options: dict[str, Any], in_shape: Shape, defaults: dict[str, Any]) -> nn.Module:
+def _voting(options: dict[str, Any], in_shape: Shape, neuron_groups: dict[str, Any]) -> nn.Module:
     return Voting(**options)
 
 
 @LAYERS.register("neuron")
-def _neuron(options: dict[str, Any], in_shape: Shape, defaults: dict[str, Any]) -> nn.Module:
+def _neuron(options: dict[str, Any], in_shape: Shape, neuron_groups: dict[str, Any]) -> nn.Module:
     """A neuron layer: the ``neuron``/``surrogate`` groups' settings, overridden by the entry."""
     options = dict(options)
-    surrogate = options.pop("surrogate", None) or defaults["surrogate"]
-    return build_neuron(merge_neuron_options(defaults["neuron"], options), surrogate)
+    surrogate = options.pop("surrogate", None) or neuron_groups["surrogate"]
+    return build_neuron(merge_neuron_options(neuron_groups["neuron"], options), surrogate)

@@ -57,18 +57,19 @@ class SpikingNetwork(nn.Module):
 
 def build_model(
     model_cfg: dict[str, Any],
-    defaults: dict[str, Any],
+    neuron_groups: dict[str, Any],
     in_shape: Shape,
     num_classes: int,
 ) -> SpikingNetwork:
-    """The network for ``model_cfg['layers']``; ``defaults`` holds the neuron/surrogate groups."""
+    """The network for ``model_cfg['layers']``; ``neuron_groups``: the run's ``neuron`` and
+    ``surrogate`` groups, which every neuron entry falls back to."""
     layers, names, shape = [], [], tuple(in_shape)
     for i, entry in enumerate(model_cfg["layers"]):
         options = dict(entry)
         kind = options.pop("type", None)
         label = f"model layer {i} ({kind})"
         try:
-            module = LAYERS.get(kind)(options, shape, defaults)
+            module = LAYERS.get(kind)(options, shape, neuron_groups)
         except UnknownNameError as e:
             raise ModelBuildError(f"{label}: {e}") from None
         except (TypeError, ValueError) as e:

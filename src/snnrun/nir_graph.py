@@ -289,12 +289,12 @@ class ImportStep:
     label: str  # "NIR node 'lif_1' (LIF)"
     shape: Shape  # per-sample input shape
     dt: float
-    defaults: dict[str, Any]  # the run's neuron / surrogate groups (backend, step mode, surrogate)
+    neuron_groups: dict[str, Any]  # the run's neuron / surrogate groups (backend, step mode...)
     following: Any = None  # the next node in the chain
 
 
 def _layer(kind: str, options: dict[str, Any], s: ImportStep) -> nn.Module:
-    return LAYERS.get(kind)(options, s.shape, s.defaults)
+    return LAYERS.get(kind)(options, s.shape, s.neuron_groups)
 
 
 def _ints(v: Any) -> tuple[int, ...]:
@@ -619,7 +619,7 @@ def chain(graph: Any) -> list[tuple[str, Any]]:
 
 
 def from_nir(
-    graph: Any, in_shape: Shape, defaults: dict[str, Any], dt: float | None = None
+    graph: Any, in_shape: Shape, neuron_groups: dict[str, Any], dt: float | None = None
 ) -> list[nn.Module]:
     """snnrun layers for a NIR graph (a feed-forward chain), given one sample's shape and the
     run's ``neuron`` / ``surrogate`` groups (backend, step mode, surrogate of the neurons).
@@ -640,7 +640,7 @@ def from_nir(
         following = steps[i + 1][1] if i + 1 < len(steps) else None
         if not isinstance(getattr(node, "metadata", None), dict):
             node.metadata = {}
-        for module in row.load(node, ImportStep(label, shape, dt, defaults, following)):
+        for module in row.load(node, ImportStep(label, shape, dt, neuron_groups, following)):
             layers.append(module)
             shape = _checked_shape(module, shape, label)
     return layers
@@ -668,7 +668,9 @@ def read(path: str | Path) -> Any:
 
 
 @LAYERS.register("nir")
-def _nir_layers(options: dict[str, Any], in_shape: Shape, defaults: dict[str, Any]) -> nn.Module:
+def _nir_layers(
+    options: dict[str, Any], in_shape: Shape, neuron_groups: dict[str, Any]
+) -> nn.Module:
     """``{type: nir, path: <file.nir>, dt: null}``: the graph's layers, one by one (the model
     builder splices an ``nn.Sequential`` into the network)."""
     options = dict(options)
@@ -677,4 +679,4 @@ def _nir_layers(options: dict[str, Any], in_shape: Shape, defaults: dict[str, An
         raise TypeError(f"nir layer got unknown option(s): {', '.join(sorted(options))}")
     if not path:
         raise NirError("model=nir needs model.path=<file.nir>")
-    return nn.Sequential(*from_nir(read(path), in_shape, defaults, dt))
+    return nn.Sequential(*from_nir(read(path), in_shape, neuron_groups, dt))

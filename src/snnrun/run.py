@@ -99,7 +99,7 @@ def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix[:-1], node)]
 
 
-def network_defaults(conf: dict[str, Any]) -> dict[str, Any]:
+def neuron_groups(conf: dict[str, Any]) -> dict[str, Any]:
     """The groups every neuron layer falls back to."""
     return {"neuron": conf["neuron"], "surrogate": conf["surrogate"]}
 
@@ -126,9 +126,7 @@ def build_run(conf: dict[str, Any], world: World | None = None) -> Run:
         raise SnnrunError("sync_bn=true needs CUDA (SyncBatchNorm has no CPU kernel); drop it")
     seed_everything(conf["seed"])
     splits = build_splits(conf["dataset"])
-    model = build_model(
-        conf["model"], network_defaults(conf), splits.sample_shape, splits.num_classes
-    )
+    model = build_model(conf["model"], neuron_groups(conf), splits.sample_shape, splits.num_classes)
     place(model, device)
     optimizer = _built(conf, "optimizer", build_optimizer, conf["optimizer"], model.parameters())
     scheduler = _built(conf, "scheduler", build_scheduler, conf["scheduler"], optimizer)
