@@ -17,13 +17,14 @@ import snnrun
 from snnrun.cli import main
 from snnrun.encoders import build_encoder
 from snnrun.layers import TimeFolded
-from snnrun.model import SpikingNetwork
-from snnrun.monitors import FiringRates, SynapticOps, monitoring
+from snnrun.model import SpikingNetwork, build_model
+from snnrun.monitors import FiringRates, SynapticOps, monitoring, spike_fed
 from snnrun.neuron import IFNeuron
+from snnrun.run import neuron_groups
 from snnrun.rundir import RunDir
 from snnrun.wandb_files import artifact_records
 
-from conftest import TINY, needs_shared, read_metrics, run_snnrun
+from conftest import TINY, compose, needs_shared, read_metrics, run_snnrun
 
 
 def train(monkeypatch, *args: str) -> None:
@@ -131,6 +132,18 @@ def tiny_net() -> SpikingNetwork:
     layers = [TimeFolded(conv), IFNeuron(), TimeFolded(nn.Flatten()), TimeFolded(linear),
               IFNeuron()]  # fmt: skip
     return SpikingNetwork(layers, ["conv2d", "neuron", "flatten", "linear", "neuron"])
+
+
+def test_layers_fed_by_neurons_are_known_to_get_spikes() -> None:
+    """The csnn's synapses after a neuron (through max pool and flatten) skip the per-call
+    0/1 check; the first conv (fed by the encoder) and a layer after BatchNorm do not."""
+    conf = compose(["model=csnn", "model.channels=4"])
+    model = build_model(conf["model"], neuron_groups(conf), (1, 28, 28), 10)
+    synapses = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert [m in spike_fed(model) for m in synapses] == [False, True, True, True]
+    bn_after_neuron = tiny_net()
+    bn_after_neuron.layers.insert(2, TimeFolded(torch.nn.BatchNorm2d(2)))
+    assert spike_fed(bn_after_neuron) == set()
 
 
 def test_synops_equal_a_hand_count() -> None:

@@ -9,9 +9,10 @@ summed over ranks under torchrun (the record covers the whole test set).
 - ``synops``: per sample, over the synaptic layers (conv2d, linear) as they actually run:
   an input that is all 0/1 (spikes) costs accumulates, ``AC = sum_inputs spike x fan-out``
   (exact at borders: per-site spike counts times each site's precomputed coverage); any other
-  input costs
-  multiply-accumulates, ``MAC = outputs x fan-in`` per executed call (a direct-encoded image's
-  first conv runs once, not T times). ``synops/ann_mac`` is the same network run once as an
+  input costs multiply-accumulates, ``MAC = outputs x fan-in`` per executed call (a
+  direct-encoded image's first conv runs once, not T times). A layer fed by a neuron (directly,
+  or through max pooling or flattening) is known to get spikes; the others are checked per
+  call. ``synops/ann_mac`` is the same network run once as an
   ANN. Energy: ``E = mac_pj MAC + ac_pj AC`` (45 nm defaults, Horowitz 2014), ``energy/snn_uj``
   beside ``energy/ann_uj``. BatchNorm, pooling and neuron updates are not counted (BN folds
   into the convolution at inference).
@@ -115,6 +116,7 @@ class SynapticOps(Monitor):
         super().__init__()
         self.model = model
         self.synapses = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        self.spike_fed = spike_fed(model)
         self.mac_pj, self.ac_pj = mac_pj, ac_pj
         self.samples = 0
         self.acs: torch.Tensor | float = 0.0
@@ -135,10 +137,12 @@ class SynapticOps(Monitor):
             x = args[0].detach()
             fan_in = _fan_in(module)
             self.ann_macs[j] = out[0].numel() * fan_in  # one sample, one step
-            nonzero = x != 0
-            per_site = nonzero.sum(dim=0, dtype=torch.float32)  # [C, H, W] or [F]
-            spikes = per_site.sum() == (x == 1).sum()  # every nonzero input is a 1
+            per_site = (x != 0).sum(dim=0, dtype=torch.float32)  # [C, H, W] or [F]
             acs = _accumulates(module, per_site, x.shape)
+            if module in self.spike_fed:
+                self.acs = self.acs + acs
+                return
+            spikes = per_site.sum() == (x == 1).sum()  # every nonzero input is a 1
             dense = float(out.numel() * fan_in)
             self.acs = self.acs + torch.where(spikes, acs, 0.0)
             self.macs = self.macs + torch.where(spikes, 0.0, dense)
@@ -162,6 +166,28 @@ class SynapticOps(Monitor):
             "energy/snn_uj": snn_uj,
             "energy/ann_uj": self.mac_pj * ann * 1e-6,
         }
+
+
+SPIKES_PASS = (nn.MaxPool2d, nn.Flatten, nn.Identity)  # spikes in, spikes out
+
+
+def spike_fed(model: nn.Module) -> set[nn.Module]:
+    """The synaptic layers of a :class:`~snnrun.model.SpikingNetwork` whose input is a
+    neuron's output by construction (directly, or through max pooling or flattening)."""
+    layers = getattr(model, "layers", None)
+    fed: set[nn.Module] = set()
+    if not isinstance(layers, nn.Sequential):
+        return fed
+    spiking = False
+    for layer in layers:
+        inner = getattr(layer, "module", layer)  # a TimeFolded stateless module
+        if spiking and isinstance(inner, (nn.Conv2d, nn.Linear)):
+            fed.add(inner)
+        if isinstance(layer, SpikingNeuron):
+            spiking = True
+        elif not isinstance(inner, SPIKES_PASS):
+            spiking = False
+    return fed
 
 
 def _fan_in(module: nn.Module) -> int:
