@@ -2,7 +2,8 @@
 
 Same equations and operation order as the reference loop (:func:`snnrun.dynamics.torch_loop`,
 the ``autograd`` backend), but one autograd node per layer instead of ~10 per step: the forward
-runs without a graph and keeps only ``H [T, N, ...]``; the backward walks time in reverse:
+runs without a graph and keeps only ``H [T, N, ...]`` (and, for a learned decay, ``X`` and
+``V[-1]``); the backward walks time in reverse (once: no double backward):
 
     gH[t]   = gS[t] g'(H[t] - V_th) + gV[t] dV[t]/dH[t]
     gX[t]   = gH[t] dH[t]/dX[t]            gV[t-1] = gH[t] dH[t]/dV[t-1]
@@ -19,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from snnrun.dynamics import BACKENDS, BackendResult, Decay, Dynamics
 
@@ -89,16 +91,20 @@ class _NeuronLoop(torch.autograd.Function):
             v = _next_v(dyn, h, s)
             if v_seq is not None:
                 v_seq[t].copy_(v)
-        ctx.save_for_backward(x_seq, v_init, h_seq, decay_t)
+        ctx.learns_k = decay_t is not None and decay_t.requires_grad
+        inputs = (x_seq, v_init) if ctx.learns_k else ()  # dH/dk reads them; else let them go
+        ctx.save_for_backward(h_seq, decay_t, *inputs)
         ctx.dyn, ctx.k = dyn, k
         return spikes, v.clone() if dyn.kind == "leaky" else v, v_seq  # leaky's v is in h_seq
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, g_spikes, g_v_last, g_v_seq):  # type: ignore[override]
-        x_seq, v_init, h_seq, decay_t = ctx.saved_tensors
+        h_seq, decay_t, *inputs = ctx.saved_tensors
+        x_seq, v_init = inputs if inputs else (None, None)
         dyn, k = ctx.dyn, ctx.k
-        want_k = decay_t is not None and ctx.needs_input_grad[2]
-        g_x = torch.empty_like(x_seq) if ctx.needs_input_grad[0] else None
+        want_k = ctx.learns_k and ctx.needs_input_grad[2]
+        g_x = torch.empty_like(h_seq) if ctx.needs_input_grad[0] else None
         acc = torch.promote_types(decay_t.dtype, torch.float32) if want_k else None
         g_k = decay_t.new_zeros(decay_t.shape, dtype=acc) if want_k else None
         g_v = g_v_last

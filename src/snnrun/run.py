@@ -106,7 +106,7 @@ def neuron_groups(conf: dict[str, Any]) -> dict[str, Any]:
 
 def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Move ``model`` to ``device``; on a CPU, convolutions go NHWC (oneDNN's native layout:
-    x1.15 to x1.5 train samples/s, docs/benchmarks.md), and their activations follow."""
+    x1.06 to x1.5 train samples/s, docs/benchmarks.md), and their activations follow."""
     model.to(device)
     if device.type == "cpu" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
         model.to(memory_format=torch.channels_last)
