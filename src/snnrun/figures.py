@@ -74,7 +74,7 @@ def plot_curves(metrics: Sequence[dict[str, Any]], title: str) -> Figure:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     ax_acc.plot(best["epoch"], best["test_acc"], "*", color="red", ms=14, zorder=3,
-                label=f"best test acc {best['test_acc']:.3f}")  # fmt: skip
+                label=f"best test acc {100 * best['test_acc']:.2f}%")  # fmt: skip
     lowest = min(min(r["train_acc"], r["test_acc"]) for r in metrics)
     ax_acc.set_ylim(max(0.0, lowest - 0.05), 1.02)
     ax_loss.set_title("loss")
