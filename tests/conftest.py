@@ -94,7 +94,7 @@ def wait_for_epochs(run_dir: Path, n: int, proc: subprocess.Popen, timeout: floa
 def kill_everything_of(run_dir: Path) -> None:
     """SIGKILL every process whose command line names ``run_dir`` (torchrun starts each worker
     in a session of its own, so killing the launcher's process group leaves them running)."""
-    marker = f"hydra.run.dir={run_dir}".encode()
+    marker = f"hydra.run.dir={run_dir}\0".encode()  # a whole argument, not a prefix
     for proc in Path("/proc").iterdir():
         try:
             if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes():
