@@ -16,8 +16,9 @@ import errno
 import importlib
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -30,6 +31,7 @@ from snnrun.compose import compose_config, config_dir_overrides, one_line
 from snnrun.errors import SnnrunError
 from snnrun.stop import Stopped
 
+T = TypeVar("T")
 USER_ERRORS = (SnnrunError, OmegaConfBaseException)
 HYDRA_FLAGS_WITHOUT_RUN = (
     "--help",
@@ -42,7 +44,7 @@ HYDRA_FLAGS_WITHOUT_RUN = (
     "-sc",
     "--version",
 )
-# verb -> "module:function" taking the arguments after the verb
+# verb -> "module:function" taking the arguments after the verb (the module has a USAGE line)
 VERBS = {
     "viz": "snnrun.viz:main",
     "eval": "snnrun.evaluate:main",
@@ -217,19 +219,32 @@ def _known_keys_hint(message: str, args: list[str]) -> str:
     return f" ({section} has no {key!r}; its keys: {', '.join(map(str, node.keys()))})"
 
 
-def verb_args(verb: str, args: list[str], usage: str) -> tuple[Path, list[tuple[str, str]]]:
-    """A verb's ``<run dir> [key=value ...]`` → the dir and the ``(key, value)`` pairs in order;
-    anything else is one line with the verb's usage."""
+def verb_options(
+    verb: str,
+    args: list[str],
+    usage: str,
+    options: Callable[[Path], T],
+    set_option: Callable[[T, str, str], None],
+) -> T:
+    """A verb's ``<run dir> [key=value ...]``: ``options(run dir)``, then ``set_option`` for
+    each pair in order; anything else is one line with the verb's usage."""
     paths = [a for a in args if "=" not in a]
     if len(paths) != 1 or paths[0].startswith("-"):
         raise SnnrunError(f"{verb} needs one run dir; usage: {usage}")
-    pairs = [(key, value) for key, value in (a.split("=", 1) for a in args if "=" in a)]
-    return Path(paths[0]).expanduser(), pairs
+    opts = options(Path(paths[0]).expanduser())
+    for key, value in (a.split("=", 1) for a in args if "=" in a):
+        set_option(opts, key, value)
+    return opts
 
 
 def _run_verb(verb: str, args: list[str]) -> None:
-    module, function = VERBS[verb].split(":")
-    getattr(importlib.import_module(module), function)(args)
+    """``snnrun <verb> ...``: the verb's ``main``; no arguments or ``-h`` print its usage."""
+    module_name, function = VERBS[verb].split(":")
+    module = importlib.import_module(module_name)
+    if not args or args[0] in ("-h", "--help"):
+        print(f"usage: {module.USAGE}")
+        return
+    getattr(module, function)(args)
 
 
 def main() -> None:

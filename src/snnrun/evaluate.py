@@ -3,7 +3,8 @@
 Keys: ``which=best|latest`` (the checkpoint; best by default), ``device=auto|cpu|cuda``,
 ``split=test|train``, ``dataset=<name>`` (another dataset group of the same input shape and
 class count), ``dataset.<key>=<value>`` (``dataset.root``, ``dataset.test_limit``, ...),
-``T=<steps>``, ``neuron.backend=torch|triton``, ``neuron.step_mode=m|s``, ``batch_size=<n>``,
+``T=<steps>``, ``neuron.backend=torch|triton|autograd``, ``neuron.step_mode=m|s``,
+``batch_size=<n>``,
 ``precision=fp32|amp_bf16|amp_fp16``, ``format=png|svg|pdf`` (the figure).
 
 The network is rebuilt from the checkpoint's config with the overrides (they may change how it
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from snnrun.cli import verb_args
+from snnrun.cli import verb_options
 from snnrun.errors import SnnrunError
 
 if TYPE_CHECKING:  # torch loads inside the functions: a typo in the arguments fails at once
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # torch loads inside the functions: a typo in the arguments f
 
 USAGE = (
     "snnrun eval <run dir> [which=best|latest] [device=auto] [split=test|train] "
-    "[dataset=<name>] [dataset.<key>=<value>] [T=<steps>] [neuron.backend=torch|triton] "
+    "[dataset=<name>] [dataset.<key>=<value>] [T=<steps>] [neuron.backend=torch|triton|autograd] "
     "[batch_size=<n>] [precision=fp32] [format=png|svg|pdf]"
 )
 NEURON_KEYS = ("backend", "step_mode")  # how the neurons run, not what they compute
@@ -54,11 +55,7 @@ class EvalOptions:
 
 def parse_args(args: list[str]) -> EvalOptions:
     """``<run dir> [key=value ...]`` → options; anything else is a one-line error."""
-    run_dir, pairs = verb_args("eval", args, USAGE)
-    opts = EvalOptions(run_dir)
-    for key, value in pairs:
-        _set_option(opts, key, value)
-    return opts
+    return verb_options("eval", args, USAGE, EvalOptions, _set_option)
 
 
 def _set_option(opts: EvalOptions, key: str, value: str) -> None:
@@ -330,9 +327,6 @@ def report(evaluation: Evaluation, written: tuple[Path, Path]) -> None:
 
 def main(args: list[str]) -> None:
     """``snnrun eval <run dir> [key=value ...]``."""
-    if not args or args[0] in ("-h", "--help"):
-        print(f"usage: {USAGE}")
-        return
     opts = parse_args(args)
     evaluation = evaluate(opts)
     path = Path(evaluation.record["run"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from snnrun.cli import verb_args
+from snnrun.cli import verb_options
 from snnrun.errors import SnnrunError
 
 USAGE = (
@@ -33,30 +33,31 @@ class ExportOptions:
 
 def parse_args(args: list[str]) -> ExportOptions:
     """``<run dir> format=nir [key=value ...]`` → options; anything else is one line."""
-    run_dir, pairs = verb_args("export", args, USAGE)
-    opts = ExportOptions(run_dir)
-    for key, value in pairs:
-        if key == "format" and value in FORMATS:
-            opts.fmt = value
-        elif key == "which" and value in ("best", "latest"):
-            opts.which = value
-        elif key == "dt" and _positive(value):
-            opts.dt = float(value)
-        elif key == "strict" and value.lower() in ("true", "false"):
-            opts.strict = value.lower() == "true"
-        elif key in ("format", "which", "dt", "strict"):
-            allowed = {
-                "format": " or ".join(FORMATS),
-                "which": "best or latest",
-                "dt": "a positive number of seconds (1e-4)",
-                "strict": "true or false",
-            }
-            raise SnnrunError(f"export {key}={value!r}; use {allowed[key]}")
-        else:
-            raise SnnrunError(f"export has no key {key!r}; usage: {USAGE}")
+    opts = verb_options("export", args, USAGE, ExportOptions, _set_option)
     if opts.fmt is None:
         raise SnnrunError(f"export needs format=nir (the one format today); usage: {USAGE}")
     return opts
+
+
+def _set_option(opts: ExportOptions, key: str, value: str) -> None:
+    if key == "format" and value in FORMATS:
+        opts.fmt = value
+    elif key == "which" and value in ("best", "latest"):
+        opts.which = value
+    elif key == "dt" and _positive(value):
+        opts.dt = float(value)
+    elif key == "strict" and value.lower() in ("true", "false"):
+        opts.strict = value.lower() == "true"
+    elif key in ("format", "which", "dt", "strict"):
+        allowed = {
+            "format": " or ".join(FORMATS),
+            "which": "best or latest",
+            "dt": "a positive number of seconds (1e-4)",
+            "strict": "true or false",
+        }
+        raise SnnrunError(f"export {key}={value!r}; use {allowed[key]}")
+    else:
+        raise SnnrunError(f"export has no key {key!r}; usage: {USAGE}")
 
 
 def _positive(value: str) -> bool:
@@ -68,9 +69,6 @@ def _positive(value: str) -> bool:
 
 def main(args: list[str]) -> None:
     """``snnrun export <run dir> format=nir [key=value ...]``."""
-    if not args or args[0] in ("-h", "--help"):
-        print(f"usage: {USAGE}")
-        return
     opts = parse_args(args)
     import nir
 

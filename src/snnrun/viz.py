@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from snnrun.cli import verb_args
+from snnrun.cli import verb_options
 from snnrun.errors import SnnrunError
 
 if TYPE_CHECKING:  # torch and matplotlib load inside the functions: a typo fails at once
@@ -53,11 +53,7 @@ class VizOptions:
 
 def parse_args(args: list[str]) -> VizOptions:
     """``<run dir> [key=value ...]`` → options; anything else is a one-line error."""
-    run_dir, pairs = verb_args("viz", args, USAGE)
-    opts = VizOptions(run_dir)
-    for key, value in pairs:
-        _set_option(opts, key, value)
-    return opts
+    return verb_options("viz", args, USAGE, VizOptions, _set_option)
 
 
 def _set_option(opts: VizOptions, key: str, value: str) -> None:
@@ -341,9 +337,6 @@ def log_to_wandb(run: Any, written: dict[str, Path]) -> bool:
 
 def main(args: list[str]) -> None:
     """``snnrun viz <run dir> [key=value ...]``."""
-    if not args or args[0] in ("-h", "--help"):
-        print(f"usage: {USAGE}")
-        return
     opts = parse_args(args)
     from snnrun.api import load_run
     from snnrun.run import resolve_device
