@@ -40,7 +40,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _warned: set[str] = set()
 
 
-def _fallback_reason(device_type: str) -> str | None:
+def fallback_reason(device_type: str) -> str | None:
     """Why a tensor on ``device_type`` cannot go to the kernels (None when it can)."""
     if not HAVE_TRITON:
         return (
@@ -57,7 +57,7 @@ def _fallback_reason(device_type: str) -> str | None:
 
 def _falls_back(device_type: str) -> bool:
     """True when the torch loop must run instead; warns once per reason."""
-    reason = _fallback_reason(device_type)
+    reason = fallback_reason(device_type)
     if reason is not None and reason not in _warned:
         _warned.add(reason)
         warnings.warn(reason, RuntimeWarning, stacklevel=3)

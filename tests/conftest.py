@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -72,6 +73,37 @@ def run_snnrun(
             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         )
     return proc
+
+
+def cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run ``snnrun args`` in-process; (exit code, stderr). Expects an error exit."""
+    from snnrun.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["snnrun", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    return exc.value.code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("snnrun: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def make_read_only(monkeypatch, folder: Path) -> None:
+    """``os.mkdir`` below ``folder`` fails as on a read-only file system (tests run as root,
+    whom file modes do not stop)."""
+    real_mkdir = os.mkdir
+
+    def read_only(path: object, *args: object, **kwargs: object) -> None:
+        if Path(path).is_relative_to(folder):  # type: ignore[arg-type]
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "mkdir", read_only)
 
 
 def start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -17,25 +17,9 @@ from snnrun.checkpoint import load_checkpoint, save_checkpoint
 from snnrun.cli import main
 from snnrun.rundir import LATEST
 
-from conftest import TINY, needs_shared
+from conftest import TINY, assert_one_line_error, cli, needs_shared
 
 TINY_FC = [o for o in TINY if not o.startswith("model.")] + ["model=fc"]
-
-
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """Run ``snnrun args`` in-process; (exit code, stderr). Expects an error exit."""
-    monkeypatch.setattr(sys, "argv", ["snnrun", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    return exc.value.code, capsys.readouterr().err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("snnrun: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -250,8 +234,7 @@ def test_a_stale_claim_does_not_block(monkeypatch, capsys, tmp_path) -> None:
     """A run that failed (or was killed) before its first checkpoint leaves a run.lock that
     nobody holds: the next run trains there."""
     run_dir = tmp_path / "r"
-    code, err = cli(monkeypatch, capsys, *TINY, "batch_size=0", f"hydra.run.dir={run_dir}")
-    assert_one_line_error(code, err, "batch_size")
+    run_dir.mkdir()
     (run_dir / "run.lock").write_text("999999\n")  # a dead process's claim
     monkeypatch.setattr(sys, "argv", ["snnrun", *TINY, f"hydra.run.dir={run_dir}"])
     main()

@@ -1,12 +1,15 @@
 """``snnrun eval``: a short real digits run evaluates to exactly the test accuracy and loss it
-recorded; the eval record, per-class accuracy, confusion matrix and figure are written; other
-data, T, backend and checkpoint overrides work; overrides that change the network's shape and
-bad arguments fail as one line."""
+recorded; the eval record (epochs counted from 1), per-class correct/total (with class names
+where the dataset has them), confusion matrix and figure are written; a random (poisson) input
+is said to be a new draw; other data, T, backend and checkpoint overrides work; a run dir that
+cannot be written names out=; overrides that change the network's shape and bad arguments fail
+as one line."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import struct
 import sys
 from pathlib import Path
@@ -16,10 +19,14 @@ import pytest
 from PIL import Image
 
 from snnrun import cli, evaluate
+from snnrun.api import load_run
+from snnrun.checkpoint import load_checkpoint
+from snnrun.data import CLASS_NAMES
 from snnrun.errors import SnnrunError
-from snnrun.rundir import RunDir
+from snnrun.rundir import CHECKPOINTS, RunDir
 
-from conftest import TINY, read_metrics, run_snnrun
+from conftest import TINY, make_read_only, read_metrics, run_snnrun
+from conftest import cli as run_cli
 
 TEST_LIMIT = 128  # TINY's dataset.test_limit
 
@@ -53,11 +60,15 @@ def test_eval_reproduces_the_recorded_test_pass(
     confusion = np.array(rec["confusion"])
     assert confusion.shape == (10, 10) and confusion.sum() == TEST_LIMIT
     assert np.trace(confusion) == round(rec["acc"] * TEST_LIMIT)
-    per_class = rec["per_class_acc"]
+    per_class = rec["per_class"]
     assert set(per_class) == {str(c) for c in range(10)}
-    for c, acc in per_class.items():
+    for c, counts in per_class.items():
         row = confusion[int(c)]
-        assert acc == pytest.approx(row[int(c)] / row.sum())
+        assert (counts["correct"], counts["total"]) == (row[int(c)], row.sum())
+        assert counts["acc"] == pytest.approx(row[int(c)] / row.sum())
+        assert counts["name"] is None  # digits: the label is the name
+    assert rec["epoch"] == load_run(run_dir).epoch == len(read_metrics(run_dir)) == 1
+    assert rec["random_input"] is False and rec["encoder"] == "direct"
     rates = {k for k in rec if k.startswith("firing_rate/")}
     assert rates == {k for k in last if k.startswith("firing_rate/")}
     for key in rates:
@@ -67,7 +78,13 @@ def test_eval_reproduces_the_recorded_test_pass(
         assert im.format == "PNG"
         assert np.asarray(im.convert("L"), dtype=float).var() > 0
     out = capsys.readouterr().out
-    assert f"acc={last['test_acc']:.4f}" in out and "per class:" in out and "firing rates:" in out
+    assert f"acc={last['test_acc']:.4f}" in out and "firing rates:" in out
+    assert "best weights of epoch 1," in out and "at random" not in out
+    lines = out.splitlines()
+    table = lines[lines.index("  per class (correct/total, accuracy):") + 1 :][:10]
+    for c, line in enumerate(table):
+        hits, total = confusion[c, c], confusion[c].sum()
+        assert line.split() == [str(c), f"{hits}/{total}", f"{hits / total:.3f}"]
 
 
 def test_eval_latest_T_step_mode_and_limit(run_dir: Path) -> None:
@@ -112,14 +129,24 @@ def _write_idx(folder: Path, size: int, n: int) -> None:
         )
 
 
-def test_eval_on_other_data(run_dir: Path, tmp_path: Path) -> None:
-    """Another dataset of the run's shape evaluates; one of another shape is one line."""
+def test_eval_on_other_data(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another dataset of the run's shape evaluates; one of another shape is one line.
+    Fashion-MNIST's classes are shown by name, in the table and the record."""
     _write_idx(tmp_path / "same", 28, 20)
     evaluate.main(
-        [str(run_dir), "dataset=mnist", f"dataset.root={tmp_path / 'same'}", "device=cpu"]
+        [str(run_dir), "dataset=fmnist", f"dataset.root={tmp_path / 'same'}", "device=cpu"]
     )
     rec = _last(run_dir)
-    assert rec["dataset"]["name"] == "mnist" and rec["samples"] == 20
+    assert rec["dataset"]["name"] == "fmnist" and rec["samples"] == 20
+    names = [rec["per_class"][str(c)]["name"] for c in range(10)]
+    assert names == CLASS_NAMES["fmnist"] and names[0] == "T-shirt/top" and names[9] == "Ankle boot"
+    assert sum(rec["per_class"][str(c)]["total"] for c in range(10)) == 20
+    line = next(x for x in capsys.readouterr().out.splitlines() if "9 Ankle boot" in x)
+    row = rec["per_class"]["9"]
+    acc = "-" if row["acc"] is None else f"{row['acc']:.3f}"
+    assert line.split() == ["9", "Ankle", "boot", f"{row['correct']}/{row['total']}", acc]
     _write_idx(tmp_path / "small", 10, 20)
     with pytest.raises(SnnrunError, match=r"\[1, 10, 10\].*change the network's shape"):
         evaluate.main([str(run_dir), "dataset=mnist", f"dataset.root={tmp_path / 'small'}"])
@@ -147,3 +174,52 @@ def test_eval_command_errors_are_one_line(tmp_path: Path) -> None:
     assert (
         len(lines) == 1 and lines[0].startswith("snnrun: error:") and "does not exist" in lines[0]
     )
+
+
+def _copy_with(run_dir: Path, dst: Path, **config: object) -> Path:
+    """A copy of the run dir (without its eval results) whose checkpoints' config holds
+    ``config`` (top-level keys)."""
+    import torch
+
+    shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("eval"))
+    for name in CHECKPOINTS.values():
+        payload = load_checkpoint(dst / name)
+        payload["config"].update(config)
+        torch.save(payload, dst / name)
+    return dst
+
+
+def test_eval_says_a_poisson_input_is_a_new_draw(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run's network fed by a poisson encoder: the record says so, and the output says why
+    its accuracy may differ from the recorded one (a direct input draws nothing: no note)."""
+    poisson = _copy_with(run_dir, tmp_path / "run", encoder={"name": "poisson"})
+    evaluate.main([str(poisson), "device=cpu"])
+    rec = _last(poisson)
+    assert rec["random_input"] is True and rec["encoder"] == "poisson"
+    out = capsys.readouterr().out
+    assert "encoder=poisson draws the input at random" in out
+    assert "differs from the record by sampling noise" in out
+
+
+def test_eval_into_a_read_only_run_dir_names_out(
+    run_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``eval/`` cannot be made (a read-only run dir): one line naming that folder and out=,
+    not hydra.run.dir; with ``out=<dir>`` the results go there and the run dir is unchanged."""
+    run_dir = _copy_with(run_dir, tmp_path / "run")
+    before = sorted(p for p in run_dir.rglob("*"))
+    make_read_only(monkeypatch, run_dir)
+    code, err = run_cli(monkeypatch, capsys, "eval", str(run_dir), "device=cpu")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"snnrun: error: cannot write {RunDir(run_dir).evals}: Read-only")
+    assert "out=<dir>" in err and "hydra.run.dir" not in err
+    elsewhere = tmp_path / "results"
+    monkeypatch.setattr(sys, "argv", [*sys.argv, f"out={elsewhere}"])
+    cli.main()
+    assert len(list(elsewhere.glob("*.json"))) == len(list(elsewhere.glob("*_confusion.png"))) == 1
+    assert sorted(p for p in run_dir.rglob("*")) == before

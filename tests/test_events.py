@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import signal
 import struct
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -20,8 +24,9 @@ from snnrun.events import frames
 from snnrun.events.augment import build_augment
 from snnrun.events.cache import FOLDER
 from snnrun.events.readers import EVENT, Recording, events, read_aedat3
+from snnrun.stop import Stopped, graceful_stop
 
-from conftest import needs_shared
+from conftest import TINY, needs_shared, run_snnrun, start
 
 # ---------------------------------------------------------------- helpers: files in real formats
 
@@ -233,14 +238,19 @@ def test_nmnist_layout_without_archives_and_exact_frames(tmp_path: Path) -> None
     assert sorted(limited.train.labels.tolist()) == list(range(10))
 
 
-def test_real_nmnist_recordings(tmp_path: Path) -> None:
+def real_nmnist_tree(root: Path) -> None:
+    """The 1000 + 100 real N-MNIST recordings in tonic's layout (links, no copies)."""
     src = needs_shared("nmnist-small")
     for split, listing in (("Train", "train1K.txt"), ("Test", "test100.txt")):
         for line in (src / listing).read_text().splitlines()[1:]:
             sample, label = line.split()
-            folder = tmp_path / "NMNIST" / split / label
+            folder = root / "NMNIST" / split / label
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{sample}.bin").symlink_to(src / f"{sample}.bs2")
+
+
+def test_real_nmnist_recordings(tmp_path: Path) -> None:
+    real_nmnist_tree(tmp_path)
     splits = build_splits(cfg("nmnist", tmp_path, T=5))
     assert (len(splits.train), len(splits.test)) == (1000, 100)
     assert torch.bincount(splits.test.labels).tolist() == [8, 14, 8, 11, 14, 7, 10, 15, 2, 11]
@@ -407,6 +417,145 @@ def test_unreadable_recording_names_the_file(tmp_path: Path) -> None:
     bad.write_bytes(bytes([200, 0, 0, 0, 1]))  # x = 200 on a 34-wide sensor
     with pytest.raises(SnnrunError, match=r"Train/4/0\.bin"):
         build_splits(cfg("nmnist", tmp_path, T=3))
+    assert not list(tmp_path.glob(f"{FOLDER}/*/*.partial"))  # an error leaves no partial file
+
+
+def test_zero_byte_recording_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """An empty file is a broken download or extraction, not a sample without events: taken
+    as an all-zero sample it would train on a wrong label's blank input without a word."""
+    nmnist_tree(tmp_path, per_class=1, test_per_class=1)
+    (tmp_path / "NMNIST" / "Test" / "7" / "0.bin").write_bytes(b"")
+    with pytest.raises(SnnrunError, match=r"Test/7/0\.bin is empty \(0 bytes\);.*extract") as e:
+        build_splits(cfg("nmnist", tmp_path, T=3))
+    assert "\n" not in str(e.value)
+    write_shd(tmp_path / "SHD" / "shd_train.h5", [(np.array([0.1]), np.array([3]))], [1])
+    (tmp_path / "SHD" / "shd_test.h5").write_bytes(b"")  # an OSError read as a write error
+    with pytest.raises(SnnrunError, match=r"shd_test\.h5 \(0 bytes\).*extract"):
+        build_splits(cfg("shd", tmp_path, T=3, duration_ms=1000))
+
+
+def test_edited_manifest_labels_are_noticed_and_rebuilt(tmp_path: Path, capsys) -> None:
+    nmnist_tree(tmp_path, per_class=1, test_per_class=1)
+    truth = build_splits(cfg("nmnist", tmp_path, T=3)).train.labels.tolist()
+    manifest = next(p for p in cache_dirs(tmp_path) if "train" in p.name) / "manifest.json"
+    edited = json.loads(manifest.read_text())
+    edited["labels"] = [9 - y for y in edited["labels"]]
+    manifest.write_text(json.dumps(edited))
+    capsys.readouterr()
+    assert build_splits(cfg("nmnist", tmp_path, T=3)).train.labels.tolist() == truth
+    assert "labels" in capsys.readouterr().out  # the notice names what was wrong
+    assert json.loads(manifest.read_text())["labels"] == truth
+
+
+def test_stale_partial_files_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    nmnist_tree(tmp_path, per_class=1, test_per_class=1)
+    build_splits(cfg("nmnist", tmp_path, T=3))
+    train, test = (next(p for p in cache_dirs(tmp_path) if s in p.name) for s in ("train", "test"))
+    crashed = [train / "frames.npy.4242.partial", test / "manifest.json.4242.partial"]
+    for p in crashed:  # left by a build that was killed: no process holds its folder's lock
+        p.write_bytes(b"x" * 100)
+    other = tmp_path / FOLDER / "nmnist-train-0123456789abcdef"  # another parameter set's entry
+    other.mkdir()
+    (other / "frames.npy.4243.partial").write_bytes(b"x")
+    live = tmp_path / FOLDER / "nmnist-test-fedcba9876543210"
+    live.mkdir()
+    fd = os.open(live / "build.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a build running in another process
+    (live / "frames.npy.4244.partial").write_bytes(b"x")
+    try:
+        build_splits(cfg("nmnist", tmp_path, T=3))  # a cache hit sweeps too
+    finally:
+        os.close(fd)
+    assert [p.name for p in tmp_path.glob(f"{FOLDER}/*/*.partial")] == ["frames.npy.4244.partial"]
+
+
+def test_stop_request_ends_a_serial_cache_build_and_check_between_samples(
+    tmp_path: Path, monkeypatch
+) -> None:
+    nmnist_tree(tmp_path, per_class=3, test_per_class=1)
+    from snnrun import stop
+    from snnrun.events.datasets import Integrate
+
+    monkeypatch.setattr(stop, "_requested", [])  # the request must not outlive this test
+    made = []
+    integrate = Integrate.__call__
+
+    def signalled(self, rec):  # SIGTERM arrives while the 3rd recording is integrated
+        made.append(rec)
+        if len(made) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return integrate(self, rec)
+
+    monkeypatch.setattr(Integrate, "__call__", signalled)
+    with graceful_stop(tmp_path / "run"), pytest.raises(Stopped):
+        build_splits(cfg("nmnist", tmp_path, T=3))
+    assert len(made) == 3  # of 30
+    assert not list(tmp_path.glob(f"{FOLDER}/*/*.partial"))
+    assert not list(tmp_path.glob(f"{FOLDER}/*/manifest.json"))
+
+    monkeypatch.setattr(stop, "_requested", [])
+    build_splits(cfg("nmnist", tmp_path, T=3))
+    with graceful_stop(tmp_path / "run"), pytest.raises(Stopped):
+        os.kill(os.getpid(), signal.SIGTERM)
+        build_splits(cfg("nmnist", tmp_path, T=3))  # a cache hit: the check of every sample
+
+
+def test_cache_dir_holds_the_cache_and_keeps_the_key(tmp_path: Path) -> None:
+    nmnist_tree(tmp_path / "data", per_class=1, test_per_class=1)
+    default = build_splits(cfg("nmnist", tmp_path / "data", T=3))
+    elsewhere = build_splits(cfg("nmnist", tmp_path / "data", T=3, cache_dir=str(tmp_path / "c")))
+    assert [p.name for p in cache_dirs(tmp_path / "data")] == sorted(
+        p.name for p in (tmp_path / "c").iterdir()
+    )  # the same entries (keys), in the other folder
+    assert torch.equal(elsewhere.train[4][0], default.train[4][0])
+
+
+def test_bad_label_folder_and_unwritable_cache_are_one_line_before_the_run(tmp_path: Path) -> None:
+    """Through the command: a label folder outside 0..9, then a cache folder that cannot be
+    written (a file in its place: root ignores a read-only mode), each one line, with the run
+    dir holding no config.yaml nor run.json."""
+    root = tmp_path / "data"
+    nmnist_tree(root, per_class=1, test_per_class=1)
+    write_nmnist_bin(root / "NMNIST" / "Train" / "10" / "0.bin", random_events(40, 34, seed=0))
+    args = [*TINY, "dataset=nmnist", f"dataset.root={root}", "dataset.download=false"]
+    bad = run_snnrun([*args, f"hydra.run.dir={tmp_path / 'r1'}"], tmp_path, check=False)
+    line = bad.stderr.strip()
+    assert bad.returncode == 2 and "\n" not in line, bad.stderr
+    assert "Train/10/0.bin" in line and "0..9" in line
+    assert not {"config.yaml", "run.json"} & {p.name for p in (tmp_path / "r1").glob("*")}
+
+    (root / "NMNIST" / "Train" / "10" / "0.bin").unlink()
+    (root / FOLDER).write_text("")  # the cache folder cannot be made
+    locked = run_snnrun([*args, f"hydra.run.dir={tmp_path / 'r2'}"], tmp_path, check=False)
+    line = locked.stderr.strip()
+    assert locked.returncode == 2 and "\n" not in line, locked.stderr
+    assert f"{root / FOLDER}" in line and "dataset.cache_dir=" in line
+    assert "hydra.run.dir" not in line
+    assert not {"config.yaml", "run.json"} & {p.name for p in (tmp_path / "r2").glob("*")}
+
+
+def test_sigterm_during_cache_build_ends_it_at_once(tmp_path: Path) -> None:
+    """SIGTERM to the command's process group (as SLURM sends it) while worker processes
+    build the frame cache of 1000 real recordings: exit 143 before the build ends, no entry, no
+    partial file (it used to finish the build, build the model and train one step first)."""
+    real_nmnist_tree(tmp_path / "data")
+    args = [*TINY, "dataset=nmnist", f"dataset.root={tmp_path / 'data'}", "num_workers=2",
+            "dataset.train_limit=null", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    proc = start(args, tmp_path)
+    cache = tmp_path / "data" / FOLDER
+    deadline = time.time() + 120
+    while not list(cache.glob("nmnist-train-*/frames.npy.*.partial")) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGTERM)
+    sent = time.time()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    assert "nothing was trained; the same command starts again" in err and "resume" not in err
+    assert not (tmp_path / "run").exists()  # nothing to resume: no run dir left behind
+    assert not list(cache.glob("*/manifest.json"))  # the build ended before its end
+    assert not list(cache.glob("*/*.partial"))
+    assert time.time() - sent < 5.0  # with the exit of python and torch (1-2 s on a busy machine)
 
 
 # ---------------------------------------------------------------- loaders, encoders, augmentation

@@ -45,7 +45,8 @@ def test_model_trains_one_step(name: str) -> None:
 
 
 def test_csnn_matches_the_tutorial_structure() -> None:
-    conf = OmegaConf.to_container(compose(["model=csnn"]), resolve=True)
+    """At the tutorial's 128 channels (the recipes' width; the plain default is 16)."""
+    conf = OmegaConf.to_container(compose(["model=csnn", "model.channels=128"]), resolve=True)
     model = build_model(
         conf["model"], {"neuron": conf["neuron"], "surrogate": conf["surrogate"]}, (1, 28, 28), 10
     )

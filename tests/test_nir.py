@@ -14,7 +14,11 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +29,18 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from snnrun import cli, nir_graph
 from snnrun import export as export_verb
-from snnrun import nir_graph
 from snnrun.api import build_network, load_run
+from snnrun.checkpoint import load_checkpoint
 from snnrun.errors import SnnrunError
 from snnrun.model import SpikingNetwork
 from snnrun.neuron import SpikingNeuron
 from snnrun.run import neuron_groups
+from snnrun.rundir import CHECKPOINTS, RunDir
 
-from conftest import compose, train_tiny
+from conftest import TINY, compose, make_read_only, run_snnrun, train_tiny
+from conftest import cli as run_cli
 
 T, N = 6, 16
 
@@ -236,6 +243,92 @@ def test_export_command_and_model_nir(run_dir: Path) -> None:
     x = torch.rand(1, 8, 1, 28, 28).expand(4, 8, 1, 28, 28) * 2  # direct encoding: static head
     for a, b in zip(_spikes(run.model, x), _spikes(rebuilt, x)):
         assert torch.equal(a, b)
+
+
+def test_model_nir_relative_path_is_pinned_for_every_later_reader(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """``model.path`` given relative (and interpolated into the layer entry) is absolute in the
+    run's config, with the file's SHA-256: load_run from another folder builds the same network,
+    and an edited file is refused as one line instead of silently used."""
+    export_verb.main([str(run_dir), "format=nir"])
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "model.nir").write_bytes((run_dir / "export" / "model.nir").read_bytes())
+    tiny = [a for a in TINY if not a.startswith("model.")]
+    args = ["model=nir", "model.path=model.nir", "dataset.train_limit=64",
+            "dataset.test_limit=32", "optimizer.lr=0", "hydra.run.dir=nirrun"]  # fmt: skip
+    run_snnrun([*tiny, *args], cwd=work)
+    entry = RunDir(work / "nirrun").read_config()["model"]["layers"][0]
+    assert entry["path"] == str(work / "model.nir") and len(entry["sha256"]) == 64
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "model.nir").write_bytes(b"another file of the same name")
+    proc = run_snnrun(["eval", str(work / "nirrun")], cwd=elsewhere)  # reads the run's own file
+    assert proc.returncode == 0
+    graph = nir.read(work / "model.nir")
+    next(n for n in graph.nodes.values() if hasattr(n, "weight")).weight[...] += 1.0
+    nir.write(work / "model.nir", graph)
+    proc = run_snnrun(["eval", str(work / "nirrun")], cwd=elsewhere, check=False)
+    assert proc.returncode == 2 and "changed since the run was built" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _soft_reset_copy(run_dir: Path, dst: Path) -> Path:
+    """The run dir (without export/) as if trained with neuron.v_reset=null (same weights)."""
+    shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("export"))
+    for name in CHECKPOINTS.values():
+        payload = load_checkpoint(dst / name)
+        payload["config"]["neuron"]["v_reset"] = None
+        torch.save(payload, dst / name)
+    return dst
+
+
+def test_export_strict_refusal_says_nothing_was_written(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``strict=true`` on a soft reset: one line that says nothing was written (and how the
+    file would be written without strict), and indeed no export/ folder."""
+    soft = _soft_reset_copy(run_dir, tmp_path / "soft")
+    code, err = run_cli(monkeypatch, capsys, "export", str(soft), "format=nir", "strict=true")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "v_reset=null" in err and "strict=true writes nothing" in err
+    assert "written with" not in err and "without strict=true" in err
+    assert not (soft / "export").exists()
+
+
+def test_export_elsewhere_and_whole_or_not_at_all(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A read-only run dir: one line naming export/ and out=, not hydra.run.dir; ``out=<dir>``
+    writes there (the epoch counted from 1); a write that fails (full disk) leaves the earlier
+    model.nir whole and no temporary file."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("export"))
+    make_read_only(monkeypatch, run)
+    code, err = run_cli(monkeypatch, capsys, "export", str(run), "format=nir")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"snnrun: error: cannot write {run / 'export'}: Read-only")
+    assert "out=<dir>" in err and "hydra.run.dir" not in err
+
+    elsewhere = tmp_path / "nir"
+    monkeypatch.setattr(sys, "argv", [*sys.argv, f"out={elsewhere}"])
+    cli.main()
+    assert load_run(run).epoch == 1 and "(best weights, epoch 1," in capsys.readouterr().out
+    assert nir.read(elsewhere / "model.nir").nodes and not (run / "export").exists()
+    before = (elsewhere / "model.nir").read_bytes()
+
+    def disk_full(path: Path, graph: object) -> None:
+        Path(path).write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(nir, "write", disk_full)
+    with pytest.raises(SystemExit):
+        cli.main()
+    err = capsys.readouterr().err
+    assert "No space left on device; free disk space, or pass out=<dir>" in err
+    assert (elsewhere / "model.nir").read_bytes() == before
+    assert [p.name for p in elsewhere.iterdir()] == ["model.nir"]
 
 
 @pytest.mark.parametrize(

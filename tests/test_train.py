@@ -71,14 +71,19 @@ def test_same_seed_same_metrics(monkeypatch, tmp_path) -> None:
     )
 
 
-def test_precisions_run_on_cpu(monkeypatch, tmp_path) -> None:
-    """Both autocast precisions train on the CPU, and do change the arithmetic."""
+def test_precisions_run_on_cpu(monkeypatch, capsys, tmp_path) -> None:
+    """Both autocast precisions train on the CPU, and do change the arithmetic; amp_fp16 on a
+    CPU says once, in one line without a source line, that it is slow there."""
     losses = {}
     for precision in ("fp32", "amp_bf16", "amp_fp16"):
         run_dir = tmp_path / precision
+        capsys.readouterr()
         train_in_process(monkeypatch, *TINY, f"precision={precision}", f"hydra.run.dir={run_dir}")
         losses[precision] = read_metrics(run_dir)[0]["train_loss"]
+    out, err = capsys.readouterr()
     assert losses["amp_bf16"] != losses["fp32"] and losses["amp_fp16"] != losses["fp32"]
+    warned = [line for line in (out + err).splitlines() if "emulated float16" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: precision=amp_fp16 on cpu")
 
 
 def test_resume_is_exact_with_scaler_step_schedule_and_workers(monkeypatch, tmp_path) -> None:

@@ -1,21 +1,30 @@
 """``snnrun viz``: every figure of a short real run on digits is a valid, non-blank image of the
-expected size; the GIF has T frames; ``format=svg`` writes SVGs; bad arguments fail as one line."""
+expected size; the GIF has T frames; ``format=svg`` writes SVGs; the output heatmap shows the
+charge H before the reset (spiking cells at or above the threshold) in both step modes; titles
+name tied classes and count epochs from 1; a read-only run dir names out=; bad arguments fail
+as one line."""
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from snnrun import cli, figures, viz
 from snnrun.errors import SnnrunError
 from snnrun.rundir import RunDir
 
-from conftest import run_snnrun, train_tiny
+from conftest import cli as run_cli
+from conftest import make_read_only, run_snnrun, train_tiny
 
 T, CHANNELS = 4, 4  # TINY's T and model.channels
 FIXED = ("curves", "output_layer", "firing_rates")
@@ -63,9 +72,10 @@ def test_viz_writes_every_figure(
     assert written == {*(folder / f"{n}.png" for n in (*FIXED, *GRIDS)), gif}
 
 
-def test_viz_svg(run_dir: Path) -> None:
-    viz.main([str(run_dir), "format=svg", "which=latest"])
-    folder = RunDir(run_dir).figures
+def test_viz_svg_elsewhere(run_dir: Path, tmp_path: Path) -> None:
+    """``format=svg``, into the folder ``out=`` names."""
+    viz.main([str(run_dir), "format=svg", "which=latest", f"out={tmp_path}"])
+    folder = tmp_path
     for name in (*FIXED, *GRIDS):
         root = ET.parse(folder / f"{name}.svg").getroot()
         assert root.tag.endswith("svg"), name
@@ -151,3 +161,100 @@ def test_figures_go_to_the_runs_wandb_run(run_dir: Path, monkeypatch: pytest.Mon
         ("log", ["curves", "spike_counts"]),
         ("finish",),
     ]
+
+
+def _captured(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The figures ``figures.save`` is given, kept instead of written."""
+    kept: list = []
+
+    def keep(fig, path: Path) -> Path:
+        kept.append(fig)
+        return path
+
+    monkeypatch.setattr(figures, "save", keep)
+    return kept
+
+
+def test_output_layer_shows_the_charge_before_reset(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heatmap is H, the membrane before each step's reset: a cell that spiked is at or
+    above the threshold, one that did not is below it (V after a hard reset reads 0 where a
+    neuron spiked). Step mode 's' records the same H."""
+    from snnrun.api import load_run
+
+    run = load_run(run_dir)
+    with torch.no_grad():  # one epoch leaves the output layer nearly silent: make it spike
+        for m in run.model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.mul_(2.0)
+    probe = viz.probe(run, run.splits().test, 0, torch.device("cpu"))
+    spikes = probe.spikes[max(probe.spikes)]
+    assert probe.charge.shape == spikes.shape and spikes.any()
+    assert (probe.charge[spikes == 1] >= probe.threshold).all()
+    assert (probe.charge[spikes == 0] < probe.threshold).all()
+    kept = _captured(monkeypatch)
+    viz.Renderer(run, probe, 0, "png", run_dir / "unused").output_layer()
+    heatmap = kept[0].axes[1].images[0]
+    assert np.array_equal(heatmap.get_array(), probe.charge[:, 0].numpy().T)
+    assert heatmap.norm.vcenter == probe.threshold
+    for m in run.model.layers:
+        if hasattr(m, "step_mode"):
+            m.step_mode = "s"
+    run.model.step_by_step = True
+    stepped = viz.probe(run, run.splits().test, 0, torch.device("cpu"))
+    assert torch.allclose(stepped.charge, probe.charge, atol=1e-5)
+
+
+def test_titles_name_ties_and_count_epochs_from_1(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rates = torch.tensor([0.0, 0.5, 0.25, 0.5])
+    assert viz.prediction_text(rates, 1) == "predicted 1 (tie: 1, 3)"
+    assert viz.prediction_text(torch.tensor([0.0, 0.5, 0.25]), 1) == "predicted 1"
+    silent = viz.prediction_text(torch.zeros(4), 0)
+    assert silent == "predicted 0 (tie: all 4 classes, no output spikes)"
+    output = torch.zeros(T, 1, 4)
+    output[1, 0, 1] = output[2, 0, 3] = 1.0  # one spike each for classes 1 and 3
+    probe = viz.Probe(inputs=torch.zeros(T, 1, 2), target=3, predicted=1, output=output,
+                      spikes={5: output}, charge=output, threshold=1.0)  # fmt: skip
+    run = SimpleNamespace(path=run_dir, which="best", epoch=3, metrics=[])
+    title = viz.Renderer(run, probe, 0, "png", run_dir).title
+    assert "best weights (epoch 3)" in title and "true 3, predicted 1 (tie: 1, 3)" in title
+
+    from snnrun.api import load_run
+
+    metrics = load_run(run_dir).metrics
+    assert load_run(run_dir).epoch == 1 and [r["epoch"] for r in metrics] == [0]
+    kept = _captured(monkeypatch)
+    viz.render_cheap(RunDir(run_dir), metrics, "png")
+    curves, rates_fig = kept
+    assert curves.texts[0].get_text().endswith("after epoch 1")
+    assert list(curves.axes[0].lines[0].get_xdata()) == [1]
+    assert list(rates_fig.axes[0].lines[0].get_xdata()) == [1]
+
+
+def test_viz_into_a_read_only_run_dir_names_out(
+    run_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``figures/`` cannot be made (a read-only run dir): one line naming that folder and out=,
+    not hydra.run.dir (``out=`` itself: :func:`test_viz_svg_elsewhere`); a W&B log that cannot
+    write into the run dir is a warning."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("figures"))
+    make_read_only(monkeypatch, run)
+    code, err = run_cli(monkeypatch, capsys, "viz", str(run))
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"snnrun: error: cannot write {run / 'figures'}: Read-only")
+    assert "out=<dir>" in err and "hydra.run.dir" not in err
+
+    def unwritable(*args: object) -> bool:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(run / "run.lock"))
+
+    monkeypatch.setattr(viz, "log_to_wandb", unwritable)
+    assert not viz._log_or_warn(SimpleNamespace(), {})
+    out = capsys.readouterr().out
+    assert f"figures not logged to W&B: cannot write {run / 'run.lock'}: Read-only" in out

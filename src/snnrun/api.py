@@ -2,6 +2,7 @@
 
 >>> run = snnrun.load_run("outputs/2026-11-24/10-04-12")      # best checkpoint, on the CPU
 >>> run.config["T"], run.metrics[-1]["test_acc"], run.model   # no dataset is loaded
+>>> run.epoch, run.record   # the weights' epoch (counted from 1) and its metrics record
 
 The network is rebuilt from the run's saved config and the input shape and class count kept in
 the checkpoint, then given the checkpoint's weights; :meth:`LoadedRun.splits` loads the data
@@ -29,12 +30,17 @@ class LoadedRun:
     metrics: list[dict[str, Any]]
     model: SpikingNetwork
     which: str  # "best" or "latest"
-    epoch: int  # the epochs the loaded weights had trained (1 = after the first)
+    epoch: int  # the weights' epoch, counted from 1 (= epochs trained), as every tool says it
     data: dict[str, Any]  # sample_shape, num_classes, dataset sizes
 
     @property
     def path(self) -> Path:
         return self.rundir.path
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        """The weights' ``metrics.jsonl`` record (the file numbers epochs from 0: ``epoch - 1``)."""
+        return next((r for r in self.metrics if r.get("epoch") == self.epoch - 1), None)
 
     def splits(self, **dataset_overrides: Any):
         """The run's dataset splits (``dataset_overrides`` e.g. ``root=...``)."""
@@ -73,6 +79,6 @@ def load_run(
         metrics=rundir.read_metrics(),
         model=model,
         which=which,
-        epoch=payload["state"]["epoch"],
+        epoch=payload["state"]["epoch"],  # epochs done
         data=payload["data"],
     )

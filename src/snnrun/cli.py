@@ -6,14 +6,15 @@
 
 Mistakes a user can fix (unknown config names, bad values, paths, shapes, corrupt checkpoints,
 a full disk) end as one line ``snnrun: error: ...``, exit 2, nothing half-written; in a sweep a
-failing job prints that line, is marked failed, the sweep goes on and then exits 1. SIGTERM
-and Ctrl-C end a run between steps, exit ``128 + signal``.
+failing job (a user error or any crash) prints one line, is marked failed, the sweep goes on and
+then exits 1. SIGTERM and Ctrl-C end a run between steps, exit ``128 + signal``.
 """
 
 from __future__ import annotations
 
 import errno
 import importlib
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -77,25 +78,35 @@ def os_error(e: OSError) -> SnnrunError:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://snnrun.conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> float:
-    """Hydra's task: one training run in Hydra's run (or sweep job) dir."""
+def _hydra_main(cfg: DictConfig) -> Any:
+    """Hydra's task: one training run in Hydra's run (or sweep job) dir; its best test
+    accuracy, or a sweep job's :class:`~snnrun.sweep.JobFailed` (any exception)."""
+    from snnrun.distributed import peer_lost
     from snnrun.run import train
-    from snnrun.rundir import RunDir
+    from snnrun.sweep import fail_job
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     overrides = [*list(hc.overrides.task), *_searchpath(hc)]
+    sweep = hc.mode == RunMode.MULTIRUN
     try:
         try:
             return train(cfg, run_dir, overrides)
         except OSError as e:
             raise os_error(e) from None
+        except RuntimeError as e:  # under torchrun: another rank ended
+            lost = peer_lost(e, run_dir)
+            if lost is None:
+                raise
+            raise lost from None
     except USER_ERRORS as e:
-        if hc.mode != RunMode.MULTIRUN:
+        if not sweep:
             _fail(e)
-        RunDir(run_dir).mark_failed(one_line(e))
-        print(f"{_error_line(e)} (job {hc.job.num}; the sweep goes on)", file=sys.stderr)
-        return float("nan")
+        return fail_job(run_dir, hc.job.num, e, user_error=True)
+    except Exception as e:
+        if not sweep:
+            raise
+        return fail_job(run_dir, hc.job.num, e, user_error=False)
 
 
 def _searchpath(hc: Any) -> list[str]:
@@ -151,12 +162,15 @@ def _check_overrides(args: list[str]) -> None:
     overrides = _value_args(args) + config_dir_overrides(args)
     sweep = "-m" in args or "--multirun" in args
     auto = "resume=auto" in overrides  # a relaunched job continues its dir's run
+    job = _first_job(overrides) if sweep else overrides
     try:
-        compose_config(_first_job(overrides) if sweep else overrides)
+        cfg = compose_config(job)
     except Exception as e:
         raise SnnrunError(_without_append_hint(one_line(e)) + _known_keys_hint(str(e), overrides)
                           ) from None  # fmt: skip
     _refuse_unused_keys(overrides)
+    _check_value_types(job, cfg)
+    _check_values(cfg)
     for a in overrides:
         key, _, value = a.partition("=")
         if key == "hydra.run.dir" and not sweep:
@@ -165,6 +179,46 @@ def _check_overrides(args: list[str]) -> None:
             _make_dir(Path(value).expanduser())
         if key == "hydra.sweep.dir" and sweep and not auto:
             _refuse_existing_sweep(Path(value).expanduser())
+
+
+def _check_value_types(overrides: list[str], cfg: DictConfig) -> None:
+    """A value whose key takes a number or a boolean (judged by the key's value without the
+    override) but got a word: ``neuron.tau=abc`` is one line naming the key."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values = [
+        o
+        for o in parsed
+        if not (o.is_add() or o.is_delete() or o.key_or_group.startswith("hydra"))
+        and not isinstance(OmegaConf.select(cfg, o.key_or_group, default=None), DictConfig)
+    ]
+    if not values:
+        return
+    value_lines = {o.input_line for o in values}
+    defaults = compose_config([o for o in overrides if o not in value_lines])
+    for o in values:
+        key, value = o.key_or_group, o.value()
+        default = OmegaConf.select(defaults, key, default=None)
+        wants_bool = isinstance(default, bool)
+        wants_number = isinstance(default, (int, float)) and not wants_bool
+        if (wants_bool and not isinstance(value, bool)) or (
+            wants_number and (isinstance(value, (str, bool)))
+        ):
+            kind = "true or false" if wants_bool else "a number"
+            raise SnnrunError(f"{o.input_line}: {key} takes {kind} (its default is {default!r})")
+
+
+def _check_values(cfg: DictConfig) -> None:
+    """The run-level checks of :func:`run.check_values` (``T=0``, ``batch_size=0``...) and the
+    logger's keys (``+logger.notes=x``) before Hydra creates the run dir."""
+    from snnrun.loggers import check_logger_conf
+    from snnrun.run import check_values
+
+    try:
+        conf = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return  # an interpolation only a run resolves: the run checks it
+    check_values(conf)  # type: ignore[arg-type]
+    check_logger_conf(conf["logger"])  # type: ignore[index]
 
 
 def _make_dir(path: Path) -> None:
@@ -249,19 +303,38 @@ def _run_verb(verb: str, args: list[str]) -> None:
 
 def main() -> None:
     """Console entry point."""
+    from snnrun.stop import stop_on_sigterm
+
     args = sys.argv[1:]
     try:
         try:
-            _dispatch(args)
+            with stop_on_sigterm():
+                _dispatch(args)
+        except BrokenPipeError:  # the reader went away (snnrun --help | head): not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no 2nd at exit
+            sys.exit(141)  # 128 + SIGPIPE, as a shell reports a command whose reader left
         except OSError as e:
             raise os_error(e) from None
+        except RuntimeError as e:  # a resume under torchrun: another rank ended
+            from snnrun.distributed import peer_lost
+
+            lost = peer_lost(e, None)
+            if lost is None:
+                raise
+            raise lost from None
     except USER_ERRORS as e:
         _fail(e)
     except Stopped as e:
-        print(f"snnrun: {e}", file=sys.stderr)
+        from snnrun.distributed import world
+        from snnrun.sweep import stop_hint
+
+        if world().is_main:  # under torchrun every rank stops; rank 0 says so
+            print(f"snnrun: {e}{'' if e.run_dir else stop_hint(args)}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        print("snnrun: interrupted", file=sys.stderr)
+        from snnrun.sweep import stop_hint
+
+        print(f"snnrun: interrupted{stop_hint(args)}", file=sys.stderr)
         sys.exit(130)
 
 
@@ -303,10 +376,11 @@ def _share_run_dir(args: list[str]) -> None:
 
 
 def _exit_if_sweep_failed(args: list[str]) -> None:
-    from snnrun.sweep import FAILED
+    from snnrun.sweep import FAILED, SUMMARY_TXT, SWEEP_DIR
 
     if FAILED:
-        print(f"snnrun: error: {len(FAILED)} sweep job(s) failed: {', '.join(FAILED)}",
+        why = f"why: {SWEEP_DIR[-1] / SUMMARY_TXT} and each job's failed.txt"
+        print(f"snnrun: error: {len(FAILED)} sweep job(s) failed: {', '.join(FAILED)}; {why}",
               file=sys.stderr)  # fmt: skip
         sys.exit(1)
 

@@ -280,3 +280,18 @@ def _read_idx(folder: Path, stem: str, ndim: int) -> np.ndarray:
 
 
 from snnrun.events import datasets as _event_datasets  # noqa: E402, F401  (nmnist, dvsgesture, ...)
+
+# Class names by dataset, in label order (datasets whose labels are their names, the digits of
+# digits/mnist/nmnist, have none): Fashion-MNIST's README; DVS128 Gesture's gesture_mapping.csv
+# (label = its class - 1, as tonic's DVSGesture.classes); CIFAR-10's names, the CIFAR10-DVS
+# folders' labels (tonic's CIFAR10DVS.classes).
+CLASS_NAMES: dict[str, list[str]] = {
+    "fmnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot"],
+    "dvsgesture": ["hand clapping", "right hand wave", "left hand wave", "right arm clockwise",
+                   "right arm counter-clockwise", "left arm clockwise",
+                   "left arm counter-clockwise", "arm roll", "air drums", "air guitar",
+                   "other gestures"],
+    "cifar10dvs": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck"],
+}  # fmt: skip

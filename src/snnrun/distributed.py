@@ -12,14 +12,17 @@ the console. Without torchrun everything here is a no-op for a world of one.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from snnrun.errors import SnnrunError
+from snnrun.stop import Stopped, requested
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,32 @@ def any_rank(flag: bool) -> bool:
     if not active():
         return flag
     return bool(sum_over_ranks(torch.tensor([1.0 if flag else 0.0])).item() > 0)
+
+
+def peer_lost(error: BaseException, run_dir: Path | None) -> BaseException | None:
+    """What a failed collective means on this rank, or None for any other error.
+
+    Another rank ended (killed, out of memory, a stop it saw first): this rank's stop when it
+    was asked to stop too, otherwise one line with the resume hint instead of the backend's
+    traceback.
+    """
+    w = world()
+    text = str(error)
+    collective = isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError)
+        and re.search(r"by peer|Broken pipe|Connection (?:closed|reset|refused)", text)
+    )
+    if w.size == 1 or not collective:
+        return None
+    signum = requested()
+    if signum is not None:
+        return Stopped(signum, run_dir)
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0].splitlines()[0][:160]
+    return SnnrunError(
+        f"rank {w.rank} of {w.size}: another rank ended mid-run (killed, out of memory, or an "
+        f"error: see its output) and a collective failed ({cause}); the run dir keeps its last "
+        f"epoch: continue with: torchrun ... -m snnrun resume={run_dir or '<run dir>'}"
+    )
 
 
 class ShardedBatches:

@@ -5,15 +5,19 @@ Keys: ``which=best|latest`` (the checkpoint; best by default), ``device=auto|cpu
 class count), ``dataset.<key>=<value>`` (``dataset.root``, ``dataset.test_limit``, ...),
 ``T=<steps>``, ``neuron.backend=torch|triton|autograd``, ``neuron.step_mode=m|s``,
 ``batch_size=<n>``,
-``precision=fp32|amp_bf16|amp_fp16``, ``format=png|svg|pdf`` (the figure).
+``precision=fp32|amp_bf16|amp_fp16``, ``format=png|svg|pdf`` (the figure), ``out=<dir>``
+(another folder for the results, e.g. when the run dir is read-only).
 
 The network is rebuilt from the checkpoint's config with the overrides (they may change how it
 runs, never its shape: that is one line naming the difference), given the checkpoint's weights
 and tested with the training loop's own test pass (:meth:`~snnrun.trainer.Trainer.evaluate`), so
-the run's own data gives the accuracy and loss the run recorded (a ``poisson`` encoder draws
-other spikes: seeded by the run's seed, not the same draws). Printed: accuracy, loss,
-per-class accuracy and the monitors' firing rates (and SynOps when the run counted them).
-Written: ``eval/<timestamp>.json`` and ``eval/<timestamp>_confusion.<format>``.
+the run's own data gives the accuracy and loss the run recorded. An encoder that draws its
+input at random (``poisson``) draws anew, seeded by the run's seed (the same each eval, not the
+training run's draw): its accuracy differs from the record by sampling noise, and the output
+says so. Printed: accuracy, loss, per-class correct/total (with the class names of
+:data:`snnrun.data.CLASS_NAMES`) and the monitors' firing rates (and SynOps when the run counted
+them). Written: ``eval/<timestamp>.json`` and ``eval/<timestamp>_confusion.<format>``. Epochs
+count from 1: ``epoch`` is the number of epochs the weights trained, as ``load_run`` has it.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ if TYPE_CHECKING:  # torch loads inside the functions: a typo in the arguments f
 USAGE = (
     "snnrun eval <run dir> [which=best|latest] [device=auto] [split=test|train] "
     "[dataset=<name>] [dataset.<key>=<value>] [T=<steps>] [neuron.backend=torch|triton|autograd] "
-    "[batch_size=<n>] [precision=fp32] [format=png|svg|pdf]"
+    "[batch_size=<n>] [precision=fp32] [format=png|svg|pdf] [out=<dir>]"
 )
 NEURON_KEYS = ("backend", "step_mode")  # how the neurons run, not what they compute
 FORMATS = ("png", "svg", "pdf")
@@ -50,6 +54,7 @@ class EvalOptions:
     split: str = "test"
     fmt: str = "png"
     dataset: str | None = None  # another dataset group
+    out: Path | None = None  # None: <run dir>/eval
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted key -> value
 
 
@@ -68,6 +73,8 @@ def _set_option(opts: EvalOptions, key: str, value: str) -> None:
         opts.device = value
     elif key == "dataset" and value:
         opts.dataset = value
+    elif key == "out" and value:
+        opts.out = Path(value).expanduser()
     elif key in ("T", "batch_size"):
         if not value.isdigit() or int(value) < 1:
             raise SnnrunError(f"eval {key}={value!r}; use a positive integer")
@@ -139,7 +146,7 @@ class Evaluation:
 def evaluate(opts: EvalOptions) -> Evaluation:
     """Rebuild the run's network with the overrides and run the trainer's test pass."""
     from snnrun.api import build_network
-    from snnrun.data import build_splits, make_loader
+    from snnrun.data import CLASS_NAMES, build_splits, make_loader
     from snnrun.encoders import build_encoder
     from snnrun.loggers import RunLogger
     from snnrun.losses import build_loss
@@ -188,6 +195,7 @@ def evaluate(opts: EvalOptions) -> Evaluation:
     )  # type: ignore[arg-type]
     import torch
 
+    random_input = _draws_at_random(run.encoder, dataset, conf["T"])
     torch.manual_seed(conf["seed"])  # a poisson encoder draws the same spikes each time
     result = Trainer(run, model).evaluate(loader, f"eval {opts.split}")
     confusion = loss.confusion.cpu()
@@ -195,19 +203,21 @@ def evaluate(opts: EvalOptions) -> Evaluation:
     record = {
         "run": str(rundir.path),
         "which": which,
-        "epoch": payload["state"]["epoch"] - 1,
+        "epoch": payload["state"]["epoch"],  # epochs trained: 1 after the first
         "split": opts.split,
         "dataset": conf["dataset"],
         "T": conf["T"],
+        "encoder": conf["encoder"]["name"],
         "device": str(device),
         "overrides": {**({"dataset": opts.dataset} if opts.dataset else {}), **opts.overrides},
         "samples": len(dataset),
         "acc": result["acc"],
         "loss": result["loss"],
-        "per_class_acc": _per_class(confusion),
+        "per_class": _per_class(confusion, CLASS_NAMES.get(conf["dataset"]["name"])),
         "confusion": confusion.tolist(),
         "recorded_test_acc": recorded.get("test_acc"),
         "recorded_test_loss": recorded.get("test_loss"),
+        "random_input": random_input,
         "samples_per_s": result["samples_per_s"],
         **result["monitors"],
     }
@@ -233,18 +243,32 @@ class _Counting:
         return self.loss.predict(out)
 
 
-def _per_class(confusion: torch.Tensor) -> dict[str, float | None]:
-    totals = confusion.sum(1).tolist()
-    hits = confusion.diagonal().tolist()
-    return {str(c): (h / n if n else None) for c, (h, n) in enumerate(zip(hits, totals))}
+def _draws_at_random(encoder: Any, dataset: Any, T: int) -> bool:
+    """Whether ``encoder`` gives the first samples different inputs on two calls (a poisson
+    draw); the global RNG is left as it was."""
+    import torch
+
+    x = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(8, len(dataset)))])
+    with torch.random.fork_rng(devices=[]):
+        return not torch.equal(encoder(x, T), encoder(x, T))
 
 
-def write(rundir_path: Path, evaluation: Evaluation, fmt: str) -> tuple[Path, Path]:
-    """``eval/<timestamp>.json`` and the confusion-matrix figure beside it."""
-    from snnrun.rundir import RunDir
+def _per_class(confusion: torch.Tensor, names: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``{class: {name, correct, total, acc}}`` (acc None for a class without samples)."""
+    totals, hits = confusion.sum(1).tolist(), confusion.diagonal().tolist()
+    if names is not None and len(names) != len(totals):
+        names = None  # a dataset of another class count
+    return {
+        str(c): {"name": names[c] if names else None, "correct": h, "total": n,
+                 "acc": h / n if n else None}
+        for c, (h, n) in enumerate(zip(hits, totals))
+    }  # fmt: skip
+
+
+def write(evaluation: Evaluation, fmt: str, folder: Path) -> tuple[Path, Path]:
+    """``<timestamp>.json`` and the confusion-matrix figure beside it, in ``folder``."""
     from snnrun.viz import run_label
 
-    folder = RunDir(rundir_path).evals
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     n = 0
@@ -253,17 +277,21 @@ def write(rundir_path: Path, evaluation: Evaluation, fmt: str) -> tuple[Path, Pa
     stem = f"{stamp}{(n and f'_{n}') or ''}"
     rec = evaluation.record
     title = (
-        f"{run_label(rundir_path)} · {rec['which']} weights (epoch {rec['epoch']}) · "
+        f"{run_label(Path(rec['run']))} · {rec['which']} weights (epoch {rec['epoch']}) · "
         f"{rec['dataset']['name']} {rec['split']} · acc {rec['acc']:.4f}"
     )
-    figure = plot_confusion(evaluation.confusion, title, folder / f"{stem}_confusion.{fmt}")
+    names = [row["name"] for row in rec["per_class"].values()]
+    figure = plot_confusion(evaluation.confusion, title, folder / f"{stem}_confusion.{fmt}", names)
     path = folder / f"{stem}.json"
     path.write_text(json.dumps({**rec, "figure": figure.name}, indent=2) + "\n")
     return path, figure
 
 
-def plot_confusion(confusion: torch.Tensor, title: str, path: Path) -> Path:
-    """Counts per (true, predicted) class, each row's share as the colour; axes labelled."""
+def plot_confusion(
+    confusion: torch.Tensor, title: str, path: Path, names: list[str | None]
+) -> Path:
+    """Counts per (true, predicted) class, each row's share as the colour; axes labelled (with
+    the class ``names`` when they are known)."""
     from snnrun import figures as F
 
     plt = F.plt
@@ -276,8 +304,9 @@ def plot_confusion(confusion: torch.Tensor, title: str, path: Path) -> Path:
     fig.colorbar(image, ax=ax, label="share of the true class")
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
+    labels = [f"{c} {name}" if name else str(c) for c, name in enumerate(names)]
+    ax.set_xticks(range(k), labels, rotation=90 if any(names) else 0)
+    ax.set_yticks(range(k), labels)
     if k <= 20:
         for i in range(k):
             for j in range(k):
@@ -295,39 +324,62 @@ def report(evaluation: Evaluation, written: tuple[Path, Path]) -> None:
     from snnrun.progress import console
 
     rec = evaluation.record
-    console.print(
+    lines = [
         f"{rec['dataset']['name']} {rec['split']} ({rec['samples']} samples, T={rec['T']}, "
         f"{rec['which']} weights of epoch {rec['epoch']}, {rec['device']}): "
-        f"acc={rec['acc']:.4f} loss={rec['loss']:.4f}",
-        highlight=False,
-    )
+        f"acc={rec['acc']:.4f} loss={rec['loss']:.4f}"
+    ]
     if rec["recorded_test_acc"] is not None and not rec["overrides"] and rec["split"] == "test":
-        console.print(
+        lines.append(
             f"  the run recorded test_acc={rec['recorded_test_acc']:.4f} "
-            f"test_loss={rec['recorded_test_loss']:.4f}",
-            highlight=False,
+            f"test_loss={rec['recorded_test_loss']:.4f}"
         )
-    per_class = "  ".join(
-        f"{c}:{a:.3f}" if a is not None else f"{c}:-" for c, a in rec["per_class_acc"].items()
-    )
-    console.print(f"  per class: {per_class}", highlight=False)
+    if rec["random_input"]:
+        lines.append(
+            f"  encoder={rec['encoder']} draws the input at random: this eval's draw (seeded by "
+            "the run's seed) is not the one the run was tested with, so its accuracy differs "
+            "from the record by sampling noise"
+        )
+    lines += ["  per class (correct/total, accuracy):", *_class_lines(rec["per_class"])]
     rates = {k.split("/", 1)[1]: v for k, v in rec.items() if k.startswith("firing_rate/")}
     if rates:
-        shown = "  ".join(f"{k}:{v:.4f}" for k, v in rates.items())
-        console.print(f"  firing rates: {shown}", highlight=False)
+        lines.append("  firing rates: " + "  ".join(f"{k}:{v:.4f}" for k, v in rates.items()))
     if "synops/ac" in rec:
-        console.print(
+        lines.append(
             f"  synops/sample: {rec['synops/ac']:.3g} AC + {rec['synops/mac']:.3g} MAC; "
-            f"energy {rec['energy/snn_uj']:.3g} uJ (ANN {rec['energy/ann_uj']:.3g} uJ)",
-            highlight=False,
+            f"energy {rec['energy/snn_uj']:.3g} uJ (ANN {rec['energy/ann_uj']:.3g} uJ)"
         )
-    for path in written:
-        console.print(f"  {path}", highlight=False)
+    lines += [f"  {path}" for path in written]
+    for line in lines:
+        console.print(line, highlight=False)
+
+
+def _class_lines(per_class: dict[str, dict[str, Any]]) -> list[str]:
+    """One aligned line per class: index, name (when known), correct/total, accuracy."""
+    counts = {c: f"{row['correct']}/{row['total']}" for c, row in per_class.items()}
+    wide = {
+        "class": max(map(len, per_class)),
+        "name": max((len(row["name"] or "") for row in per_class.values()), default=0),
+        "count": max(map(len, counts.values())),
+    }
+    lines = []
+    for c, row in per_class.items():
+        name = f" {row['name'] or '':<{wide['name']}}" if wide["name"] else ""
+        acc = "-" if row["acc"] is None else f"{row['acc']:.3f}"
+        lines.append(f"    {c:>{wide['class']}}{name}  {counts[c]:>{wide['count']}}  {acc}")
+    return lines
 
 
 def main(args: list[str]) -> None:
     """``snnrun eval <run dir> [key=value ...]``."""
+    from snnrun.rundir import RunDir
+    from snnrun.viz import cannot_write
+
     opts = parse_args(args)
     evaluation = evaluate(opts)
-    path = Path(evaluation.record["run"])
-    report(evaluation, write(path, evaluation, opts.fmt))
+    folder = opts.out or RunDir(evaluation.record["run"]).evals
+    try:
+        written = write(evaluation, opts.fmt, folder)
+    except OSError as e:
+        raise cannot_write(e, folder, "the results") from None
+    report(evaluation, written)

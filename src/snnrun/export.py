@@ -1,14 +1,19 @@
-"""``snnrun export <run dir> format=nir [which=best] [dt=1e-4] [strict=false]``: the trained
-network as a NIR graph, ``<run dir>/export/model.nir`` (read it with ``nir.read``).
+"""``snnrun export <run dir> format=nir [which=best] [dt=1e-4] [strict=false] [out=<dir>]``:
+the trained network as a NIR graph, ``<run dir>/export/model.nir`` (``<out>/model.nir``; read
+it with ``nir.read``).
 
 The mapping and what it cannot carry are in :mod:`snnrun.nir_graph` and ``docs/nir.md``; a layer
 NIR cannot express ends as one line naming it. Lossy mappings (a subtractive reset) are written
-with a warning each, or refused with ``strict=true``. ``snnrun ... model=nir
-model.path=<run dir>/export/model.nir`` builds the network from the file again.
+with a warning each, or refused with ``strict=true``. The file is written whole or not at all
+(a temporary file renamed), so a failed export leaves an earlier ``model.nir`` as it was.
+``snnrun ... model=nir model.path=<run dir>/export/model.nir`` builds the network from the file
+again. The epoch shown is the number of epochs the weights trained (1 after the first).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +22,7 @@ from snnrun.errors import SnnrunError
 
 USAGE = (
     "snnrun export <run dir> format=nir [which=best|latest] [dt=<seconds per step>] "
-    "[strict=false|true]"
+    "[strict=false|true] [out=<dir>]"
 )
 FORMATS = ("nir",)
 
@@ -29,6 +34,7 @@ class ExportOptions:
     which: str = "best"
     dt: float = 1e-4
     strict: bool = False
+    out: Path | None = None  # None: <run dir>/export
 
 
 def parse_args(args: list[str]) -> ExportOptions:
@@ -48,12 +54,15 @@ def _set_option(opts: ExportOptions, key: str, value: str) -> None:
         opts.dt = float(value)
     elif key == "strict" and value.lower() in ("true", "false"):
         opts.strict = value.lower() == "true"
-    elif key in ("format", "which", "dt", "strict"):
+    elif key == "out" and value:
+        opts.out = Path(value).expanduser()
+    elif key in ("format", "which", "dt", "strict", "out"):
         allowed = {
             "format": " or ".join(FORMATS),
             "which": "best or latest",
             "dt": "a positive number of seconds (1e-4)",
             "strict": "true or false",
+            "out": "a folder",
         }
         raise SnnrunError(f"export {key}={value!r}; use {allowed[key]}")
     else:
@@ -76,6 +85,7 @@ def main(args: list[str]) -> None:
     from snnrun.api import load_run
     from snnrun.nir_graph import to_nir
     from snnrun.progress import console
+    from snnrun.viz import cannot_write
 
     run = load_run(opts.path, opts.which, "cpu")
     info = {
@@ -86,14 +96,29 @@ def main(args: list[str]) -> None:
         "T": run.config["T"],
     }
     exported = to_nir(run.model, tuple(run.data["sample_shape"]), opts.dt, opts.strict, info)
-    target = run.rundir.exports / "model.nir"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    nir.write(target, exported.graph)
+    folder = opts.out or run.rundir.exports
+    target = folder / "model.nir"
+    try:
+        _write_whole(target, lambda path: nir.write(path, exported.graph))
+    except OSError as e:
+        raise cannot_write(e, folder, "the NIR file") from None
     for line in exported.layers:
         console.print(f"  {line}", highlight=False)
     for warning in exported.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     console.print(
-        f"wrote {target} ({run.which} weights, epoch {run.epoch - 1}, dt={opts.dt:g} s)",
+        f"wrote {target} ({run.which} weights, epoch {run.epoch}, dt={opts.dt:g} s)",
         highlight=False,
     )
+
+
+def _write_whole(target: Path, write: Callable[[Path], None]) -> None:
+    """``write`` into a temporary file beside ``target``, then rename it over ``target``: a
+    failure leaves ``target`` as it was (and no temporary file)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.tmp")
+    try:
+        write(partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.animation import FuncAnimation, PillowWriter
-from matplotlib.colors import Colormap, ListedColormap
+from matplotlib.colors import Colormap, ListedColormap, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -87,12 +87,14 @@ def plot_curves(metrics: Sequence[dict[str, Any]], title: str) -> Figure:
 
 # --- one sample's output layer ------------------------------------------------------------------
 def plot_output_layer(
-    spikes: np.ndarray, v: np.ndarray, threshold: float | None, target: int | None, title: str
+    spikes: np.ndarray, charge: np.ndarray, threshold: float, target: int | None, title: str
 ) -> Figure:
     """Spike raster and membrane heatmap of the output neurons for one sample.
 
-    ``spikes`` and ``v`` are ``[T, K]`` (time step x neuron); ``target`` the true class's neuron
-    (None when the neurons are not one per class, e.g. before a voting layer).
+    ``spikes`` and ``charge`` are ``[T, K]`` (time step x neuron); ``charge`` is ``H``, the
+    membrane before each step's reset (a spiking neuron's ``H`` is at or above ``threshold``,
+    which sits in the middle of the colour scale: red above, blue below). ``target`` is the true
+    class's neuron (None when the neurons are not one per class, e.g. before a voting layer).
     """
     T, K = spikes.shape
     fig, (ax_r, ax_v) = plt.subplots(1, 2, figsize=SIZES["output_layer"], layout="constrained")
@@ -103,11 +105,13 @@ def plot_output_layer(
     ax_r.set_ylim(-0.5, K - 0.5)
     marked = "; true class in orange" if target is not None else ""
     ax_r.set_title(f"spikes ({int(spikes.sum())} in all{marked})", fontsize=10)
-    image = ax_v.imshow(v.T, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
-    ax_v.scatter(t_idx, n_idx, marker="o", s=18, facecolors="none", edgecolors="red", lw=1.2)
+    image = ax_v.imshow(charge.T, aspect="auto", origin="lower", cmap="RdBu_r",
+                        norm=_centred(charge, threshold), interpolation="nearest")  # fmt: skip
+    ax_v.scatter(t_idx, n_idx, marker="o", s=18, facecolors="none", edgecolors="black", lw=1.2)
     bar = fig.colorbar(image, ax=ax_v)
-    bar.set_label("V after the step's reset" + (f" (threshold {threshold:g})" if threshold else ""))
-    ax_v.set_title("membrane potential (red circle: spike)", fontsize=10)
+    bar.ax.axhline(threshold, color="black", lw=1.5)
+    bar.set_label(f"H, before the step's reset (threshold {threshold:g}: line)")
+    ax_v.set_title("membrane charge H (circle: spike)", fontsize=10)
     for ax in (ax_r, ax_v):
         ax.set_xlabel("time step")
         ax.set_ylabel("output neuron")
@@ -117,6 +121,12 @@ def plot_output_layer(
             ax.set_yticks(range(K))
     fig.suptitle(title)
     return fig
+
+
+def _centred(values: np.ndarray, centre: float) -> TwoSlopeNorm:
+    """A colour scale with ``centre`` in its middle, whatever side the values lie on."""
+    spread = max(float(np.abs(values - centre).max()), 1e-6)
+    return TwoSlopeNorm(centre, centre - spread, centre + spread)
 
 
 # --- the first neuron layer as channel images -----------------------------------------------------

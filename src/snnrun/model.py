@@ -35,10 +35,16 @@ class SpikingNetwork(nn.Module):
     is fed one step at a time instead, every layer keeping its state between steps.
     """
 
-    def __init__(self, layers: Sequence[nn.Module], names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        layers: Sequence[nn.Module],
+        names: Sequence[str],
+        shapes: Sequence[Shape] | None = None,
+    ) -> None:
         super().__init__()
         self.layers = nn.Sequential(*layers)
         self.names = list(names)
+        self.shapes = list(shapes) if shapes is not None else None  # per-sample output shapes
         neurons = [i for i, m in enumerate(layers) if isinstance(m, SpikingNeuron)]
         self.static_head = neurons[0] if neurons else len(layers)
         self.step_by_step = any(layers[i].step_mode == "s" for i in neurons)
@@ -63,7 +69,7 @@ def build_model(
 ) -> SpikingNetwork:
     """The network for ``model_cfg['layers']``; ``neuron_groups``: the run's ``neuron`` and
     ``surrogate`` groups, which every neuron entry falls back to."""
-    layers, names, shape = [], [], tuple(in_shape)
+    layers, names, shapes, shape = [], [], [], tuple(in_shape)
     for i, entry in enumerate(model_cfg["layers"]):
         options = dict(entry)
         kind = options.pop("type", None)
@@ -78,12 +84,13 @@ def build_model(
             shape = _output_shape(part, shape, label)  # a Sequential joins layer by layer
             layers.append(part)
             names.append(kind)
+            shapes.append(shape)
     if shape != (num_classes,):
         raise ModelBuildError(
             f"model output per sample is {list(shape)} but the dataset has {num_classes} classes: "
             f"make the last layers produce {num_classes} features"
         )
-    return SpikingNetwork(layers, names)
+    return SpikingNetwork(layers, names, shapes)
 
 
 def _output_shape(module: nn.Module, in_shape: Shape, label: str) -> Shape:

@@ -25,8 +25,10 @@ the convolution before it; dropout is the identity at inference and is left out;
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,17 +214,18 @@ def _reset(m: SpikingNeuron, s: ExportStep, kind: str) -> tuple[float, dict[str,
     if d.hard_reset:
         return d.v_reset, _meta(kind)
     why = "snnTorch's Leaky resets by subtraction" if kind == "leaky" else "v_reset=null"
-    message = (
+    if s.strict:
+        raise NirError(
+            f"{s.label}: {why} but NIR's neurons reset to v_reset, so strict=true writes "
+            "nothing; train with a hard reset (neuron.v_reset=0.0) to export strictly, or export "
+            f"without strict=true (the node then carries {RESET_KEY}=subtract in its metadata: "
+            "snnrun reads it back exactly, other tools reset to 0)"
+        )
+    s.warnings.append(
         f"{s.label}: {why} but NIR's neurons reset to v_reset; written with "
         f"{RESET_KEY}=subtract in the node's metadata (snnrun reads it back exactly, other "
         "tools reset to 0)"
     )
-    if s.strict:
-        raise NirError(
-            f"{message}; train with a hard reset (neuron.v_reset=0.0) to export "
-            "strictly, or export without strict=true"
-        )
-    s.warnings.append(message)
     return 0.0, _meta(kind, **{RESET_KEY: "subtract"})
 
 
@@ -675,8 +678,29 @@ def _nir_layers(
     builder splices an ``nn.Sequential`` into the network)."""
     options = dict(options)
     path, dt = options.pop("path", None), options.pop("dt", None)
+    sha256 = options.pop("sha256", None)
     if options:
         raise TypeError(f"nir layer got unknown option(s): {', '.join(sorted(options))}")
     if not path:
         raise NirError("model=nir needs model.path=<file.nir>")
+    if sha256 and Path(path).expanduser().is_file() and _sha256(path) != sha256:
+        raise NirError(
+            f"NIR file {path} changed since the run was built from it (its sha256 is not the "
+            "run's); put back the file the run was trained on"
+        )
     return nn.Sequential(*from_nir(read(path), in_shape, neuron_groups, dt))
+
+
+def pin_files(model_conf: dict[str, Any]) -> None:
+    """Make every ``nir`` entry's path absolute and record the file's SHA-256 in the entry
+    (once, at a fresh start), so that a resume, ``eval`` or ``load_run`` run from any folder
+    rebuilds from the same file, and an edited file is refused rather than used."""
+    for entry in model_conf.get("layers", []):
+        if isinstance(entry, dict) and entry.get("type") == "nir" and entry.get("path"):
+            entry["path"] = os.path.abspath(os.path.expanduser(entry["path"]))
+            if not entry.get("sha256") and Path(entry["path"]).is_file():
+                entry["sha256"] = _sha256(entry["path"])
+
+
+def _sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()

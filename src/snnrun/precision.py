@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from snnrun.errors import SnnrunError
+from snnrun.progress import console
 from snnrun.registry import Registry
 
 
@@ -46,10 +47,9 @@ def build_precision(cfg: dict[str, Any], device: torch.device) -> Precision:
     if dtype is not None:
         _check_autocast(device.type, dtype, cfg["name"])
     if dtype == torch.float16 and device.type == "cpu":
-        warnings.warn(
-            "precision=amp_fp16 on cpu runs emulated float16 kernels (several times "
-            "slower than fp32 here); precision=fp32 or amp_bf16 is faster on cpu",
-            stacklevel=2,
+        console.print(  # one line, on rank 0 only (the other ranks' console is quiet)
+            "[yellow]warning:[/] precision=amp_fp16 on cpu runs emulated float16 kernels "
+            "(several times slower than fp32 here); precision=fp32 or amp_bf16 is faster on cpu"
         )
     scaler = torch.amp.GradScaler(device.type) if scaled else None
     return Precision(cfg["name"], dtype, device.type, scaler)

@@ -2,11 +2,14 @@
 
 The resumed run uses the run's saved config. Only keys that do not contradict the
 checkpoint's state may change on the command line (:data:`RESUMABLE`: ``epochs``, ``device``,
-``dataset.root``, ``logger.*`` ...); raising ``epochs`` also stretches a cosine schedule whose
-``T_max`` followed ``epochs``. The run's original overrides must still compose with the current
-``conf/``; keys whose current default differs from the saved value are reported (the saved
-value is kept). Only ``checkpoint_latest.pt`` can be resumed (continuing an older checkpoint
-would overwrite the epochs after it), and only in the dir whose ``run.json`` names its run.
+``dataset.root``, ``logger.*`` ...). ``epochs`` is the run's total: one that would train nothing
+(not more than the epochs done) is refused, as it would only make ``config.yaml`` contradict
+the checkpoint; a new ``epochs`` also moves a cosine schedule whose ``T_max`` followed it (the
+change is printed and recorded, see ``optim.follow_horizon``). The run's original overrides
+must still compose with the current ``conf/``; keys whose current default differs from the
+saved value are reported (the saved value is kept). Only ``checkpoint_latest.pt`` can be
+resumed (continuing an older checkpoint would overwrite the epochs after it), and only in the
+dir whose ``run.json`` names its run.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ RESUMABLE = (
     "compile",
     "allow_new_data",
     "dataset.root",
+    "dataset.cache_dir",
     "scheduler.T_max",
     "logger.",
     "monitor.",
@@ -76,6 +80,8 @@ def resume_config(
     cfg = OmegaConf.create(payload["config"])
     OmegaConf.set_struct(cfg, True)
     keys = {k for k, _ in parsed}
+    if "epochs" in keys:
+        _check_epochs(dict(parsed)["epochs"], payload["state"]["epoch"], cfg.epochs)
     if "epochs" in keys and "scheduler.T_max" not in keys and _follows_epochs(cfg):
         parsed.append(("scheduler.T_max", dict(parsed)["epochs"]))
     for key, value in parsed:
@@ -91,6 +97,19 @@ def resume_config(
     _add_new_keys(cfg, current)
     _report_drift(cfg, current, {k for k, _ in parsed})
     return cfg, rundir.path, saved_overrides + new_overrides, payload
+
+
+def _check_epochs(epochs: Any, done: int, saved: int) -> None:
+    """``epochs`` (the run's total) must leave epochs to train, or be the run's own value."""
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs == saved:
+        return  # a non-integer is refused with the config's other values
+    if epochs <= done:
+        more = epochs if epochs > 0 else 1
+        raise ResumeError(
+            f"this run has done {done} epochs, so epochs={epochs} would train nothing (epochs "
+            f"is the run's total, not the epochs to add); pass epochs={done + more} to train "
+            f"{more} more"
+        )
 
 
 def _apply(cfg: DictConfig, key: str, value: Any) -> None:
@@ -152,11 +171,12 @@ def _parse(overrides: list[str]) -> list[tuple[str, Any]]:
 def _report_drift(saved: DictConfig, current: DictConfig, overridden: set[str]) -> None:
     """Warn about keys whose value in today's conf/ differs from the saved run's."""
     from snnrun.progress import console
+    from snnrun.run import resolve_paths
 
     flat_saved = flatten(OmegaConf.to_container(saved, resolve=True))
-    flat_now = flatten(OmegaConf.to_container(current, resolve=True))
+    flat_now = flatten(resolve_paths(current))  # paths absolute, NIR files pinned, as a run's
     for key in sorted(set(flat_saved) | set(flat_now)):
-        if key in overridden or key in ("resume", "dataset.root"):  # root is made absolute
+        if key in overridden or key in ("resume", "dataset.root", "dataset.cache_dir"):
             continue
         if flat_saved.get(key) != flat_now.get(key):
             console.print(

@@ -6,6 +6,7 @@ The run dir (:class:`~snnrun.rundir.RunDir`) is claimed for the whole run, fresh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import snnrun
 from snnrun.checkpoint import capture_rng, restore_rng, seed_everything
@@ -27,12 +28,16 @@ from snnrun.loggers import RunLogger, build_logger
 from snnrun.losses import RateLoss, build_loss
 from snnrun.model import SpikingNetwork, build_model
 from snnrun.monitors import Monitor, build_monitors
+from snnrun.nir_graph import pin_files
 from snnrun.optim import build_optimizer, build_scheduler, follow_horizon
 from snnrun.precision import Precision, build_precision
 from snnrun.progress import console
-from snnrun.rundir import RunDir, new_run_id
-from snnrun.stop import graceful_stop
+from snnrun.rundir import CONFIG, INFO, LOCK, METRICS, WANDB_ID, RunDir, new_run_id
+from snnrun.stop import Stopped, graceful_stop
+from snnrun.summary import summary_table
 from snnrun.trainer import Trainer, TrainState
+
+RUN_FILES = (CONFIG, INFO, LOCK, METRICS, WANDB_ID)  # what a run writes before its first epoch
 
 
 @dataclass
@@ -113,6 +118,21 @@ def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return model
 
 
+def record_backend_that_runs(conf: dict[str, Any], device: torch.device) -> None:
+    """``neuron.backend=triton`` where the kernels cannot run (a CPU, no Triton): the torch
+    backend runs, so the config (``config.yaml``, the model print) says torch, with one note."""
+    from snnrun.kernels import fallback_reason
+
+    reason = fallback_reason(device.type)
+    entries = [conf["neuron"], *(e for e in conf["model"].get("layers", []) if isinstance(e, dict))]
+    switched = [e for e in entries if e.get("backend") == "triton"]
+    if reason is None or not switched:
+        return
+    for entry in switched:
+        entry["backend"] = "torch"
+    console.print(f"[yellow]note:[/] {reason}; config.yaml records neuron.backend=torch")
+
+
 def build_run(conf: dict[str, Any], world: World | None = None) -> Run:
     """Build every piece; a bad value in any group is one :class:`SnnrunError`.
 
@@ -124,6 +144,7 @@ def build_run(conf: dict[str, Any], world: World | None = None) -> Run:
     device = resolve_device(conf["device"], world.local_rank)
     if conf["sync_bn"] and device.type != "cuda":
         raise SnnrunError("sync_bn=true needs CUDA (SyncBatchNorm has no CPU kernel); drop it")
+    record_backend_that_runs(conf, device)
     seed_everything(conf["seed"])
     splits = build_splits(conf["dataset"])
     model = build_model(conf["model"], neuron_groups(conf), splits.sample_shape, splits.num_classes)
@@ -174,20 +195,64 @@ def train(
     in one dir; a fresh run refuses a dir that already holds a run, unless ``resume=auto``
     finds a run of the same config there and continues it (a requeued job).
     """
-    conf: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    for section, key in (("dataset", "root"), ("model", "path")):  # absolute: found on resume
-        if conf[section].get(key):
-            conf[section][key] = os.path.abspath(os.path.expanduser(conf[section][key]))
+    conf = resolve_paths(cfg)
     world = init_distributed()
     rundir = RunDir(run_dir)
     if checkpoint is None and conf.get("resume") == "auto":
         checkpoint = auto_resume(rundir, conf)
+    fresh = checkpoint is None
     checkpoint = _claim(rundir, checkpoint, world)
     try:
         with graceful_stop(rundir.path):
             return _fit(conf, rundir, overrides, checkpoint, world)
+    except BaseException as e:
+        unstarted = not rundir.holds_run()
+        if unstarted and fresh and world.is_main and not _in_sweep():
+            _discard_unstarted(rundir)
+        if unstarted and isinstance(e, Stopped):
+            raise Stopped(e.signum, None, trained=False) from None
+        raise
     finally:
         rundir.release()
+
+
+def _in_sweep() -> bool:
+    """Whether this run is a sweep job (its dir stays to show why it failed)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _discard_unstarted(rundir: RunDir) -> None:
+    """A fresh run that ended before its first checkpoint leaves no run dir behind: it holds
+    nothing to resume, and the same command starts again. Only snnrun's own files go; a folder
+    holding anything else stays."""
+    import shutil
+
+    for name in (*RUN_FILES, ".hydra", "wandb"):
+        path = rundir.path / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        rundir.path.rmdir()
+
+
+def resolve_paths(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config with its paths absolute before anything copies them (a layer entry
+    interpolating ``${model.path}`` included), so that a resume, ``eval`` or ``load_run`` from
+    another folder reads the same files; NIR files are pinned by their SHA-256."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for key in ("dataset.root", "dataset.cache_dir", "model.path"):
+            value = OmegaConf.select(cfg, key)
+            if value:
+                OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(value)))
+    conf: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    pin_files(conf["model"])
+    return conf
 
 
 def _claim(rundir: RunDir, checkpoint: dict[str, Any] | None, world: World) -> Any:
@@ -283,6 +348,7 @@ def _fit(
     """Build, restore, train and report (``train`` holds the run dir); only rank 0 writes."""
     main = world.is_main
     console.quiet = not main
+    console.print(f"run dir: {rundir.path}", highlight=False)
     run = build_run(conf, world)
     data = {"name": conf["dataset"]["name"], **data_identity(run.splits)}
     state, logger_state = TrainState(), None
@@ -295,9 +361,11 @@ def _fit(
     else:
         run_id = checkpoint["run_id"]
         _check_same_data(checkpoint["data"], data, conf)
-        state, logger_state = _restore(checkpoint, run)
+        state, logger_state, change = _restore(checkpoint, run)
         if main:
             rundir.rewrite_metrics(state.history)
+            if change:
+                rundir.record_resume({"epochs": conf["epochs"], **change})
         console.print(f"resuming {rundir.path} at epoch {state.epoch} "
                       f"(best test_acc {state.best_acc:.4f})")  # fmt: skip
     if main:
@@ -311,7 +379,7 @@ def _fit(
             run.logger.log_checkpoint(rundir, record["epoch"], is_best)
             _render_during_training(conf["viz"], rundir, st, run.logger)
 
-    net = torch.compile(run.model) if conf["compile"] else run.model  # checkpoints keep .model
+    net = _compiled(run.model) if conf["compile"] else run.model  # checkpoints keep .model
     trainer = Trainer(run, _data_parallel(net, run, conf), net)
     run.logger.start(rundir, run_id, conf, logger_state, state.history)
     try:
@@ -320,6 +388,16 @@ def _fit(
         run.logger.finish()
     _report(state, rundir.path)
     return state.best_acc
+
+
+def _compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``compile=true``: ``torch.compile`` the network. Every stateless layer runs through the
+    one ``TimeFolded.forward`` and each neuron layer breaks the graph, so dynamo compiles that
+    code once per layer and mode: the default limit of 8 would drop most layers to eager."""
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit, max(getattr(config, limit), 256))
+    return torch.compile(model)
 
 
 def _data_parallel(net: torch.nn.Module, run: Run, conf: dict[str, Any]) -> torch.nn.Module:
@@ -368,14 +446,18 @@ def checkpoint_payload(
     }
 
 
-def _restore(payload: dict[str, Any], run: Run) -> tuple[TrainState, dict[str, Any]]:
-    """Load every state a checkpoint holds; the RNGs last, after all building is done."""
+def _restore(
+    payload: dict[str, Any], run: Run
+) -> tuple[TrainState, dict[str, Any], dict[str, Any] | None]:
+    """Load every state a checkpoint holds, the RNGs last, after all building is done; also
+    the schedule's horizon change when ``epochs`` moved it (for ``run.json``)."""
+    change = None
     try:
         run.model.load_state_dict(payload["model"])
         run.optimizer.load_state_dict(payload["optimizer"])
         if run.scheduler is not None and payload.get("scheduler") is not None:
             run.scheduler.load_state_dict(payload["scheduler"])
-            follow_horizon(run.scheduler, run.conf["scheduler"])
+            change = follow_horizon(run.scheduler, run.conf["scheduler"])
         if run.precision.scaler is not None and payload.get("scaler") is not None:
             run.precision.scaler.load_state_dict(payload["scaler"])
         state = TrainState(**payload["state"])
@@ -383,7 +465,7 @@ def _restore(payload: dict[str, Any], run: Run) -> tuple[TrainState, dict[str, A
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise SnnrunError(f"checkpoint does not fit the configured run: {' '.join(str(e).split())}"
                           ) from None  # fmt: skip
-    return state, payload.get("logger") or {}
+    return state, payload.get("logger") or {}, change
 
 
 def _restore_rng(states: list[dict[str, Any]] | dict[str, Any], run: Run) -> None:
@@ -404,7 +486,7 @@ def _restore_rng(states: list[dict[str, Any]] | dict[str, Any], run: Run) -> Non
 def _describe(run: Run) -> None:
     conf, splits = run.conf, run.splits
     params = sum(p.numel() for p in run.model.parameters())
-    console.print(run.model, highlight=False)
+    console.print(summary_table(run.model, conf["T"]), highlight=False)
     console.print(
         f"model={conf['model']['name']} ({params:,} parameters)  dataset={conf['dataset']['name']} "
         f"({len(splits.train)} train / {len(splits.test)} test, input {list(splits.sample_shape)})"

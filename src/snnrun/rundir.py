@@ -4,8 +4,9 @@
 
 - ``config.yaml``: the resolved config the run trains with (rewritten on every resume);
 - ``run.json``: the run's identity (``run_id``) and what a network needs to be rebuilt without
-  its dataset (per-sample input shape, class count, dataset name and split sizes);
-- ``metrics.jsonl``: one JSON object per epoch;
+  its dataset (per-sample input shape, class count, dataset name and split sizes); rebuilt from
+  the checkpoints (which carry both) when it is lost; ``resumes`` lists what resumes changed;
+- ``metrics.jsonl``: one JSON object per epoch (a last line cut short by a crash is skipped);
 - ``checkpoint_latest.pt`` / ``checkpoint_best.pt``: written atomically, carrying the same
   ``run_id`` as ``run.json`` (a checkpoint copied in from another run is refused);
 - ``run.lock``: held (``flock``) by the process training in the dir; the kernel releases it
@@ -23,6 +24,7 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import string
 import time
 from pathlib import Path
@@ -30,7 +32,13 @@ from typing import Any
 
 import yaml
 
-from snnrun.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from snnrun.checkpoint import (
+    CheckpointError,
+    CorruptCheckpoint,
+    atomic_write_bytes,
+    load_checkpoint,
+    save_checkpoint,
+)
 from snnrun.errors import SnnrunError
 
 LATEST = "checkpoint_latest.pt"
@@ -138,23 +146,82 @@ class RunDir:
         atomic_write_bytes(self.path / INFO, lambda f: f.write(text))
 
     def read_info(self) -> dict[str, Any]:
+        """``run.json``; a lost one is rebuilt from the checkpoints (see :meth:`_recover_info`)."""
         path = self.path / INFO
         if not path.is_file():
-            raise RunDirError(
-                f"{self.path} has no {INFO} (not an snnrun run dir, or made by an older "
-                "snnrun); pass the folder of a run that finished at least one epoch"
-            )
+            return self._recover_info()
         try:
             return json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise RunDirError(f"corrupt {path}: {e}") from None
 
+    def record_resume(self, change: dict[str, Any]) -> None:
+        """Append what a resume changed (``change``, with the time) to ``run.json``'s
+        ``resumes`` list."""
+        info, when = self.read_info(), time.strftime("%Y-%m-%d %H:%M:%S")
+        info.setdefault("resumes", []).append({"time": when, **change})
+        self.write_info(info)
+
+    def _recover_info(self) -> dict[str, Any]:
+        """``run.json`` rebuilt from the first intact checkpoint (latest, then best), when every
+        run id the dir holds (checkpoints, W&B id) agrees; written back, with a note."""
+        ids, source = {}, None
+        for name in (LATEST, BEST):
+            try:
+                payload = load_checkpoint(self.path / name)
+            except CheckpointError:  # missing or damaged: the other one may do
+                continue
+            ids[name], source = payload["run_id"], source or (name, payload)
+        if source is None:
+            raise RunDirError(
+                f"{self.path} has no {INFO} and no intact checkpoint to rebuild it from (not an "
+                "snnrun run dir?); pass the folder of a run that finished at least one epoch"
+            )
+        if self.read_wandb_id():
+            ids[WANDB_ID] = self.read_wandb_id()
+        if len(set(ids.values())) > 1:
+            names = ", ".join(f"{k}: {v}" for k, v in ids.items())
+            raise RunDirError(
+                f"{self.path} has no {INFO}, and its files name different runs ({names}); "
+                "put back its run.json, or remove the file copied in from another run"
+            )
+        name, payload = source
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        info = {"run_id": payload["run_id"], "data": payload["data"],
+                "recovered": f"rebuilt from {name} on {when} ({INFO} was missing)"}  # fmt: skip
+        try:
+            self.write_info(info)
+            done = f"rebuilt it from {name}"
+        except OSError as e:
+            done = f"read the run from {name} (could not write {INFO} back: {e.strerror})"
+        _note(f"{self.path} had no {INFO}; {done} (run {payload['run_id']})")
+        return info
+
     # --- metrics ------------------------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The per-epoch records. A last line cut short (a crash mid-write) is skipped with a
+        note; a bad line before it is one error naming the file and line."""
         path = self.path / METRICS
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        records = []
+        for n, line in lines:
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                if n == lines[-1][0]:
+                    _note(f"{path} line {n} is cut short (a crash while writing it?); skipped")
+                    break
+                why = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+                raise RunDirError(
+                    f"corrupt {path}, line {n}: {why}; mend or delete that line"
+                ) from None
+            records.append(record)
+        return records
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one line; a failed write is cut back off, leaving the file as it was."""
@@ -192,7 +259,11 @@ class RunDir:
                 f"{self.path} has no {path.name}; pass the folder of a run that finished at "
                 "least one epoch"
             )
-        payload = load_checkpoint(path)
+        try:
+            payload = load_checkpoint(path)
+        except CorruptCheckpoint as e:
+            raise RunDirError(f"corrupt checkpoint {path}: {e.what}; {self._way_on(which)}"
+                              ) from None  # fmt: skip
         own, theirs = self.read_info().get("run_id"), payload.get("run_id")
         if own != theirs:
             raise RunDirError(
@@ -200,6 +271,24 @@ class RunDir:
                 "another run dir?); put it back, or resume that run from its own dir"
             )
         return payload
+
+    def _way_on(self, damaged: str) -> str:
+        """What a user can do when checkpoint ``damaged`` is not whole: use the other one."""
+        other = "best" if damaged == "latest" else "latest"
+        try:
+            payload = load_checkpoint(self.checkpoint(other))
+        except CheckpointError:
+            return (f"there is no intact {self.checkpoint(other).name} to fall back on: restore "
+                    f"{self.checkpoint(damaged).name} from a copy, or start a new run")  # fmt: skip
+        good = f"{self.checkpoint(other).name} (epoch {payload['state']['epoch']}) is intact"
+        if other == "latest":
+            return f"{good}: use it with which=latest (eval, viz, export)"
+        best, latest = (shlex.quote(str(self.checkpoint(w))) for w in ("best", "latest"))
+        return (
+            f"{good}: use it with which=best (eval, viz, export), or continue training from it: "
+            f"cp {best} {latest}, then snnrun resume={shlex.quote(str(self.path))} (the records "
+            "of the epochs after it are dropped)"
+        )
 
     # --- sweep job status ---------------------------------------------------------------------
     def mark_failed(self, message: str) -> None:
@@ -221,6 +310,14 @@ class RunDir:
 
     def write_wandb_id(self, run_id: str) -> None:
         (self.path / WANDB_ID).write_text(run_id + "\n")
+
+
+def _note(text: str) -> None:
+    from rich.markup import escape
+
+    from snnrun.progress import console
+
+    console.print(f"[yellow]note:[/] {escape(text)}", highlight=False)
 
 
 def default_run_dir() -> Path:

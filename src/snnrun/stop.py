@@ -21,11 +21,24 @@ _requested: list[int] = []
 class Stopped(BaseException):
     """The run was asked to stop; ``exit_code`` is ``128 + signal``."""
 
-    def __init__(self, signum: int, run_dir: Path | None) -> None:
-        self.signum, self.run_dir = signum, run_dir
+    def __init__(self, signum: int, run_dir: Path | None, trained: bool = True) -> None:
+        """``run_dir``: where a resume continues; ``trained=False``: the run ended before its
+        first checkpoint, so there is nothing to resume and the same command starts again."""
+        self.signum, self.run_dir, self.trained = signum, run_dir, trained
         name = signal.Signals(signum).name
-        where = f"; continue with: snnrun resume={run_dir}" if run_dir else ""
-        super().__init__(f"stopped by {name}: the unfinished epoch was dropped{where}")
+        if not trained:
+            where = (
+                " before the first epoch ended: nothing was trained; the same command starts again"
+            )
+        elif run_dir:
+            where = f": the unfinished epoch was dropped; continue with: snnrun resume={run_dir}"
+        else:
+            where = ""
+        super().__init__(f"stopped by {name}{where}")
+
+    def __reduce__(self) -> tuple[type[Stopped], tuple[int, Path | None, bool]]:
+        """Rebuilt from its arguments: a sweep job's stop travels back from a joblib worker."""
+        return Stopped, (self.signum, self.run_dir, self.trained)
 
     @property
     def exit_code(self) -> int:
@@ -57,6 +70,31 @@ def graceful_stop(run_dir: Path) -> Iterator[None]:
         for s, handler in previous.items():
             signal.signal(s, handler)
         _run_dir[0] = None
+
+
+def requested() -> int | None:
+    """The signal that asked this process to stop (still set after :func:`graceful_stop`)."""
+    return _requested[0] if _requested else None
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Outside :func:`graceful_stop` (start-up, a sweep's launcher), SIGTERM raises
+    :class:`Stopped` as Ctrl-C raises ``KeyboardInterrupt``: the command ends with one line and
+    143, and a joblib sweep's launcher takes its workers down with it."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _stop_now)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_now(signum: int, frame: Any) -> None:
+    raise Stopped(signum, None)
 
 
 def check_stop(collective: bool = False) -> None:

@@ -51,7 +51,8 @@ class Trainer:
     def __init__(self, run: Run, net: nn.Module, eval_net: nn.Module | None = None) -> None:
         """``net`` trains (DDP-wrapped under torchrun); ``eval_net`` (default ``net``) tests,
         unwrapped so that ranks with unequal test shares never wait on each other."""
-        self.run, self.net, self.eval_net = run, net, eval_net or net
+        self.run, self.net = run, net
+        self.eval_net = eval_net if eval_net is not None else net  # a compiled net has no bool()
         self.T, self.log_every = run.conf["T"], run.conf["log_every"]
         self.collective = active()
 
@@ -64,8 +65,8 @@ class Trainer:
             lr = run.optimizer.param_groups[0]["lr"]
             for loader in (run.train_loader, run.test_loader):
                 loader.batch_sampler.set_epoch(epoch)
-            train = self.train_epoch(run.train_loader, state, f"epoch {epoch} train")
-            test = self.evaluate(run.test_loader, f"epoch {epoch} test")
+            train = self.train_epoch(run.train_loader, state, f"epoch {epoch + 1} train")
+            test = self.evaluate(run.test_loader, f"epoch {epoch + 1} test")
             self._check_finite(epoch, train)
             is_best = test["acc"] > state.best_acc or not state.history
             state.best_acc = max(state.best_acc, test["acc"])
@@ -100,7 +101,7 @@ class Trainer:
         """The one loss step: (output spikes ``[T, N, classes]``, loss) for a batch."""
         x = x.to(self.run.device, non_blocking=True)
         with self.run.precision.autocast():
-            out = (net or self.net)(self.run.encoder(x, self.T))
+            out = (self.net if net is None else net)(self.run.encoder(x, self.T))
             return out, self.run.loss(out, y)
 
     def train_epoch(self, loader: DataLoader, state: TrainState, label: str) -> dict[str, Any]:
@@ -158,7 +159,7 @@ class Trainer:
             name = next(n for n, t in floats if not bool(t.isfinite().all()))
             bad = f"parameter {name} holds NaN/inf"
         raise DivergedError(
-            f"training diverged in epoch {epoch}: {bad}; the last good checkpoint is kept "
+            f"training diverged in epoch {epoch + 1}: {bad}; the last good checkpoint is kept "
             "(lower optimizer.lr, check surrogate/neuron values, or try precision=fp32)"
         )
 

@@ -17,57 +17,64 @@ from typing import Any
 
 def history_rows(path: Path) -> list[dict[str, Any]]:
     """The history rows (``run.log`` calls) recorded in one ``.wandb`` file."""
-    from wandb.proto import wandb_internal_pb2
-
-    rows = []
-    for raw in _records(path.read_bytes()):
-        record = wandb_internal_pb2.Record()
-        try:
-            record.ParseFromString(raw)
-        except Exception:  # a torn last record
-            break
-        if record.WhichOneof("record_type") == "history":
-            rows.append(
-                {
-                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                    for item in record.history.item
-                }
-            )
-    return rows
+    return [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in h.item}
+        for h in _parsed(path, "history")
+    ]
 
 
 def artifact_records(path: Path) -> list[dict[str, Any]]:
     """The artifacts logged in one ``.wandb`` file: name, type, aliases, file paths."""
-    from wandb.proto import wandb_internal_pb2
-
-    found = []
-    for raw in _records(path.read_bytes()):
-        record = wandb_internal_pb2.Record()
-        try:
-            record.ParseFromString(raw)
-        except Exception:
-            break
-        if record.WhichOneof("record_type") == "artifact":
-            art = record.artifact
-            found.append(
-                {
-                    "name": art.name,
-                    "type": art.type,
-                    "aliases": list(art.aliases),
-                    "files": [e.path for e in art.manifest.contents],
-                }
-            )
-    return found
+    return [
+        {
+            "name": art.name,
+            "type": art.type,
+            "aliases": list(art.aliases),
+            "files": [e.path for e in art.manifest.contents],
+        }
+        for art in _parsed(path, "artifact")
+    ]
 
 
 def logged_epochs(wandb_dir: Path) -> set[int]:
     """Epochs whose record reached any ``.wandb`` file under ``wandb_dir``."""
     epochs: set[int] = set()
-    for path in wandb_dir.glob("*run-*/run-*.wandb"):
+    for path in _run_files(wandb_dir):
         for row in history_rows(path):
             if "epoch/epoch" in row:
                 epochs.add(int(row["epoch/epoch"]))
     return epochs
+
+
+def artifact_epochs(wandb_dir: Path, name: str) -> set[int]:
+    """Epochs (alias ``epoch-<n>``) of the versions of artifact ``name`` that reached any
+    ``.wandb`` file under ``wandb_dir``."""
+    return {
+        int(alias.split("-", 1)[1])
+        for path in _run_files(wandb_dir)
+        for record in artifact_records(path)
+        if record["name"] == name
+        for alias in record["aliases"]
+        if alias.startswith("epoch-") and alias[6:].isdigit()
+    }
+
+
+def _run_files(wandb_dir: Path) -> list[Path]:
+    return sorted(wandb_dir.glob("*run-*/run-*.wandb"))
+
+
+def _parsed(path: Path, kind: str) -> Iterator[Any]:
+    """The ``kind`` payloads (``history``, ``artifact``) of the whole records in ``path``."""
+    from wandb.proto import wandb_internal_pb2
+
+    for raw in _records(path.read_bytes()):
+        record = wandb_internal_pb2.Record()
+        try:
+            record.ParseFromString(raw)
+        except Exception:  # a torn last record
+            return
+        if record.WhichOneof("record_type") == kind:
+            yield getattr(record, kind)
 
 
 def _records(data: bytes, block: int = 32768) -> Iterator[bytes]:

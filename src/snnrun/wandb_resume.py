@@ -1,9 +1,10 @@
 """``snnrun resume=wandb:<entity>/<project>/<run id>``: continue a run from its W&B artifact.
 
-The run's latest checkpoint artifact (``model-<run id>:latest``, logged each epoch by
-``logger=wandb``) is downloaded into a new run dir, which is laid out as the original
-(``run.json``, ``config.yaml``, ``metrics.jsonl``, the W&B id); the resume then continues the
-same W&B run. Needs W&B online (an API key); the files come from W&B's servers.
+The run's latest checkpoint artifact (``model-<run id>:latest``, logged by ``logger=wandb``
+when each training segment ends, or each epoch with ``logger.checkpoints=all``) is downloaded
+into a new run dir, which is laid out as the original (``run.json``, ``config.yaml``,
+``metrics.jsonl``, the W&B id); the resume then continues the same W&B run. Needs W&B online
+(an API key); the files come from W&B's servers.
 """
 
 from __future__ import annotations

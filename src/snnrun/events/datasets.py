@@ -3,8 +3,11 @@
 A builder finds the recordings under ``dataset.root`` (:mod:`snnrun.events.layouts`),
 downloading through tonic when they are absent, integrates each into a sequence (frames
 ``[T, 2, H, W]`` split by event ``number`` or ``time``; SHD spike bins ``[T, 700]``), caches
-the result (:mod:`snnrun.events.cache`) and returns ``Splits(sequence=True)``. ``dataset.T``
-is the top-level ``T`` (``${T}`` in the YAML) and ``dataset.workers`` the ``num_workers``.
+the result (:mod:`snnrun.events.cache`, in ``dataset.cache_dir``, by default
+``<root>/.snnrun-frames``) and returns ``Splits(sequence=True)``. A label outside the
+dataset's classes (e.g. a ``Train/10/`` folder) is refused before anything is built.
+``dataset.T`` is the top-level ``T`` (``${T}`` in the YAML) and ``dataset.workers`` the
+``num_workers``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from snnrun.data import DATASETS, ArrayFileDataset, DatasetError, Splits
 from snnrun.events import frames, layouts
 from snnrun.events.augment import build_augment
-from snnrun.events.cache import cached
+from snnrun.events.cache import FOLDER, cached
 from snnrun.events.readers import Recording
 
 
@@ -54,19 +57,32 @@ class EventDataset:
 
 
 def build_event_splits(spec: EventDataset, cfg: dict[str, Any]) -> Splits:
-    """Find (or download), integrate, cache; the training split gets the augmentation."""
+    """Find (or download), check labels, integrate, cache; the training split gets the
+    augmentation."""
     T, integrate = _integration(spec, cfg)
     root = Path(cfg["root"]).expanduser().resolve()
     layout = spec.find(root, cfg) or _download(spec, root, cfg)
+    _check_labels(spec, [*layout.train, *layout.test])
+    cache = Path(cfg.get("cache_dir") or root / FOLDER).expanduser().resolve()
     workers = int(cfg.get("workers") or 0)
     sets = []
     for split, recordings in (("train", layout.train), ("test", layout.test)):
         recordings = recordings[: cfg.get(f"{split}_limit") or None]
-        entry = cached(root, f"{spec.name}-{split}", asdict(integrate), recordings, integrate,
-                       (T, *spec.size), workers)  # fmt: skip
+        entry = cached(cache, root, f"{spec.name}-{split}", asdict(integrate), recordings,
+                       integrate, (T, *spec.size), workers)  # fmt: skip
         sets.append(ArrayFileDataset(entry.path, entry.labels))
     sets[0].transform = build_augment(cfg.get("augment") or {}, spec.size)
     return Splits(sets[0], sets[1], spec.size, spec.classes, sequence=True)
+
+
+def _check_labels(spec: EventDataset, recordings: list[Recording]) -> None:
+    """Every label in ``0..classes-1``, or one line naming the first recording outside."""
+    bad = next((r for r in recordings if not 0 <= r.label < spec.classes), None)
+    if bad is not None:
+        raise DatasetError(
+            f"{bad.path} has label {bad.label}, outside 0..{spec.classes - 1} ({spec.name} has "
+            f"{spec.classes} classes); move it out of dataset.root or give it a label in range"
+        )
 
 
 def _integration(spec: EventDataset, cfg: dict[str, Any]) -> tuple[int, Integrate]:

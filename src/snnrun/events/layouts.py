@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from snnrun.data import DatasetError
 from snnrun.events.readers import Recording
 
 GESTURE_TEST_USERS = range(24, 30)  # the official DVS128 Gesture split: users 1-23 train
@@ -167,8 +168,13 @@ def _cifar_class(folder: Path, label: int) -> list[Recording]:
 def _h5_rows(path: Path) -> list[Recording]:
     import h5py
 
-    with h5py.File(path, "r") as f:
-        labels = f["labels"][()]
+    try:
+        with h5py.File(path, "r") as f:
+            labels = f["labels"][()]
+    except (OSError, KeyError) as e:  # an empty or truncated file, no labels
+        empty = " (0 bytes)" if path.stat().st_size == 0 else ""
+        raise DatasetError(f"cannot read {path}{empty}: {' '.join(str(e).split())[:100]}; "
+                           "extract the dataset again") from None  # fmt: skip
     return [Recording("shd_row", str(path), int(y), i) for i, y in enumerate(labels)]
 
 
