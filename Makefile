@@ -29,6 +29,7 @@ test-all: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # the storeys: nothing imports upward (docs/architecture.md)
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -6,7 +6,7 @@ Layout: ``x`` is ``[T, N]`` row-major (the layer's ``[T, ...]`` flattened; non-c
 are made contiguous once by the caller). One program owns ``BLOCK`` neurons for all ``T`` steps
 and keeps their membrane in float32 registers; ``N`` is masked at the tail.
 
-Equations (see :mod:`snnrun.dynamics`), with ``k`` the decay (``1/tau``, PLIF ``sigmoid(w)``,
+Equations (see :mod:`snnrun.net.dynamics`), with ``k`` the decay (``1/tau``, PLIF ``sigmoid(w)``,
 leaky ``beta``) and ``V_r = V_reset`` for hard reset, 0 otherwise::
 
     if    H[t] = V[t-1] + X[t]

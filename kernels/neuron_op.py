@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from snnrun.dynamics import BackendResult, Decay, Dynamics
+from snnrun.net.dynamics import BackendResult, Decay, Dynamics
 
 KIND_CODES = {"if": 0, "lif": 1, "leaky": 2}
 CHUNK = 8  # = neuron_kernels.CHUNK (kept here so that tracing needs no Triton import)

@@ -1,11 +1,11 @@
 """The registered surrogate formulas compiled for Triton: ``surrogate_grad(x, alpha, SG)``.
 
-Each surrogate in :data:`snnrun.surrogate.SURROGATES` is ONE Python function written in the ``tl``
-dialect (see :mod:`snnrun.surrogate`). This module does not re-type them: it rebuilds each function
-from the same code object with the global ``tl`` bound to ``triton.language`` instead of the torch
-shim, and wraps the copy with ``triton.jit``. ``JITFunction`` reads the source through
-``inspect`` (the file and line of the original), and keeps the text from the first line that
-starts with ``def`` on, which drops the ``@surrogate(...)`` registration line above it.
+Each surrogate in :data:`snnrun.net.surrogate.SURROGATES` is ONE Python function written in the
+``tl`` dialect (see :mod:`snnrun.net.surrogate`). This module does not re-type them: it rebuilds
+each function from the same code object with the global ``tl`` bound to ``triton.language`` instead
+of the torch shim, and wraps the copy with ``triton.jit``. ``JITFunction`` reads the source through
+``inspect`` (the file and line of the original), and keeps the text from the first line that starts
+with ``def`` on, which drops the ``@surrogate(...)`` registration line above it.
 
 The kernels pick the formula at compile time: ``SG`` is the surrogate's stable ``code`` (a
 constexpr), and :func:`surrogate_grad` is a constexpr if-chain over the codes, so a kernel
@@ -24,7 +24,7 @@ import types
 import triton
 import triton.language as tl
 
-from snnrun.surrogate import SURROGATES
+from snnrun.net.surrogate import SURROGATES
 
 
 def jit_copy(name: str) -> triton.runtime.JITFunction:

@@ -1,6 +1,6 @@
 """Frames/s building T frames from one 10^6-event DVS128 recording on the CPU.
 
-Ours (``snnrun.events.frames.to_frames``) beside SpikingJelly's
+Ours (``snnrun.data.events.frames.to_frames``) beside SpikingJelly's
 ``integrate_events_by_fixed_frames_number`` and tonic's ``ToFrame(n_event_bins / n_time_bins)``
 on the same events, for both split methods; also how many events each one kept.
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from snnrun.events.frames import to_frames
-from snnrun.events.readers import events
+from snnrun.data.events.frames import to_frames
+from snnrun.data.events.readers import events
 
 N_EVENTS = 1_000_000
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dvsgesture-samples"

@@ -15,7 +15,7 @@ Rows (each in its own process, one after the other, so the peak RSS is the row's
 
 - ``snnrun``: the product: the real config composed (``experiment=fmnist_csnn`` /
   ``mnist_snntorch_csnn``, ``neuron.backend=torch``), built by :func:`snnrun.run.build_run`
-  and stepped by :meth:`snnrun.trainer.Trainer.train_step`; ``snnrun compile`` is
+  and stepped by :meth:`snnrun.engine.trainer.Trainer.train_step`; ``snnrun compile`` is
   ``compile=true`` (the runner's ``torch.compile(run.model)``); ``snnrun triton`` needs CUDA.
 - ``spikingjelly``: seed 000's code: multi-step ``layer.*`` and ``neuron.IFNode(ATan)``, the
   image repeated T times, ``F.mse_loss`` on the mean spikes, ``functional.reset_net``; its
@@ -103,7 +103,7 @@ def snnrun_conf(net: str, args: argparse.Namespace, *extra: str) -> dict:
     """The composed, resolved config of the net's experiment, as the runner resolves it."""
     from omegaconf import OmegaConf
 
-    from snnrun.compose import compose_config
+    from snnrun.core.compose import compose_config
 
     spec = NETS[net]
     overrides = [
@@ -123,7 +123,7 @@ def snnrun_conf(net: str, args: argparse.Namespace, *extra: str) -> dict:
 
 def batches(net: str, args: argparse.Namespace) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The same in-memory batches for every row: the first images of the real training set."""
-    from snnrun.data import build_splits
+    from snnrun.data.sets import build_splits
 
     conf = snnrun_conf(net, args)
     train = build_splits(conf["dataset"]).train
@@ -139,8 +139,8 @@ def snnrun_row(net: str, args: argparse.Namespace, variant: str) -> tuple[Step, 
     ``compile`` (the runner's ``compile=true``), ``autograd`` (``neuron.backend=autograd``, the
     reference loop the default ``torch`` backend replaced), ``nchw`` (without the runner's
     channels_last), ``step`` (encoder + net + loss compiled as one graph, a candidate)."""
-    from snnrun.run import build_run
-    from snnrun.trainer import Trainer
+    from snnrun.engine.trainer import Trainer
+    from snnrun.run.build import build_run
 
     compiled = variant == "compile"
     backend = "autograd" if variant == "autograd" else "torch"
@@ -343,7 +343,7 @@ def eval_fold(model: nn.Module, data: list, T: int, args: argparse.Namespace) ->
     folded into the convolution before it (a copy; spikes are compared)."""
     import copy
 
-    from snnrun.neuron import reset_states
+    from snnrun.net.neuron import reset_states
 
     model.eval()
     reset_states(model)  # no state from the last training step (non-leaf tensors)

@@ -151,7 +151,7 @@ def run_row(row: Row, runs: Path) -> None:
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, dataset, encoder, loss, T: int, batch: int = 500) -> float:
     """Fraction of ``dataset`` classified right by ``model`` (eval mode)."""
-    from snnrun.data import make_loader
+    from snnrun.data.sets import make_loader
 
     correct = total = 0
     for x, y in make_loader(dataset, batch, False, 0):
@@ -165,8 +165,8 @@ def evaluate_snntorch(path: Path) -> dict:
     """The latest checkpoint on the training split (the tutorial's figure) and the full test
     set; appended to ``<run dir>.eval.jsonl``."""
     import snnrun
-    from snnrun.encoders import build_encoder
-    from snnrun.losses import build_loss
+    from snnrun.data.encoders import build_encoder
+    from snnrun.engine.losses import build_loss
 
     run = snnrun.load_run(path, which="latest")
     conf = run.config

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, open_dict
 
-from snnrun.compose import compose_config
-from snnrun.rundir import RunDir
+from snnrun.core.compose import compose_config
+from snnrun.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -77,7 +77,7 @@ def run_snnrun(
 
 def cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     """Run ``snnrun args`` in-process; (exit code, stderr). Expects an error exit."""
-    from snnrun.cli import main
+    from snnrun.cli.command import main
 
     monkeypatch.setattr(sys, "argv", ["snnrun", *args])
     with pytest.raises(SystemExit) as exc:

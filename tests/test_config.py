@@ -8,7 +8,7 @@ import random
 import pytest
 from omegaconf import OmegaConf
 
-from snnrun.resume import GROUPS
+from snnrun.run.resume import GROUPS
 
 from conftest import REPO, compose
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from snnrun.data import DATASETS, DatasetError, build_splits, make_loader
+from snnrun.data.sets import DATASETS, DatasetError, build_splits, make_loader
 
 from conftest import SHARED_DATA, needs_shared
 
@@ -47,7 +47,7 @@ def test_loader_order_is_seeded_and_restorable() -> None:
 
 def test_ranks_share_each_global_batch() -> None:
     """Two ranks take the even and odd positions of each global batch of one process."""
-    from snnrun.distributed import ShardedBatches, World
+    from snnrun.core.distributed import ShardedBatches, World
 
     one = list(ShardedBatches(70, 16, True, 3, World()))
     ranks = [list(ShardedBatches(70, 16, True, 3, World(r, r, 2))) for r in (0, 1)]

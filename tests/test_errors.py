@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from snnrun.checkpoint import load_checkpoint, save_checkpoint
-from snnrun.cli import main
-from snnrun.rundir import LATEST
+from snnrun.cli.command import main
+from snnrun.run.checkpoint import load_checkpoint, save_checkpoint
+from snnrun.run.rundir import LATEST
 
 from conftest import TINY, assert_one_line_error, cli, needs_shared
 

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from snnrun import cli, evaluate
 from snnrun.api import load_run
-from snnrun.checkpoint import load_checkpoint
-from snnrun.data import CLASS_NAMES
-from snnrun.errors import SnnrunError
-from snnrun.rundir import CHECKPOINTS, RunDir
+from snnrun.cli import command as cli
+from snnrun.cli import evaluate
+from snnrun.core.errors import SnnrunError
+from snnrun.data.sets import CLASS_NAMES
+from snnrun.run.checkpoint import load_checkpoint
+from snnrun.run.rundir import CHECKPOINTS, RunDir
 
 from conftest import TINY, make_read_only, read_metrics, run_snnrun
 from conftest import cli as run_cli

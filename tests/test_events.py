@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from snnrun.cli import main
-from snnrun.data import DatasetError, build_splits, make_loader
-from snnrun.encoders import build_encoder
-from snnrun.errors import SnnrunError
-from snnrun.events import frames
-from snnrun.events.augment import build_augment
-from snnrun.events.cache import FOLDER
-from snnrun.events.readers import EVENT, Recording, events, read_aedat3
-from snnrun.stop import Stopped, graceful_stop
+from snnrun.cli.command import main
+from snnrun.core.errors import SnnrunError
+from snnrun.core.stop import Stopped, graceful_stop
+from snnrun.data.encoders import build_encoder
+from snnrun.data.events import frames
+from snnrun.data.events.augment import build_augment
+from snnrun.data.events.cache import FOLDER
+from snnrun.data.events.readers import EVENT, Recording, events, read_aedat3
+from snnrun.data.sets import DatasetError, build_splits, make_loader
 
 from conftest import TINY, needs_shared, run_snnrun, start
 
@@ -473,8 +473,8 @@ def test_stop_request_ends_a_serial_cache_build_and_check_between_samples(
     tmp_path: Path, monkeypatch
 ) -> None:
     nmnist_tree(tmp_path, per_class=3, test_per_class=1)
-    from snnrun import stop
-    from snnrun.events.datasets import Integrate
+    from snnrun.core import stop
+    from snnrun.data.events.datasets import Integrate
 
     monkeypatch.setattr(stop, "_requested", [])  # the request must not outlive this test
     made = []

@@ -14,9 +14,9 @@ import pytest
 import torch
 from test_train import without_timing
 
-from snnrun.checkpoint import load_checkpoint
-from snnrun.rundir import LATEST, RunDir
-from snnrun.wandb_files import logged_epochs
+from snnrun.run.checkpoint import load_checkpoint
+from snnrun.run.rundir import LATEST, RunDir
+from snnrun.run.wandb_files import logged_epochs
 
 from conftest import REPO, TINY, read_metrics, run_snnrun, start, wait_for_epochs
 

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 import snnrun.kernels as kernels
-from snnrun.dynamics import BACKENDS, Dynamics, charge, torch_loop
-from snnrun.surrogate import SURROGATES, Surrogate
+from snnrun.net.dynamics import BACKENDS, Dynamics, charge, torch_loop
+from snnrun.net.surrogate import SURROGATES, Surrogate
 
 REPO = Path(__file__).resolve().parents[1]
 ON_GPU = torch.cuda.is_available() and not kernels.INTERPRET
@@ -332,7 +332,7 @@ def test_shapes_and_empty_neuron_axis() -> None:
 @pytest.mark.parametrize("step_mode", ["m", "s"])
 def test_layers_match_torch_backend(kind: str, options: dict, step_mode: str) -> None:
     """The neuron layers give the torch backend's spikes and learned-decay gradient."""
-    from snnrun.neuron import NEURONS, reset_states
+    from snnrun.net.neuron import NEURONS, reset_states
 
     x = (0.6 + 0.8 * torch.randn(6, 4, 9, generator=torch.Generator().manual_seed(7))).to(DEVICE)
     results = []
@@ -419,7 +419,7 @@ def test_torch_compile_fullgraph() -> None:
 @needs_kernels
 def test_torch_compile_model_with_neuron_layers() -> None:
     """A model whose neuron layers (with state) use the triton backend compiles in one graph."""
-    from snnrun.neuron import NEURONS, reset_states
+    from snnrun.net.neuron import NEURONS, reset_states
 
     torch.manual_seed(3)
     net = torch.nn.Sequential(
@@ -505,7 +505,7 @@ FALLBACK_SCRIPT = textwrap.dedent(
     import warnings
     import torch
     import snnrun.kernels as kernels
-    from snnrun.dynamics import Dynamics, torch_loop
+    from snnrun.net.dynamics import Dynamics, torch_loop
 
     assert "triton" not in sys.modules, "importing snnrun.kernels must not import triton"
     dyn = Dynamics("lif")

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from rich.progress import TimeRemainingColumn
 
-from snnrun.errors import SnnrunError
-from snnrun.loggers import WandbLogger, check_logger_conf
-from snnrun.progress import progress_bar
-from snnrun.rundir import RunDir
-from snnrun.wandb_files import artifact_epochs, artifact_records, logged_epochs
+from snnrun.core.errors import SnnrunError
+from snnrun.core.progress import progress_bar
+from snnrun.run.loggers import WandbLogger, check_logger_conf
+from snnrun.run.rundir import RunDir
+from snnrun.run.wandb_files import artifact_epochs, artifact_records, logged_epochs
 
 from conftest import REPO, TINY, read_metrics, run_snnrun
 

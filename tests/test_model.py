@@ -6,9 +6,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from snnrun.layers import LAYERS
-from snnrun.model import ModelBuildError, SpikingNetwork, build_model
-from snnrun.neuron import LeakyNeuron, LIFNeuron, PLIFNeuron
+from snnrun.net.layers import LAYERS
+from snnrun.net.model import ModelBuildError, SpikingNetwork, build_model
+from snnrun.net.neuron import LeakyNeuron, LIFNeuron, PLIFNeuron
 
 from conftest import compose
 

@@ -13,10 +13,10 @@ import itertools
 import pytest
 import torch
 
-from snnrun.dynamics import BACKENDS, Dynamics, torch_loop
-from snnrun.neuron import build_neuron, reset_states
-from snnrun.neuron_loop import fused_loop
-from snnrun.surrogate import SURROGATES, Surrogate
+from snnrun.net.dynamics import BACKENDS, Dynamics, torch_loop
+from snnrun.net.neuron import build_neuron, reset_states
+from snnrun.net.neuron_loop import fused_loop
+from snnrun.net.surrogate import SURROGATES, Surrogate
 
 V_TH, V_RESET = 0.8, -0.1
 

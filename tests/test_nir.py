@@ -1,4 +1,4 @@
-"""NIR export and import (``snnrun.nir_graph``, ``snnrun export``, ``model=nir``).
+"""NIR export and import (``snnrun.nir.graph``, ``snnrun export``, ``model=nir``).
 
 - Round trip: every zoo model NIR can express is written with ``nir.write``, read back with
   ``nir.read``, rebuilt in snnrun, and gives the same spikes in every neuron layer on the same
@@ -29,15 +29,16 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from snnrun import cli, nir_graph
-from snnrun import export as export_verb
 from snnrun.api import build_network, load_run
-from snnrun.checkpoint import load_checkpoint
-from snnrun.errors import SnnrunError
-from snnrun.model import SpikingNetwork
-from snnrun.neuron import SpikingNeuron
-from snnrun.run import neuron_groups
-from snnrun.rundir import CHECKPOINTS, RunDir
+from snnrun.cli import command as cli
+from snnrun.cli import export as export_verb
+from snnrun.core.errors import SnnrunError
+from snnrun.net.model import SpikingNetwork
+from snnrun.net.neuron import SpikingNeuron
+from snnrun.nir import graph as nir_graph
+from snnrun.run.build import neuron_groups
+from snnrun.run.checkpoint import load_checkpoint
+from snnrun.run.rundir import CHECKPOINTS, RunDir
 
 from conftest import TINY, compose, make_read_only, run_snnrun, train_tiny
 from conftest import cli as run_cli

@@ -24,8 +24,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from snnrun.neuron import IFNeuron, LeakyNeuron, LIFNeuron, PLIFNeuron
-from snnrun.surrogate import Surrogate
+from snnrun.net.neuron import IFNeuron, LeakyNeuron, LIFNeuron, PLIFNeuron
+from snnrun.net.surrogate import Surrogate
 
 pytestmark = pytest.mark.peers
 

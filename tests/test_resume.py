@@ -17,9 +17,9 @@ import pytest
 import yaml
 from test_faults import one_error_line
 
-from snnrun.checkpoint import load_checkpoint, save_checkpoint
-from snnrun.cli import main
-from snnrun.rundir import BEST, INFO, LATEST, METRICS, RunDir, RunDirError
+from snnrun.cli.command import main
+from snnrun.run.checkpoint import load_checkpoint, save_checkpoint
+from snnrun.run.rundir import BEST, INFO, LATEST, METRICS, RunDir, RunDirError
 
 from conftest import TINY, assert_one_line_error, cli, compose, read_metrics, run_snnrun
 

@@ -14,15 +14,15 @@ from test_errors import assert_one_line_error, cli
 from torch import nn
 
 import snnrun
-from snnrun.cli import main
-from snnrun.encoders import build_encoder
-from snnrun.layers import TimeFolded
-from snnrun.model import SpikingNetwork, build_model
-from snnrun.monitors import FiringRates, SynapticOps, monitoring, spike_fed
-from snnrun.neuron import IFNeuron
-from snnrun.run import neuron_groups
-from snnrun.rundir import RunDir
-from snnrun.wandb_files import artifact_records
+from snnrun.cli.command import main
+from snnrun.data.encoders import build_encoder
+from snnrun.engine.monitors import FiringRates, SynapticOps, monitoring, spike_fed
+from snnrun.net.layers import TimeFolded
+from snnrun.net.model import SpikingNetwork, build_model
+from snnrun.net.neuron import IFNeuron
+from snnrun.run.build import neuron_groups
+from snnrun.run.rundir import RunDir
+from snnrun.run.wandb_files import artifact_records
 
 from conftest import TINY, compose, needs_shared, read_metrics, run_snnrun
 
@@ -49,7 +49,7 @@ def test_run_dir_holds_config_and_identity(trained) -> None:
 
 def test_load_run_rebuilds_the_network_without_data(trained, monkeypatch) -> None:
     """The best checkpoint's network, rebuilt from the run dir alone, reproduces its test acc."""
-    from snnrun.data import DATASETS
+    from snnrun.data.sets import DATASETS
 
     monkeypatch.setattr(DATASETS, "get", lambda *a: pytest.fail("loaded data"))
     run = snnrun.load_run(trained)
@@ -259,8 +259,8 @@ def test_synops_match_spikingjelly_op_counter() -> None:
     op_counter = pytest.importorskip("spikingjelly.activation_based.op_counter")
     from omegaconf import OmegaConf
 
-    from snnrun.model import build_model
-    from snnrun.run import neuron_groups
+    from snnrun.net.model import build_model
+    from snnrun.run.build import neuron_groups
 
     from conftest import compose
 
@@ -280,7 +280,7 @@ def test_synops_match_spikingjelly_op_counter() -> None:
 def test_a_run_from_before_a_new_key_resumes_with_its_default(monkeypatch, capsys, tmp_path):
     """A checkpoint whose config predates a key added to conf/ (here sync_bn) resumes; the key
     takes today's default and a note says so."""
-    from snnrun.checkpoint import save_checkpoint
+    from snnrun.run.checkpoint import save_checkpoint
 
     run_dir = tmp_path / "r"
     train(monkeypatch, *TINY, f"hydra.run.dir={run_dir}")

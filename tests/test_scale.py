@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_train import without_timing
 
-from snnrun.rundir import RunDir
+from snnrun.run.rundir import RunDir
 
 from conftest import (
     SNNRUN,
@@ -150,8 +150,8 @@ def test_a_stop_reaching_joblib_workers_ends_the_sweep_with_one_line(tmp_path) -
     proc = start(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "epochs=50",
                   "optimizer.lr=0.01,0.02", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)  # fmt: skip
     deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline:  # both jobs built: training
-        if all((sweep / j / "run.json").is_file() for j in "01"):
+    while proc.poll() is None and time.time() < deadline:  # both jobs trained an epoch
+        if all((sweep / j / "metrics.jsonl").is_file() for j in "01"):
             break
         time.sleep(0.05)
     try:

@@ -14,11 +14,12 @@ import pytest
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from snnrun import cli, stop, sweep
-from snnrun.distributed import peer_lost
-from snnrun.errors import SnnrunError
-from snnrun.rundir import RunDir
-from snnrun.stop import Stopped
+from snnrun.cli import command as cli
+from snnrun.core import stop
+from snnrun.core.errors import SnnrunError
+from snnrun.core.stop import Stopped, peer_lost
+from snnrun.run import sweep
+from snnrun.run.rundir import RunDir
 
 LR, TAU = "optimizer.lr=0.012345678901234567", "neuron.tau=3.3299848545285125"
 GLOO = (

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from snnrun.checkpoint import load_checkpoint
-from snnrun.cli import main
-from snnrun.rundir import BEST, LATEST
-from snnrun.wandb_files import history_rows
+from snnrun.cli.command import main
+from snnrun.run.checkpoint import load_checkpoint
+from snnrun.run.rundir import BEST, LATEST
+from snnrun.run.wandb_files import history_rows
 
 from conftest import TINY, read_metrics, run_snnrun, start, wait_for_epochs
 

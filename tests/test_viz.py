@@ -19,9 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
-from snnrun import cli, figures, viz
-from snnrun.errors import SnnrunError
-from snnrun.rundir import RunDir
+from snnrun.cli import command as cli
+from snnrun.cli import viz
+from snnrun.core.errors import SnnrunError
+from snnrun.report import figures, render
+from snnrun.report import probe as probing
+from snnrun.run.rundir import RunDir
 
 from conftest import cli as run_cli
 from conftest import make_read_only, run_snnrun, train_tiny
@@ -87,13 +90,13 @@ def test_render_cheap(run_dir: Path) -> None:
     """The figures the training loop can draw every n epochs, from metrics alone."""
     rundir = RunDir(run_dir)
     metrics = rundir.read_metrics()
-    out = viz.render_cheap(rundir, metrics, "png")
+    out = render.render_cheap(rundir, metrics, "png")
     assert set(out) == {"curves", "firing_rates"}
     _assert_image(out["curves"], _pixels(figures.SIZES["curves"]))
     _assert_image(out["firing_rates"], _pixels(figures.SIZES["firing_rates_epochs"]))
     no_rates = [{k: v for k, v in r.items() if not k.startswith("firing_rate/")} for r in metrics]
-    assert set(viz.render_cheap(rundir, no_rates, "png")) == {"curves"}  # monitor=none
-    assert viz.render_cheap(rundir, [], "png") == {}
+    assert set(render.render_cheap(rundir, no_rates, "png")) == {"curves"}  # monitor=none
+    assert render.render_cheap(rundir, [], "png") == {}
 
 
 def test_bad_argument_exits_2_with_one_line(run_dir: Path) -> None:
@@ -139,7 +142,7 @@ def test_figures_go_to_the_runs_wandb_run(run_dir: Path, monkeypatch: pytest.Mon
         def finish(self) -> None:
             calls.append(("finish",))
 
-    monkeypatch.setattr("snnrun.loggers.build_logger", lambda cfg: FakeLogger())
+    monkeypatch.setattr("snnrun.run.loggers.build_logger", lambda cfg: FakeLogger())
     from snnrun.api import load_run
 
     run = load_run(run_dir)
@@ -188,13 +191,13 @@ def test_output_layer_shows_the_charge_before_reset(
         for m in run.model.modules():
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
                 m.weight.mul_(2.0)
-    probe = viz.probe(run, run.splits().test, 0, torch.device("cpu"))
+    probe = probing.probe(run, run.splits().test, 0, torch.device("cpu"))
     spikes = probe.spikes[max(probe.spikes)]
     assert probe.charge.shape == spikes.shape and spikes.any()
     assert (probe.charge[spikes == 1] >= probe.threshold).all()
     assert (probe.charge[spikes == 0] < probe.threshold).all()
     kept = _captured(monkeypatch)
-    viz.Renderer(run, probe, 0, "png", run_dir / "unused").output_layer()
+    render.Renderer(run, probe, 0, "png", run_dir / "unused").output_layer()
     heatmap = kept[0].axes[1].images[0]
     assert np.array_equal(heatmap.get_array(), probe.charge[:, 0].numpy().T)
     assert heatmap.norm.vcenter == probe.threshold
@@ -202,7 +205,7 @@ def test_output_layer_shows_the_charge_before_reset(
         if hasattr(m, "step_mode"):
             m.step_mode = "s"
     run.model.step_by_step = True
-    stepped = viz.probe(run, run.splits().test, 0, torch.device("cpu"))
+    stepped = probing.probe(run, run.splits().test, 0, torch.device("cpu"))
     assert torch.allclose(stepped.charge, probe.charge, atol=1e-5)
 
 
@@ -210,16 +213,16 @@ def test_titles_name_ties_and_count_epochs_from_1(
     run_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rates = torch.tensor([0.0, 0.5, 0.25, 0.5])
-    assert viz.prediction_text(rates, 1) == "predicted 1 (tie: 1, 3)"
-    assert viz.prediction_text(torch.tensor([0.0, 0.5, 0.25]), 1) == "predicted 1"
-    silent = viz.prediction_text(torch.zeros(4), 0)
+    assert render.prediction_text(rates, 1) == "predicted 1 (tie: 1, 3)"
+    assert render.prediction_text(torch.tensor([0.0, 0.5, 0.25]), 1) == "predicted 1"
+    silent = render.prediction_text(torch.zeros(4), 0)
     assert silent == "predicted 0 (tie: all 4 classes, no output spikes)"
     output = torch.zeros(T, 1, 4)
     output[1, 0, 1] = output[2, 0, 3] = 1.0  # one spike each for classes 1 and 3
-    probe = viz.Probe(inputs=torch.zeros(T, 1, 2), target=3, predicted=1, output=output,
+    probe = probing.Probe(inputs=torch.zeros(T, 1, 2), target=3, predicted=1, output=output,
                       spikes={5: output}, charge=output, threshold=1.0)  # fmt: skip
     run = SimpleNamespace(path=run_dir, which="best", epoch=3, metrics=[])
-    title = viz.Renderer(run, probe, 0, "png", run_dir).title
+    title = render.Renderer(run, probe, 0, "png", run_dir).title
     assert "best weights (epoch 3)" in title and "true 3, predicted 1 (tie: 1, 3)" in title
 
     from snnrun.api import load_run
@@ -227,7 +230,7 @@ def test_titles_name_ties_and_count_epochs_from_1(
     metrics = load_run(run_dir).metrics
     assert load_run(run_dir).epoch == 1 and [r["epoch"] for r in metrics] == [0]
     kept = _captured(monkeypatch)
-    viz.render_cheap(RunDir(run_dir), metrics, "png")
+    render.render_cheap(RunDir(run_dir), metrics, "png")
     curves, rates_fig = kept
     assert curves.texts[0].get_text().endswith("after epoch 1")
     assert list(curves.axes[0].lines[0].get_xdata()) == [1]

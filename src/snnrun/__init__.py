@@ -7,7 +7,9 @@ import math
 
 from omegaconf import OmegaConf
 
-__version__ = "0.1.0"
+from snnrun.core.version import __version__
+
+__all__ = ["__version__", "load_run"]
 
 # ${mul:a,b,...} in configs, e.g. Linear(C*4*4) as "${mul:${model.channels},16}".
 OmegaConf.register_new_resolver("mul", lambda *xs: math.prod(xs), replace=True)

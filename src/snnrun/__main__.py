@@ -1,5 +1,5 @@
 """``python -m snnrun ...`` (e.g. under torchrun) is the ``snnrun`` command."""
 
-from snnrun.cli import main
+from snnrun.cli.command import main
 
 main()

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from snnrun.model import SpikingNetwork, build_model
-from snnrun.rundir import RunDir, find_run_dir
+from snnrun.net.model import SpikingNetwork, build_model
+from snnrun.run.rundir import RunDir, find_run_dir
 
 
 @dataclass
@@ -44,14 +44,14 @@ class LoadedRun:
 
     def splits(self, **dataset_overrides: Any):
         """The run's dataset splits (``dataset_overrides`` e.g. ``root=...``)."""
-        from snnrun.data import build_splits
+        from snnrun.data.sets import build_splits
 
         return build_splits({**self.config["dataset"], **dataset_overrides})
 
 
 def build_network(config: dict[str, Any], data: dict[str, Any]) -> SpikingNetwork:
     """The run's network, untrained, from its config and data shape (no dataset needed)."""
-    from snnrun.run import neuron_groups
+    from snnrun.run.build import neuron_groups
 
     return build_model(
         config["model"], neuron_groups(config), tuple(data["sample_shape"]), data["num_classes"]

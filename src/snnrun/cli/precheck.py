@@ -1,0 +1,157 @@
+"""Before Hydra writes anything: the overrides compose (of a sweep, its first job), added keys
+are read by something, values have the right types and ranges, logger keys exist, and the run
+or sweep dir does not hold runs already. Every refusal is one line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from snnrun.cli.options import os_error
+from snnrun.core.compose import compose_config, config_dir_overrides, one_line
+from snnrun.core.errors import SnnrunError
+
+# sections whose builders take their keys as keyword arguments and refuse unknown ones
+OPEN_SECTIONS = ("model", "neuron", "surrogate", "dataset", "encoder", "loss", "optimizer",
+                 "scheduler", "logger")  # fmt: skip
+
+
+def _first_job(args: list[str]) -> list[str]:
+    """The overrides of a sweep's first job (``lr=0.1,0.05`` → ``lr=0.1``)."""
+    first = []
+    for o in OverridesParser.create().parse_overrides(args):
+        if o.is_sweep_override():
+            first.append(f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}")
+        else:
+            first.append(o.input_line)
+    return first
+
+
+def _value_args(args: list[str]) -> list[str]:
+    """The key=value overrides (flags and the values of ``--config-dir``-style flags left out)."""
+    skip = {i + 1 for i, a in enumerate(args) if a in ("--config-dir", "-cd", "--config-name",
+                                                        "-cn", "--config-path", "-cp")}  # fmt: skip
+    return [a for i, a in enumerate(args) if not a.startswith("-") and i not in skip]
+
+
+def check_overrides(args: list[str]) -> None:
+    """Before Hydra writes anything: the overrides (of the first job) compose, added keys are
+    used, and the run or sweep dir does not hold runs already."""
+    from snnrun.run.build import refuse_existing_run
+
+    overrides = _value_args(args) + config_dir_overrides(args)
+    sweep = "-m" in args or "--multirun" in args
+    auto = "resume=auto" in overrides  # a relaunched job continues its dir's run
+    job = _first_job(overrides) if sweep else overrides
+    try:
+        cfg = compose_config(job)
+    except Exception as e:
+        raise SnnrunError(_without_append_hint(one_line(e)) + _known_keys_hint(str(e), overrides)
+                          ) from None  # fmt: skip
+    _refuse_unused_keys(overrides)
+    _check_value_types(job, cfg)
+    _check_values(cfg)
+    for a in overrides:
+        key, _, value = a.partition("=")
+        if key == "hydra.run.dir" and not sweep:
+            if not auto:
+                refuse_existing_run(Path(value).expanduser())
+            _make_dir(Path(value).expanduser())
+        if key == "hydra.sweep.dir" and sweep and not auto:
+            _refuse_existing_sweep(Path(value).expanduser())
+
+
+def _check_value_types(overrides: list[str], cfg: DictConfig) -> None:
+    """A value whose key takes a number or a boolean (judged by the key's value without the
+    override) but got a word: ``neuron.tau=abc`` is one line naming the key."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values = [
+        o
+        for o in parsed
+        if not (o.is_add() or o.is_delete() or o.key_or_group.startswith("hydra"))
+        and not isinstance(OmegaConf.select(cfg, o.key_or_group, default=None), DictConfig)
+    ]
+    if not values:
+        return
+    value_lines = {o.input_line for o in values}
+    defaults = compose_config([o for o in overrides if o not in value_lines])
+    for o in values:
+        key, value = o.key_or_group, o.value()
+        default = OmegaConf.select(defaults, key, default=None)
+        wants_bool = isinstance(default, bool)
+        wants_number = isinstance(default, (int, float)) and not wants_bool
+        if (wants_bool and not isinstance(value, bool)) or (
+            wants_number and (isinstance(value, (str, bool)))
+        ):
+            kind = "true or false" if wants_bool else "a number"
+            raise SnnrunError(f"{o.input_line}: {key} takes {kind} (its default is {default!r})")
+
+
+def _check_values(cfg: DictConfig) -> None:
+    """The run-level checks of :func:`run.check_values` (``T=0``, ``batch_size=0``...) and the
+    logger's keys (``+logger.notes=x``) before Hydra creates the run dir."""
+    from snnrun.run.build import check_values
+    from snnrun.run.loggers import check_logger_conf
+
+    try:
+        conf = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return  # an interpolation only a run resolves: the run checks it
+    check_values(conf)  # type: ignore[arg-type]
+    check_logger_conf(conf["logger"])  # type: ignore[index]
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error(e) from None
+
+
+def _refuse_existing_sweep(sweep_dir: Path) -> None:
+    from snnrun.run.rundir import RunDir
+
+    if sweep_dir.is_dir() and any(RunDir(p).has_files() for p in sweep_dir.iterdir()):
+        raise SnnrunError(
+            f"{sweep_dir} already holds a sweep's runs; pick another hydra.sweep.dir (or resume "
+            "a job with resume=<job dir>)"
+        )
+    _make_dir(sweep_dir)
+
+
+def _without_append_hint(message: str) -> str:
+    return re.sub(r"\s*To append to your config use \+\S+", "", message)
+
+
+def _refuse_unused_keys(overrides: list[str]) -> None:
+    """``+key=value`` adds a key; outside the open sections nothing would read it."""
+    for a in overrides:
+        if a.startswith("+"):
+            key = a.lstrip("+").split("=", 1)[0]
+            if key.startswith("hydra.") or key.split(".")[0] in OPEN_SECTIONS:
+                continue
+            raise SnnrunError(
+                f"{a}: snnrun has no key {key!r} and would ignore it; see snnrun --cfg job "
+                "for the keys there are"
+            )
+
+
+def _known_keys_hint(message: str, args: list[str]) -> str:
+    """For "Could not override 'neuron.tau'": the keys that section does have."""
+    match = re.search(r"Could not override '([\w.]+)\.(\w+)'", message)
+    if not match:
+        return ""
+    section, key = match.groups()
+    try:
+        node = OmegaConf.select(
+            compose_config([a for a in args if not a.startswith(f"{section}.{key}=")]), section
+        )
+    except Exception:
+        return ""
+    if not isinstance(node, DictConfig):
+        return ""
+    return f" ({section} has no {key!r}; its keys: {', '.join(map(str, node.keys()))})"

@@ -1,0 +1,1 @@
+"""What every storey uses: errors, registries, config composing, the console, stops, ranks."""

@@ -1,0 +1,296 @@
+"""Datasets: a registry of builders returning train/test splits, and their loaders.
+
+Every builder returns a :class:`Splits` of two :class:`SampleSet`: static samples (images
+``[C, H, W]``, float32 pixels in ``[0, 1]``) or sequences ``[T, ...]`` (event frames, see
+:mod:`snnrun.data.events.datasets`), with int64 labels. ``train_limit`` / ``test_limit`` keep the
+first N samples. Loaders shuffle by a permutation seeded with (seed, epoch), so a resumed run
+sees the same order; under torchrun each rank loads its share of every global batch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from snnrun.core.distributed import ShardedBatches, World
+from snnrun.core.errors import SnnrunError
+from snnrun.core.registry import Registry
+
+
+class DatasetError(SnnrunError, RuntimeError):
+    """Missing or unreadable dataset files."""
+
+
+class SampleSet(Dataset):
+    """Samples with int64 ``labels``; ``__getitems__`` fetches a whole batch at once.
+
+    A batch is ``(x, y)``: ``x`` float32 ``[N, *shape]`` (stored values times ``scale``, then
+    ``transform`` when set, e.g. augmentation on the training split), ``y`` int64 ``[N]``;
+    ``dataset[i]`` is one sample as stored, without ``transform``.
+    Subclasses say where the stored samples live (:meth:`fetch`).
+    """
+
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        scale: float = 1.0,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.labels, self.scale, self.transform = labels, scale, transform
+
+    def fetch(self, index: torch.Tensor) -> torch.Tensor:
+        """The stored samples at ``index`` (any dtype)."""
+        raise NotImplementedError
+
+    def head(self, n: int | None) -> SampleSet:
+        """The first ``n`` samples (all when ``n`` is None)."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``i`` as stored, never augmented (the loaders use :meth:`__getitems__`)."""
+        return self._floats(torch.tensor([i]))[0], self.labels[i]
+
+    def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(idx, dtype=torch.long)
+        x = self._floats(index)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.labels[index]
+
+    def _floats(self, index: torch.Tensor) -> torch.Tensor:
+        x = self.fetch(index).float()
+        return x.mul_(self.scale) if self.scale != 1.0 else x
+
+
+class TensorDataset(SampleSet):
+    """Samples held in memory: uint8 images ``[N, C, H, W]`` become pixels in [0, 1]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, scale: float | None = None):
+        if len(images) != len(labels):
+            raise DatasetError(f"{len(images)} images but {len(labels)} labels")
+        if scale is None:
+            scale = 1 / 255 if images.dtype == torch.uint8 else 1.0
+        super().__init__(labels, scale)
+        self.images = images
+
+    def fetch(self, index: torch.Tensor) -> torch.Tensor:
+        return self.images[index]
+
+    def head(self, n: int | None) -> TensorDataset:
+        if n is None or n >= len(self):
+            return self
+        return TensorDataset(self.images[:n], self.labels[:n], self.scale)
+
+
+class ArrayFileDataset(SampleSet):
+    """Samples in one ``.npy`` file (e.g. cached event frames ``[N, T, C, H, W]``), memory-mapped.
+
+    The map is opened on first use in each process, so loader workers never pickle the data.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        labels: torch.Tensor,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(labels, 1.0, transform)
+        self.path = Path(path)
+        self._array: np.ndarray | None = None
+
+    def fetch(self, index: torch.Tensor) -> torch.Tensor:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return torch.from_numpy(np.ascontiguousarray(self._array[index.numpy()]))
+
+    def head(self, n: int | None) -> ArrayFileDataset:
+        if n is None or n >= len(self):
+            return self
+        return ArrayFileDataset(self.path, self.labels[:n], self.transform)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_array": None}
+
+
+@dataclass
+class Splits:
+    """A dataset's two splits and what one sample is.
+
+    ``sequence=False``: a sample is static, ``[*sample_shape]``, and an encoder expands it over
+    T. ``sequence=True``: a sample is already a sequence ``[T, *sample_shape]`` (event frames,
+    spike bins); batches come out ``[N, T, ...]`` and the ``none`` encoder makes them
+    ``[T, N, ...]``.
+    """
+
+    train: SampleSet
+    test: SampleSet
+    sample_shape: tuple[int, ...]
+    num_classes: int
+    sequence: bool = False
+
+
+DatasetBuilder = Callable[[dict[str, Any]], Splits]
+DATASETS: Registry[DatasetBuilder] = Registry("dataset")
+
+
+def build_splits(cfg: dict[str, Any]) -> Splits:
+    """The dataset named ``cfg['name']``, cut to ``train_limit`` / ``test_limit``."""
+    for key in ("train_limit", "test_limit"):
+        n = cfg.get(key)
+        if n is not None and n <= 0:
+            raise DatasetError(f"dataset.{key} must be a positive number or null, got {n}")
+    splits = DATASETS.get(cfg["name"])(cfg)
+    splits.train = splits.train.head(cfg.get("train_limit"))
+    splits.test = splits.test.head(cfg.get("test_limit"))
+    return splits
+
+
+def _identity(batch):
+    return batch
+
+
+def make_loader(
+    dataset: SampleSet,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    world: World | None = None,
+) -> DataLoader:
+    """A loader over whole-batch fetches of this rank's share of each global batch; the order
+    is a seeded permutation per epoch (``loader.batch_sampler.set_epoch``)."""
+    batches = ShardedBatches(len(dataset), batch_size, shuffle, seed, world or World())
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=_identity, num_workers=num_workers)
+
+
+@DATASETS.register("digits")
+def digits(cfg: dict[str, Any]) -> Splits:
+    """scikit-learn's 1797 real 8x8 handwritten digits, upsampled to 1x28x28; no download.
+
+    Fixed stratified split: 20% test (360 images), ``random_state=0``.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16.0  # [1797, 1, 8, 8]
+    images = torch.nn.functional.interpolate(
+        images, size=(28, 28), mode="bilinear", align_corners=False
+    )
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    labels = torch.from_numpy(bunch.target).long()
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=0.2, stratify=bunch.target, random_state=0
+    )
+    train = TensorDataset(images[train_idx], labels[train_idx])
+    test = TensorDataset(images[test_idx], labels[test_idx])
+    return Splits(train, test, (1, 28, 28), 10)
+
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _idx_dataset(name: str, torchvision_cls: str, folder: str) -> DatasetBuilder:
+    """A builder for an MNIST-format dataset (4 IDX files, optionally gzipped)."""
+
+    def build(cfg: dict[str, Any]) -> Splits:
+        root = Path(cfg["root"]).expanduser()
+        where = _find_idx_folder(root, torchvision_cls, folder)
+        if where is None:
+            where = _download(root, torchvision_cls, name)
+        train = TensorDataset(*_read_idx_pair(where, *_IDX_FILES["train"]))
+        test = TensorDataset(*_read_idx_pair(where, *_IDX_FILES["test"]))
+        return Splits(train, test, (1, 28, 28), 10)
+
+    return build
+
+
+DATASETS.register("mnist")(_idx_dataset("MNIST", "MNIST", "mnist"))
+DATASETS.register("fmnist")(_idx_dataset("Fashion-MNIST", "FashionMNIST", "fashion-mnist"))
+
+
+def _candidates(root: Path, torchvision_cls: str, folder: str) -> list[Path]:
+    """Folders that may hold the IDX files: root itself, torchvision's layout, a named subfolder."""
+    return [root, root / "raw", root / torchvision_cls / "raw", root / folder]
+
+
+def _has_file(folder: Path, stem: str) -> bool:
+    return (folder / stem).is_file() or (folder / f"{stem}.gz").is_file()
+
+
+def _find_idx_folder(root: Path, torchvision_cls: str, folder: str) -> Path | None:
+    stems = [s for pair in _IDX_FILES.values() for s in pair]
+    for candidate in _candidates(root, torchvision_cls, folder):
+        if all(_has_file(candidate, s) for s in stems):
+            return candidate
+    return None
+
+
+def _download(root: Path, torchvision_cls: str, name: str) -> Path:
+    """Download through torchvision into ``root``; one clear error when that fails."""
+    import torchvision
+
+    try:
+        getattr(torchvision.datasets, torchvision_cls)(str(root), train=True, download=True)
+        getattr(torchvision.datasets, torchvision_cls)(str(root), train=False, download=True)
+    except Exception as e:  # network errors come in many types
+        files = ", ".join(f"{s}[.gz]" for pair in _IDX_FILES.values() for s in pair)
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        raise DatasetError(
+            f"{name} not found in {root} (nor {root / torchvision_cls / 'raw'}) and the download "
+            f"failed ({reason}); put {files} there or set dataset.root to the folder holding them"
+        ) from None
+    return root / torchvision_cls / "raw"
+
+
+def _read_idx_pair(folder: Path, images: str, labels: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x = _read_idx(folder, images, ndim=3)
+    y = _read_idx(folder, labels, ndim=1)
+    return torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y).long()
+
+
+def _read_idx(folder: Path, stem: str, ndim: int) -> np.ndarray:
+    """An IDX file (``stem`` or ``stem.gz``) as a uint8 array; corrupt files raise DatasetError."""
+    path = folder / stem if (folder / stem).is_file() else folder / f"{stem}.gz"
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        magic, *dims = struct.unpack(f">{1 + ndim}I", raw[: 4 * (1 + ndim)])
+        if magic != 0x800 + ndim:
+            raise ValueError(f"magic number {magic:#x}, expected {0x800 + ndim:#x}")
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 * (1 + ndim))
+        return data.reshape(dims).copy()
+    except (OSError, EOFError, ValueError, struct.error) as e:
+        raise DatasetError(
+            f"corrupt dataset file {path}: {e}; delete it and download again"
+        ) from None
+
+
+
+# Class names by dataset, in label order (datasets whose labels are their names, the digits of
+# digits/mnist/nmnist, have none): Fashion-MNIST's README; DVS128 Gesture's gesture_mapping.csv
+# (label = its class - 1, as tonic's DVSGesture.classes); CIFAR-10's names, the CIFAR10-DVS
+# folders' labels (tonic's CIFAR10DVS.classes).
+CLASS_NAMES: dict[str, list[str]] = {
+    "fmnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot"],
+    "dvsgesture": ["hand clapping", "right hand wave", "left hand wave", "right arm clockwise",
+                   "right arm counter-clockwise", "left arm clockwise",
+                   "left arm counter-clockwise", "arm roll", "air drums", "air guitar",
+                   "other gestures"],
+    "cifar10dvs": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck"],
+}  # fmt: skip

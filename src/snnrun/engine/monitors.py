@@ -1,0 +1,252 @@
+"""What the test pass counts every epoch: firing rates, synaptic operations and energy.
+
+Monitors hook the network only while :func:`monitoring` is active (the test pass), keep their
+sums on the device (no host sync per batch) and read them once in :meth:`Monitor.summary`,
+summed over ranks under torchrun (the record covers the whole test set).
+
+- ``firing_rate``: per neuron layer ``i``, ``firing_rate/L<i>`` = spikes / (neurons x steps),
+  with a one-line warning for a silent or saturated layer.
+- ``synops``: per sample, over the synaptic layers (conv2d, linear) as they actually run:
+  an input that is all 0/1 (spikes) costs accumulates, ``AC = sum_inputs spike x fan-out``
+  (exact at borders: per-site spike counts times each site's precomputed coverage); any other
+  input costs multiply-accumulates, ``MAC = outputs x fan-in`` per executed call (a
+  direct-encoded image's first conv runs once, not T times). A layer fed by a neuron (directly,
+  or through max pooling or flattening) is known to get spikes; the others are checked per
+  call. ``synops/ann_mac`` is the same network run once as an
+  ANN. Energy: ``E = mac_pj MAC + ac_pj AC`` (45 nm defaults, Horowitz 2014), ``energy/snn_uj``
+  beside ``energy/ann_uj``. BatchNorm, pooling and neuron updates are not counted (BN folds
+  into the convolution at inference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from snnrun.core.distributed import sum_over_ranks
+from snnrun.core.progress import console
+from snnrun.core.registry import Registry
+from snnrun.net.neuron import SpikingNeuron
+
+
+class Monitor:
+    """Counts something over one pass; hooks live between :meth:`attach` and :meth:`detach`."""
+
+    def __init__(self) -> None:
+        self._handles: list[Any] = []
+
+    def attach(self) -> None:
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def summary(self) -> dict[str, float]:
+        raise NotImplementedError
+
+
+MONITORS: Registry[type[Monitor]] = Registry("monitor counter")
+
+
+def _layers(model: nn.Module) -> list[tuple[int, nn.Module]]:
+    layers = getattr(model, "layers", None)
+    return list(enumerate(layers)) if layers is not None else list(enumerate(model.children()))
+
+
+@MONITORS.register("firing_rate")
+class FiringRates(Monitor):
+    """Mean firing rate of every neuron layer."""
+
+    def __init__(
+        self, model: nn.Module, silent_below: float = 1e-3, saturated_above: float = 0.9, **_: Any
+    ) -> None:
+        super().__init__()
+        self.neurons = [(i, m) for i, m in _layers(model) if isinstance(m, SpikingNeuron)]
+        self.silent_below, self.saturated_above = silent_below, saturated_above
+        self.spikes: dict[int, torch.Tensor | float] = {}
+        self.count: dict[int, int] = {}
+
+    def attach(self) -> None:
+        self.spikes = {i: 0.0 for i, _ in self.neurons}
+        self.count = {i: 0 for i, _ in self.neurons}
+        for i, module in self.neurons:
+            self._handles.append(module.register_forward_hook(self._hook(i)))
+
+    def _hook(self, i: int):
+        def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+            self.spikes[i] = self.spikes[i] + out.detach().float().sum()
+            self.count[i] += out.numel()
+
+        return hook
+
+    def summary(self) -> dict[str, float]:
+        ids = [i for i, _ in self.neurons]
+        if not ids:
+            return {}
+        device = next((t.device for t in self.spikes.values() if torch.is_tensor(t)), "cpu")
+        sums = torch.stack([torch.as_tensor(self.spikes[i], device=device).double() for i in ids])
+        counts = torch.tensor([float(self.count[i]) for i in ids], device=device).double()
+        totals = sum_over_ranks(torch.stack([sums, counts])).tolist()  # the one sync
+        rates = {i: s / c for i, s, c in zip(ids, *totals) if c}
+        self._warn(rates)
+        return {f"firing_rate/L{i}": r for i, r in rates.items()}
+
+    def _warn(self, rates: dict[int, float]) -> None:
+        for i, rate in rates.items():
+            if rate < self.silent_below or rate > self.saturated_above:
+                state = "silent" if rate < self.silent_below else "saturated"
+                console.print(
+                    f"[yellow]warning:[/] neuron layer {i} is {state} (firing rate {rate:.4f}; "
+                    f"warned below {self.silent_below} / above {self.saturated_above})"
+                )
+
+
+@MONITORS.register("synops")
+class SynapticOps(Monitor):
+    """ACs and MACs per sample of the synaptic layers, the ANN MAC count, and energy."""
+
+    def __init__(self, model: nn.Module, mac_pj: float = 4.6, ac_pj: float = 0.9, **_: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.synapses = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        self.spike_fed = spike_fed(model)
+        self.mac_pj, self.ac_pj = mac_pj, ac_pj
+        self.samples = 0
+        self.acs: torch.Tensor | float = 0.0
+        self.macs: torch.Tensor | float = 0.0
+        self.ann_macs: dict[int, int] = {}
+
+    def attach(self) -> None:
+        self.samples, self.acs, self.macs = 0, 0.0, 0.0
+        self._handles.append(self.model.register_forward_pre_hook(self._count_samples))
+        for j, module in enumerate(self.synapses):
+            self._handles.append(module.register_forward_hook(self._hook(j)))
+
+    def _count_samples(self, module: nn.Module, args: Any) -> None:
+        self.samples += args[0].shape[1]  # [T, N, ...]
+
+    def _hook(self, j: int):
+        def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+            x = args[0].detach()
+            fan_in = _fan_in(module)
+            self.ann_macs[j] = out[0].numel() * fan_in  # one sample, one step
+            per_site = (x != 0).sum(dim=0, dtype=torch.float32)  # [C, H, W] or [F]
+            acs = _accumulates(module, per_site, x.shape)
+            if module in self.spike_fed:
+                self.acs = self.acs + acs
+                return
+            spikes = per_site.sum() == (x == 1).sum()  # every nonzero input is a 1
+            dense = float(out.numel() * fan_in)
+            self.acs = self.acs + torch.where(spikes, acs, 0.0)
+            self.macs = self.macs + torch.where(spikes, 0.0, dense)
+
+        return hook
+
+    def summary(self) -> dict[str, float]:
+        acs = torch.as_tensor(self.acs).double()
+        macs = torch.as_tensor(self.macs, device=acs.device).double()
+        samples = torch.tensor(float(self.samples), device=acs.device).double()
+        acs, macs, samples = sum_over_ranks(torch.stack([acs, macs, samples])).tolist()
+        if not samples:
+            return {}
+        ac, mac = acs / samples, macs / samples
+        ann = float(sum(self.ann_macs.values()))
+        snn_uj = (self.mac_pj * mac + self.ac_pj * ac) * 1e-6
+        return {
+            "synops/ac": ac,
+            "synops/mac": mac,
+            "synops/ann_mac": ann,
+            "energy/snn_uj": snn_uj,
+            "energy/ann_uj": self.mac_pj * ann * 1e-6,
+        }
+
+
+SPIKES_PASS = (nn.MaxPool2d, nn.Flatten, nn.Identity)  # spikes in, spikes out
+
+
+def spike_fed(model: nn.Module) -> set[nn.Module]:
+    """The synaptic layers of a :class:`~snnrun.net.model.SpikingNetwork` whose input is a
+    neuron's output by construction (directly, or through max pooling or flattening)."""
+    layers = getattr(model, "layers", None)
+    fed: set[nn.Module] = set()
+    if not isinstance(layers, nn.Sequential):
+        return fed
+    spiking = False
+    for layer in layers:
+        inner = getattr(layer, "module", layer)  # a TimeFolded stateless module
+        if spiking and isinstance(inner, (nn.Conv2d, nn.Linear)):
+            fed.add(inner)
+        if isinstance(layer, SpikingNeuron):
+            spiking = True
+        elif not isinstance(inner, SPIKES_PASS):
+            spiking = False
+    return fed
+
+
+def _fan_in(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    return module.weight[0].numel()  # in_channels / groups x kernel area
+
+
+def _accumulates(module: nn.Module, per_site: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum over nonzero inputs of their fan-out, exactly (borders, stride, groups).
+
+    ``per_site``: nonzero inputs per site, summed over the batch (``[C, H, W]`` or ``[F]``). A
+    conv input at ``(h, w)`` reaches ``coverage[h, w]`` output positions in each of the
+    ``C_out / groups`` channels of its group; ``coverage`` depends only on the geometry.
+    """
+    if isinstance(module, nn.Linear):
+        return per_site.sum() * module.out_features
+    assert isinstance(module, nn.Conv2d)
+    cover = _coverage(module, tuple(shape[-2:]), per_site.device)
+    return (per_site.sum(0) * cover).sum() * (module.out_channels // module.groups)
+
+
+_COVERAGE: dict[tuple[Any, ...], torch.Tensor] = {}
+
+
+def _coverage(conv: nn.Conv2d, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """``[H, W]``: how many output positions of ``conv`` read each input position."""
+    key = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, size, str(device))
+    if key not in _COVERAGE:
+        ones = torch.ones(1, 1, *size, device=device, requires_grad=True)
+        kernel = torch.ones(1, 1, *conv.kernel_size, device=device)
+        with torch.enable_grad():  # d(sum of outputs)/d(input) counts the reads
+            out = F.conv2d(ones, kernel, None, conv.stride, conv.padding, conv.dilation)
+            (cover,) = torch.autograd.grad(out.sum(), ones)
+        _COVERAGE[key] = cover[0, 0]
+    return _COVERAGE[key]
+
+
+def build_monitors(cfg: dict[str, Any], model: nn.Module) -> list[Monitor]:
+    """The ``monitor`` group: ``counters`` names registered monitors; the rest are options."""
+    options = {k: v for k, v in cfg.items() if k != "name"}
+    return [MONITORS.get(name)(model, **options) for name in options.pop("counters", [])]
+
+
+class _Active:
+    def __init__(self, monitors: list[Monitor]) -> None:
+        self.monitors = monitors
+
+    def summary(self) -> dict[str, float]:
+        return {k: v for m in self.monitors for k, v in m.summary().items()}
+
+
+@contextmanager
+def monitoring(monitors: list[Monitor]) -> Iterator[_Active]:
+    """Hooks attached for the block; ``summary()`` reads every count once."""
+    for m in monitors:
+        m.attach()
+    try:
+        yield _Active(monitors)
+    finally:
+        for m in monitors:
+            m.detach()

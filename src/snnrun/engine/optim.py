@@ -1,0 +1,82 @@
+"""Optimizer and learning-rate scheduler registries (schedulers step once per epoch)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from snnrun.core.registry import Registry
+
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
+SCHEDULERS: Registry[Callable[..., Any]] = Registry("scheduler")
+
+OPTIMIZERS.register("sgd")(torch.optim.SGD)
+OPTIMIZERS.register("adam")(torch.optim.Adam)
+OPTIMIZERS.register("adamw")(torch.optim.AdamW)
+
+
+@SCHEDULERS.register("cosine")
+def _cosine(optimizer: torch.optim.Optimizer, T_max: int, eta_min: float = 0.0):
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=T_max, eta_min=eta_min)
+
+
+@SCHEDULERS.register("step")
+def _step(optimizer: torch.optim.Optimizer, step_size: int, gamma: float = 0.1):
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+
+
+@SCHEDULERS.register("none")
+def _none(optimizer: torch.optim.Optimizer):
+    return None
+
+
+def build_optimizer(cfg: dict[str, Any], params: Iterable[torch.nn.Parameter]):
+    options = dict(cfg)
+    name = options.pop("name")
+    if "betas" in options:
+        options["betas"] = tuple(options["betas"])
+    return OPTIMIZERS.get(name)(params, **options)
+
+
+def build_scheduler(cfg: dict[str, Any], optimizer: torch.optim.Optimizer):
+    """The scheduler, or None for ``scheduler=none``."""
+    options = dict(cfg)
+    return SCHEDULERS.get(options.pop("name"))(optimizer, **options)
+
+
+def follow_horizon(scheduler: Any, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """After a restore: a cosine schedule whose ``T_max`` changed on resume (``epochs=N``)
+    continues on the new horizon, at its closed-form learning rate for the current epoch.
+
+    The change is printed; returned for the run's record (``epoch``: the next one to run,
+    counted from 1; ``T_max``, ``lr``: before and after), or None when nothing changes.
+    """
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        return None
+    if scheduler.T_max == cfg["T_max"]:
+        return None
+    groups = scheduler.optimizer.param_groups
+    old_T, old_lr = scheduler.T_max, groups[0]["lr"]
+    scheduler.T_max = cfg["T_max"]
+    progress = (1 + math.cos(math.pi * scheduler.last_epoch / scheduler.T_max)) / 2
+    for group, base_lr in zip(groups, scheduler.base_lrs):
+        group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * progress
+    change = {"epoch": scheduler.last_epoch + 1, "T_max": [old_T, scheduler.T_max],
+              "lr": [old_lr, groups[0]["lr"]]}  # fmt: skip
+    _say_horizon(change)
+    return change
+
+
+def _say_horizon(change: dict[str, Any]) -> None:
+    from snnrun.core.progress import console
+
+    (old_T, new_T), (old_lr, new_lr) = change["T_max"], change["lr"]
+    console.print(
+        f"[yellow]note:[/] the cosine schedule's horizon moves from T_max={old_T} to {new_T} "
+        f"epochs from epoch {change['epoch']} on: the learning rate goes from {old_lr:.3g} to "
+        f"{new_lr:.3g} (config.yaml now says T_max={new_T}; each epoch's record keeps its lr)",
+        highlight=False,
+    )

@@ -1,0 +1,195 @@
+"""The training loop: batch → encode → forward → loss → backward → step → log; test each epoch.
+
+The trainer receives built objects and never names a neuron, dataset or model. Training and
+evaluation share one loss step (:meth:`Trainer.forward`). At the end of each epoch the
+parameters are checked for non-finite values (one host sync) before the epoch's record goes to
+``on_epoch_end`` (checkpointing, metrics file), so a diverged run never overwrites its last
+good checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from snnrun.core.distributed import active, sum_over_ranks
+from snnrun.core.errors import SnnrunError
+from snnrun.core.progress import print_epoch, progress_bar
+from snnrun.core.stop import check_stop
+from snnrun.engine.monitors import monitoring
+
+if TYPE_CHECKING:
+    from snnrun.run.build import Run
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides tensors: where the run is and what it has seen."""
+
+    epoch: int = 0  # the next epoch to run
+    global_step: int = 0
+    best_acc: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+EpochHook = Callable[[TrainState, dict[str, Any], bool], None]
+
+
+class DivergedError(SnnrunError):
+    """Parameters or the loss became NaN/inf."""
+
+
+class Trainer:
+    """Fits ``net`` (the run's model, possibly compiled) with the run's other built pieces."""
+
+    def __init__(self, run: Run, net: nn.Module, eval_net: nn.Module | None = None) -> None:
+        """``net`` trains (DDP-wrapped under torchrun); ``eval_net`` (default ``net``) tests,
+        unwrapped so that ranks with unequal test shares never wait on each other."""
+        self.run, self.net = run, net
+        self.eval_net = eval_net if eval_net is not None else net  # a compiled net has no bool()
+        self.T, self.log_every = run.conf["T"], run.conf["log_every"]
+        self.collective = active()
+
+    def fit(self, epochs: int, state: TrainState, on_epoch_end: EpochHook) -> TrainState:
+        run = self.run
+        for epoch in range(state.epoch, epochs):
+            start = time.perf_counter()
+            if run.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(run.device)
+            lr = run.optimizer.param_groups[0]["lr"]
+            for loader in (run.train_loader, run.test_loader):
+                loader.batch_sampler.set_epoch(epoch)
+            train = self.train_epoch(run.train_loader, state, f"epoch {epoch + 1} train")
+            test = self.evaluate(run.test_loader, f"epoch {epoch + 1} test")
+            self._check_finite(epoch, train)
+            is_best = test["acc"] > state.best_acc or not state.history
+            state.best_acc = max(state.best_acc, test["acc"])
+            record = {
+                "epoch": epoch,
+                "global_step": state.global_step,
+                "train_loss": train["loss"],
+                "train_acc": train["acc"],
+                "test_loss": test["loss"],
+                "test_acc": test["acc"],
+                "max_test_acc": state.best_acc,
+                "train_samples_per_s": train["samples_per_s"],
+                "test_samples_per_s": test["samples_per_s"],
+                "epoch_seconds": time.perf_counter() - start,
+                "lr": lr,
+                **test["monitors"],
+            }
+            if run.device.type == "cuda":
+                record["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
+            if run.scheduler is not None:
+                run.scheduler.step()
+            state.epoch = epoch + 1
+            state.history.append(record)
+            print_epoch(record, epochs)
+            run.logger.log_epoch(state.global_step, record)
+            on_epoch_end(state, record, is_best)
+        return state
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, net: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one loss step: (output spikes ``[T, N, classes]``, loss) for a batch."""
+        x = x.to(self.run.device, non_blocking=True)
+        with self.run.precision.autocast():
+            out = (self.net if net is None else net)(self.run.encoder(x, self.T))
+            return out, self.run.loss(out, y)
+
+    def train_epoch(self, loader: DataLoader, state: TrainState, label: str) -> dict[str, Any]:
+        self.net.train()
+        totals = _Totals()
+        with progress_bar() as bar:
+            task = bar.add_task(label, total=len(loader.dataset), loss="")
+            for x, y in loader:
+                loss, correct = self.train_step(x, y.to(self.run.device, non_blocking=True))
+                totals.add(loss, correct, len(y))
+                state.global_step += 1
+                if self.run.logger.wants_steps and state.global_step % self.log_every == 0:
+                    self.run.logger.log_step(state.global_step, {"loss": loss.item()})
+                shown = "" if bar.disable else f"loss={loss.item():.4f}"  # no sync when hidden
+                bar.update(task, advance=len(y), loss=shown)
+                check_stop(self.collective)
+        return totals.summary()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, loss = self.forward(x, y)
+        optimizer, scaler = self.run.optimizer, self.run.precision.scaler
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        return loss.detach(), (self.run.loss.predict(out) == y).sum()
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader, label: str) -> dict[str, Any]:
+        self.eval_net.eval()
+        totals = _Totals()
+        with progress_bar() as bar, monitoring(self.run.monitors) as monitors:
+            task = bar.add_task(label, total=len(loader.dataset), loss="")
+            for x, y in loader:
+                y = y.to(self.run.device, non_blocking=True)
+                out, loss = self.forward(x, y, self.eval_net)
+                totals.add(loss, (self.run.loss.predict(out) == y).sum(), len(y))
+                bar.update(task, advance=len(y))
+                check_stop()
+        return {**totals.summary(), "monitors": monitors.summary()}
+
+    def _check_finite(self, epoch: int, train: dict[str, Any]) -> None:
+        """One sync: every parameter and buffer finite, else name the first bad tensor."""
+        tensors = [*self.run.model.named_parameters(), *self.run.model.named_buffers()]
+        floats = [(n, t) for n, t in tensors if t.is_floating_point()]
+        if floats and bool(torch.stack([t.isfinite().all() for _, t in floats]).all()):
+            if train["loss"] == train["loss"] and abs(train["loss"]) != float("inf"):
+                return
+            bad = f"the training loss is {train['loss']}"
+        else:
+            name = next(n for n, t in floats if not bool(t.isfinite().all()))
+            bad = f"parameter {name} holds NaN/inf"
+        raise DivergedError(
+            f"training diverged in epoch {epoch + 1}: {bad}; the last good checkpoint is kept "
+            "(lower optimizer.lr, check surrogate/neuron values, or try precision=fp32)"
+        )
+
+
+class _Totals:
+    """Sample-weighted loss and accuracy over an epoch, plus throughput.
+
+    Sums stay on the device (no host sync per step); :meth:`summary` reads them once.
+    """
+
+    def __init__(self) -> None:
+        self.loss: torch.Tensor | float = 0.0
+        self.correct: torch.Tensor | int = 0
+        self.samples = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        self.loss = self.loss + loss.detach().double() * n
+        self.correct = self.correct + correct
+        self.samples += n
+
+    def summary(self) -> dict[str, float]:
+        """Over every rank: one all-reduce, the one host sync of the epoch."""
+        sums = torch.stack([torch.as_tensor(v).double() for v in (self.loss, self.correct)])
+        sums = torch.cat([sums, torch.tensor([float(self.samples)], device=sums.device).double()])
+        loss, correct, samples = sum_over_ranks(sums).tolist()
+        n = max(samples, 1)
+        seconds = time.perf_counter() - self.start
+        return {
+            "loss": loss / n,
+            "acc": correct / n,
+            "samples_per_s": samples / seconds if seconds > 0 else 0.0,
+        }

@@ -1,0 +1,217 @@
+"""Spiking neuron layers: IF, LIF, PLIF and snnTorch's Leaky over ``[T, N, ...]``.
+
+A layer holds its :class:`~snnrun.net.dynamics.Dynamics`, its learned decay (PLIF, Leaky) and its
+membrane state ``v``. The backend (``torch`` loop or ``triton`` kernel) is looked up once at build
+time; ``forward`` just calls it. ``step_mode='m'`` takes ``[T, N, ...]``; ``step_mode='s'`` takes
+one step ``[N, ...]`` per call and keeps ``v`` between calls, giving results identical to 'm'
+(a network with 's' neurons feeds its layers one step at a time). State persists until
+:meth:`reset`; the network resets every :class:`Stateful` layer before each batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from snnrun.core.registry import Registry
+from snnrun.net.dynamics import BACKENDS, Decay, Dynamics
+from snnrun.net.surrogate import Surrogate, build_surrogate
+
+NEURONS: Registry[type[SpikingNeuron]] = Registry("neuron")
+_COMMON = ("v_threshold", "surrogate", "backend", "step_mode", "store_v_seq")
+
+
+class Stateful(nn.Module):
+    """A layer with memory across time steps; :meth:`reset` forgets it."""
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+
+class SpikingNeuron(Stateful):
+    """Base layer: runs the backend over time and keeps the membrane state."""
+
+    # Config keys this kind accepts (besides ``kind``).
+    OPTIONS: tuple[str, ...] = (*_COMMON, "v_reset", "detach_reset")
+
+    def __init__(
+        self,
+        dynamics: Dynamics,
+        backend: str = "torch",
+        step_mode: str = "m",
+        store_v_seq: bool = False,
+    ) -> None:
+        super().__init__()
+        if step_mode not in ("s", "m"):
+            raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")
+        self.dynamics = dynamics
+        self.backend = backend
+        self.backend_fn = BACKENDS.get(backend)
+        self.step_mode = step_mode
+        self.store_v_seq = store_v_seq
+        self.v: torch.Tensor | None = None
+        self.v_seq: torch.Tensor | None = None
+
+    def decay(self) -> Decay:
+        """The decay the charge equation reads (``k = 1/tau`` or ``beta``); None for IF."""
+        return None
+
+    def reset(self) -> None:
+        """Forget the membrane state (``V[-1] = V_rest`` on the next call)."""
+        self.v = None
+        self.v_seq = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Spikes ``[T, N, ...]`` for ``x`` ``[T, N, ...]`` (or ``[N, ...]`` when step_mode='s')."""
+        x_seq = x.unsqueeze(0) if self.step_mode == "s" else x
+        v = self.v if self.v is not None else torch.full_like(x_seq[0], self.dynamics.v_rest)
+        spikes, self.v, v_seq = self.backend_fn(
+            x_seq, v, self.decay(), self.dynamics, self.store_v_seq
+        )
+        if self.store_v_seq:
+            self._keep_v_seq(v_seq)
+        return spikes[0] if self.step_mode == "s" else spikes
+
+    def _keep_v_seq(self, v_seq: torch.Tensor) -> None:
+        if self.step_mode == "m" or self.v_seq is None:
+            self.v_seq = v_seq
+        else:
+            self.v_seq = torch.cat([self.v_seq, v_seq])
+
+    def extra_repr(self) -> str:
+        d = self.dynamics
+        reset = "soft" if not d.hard_reset else f"hard(v_reset={d.v_reset:g})"
+        parts = [
+            f"v_threshold={d.v_threshold:g}",
+            f"reset={reset if d.kind != 'leaky' else 'subtract'}",
+            *self._decay_repr(),
+            f"detach_reset={d.detach_reset}" if d.kind != "leaky" else None,
+            f"surrogate={d.surrogate!r}",
+            f"step_mode={self.step_mode}",
+            f"backend={self.backend}",
+        ]
+        return ", ".join(p for p in parts if p)
+
+    def _decay_repr(self) -> list[str]:
+        return []
+
+
+@NEURONS.register("if")
+class IFNeuron(SpikingNeuron):
+    """Integrate-and-fire: ``H[t] = V[t-1] + X[t]``."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(_dynamics("if", kw), **_layer_options(kw))
+
+
+@NEURONS.register("lif")
+class LIFNeuron(SpikingNeuron):
+    """Leaky integrate-and-fire with a fixed ``tau`` (``k = 1/tau``)."""
+
+    OPTIONS = (*SpikingNeuron.OPTIONS, "tau", "decay_input")
+
+    def __init__(self, tau: float = 2.0, **kw: Any) -> None:
+        if tau <= 1.0:
+            raise ValueError(f"lif needs tau > 1, got {tau}")
+        super().__init__(_dynamics("lif", kw), **_layer_options(kw))
+        self.tau = float(tau)
+
+    def decay(self) -> Decay:
+        return 1.0 / self.tau
+
+    def _decay_repr(self) -> list[str]:
+        return [f"tau={self.tau:g}", f"decay_input={self.dynamics.decay_input}"]
+
+
+@NEURONS.register("plif")
+class PLIFNeuron(SpikingNeuron):
+    """Parametric LIF (Fang et al. 2021): ``k = 1/tau = sigmoid(w)``, one learned ``w`` per layer.
+
+    ``w`` starts at ``-log(init_tau - 1)`` so that ``1/tau = 1/init_tau``.
+    """
+
+    OPTIONS = (*SpikingNeuron.OPTIONS, "init_tau", "decay_input")
+
+    def __init__(self, init_tau: float = 2.0, **kw: Any) -> None:
+        if init_tau <= 1.0:
+            raise ValueError(f"plif needs init_tau > 1, got {init_tau}")
+        super().__init__(_dynamics("lif", kw), **_layer_options(kw))
+        self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
+
+    def decay(self) -> Decay:
+        return self.w.sigmoid()
+
+    def _decay_repr(self) -> list[str]:
+        tau = 1.0 / self.w.detach().sigmoid().item()
+        return [f"tau={tau:.4g} (learned)", f"decay_input={self.dynamics.decay_input}"]
+
+
+@NEURONS.register("leaky")
+class LeakyNeuron(SpikingNeuron):
+    """snnTorch ``Leaky``: ``U[t] = beta U[t-1] + X[t] - U_thr R[t]``, beta clamped to [0, 1]."""
+
+    OPTIONS = (*_COMMON, "beta", "learn_beta")
+
+    def __init__(self, beta: float = 0.5, learn_beta: bool = False, **kw: Any) -> None:
+        kw = {**kw, "v_reset": None, "detach_reset": True}
+        super().__init__(_dynamics("leaky", kw), **_layer_options(kw))
+        beta_t = torch.tensor(float(beta))
+        self.learn_beta = learn_beta
+        if learn_beta:
+            self.beta = nn.Parameter(beta_t)
+        else:
+            self.register_buffer("beta", beta_t)
+
+    def decay(self) -> Decay:
+        return self.beta.clamp(0.0, 1.0)
+
+    def _decay_repr(self) -> list[str]:
+        return [f"beta={self.beta.item():g}" + (" (learned)" if self.learn_beta else "")]
+
+
+_LAYER_KEYS = ("backend", "step_mode", "store_v_seq")
+_DYNAMICS_KEYS = ("v_threshold", "v_reset", "detach_reset", "decay_input", "surrogate")
+
+
+def _layer_options(kw: dict[str, Any]) -> dict[str, Any]:
+    return {k: kw[k] for k in _LAYER_KEYS if k in kw}
+
+
+def _dynamics(kind: str, kw: dict[str, Any]) -> Dynamics:
+    unknown = set(kw) - set(_LAYER_KEYS) - set(_DYNAMICS_KEYS)
+    if unknown:
+        raise TypeError(f"{kind} neuron got unknown option(s): {', '.join(sorted(unknown))}")
+    fields = {k: kw[k] for k in _DYNAMICS_KEYS if k in kw}
+    if "v_threshold" in fields:
+        fields["v_threshold"] = float(fields["v_threshold"])
+    if fields.get("v_reset") is not None:
+        fields["v_reset"] = float(fields["v_reset"])
+    return Dynamics(kind=kind, **fields)
+
+
+def build_neuron(cfg: dict[str, Any], surrogate_cfg: dict[str, Any]) -> SpikingNeuron:
+    """A neuron layer from the ``neuron`` group (``kind`` picks the class) and a surrogate."""
+    options = dict(cfg)
+    cls = NEURONS.get(options.pop("kind"))
+    surrogate: Surrogate = build_surrogate(surrogate_cfg)
+    return cls(surrogate=surrogate, **options)
+
+
+def merge_neuron_options(group: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """A model entry's neuron settings over the group's; switching ``kind`` keeps only the
+    group keys the new kind accepts (``{type: neuron, kind: lif}`` in a ``neuron=plif`` run
+    keeps ``v_threshold``, ``detach_reset``, ``backend``... but not ``init_tau``)."""
+    kind = entry.get("kind", group["kind"])
+    accepted = NEURONS.get(kind).OPTIONS
+    kept = {k: v for k, v in group.items() if k in accepted}
+    return {**kept, **entry, "kind": kind}
+
+
+def reset_states(module: nn.Module) -> None:
+    """Reset every stateful layer (neurons, time-shared dropout masks) inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, Stateful):
+            m.reset()

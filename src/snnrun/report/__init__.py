@@ -1,0 +1,2 @@
+"""Figures of a run: drawing (:mod:`.figures`), probing a network on a sample (:mod:`.probe`),
+rendering the figure sets (:mod:`.render`)."""

@@ -1,0 +1,307 @@
+"""Where a run's numbers go besides ``metrics.jsonl``: the logger registry (``wandb``, ``none``).
+
+``logger=wandb`` logs the resolved config, the per-step train loss and the per-epoch metrics
+against a ``global_step`` metric that checkpoints restore (W&B's own step restarts at 0 for a
+resumed offline run), and checkpoints as versions of the model artifact ``model-<run id>``
+(aliases ``latest``, ``best``, ``epoch-<n>``). ``checkpoints`` says which: ``latest_best``
+(default: the latest and the best, when each training segment ends, stopped or not),
+``all`` (every epoch's) or ``none``. W&B copies each version into its staging folder
+(``$WANDB_DATA_DIR/artifacts/staging``, default ``~/.local/share/wandb/...``) until it is
+uploaded: offline, until ``wandb sync``. Its files live in ``<run dir>/wandb``; the W&B run id
+is the snnrun run id. On resume, epochs and kept checkpoints (latest, best) that no local
+``.wandb`` file holds (a SIGKILL loses what W&B had not flushed) are logged again. W&B's own
+banner and summary are off; one line says where the run went and how to upload it. ``mode``
+defaults to ``offline``; ``WANDB_MODE`` in the environment, when set, wins (also on resume,
+whose saved config holds the mode the run started with).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shlex
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+from snnrun.core.errors import SnnrunError
+from snnrun.core.progress import console
+from snnrun.core.registry import Registry
+from snnrun.run.wandb_files import artifact_epochs, logged_epochs
+
+if TYPE_CHECKING:
+    from snnrun.run.rundir import RunDir
+
+WANDB_MODES = ("offline", "online", "disabled")
+CHECKPOINT_CHOICES = ("latest_best", "all", "none")
+
+
+class RunLogger:
+    """Base logger: does nothing. Subclasses send numbers somewhere."""
+
+    wants_steps = False  # whether log_step is worth a host sync for the loss
+
+    def start(
+        self,
+        rundir: RunDir,
+        run_id: str,
+        config: dict[str, Any],
+        state: dict[str, Any] | None,
+        history: list[dict[str, Any]],
+    ) -> None:
+        """Open the run; ``state`` is what :meth:`state_dict` returned before a resume and
+        ``history`` the epoch records the run already has."""
+
+    def log_step(self, global_step: int, metrics: dict[str, float]) -> None: ...
+
+    def log_epoch(self, global_step: int, metrics: dict[str, float]) -> None: ...
+
+    def log_checkpoint(self, rundir: RunDir, epoch: int, is_best: bool) -> None: ...
+
+    def log_figures(self, figures: dict[str, Any], global_step: int | None = None) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+
+LOGGERS: Registry[type[RunLogger]] = Registry("logger")
+LOGGERS.register("none")(RunLogger)
+
+
+@LOGGERS.register("wandb")
+class WandbLogger(RunLogger):
+    """Weights & Biases, offline by default."""
+
+    wants_steps = True
+
+    def __init__(
+        self,
+        project: str = "snnrun",
+        mode: str = "offline",
+        entity: str | None = None,
+        tags: list[str] | None = None,
+        checkpoints: str = "latest_best",
+    ) -> None:
+        mode = os.environ.get("WANDB_MODE") or mode or "offline"
+        if mode not in WANDB_MODES:
+            raise SnnrunError(f"W&B mode {mode!r}; use one of {', '.join(WANDB_MODES)}")
+        if checkpoints not in CHECKPOINT_CHOICES:
+            raise SnnrunError(
+                f"logger.checkpoints={checkpoints!r}; use one of {', '.join(CHECKPOINT_CHOICES)}"
+            )
+        self.project, self.mode, self.entity = project, mode, entity
+        self.tags = list(tags or [])
+        self.checkpoints = checkpoints
+        self.run = None
+        self.run_id: str | None = None
+        self.rundir: RunDir | None = None
+        self.latest: int | None = None  # epoch of checkpoint_latest.pt / checkpoint_best.pt
+        self.best: int | None = None
+        self.logged: set[int] = set()  # epochs whose checkpoint is an artifact version
+        self.staged = False
+
+    def start(
+        self,
+        rundir: RunDir,
+        run_id: str,
+        config: dict[str, Any],
+        state: dict[str, Any] | None,
+        history: list[dict[str, Any]],
+    ) -> None:
+        import wandb
+
+        self.rundir = rundir
+        self.run_id = (state or {}).get("run_id") or rundir.read_wandb_id() or run_id
+        already = self._read_past(rundir, history)
+        if self.mode != "disabled":
+            _check_writable(rundir, state is not None)
+        rundir.write_wandb_id(self.run_id)
+        _quiet(wandb)
+        try:
+            self.run = wandb.init(
+                project=self.project,
+                entity=self.entity,
+                id=self.run_id,
+                resume="allow",
+                dir=str(rundir.path),
+                mode=self.mode,
+                config=config,
+                tags=self.tags,
+                name=f"{rundir.path.parent.name}/{rundir.path.name}",
+            )
+        except Exception as e:  # login, network and service errors come in many types
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            online = "check `wandb login` and the network, or set WANDB_MODE=offline; "
+            raise SnnrunError(
+                f"W&B could not start a {self.mode} run ({reason}); "
+                f"{online if self.mode == 'online' else ''}{_without_wandb(state is not None)}"
+            ) from None
+        self.run.define_metric("global_step")
+        self.run.define_metric("*", step_metric="global_step")
+        for record in history:  # what a killed segment never flushed
+            if record["epoch"] not in already:
+                self.log_epoch(record.get("global_step", 0), record)
+        if self.checkpoints == "all":
+            self._log_kept()
+
+    def _read_past(self, rundir: RunDir, history: list[dict[str, Any]]) -> set[int]:
+        """Note the kept checkpoints' epochs and those already artifact versions; the epochs
+        whose record W&B already holds (a run fetched from W&B: all of its history)."""
+        if history:
+            self.latest = history[-1]["epoch"]
+            self.best = max(history, key=lambda r: r["test_acc"])["epoch"]  # the first best
+        if str(rundir.read_info().get("from", "")).startswith("wandb:"):
+            self.logged = {self.latest} if self.latest is not None else set()  # fetched
+            return {r["epoch"] for r in history}
+        self.logged = artifact_epochs(rundir.wandb_dir, self._artifact)
+        return logged_epochs(rundir.wandb_dir)
+
+    @property
+    def _artifact(self) -> str:
+        return f"model-{self.run_id}"
+
+    def log_step(self, global_step: int, metrics: dict[str, float]) -> None:
+        self.run.log({**{f"train/{k}": v for k, v in metrics.items()}, "global_step": global_step})
+
+    def log_epoch(self, global_step: int, metrics: dict[str, float]) -> None:
+        self.run.log({**{f"epoch/{k}": v for k, v in metrics.items()}, "global_step": global_step})
+
+    def log_checkpoint(self, rundir: RunDir, epoch: int, is_best: bool) -> None:
+        """Note the epoch's checkpoints; with ``checkpoints=all`` log the latest now (W&B
+        copies it and uploads in the background, so the loop waits only for the copy)."""
+        self.latest = epoch
+        if is_best:
+            self.best = epoch
+        if self.checkpoints == "all":
+            self._log_model("latest", epoch)
+
+    def _log_kept(self) -> None:
+        """The kept checkpoints that are no artifact version yet: the best, then the latest
+        (W&B moves ``latest`` to the version logged last)."""
+        if self.best is not None and self.best != self.latest:
+            self._log_model("best", self.best)
+        if self.latest is not None:
+            self._log_model("latest", self.latest)
+
+    def _log_model(self, which: str, epoch: int) -> None:
+        import wandb
+
+        path = self.rundir.checkpoint(which) if self.rundir else None
+        if epoch in self.logged or path is None or not path.is_file():
+            return
+        aliases = [f"epoch-{epoch}"]
+        aliases += ["latest"] if which == "latest" else []
+        aliases += ["best"] if epoch == self.best else []
+        artifact = wandb.Artifact(self._artifact, type="model", metadata={"epoch": epoch})
+        artifact.add_file(str(path), name="checkpoint.pt", skip_cache=True)
+        self.run.log_artifact(artifact, aliases=aliases)
+        self.logged.add(epoch)
+        self.staged = True
+
+    def log_figures(self, figures: dict[str, Any], global_step: int | None = None) -> None:
+        """PNG/GIF figures as W&B images (W&B shows no SVG/PDF images)."""
+        import wandb
+
+        row = {f"figures/{k}": wandb.Image(str(v)) for k, v in figures.items()
+               if str(v).endswith((".png", ".gif"))}  # fmt: skip
+        if row:
+            self.run.log(
+                {**row, **({"global_step": global_step} if global_step is not None else {})}
+            )
+
+    def finish(self) -> None:
+        """Log the kept checkpoints (``latest_best``), close the run, say where it went."""
+        if self.run is None:
+            return
+        url = self.run.url if self.mode == "online" else None
+        try:
+            if self.checkpoints == "latest_best":
+                self._log_kept()
+        except Exception as e:  # a full disk under W&B's staging folder ends no run
+            console.print(
+                f"[yellow]warning:[/] W&B checkpoint artifacts not logged ({e}); the next "
+                "resume logs them"
+            )
+        finally:
+            self.run.finish()
+            self.run = None
+        where = self._where(url)
+        if where:
+            console.print(where, highlight=False, soft_wrap=True)
+
+    def _where(self, url: str | None) -> str | None:
+        """The one line about the run's W&B files."""
+        if self.mode == "online":
+            return f"W&B: {url}" if url else None
+        if self.mode != "offline" or self.rundir is None:
+            return None
+        line = (
+            f"W&B: offline files in {self.rundir.wandb_dir}; upload every segment of the run "
+            f"with: wandb sync {shlex.quote(str(self.rundir.wandb_dir))}/offline-run-*"
+        )
+        if self.staged:
+            line += f" (checkpoint artifacts wait in {staging_dir()} until then)"
+        return line
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}
+
+
+def _quiet(wandb: Any) -> None:
+    """W&B without its banner, summary and sync hint (info); warnings and errors stay."""
+    settings = wandb.setup(settings=wandb.Settings(quiet=True, show_info=False)).settings
+    wandb.termsetup(settings, None)
+
+
+def staging_dir() -> str:
+    """Where W&B copies an artifact's files until they are uploaded (``WANDB_DATA_DIR``)."""
+    from wandb import env
+
+    return os.path.join(env.get_data_dir(), "artifacts", "staging")
+
+
+def _without_wandb(resuming: bool) -> str:
+    """How to go on without W&B: a fresh run drops it; a resume (whose logger group cannot
+    change) turns it off, and a later resume with W&B logs what it missed."""
+    if resuming:
+        return (
+            "or go on without W&B for now with WANDB_MODE=disabled (a later resume with W&B "
+            "logs the epochs it missed)"
+        )
+    return "or train without W&B: logger=none"
+
+
+def _check_writable(rundir: RunDir, resuming: bool) -> None:
+    """W&B writes under ``<run dir>/wandb``: say so, with the fix, before it fails."""
+    folder = rundir.wandb_dir
+    try:
+        folder.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder):  # W&B makes a folder per segment
+            pass
+    except OSError as e:
+        raise SnnrunError(
+            f"cannot write W&B's files in {folder} ({e.strerror or e}); make that folder "
+            f"writable, {_without_wandb(resuming)}"
+        ) from None
+
+
+def check_logger_conf(conf: dict[str, Any]) -> None:
+    """Refuse, as one line, a logger section its builder would refuse: an unknown key (for
+    example ``+logger.notes=x``) or a bad value. Nothing is written."""
+    build_logger(conf)
+
+
+def build_logger(cfg: dict[str, Any]) -> RunLogger:
+    """The configured logger (not started); unknown keys are one line naming the known."""
+    options = dict(cfg)
+    name = options.pop("name")
+    cls = LOGGERS.get(name)
+    known = [p for p in inspect.signature(cls).parameters if cls is not RunLogger]
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise SnnrunError(
+            f"logger={name} has no key {unknown[0]!r} (its keys: {', '.join(known) or 'none'}); "
+            f"drop logger.{unknown[0]}"
+        )
+    return cls(**options)

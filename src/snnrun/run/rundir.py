@@ -1,0 +1,341 @@
+"""The run dir: the one module that knows its layout.
+
+``outputs/<date>/<time>/`` (or a sweep job's folder) holds:
+
+- ``config.yaml``: the resolved config the run trains with (rewritten on every resume);
+- ``run.json``: the run's identity (``run_id``) and what a network needs to be rebuilt without
+  its dataset (per-sample input shape, class count, dataset name and split sizes); rebuilt from
+  the checkpoints (which carry both) when it is lost; ``resumes`` lists what resumes changed;
+- ``metrics.jsonl``: one JSON object per epoch (a last line cut short by a crash is skipped);
+- ``checkpoint_latest.pt`` / ``checkpoint_best.pt``: written atomically, carrying the same
+  ``run_id`` as ``run.json`` (a checkpoint copied in from another run is refused);
+- ``run.lock``: held (``flock``) by the process training in the dir; the kernel releases it
+  when that process ends in any way, so a stale claim never blocks a later run;
+- ``wandb/``, ``wandb_run_id.txt``: the W&B files; ``figures/``: ``snnrun viz`` output;
+- ``eval/``: ``snnrun eval`` results (``<timestamp>.json`` and a confusion matrix each);
+- ``export/``: ``snnrun export`` output (``model.nir``);
+- ``failed.txt``: why a sweep job failed (cleared when it trains again);
+- ``.hydra/``: Hydra's record of the first start (``config.yaml`` above is the truth).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import shlex
+import string
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from snnrun.core.errors import SnnrunError
+from snnrun.run.checkpoint import (
+    CheckpointError,
+    CorruptCheckpoint,
+    atomic_write_bytes,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+LATEST = "checkpoint_latest.pt"
+BEST = "checkpoint_best.pt"
+CHECKPOINTS = {"latest": LATEST, "best": BEST}
+METRICS = "metrics.jsonl"
+CONFIG = "config.yaml"
+INFO = "run.json"
+LOCK = "run.lock"
+WANDB_ID = "wandb_run_id.txt"
+FAILED = "failed.txt"
+FIGURES = "figures"
+EVALS = "eval"
+EXPORTS = "export"
+
+
+class RunDirError(SnnrunError):
+    """A path that is not (or not this) run dir, or one another process holds."""
+
+
+def new_run_id() -> str:
+    """8 random [a-z0-9] characters, drawn without touching the run's seeded RNGs."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+class RunDir:
+    """Reads and writes one run dir; every file name lives here."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).expanduser()
+        self._lock_fd: int | None = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # --- where things are -------------------------------------------------------------------
+    def checkpoint(self, which: str = "latest") -> Path:
+        if which not in CHECKPOINTS:
+            raise RunDirError(f"which={which!r}; use one of {', '.join(CHECKPOINTS)}")
+        return self.path / CHECKPOINTS[which]
+
+    @property
+    def figures(self) -> Path:
+        return self.path / FIGURES
+
+    @property
+    def evals(self) -> Path:
+        return self.path / EVALS
+
+    @property
+    def exports(self) -> Path:
+        return self.path / EXPORTS
+
+    @property
+    def wandb_dir(self) -> Path:
+        return self.path / "wandb"
+
+    def holds_run(self) -> bool:
+        """Whether a run has finished at least one epoch here."""
+        return (self.path / LATEST).is_file()
+
+    def has_files(self) -> bool:
+        """Whether anything of a run (beyond Hydra's ``.hydra/``) was written here."""
+        names = (LATEST, BEST, METRICS, INFO)
+        return any((self.path / n).exists() for n in names)
+
+    # --- claiming -----------------------------------------------------------------------------
+    def claim(self) -> None:
+        """Hold ``run.lock`` for this process's lifetime; refuse when another process holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunDirError(
+                f"{self.path} is in use by another snnrun process (pid {owner}); wait for it "
+                "to end, or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        for stale in self.path.glob(".*.tmp"):  # a killed writer's half-written file
+            stale.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    # --- config and identity ------------------------------------------------------------------
+    def write_config(self, conf: dict[str, Any]) -> None:
+        text = yaml.safe_dump(conf, sort_keys=False, default_flow_style=None).encode()
+        atomic_write_bytes(self.path / CONFIG, lambda f: f.write(text))
+
+    def read_config(self) -> dict[str, Any]:
+        path = self.path / CONFIG
+        if not path.is_file():
+            raise RunDirError(f"{self.path} has no {CONFIG}; pass the folder of an snnrun run")
+        return yaml.safe_load(path.read_text())
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        text = (json.dumps(info, indent=2) + "\n").encode()
+        atomic_write_bytes(self.path / INFO, lambda f: f.write(text))
+
+    def read_info(self) -> dict[str, Any]:
+        """``run.json``; a lost one is rebuilt from the checkpoints (see :meth:`_recover_info`)."""
+        path = self.path / INFO
+        if not path.is_file():
+            return self._recover_info()
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"corrupt {path}: {e}") from None
+
+    def record_resume(self, change: dict[str, Any]) -> None:
+        """Append what a resume changed (``change``, with the time) to ``run.json``'s
+        ``resumes`` list."""
+        info, when = self.read_info(), time.strftime("%Y-%m-%d %H:%M:%S")
+        info.setdefault("resumes", []).append({"time": when, **change})
+        self.write_info(info)
+
+    def _recover_info(self) -> dict[str, Any]:
+        """``run.json`` rebuilt from the first intact checkpoint (latest, then best), when every
+        run id the dir holds (checkpoints, W&B id) agrees; written back, with a note."""
+        ids, source = {}, None
+        for name in (LATEST, BEST):
+            try:
+                payload = load_checkpoint(self.path / name)
+            except CheckpointError:  # missing or damaged: the other one may do
+                continue
+            ids[name], source = payload["run_id"], source or (name, payload)
+        if source is None:
+            raise RunDirError(
+                f"{self.path} has no {INFO} and no intact checkpoint to rebuild it from (not an "
+                "snnrun run dir?); pass the folder of a run that finished at least one epoch"
+            )
+        if self.read_wandb_id():
+            ids[WANDB_ID] = self.read_wandb_id()
+        if len(set(ids.values())) > 1:
+            names = ", ".join(f"{k}: {v}" for k, v in ids.items())
+            raise RunDirError(
+                f"{self.path} has no {INFO}, and its files name different runs ({names}); "
+                "put back its run.json, or remove the file copied in from another run"
+            )
+        name, payload = source
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        info = {"run_id": payload["run_id"], "data": payload["data"],
+                "recovered": f"rebuilt from {name} on {when} ({INFO} was missing)"}  # fmt: skip
+        try:
+            self.write_info(info)
+            done = f"rebuilt it from {name}"
+        except OSError as e:
+            done = f"read the run from {name} (could not write {INFO} back: {e.strerror})"
+        _note(f"{self.path} had no {INFO}; {done} (run {payload['run_id']})")
+        return info
+
+    # --- metrics ------------------------------------------------------------------------------
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The per-epoch records. A last line cut short (a crash mid-write) is skipped with a
+        note; a bad line before it is one error naming the file and line."""
+        path = self.path / METRICS
+        if not path.is_file():
+            return []
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        records = []
+        for n, line in lines:
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                if n == lines[-1][0]:
+                    _note(f"{path} line {n} is cut short (a crash while writing it?); skipped")
+                    break
+                why = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+                raise RunDirError(
+                    f"corrupt {path}, line {n}: {why}; mend or delete that line"
+                ) from None
+            records.append(record)
+        return records
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one line; a failed write is cut back off, leaving the file as it was."""
+        path = self.path / METRICS
+        with path.open("ab") as f:
+            size = f.tell()
+            try:
+                f.write((json.dumps(record) + "\n").encode())
+                f.flush()
+                os.fsync(f.fileno())
+            except BaseException:
+                f.truncate(size)
+                raise
+
+    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Replace the file with exactly ``records`` (a resume drops epochs past its checkpoint)."""
+        text = "".join(json.dumps(r) + "\n" for r in records).encode()
+        atomic_write_bytes(self.path / METRICS, lambda f: f.write(text))
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def save_epoch(self, payload: dict[str, Any], record: dict[str, Any], is_best: bool) -> None:
+        """Latest checkpoint, then the metrics line, then the best checkpoint: a failure at any
+        point leaves the latest checkpoint and ``metrics.jsonl`` agreeing (or the checkpoint
+        one epoch ahead, which a resume rewrites the metrics from)."""
+        save_checkpoint(payload, self.path / LATEST)
+        self.append_metrics(record)
+        if is_best:
+            save_checkpoint(payload, self.path / BEST)
+
+    def load_checkpoint(self, which: str = "latest") -> dict[str, Any]:
+        """A checkpoint of this dir's run; one that belongs to another run is refused."""
+        path = self.checkpoint(which)
+        if not path.is_file():
+            raise RunDirError(
+                f"{self.path} has no {path.name}; pass the folder of a run that finished at "
+                "least one epoch"
+            )
+        try:
+            payload = load_checkpoint(path)
+        except CorruptCheckpoint as e:
+            raise RunDirError(f"corrupt checkpoint {path}: {e.what}; {self._way_on(which)}"
+                              ) from None  # fmt: skip
+        own, theirs = self.read_info().get("run_id"), payload.get("run_id")
+        if own != theirs:
+            raise RunDirError(
+                f"{path} belongs to run {theirs!r}, not to this dir's run {own!r} (copied from "
+                "another run dir?); put it back, or resume that run from its own dir"
+            )
+        return payload
+
+    def _way_on(self, damaged: str) -> str:
+        """What a user can do when checkpoint ``damaged`` is not whole: use the other one."""
+        other = "best" if damaged == "latest" else "latest"
+        try:
+            payload = load_checkpoint(self.checkpoint(other))
+        except CheckpointError:
+            return (f"there is no intact {self.checkpoint(other).name} to fall back on: restore "
+                    f"{self.checkpoint(damaged).name} from a copy, or start a new run")  # fmt: skip
+        good = f"{self.checkpoint(other).name} (epoch {payload['state']['epoch']}) is intact"
+        if other == "latest":
+            return f"{good}: use it with which=latest (eval, viz, export)"
+        best, latest = (shlex.quote(str(self.checkpoint(w))) for w in ("best", "latest"))
+        return (
+            f"{good}: use it with which=best (eval, viz, export), or continue training from it: "
+            f"cp {best} {latest}, then snnrun resume={shlex.quote(str(self.path))} (the records "
+            "of the epochs after it are dropped)"
+        )
+
+    # --- sweep job status ---------------------------------------------------------------------
+    def mark_failed(self, message: str) -> None:
+        """Record why this (sweep job's) run failed; a later successful epoch clears it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / FAILED).write_text(message + "\n")
+
+    def failure(self) -> str | None:
+        path = self.path / FAILED
+        return path.read_text().strip() if path.is_file() else None
+
+    def clear_failure(self) -> None:
+        (self.path / FAILED).unlink(missing_ok=True)
+
+    # --- W&B ----------------------------------------------------------------------------------
+    def read_wandb_id(self) -> str | None:
+        path = self.path / WANDB_ID
+        return (path.read_text().strip() or None) if path.is_file() else None
+
+    def write_wandb_id(self, run_id: str) -> None:
+        (self.path / WANDB_ID).write_text(run_id + "\n")
+
+
+def _note(text: str) -> None:
+    from rich.markup import escape
+
+    from snnrun.core.progress import console
+
+    console.print(f"[yellow]note:[/] {escape(text)}", highlight=False)
+
+
+def default_run_dir() -> Path:
+    """``outputs/<date>/<time>``, as Hydra names a run's dir (``hydra.run.dir``)."""
+    return Path("outputs") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
+
+
+def find_run_dir(target: str | Path) -> tuple[RunDir, str]:
+    """(run dir, which checkpoint) for a run dir or a checkpoint path inside one."""
+    path = Path(target).expanduser()
+    if not path.exists():
+        raise RunDirError(
+            f"{path} does not exist; pass a run dir such as outputs/<date>/<time> or a "
+            "checkpoint file in one"
+        )
+    if path.is_dir():
+        return RunDir(path), "latest"
+    names = {v: k for k, v in CHECKPOINTS.items()}
+    if path.name not in names:
+        raise RunDirError(f"{path} is not a run dir nor one of its {', '.join(names)}")
+    return RunDir(path.parent), names[path.name]

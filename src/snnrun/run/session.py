@@ -1,0 +1,310 @@
+"""One training run: build every object from the resolved config, restore a checkpoint, fit.
+
+This is the composition root: the only place that knows which registry builds which piece.
+The run dir (:class:`~snnrun.run.rundir.RunDir`) is claimed for the whole run, fresh or resumed."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from snnrun.core.distributed import World, broadcast, gather
+from snnrun.core.distributed import init as init_distributed
+from snnrun.core.errors import SnnrunError
+from snnrun.core.progress import console
+from snnrun.core.stop import Stopped, graceful_stop
+from snnrun.core.version import __version__
+from snnrun.engine.optim import follow_horizon
+from snnrun.engine.trainer import Trainer, TrainState
+from snnrun.net.summary import summary_table
+from snnrun.run.build import Run, build_run, data_identity, refuse_existing_run, resolve_paths
+from snnrun.run.checkpoint import capture_rng, restore_rng
+from snnrun.run.loggers import RunLogger
+from snnrun.run.rundir import CONFIG, INFO, LOCK, METRICS, WANDB_ID, RunDir, new_run_id
+
+RUN_FILES = (CONFIG, INFO, LOCK, METRICS, WANDB_ID)  # what a run writes before its first epoch
+
+
+def train(
+    cfg: DictConfig, run_dir: Path, overrides: list[str], checkpoint: dict[str, Any] | None = None
+) -> float:
+    """Train the run in ``run_dir`` (continue it from ``checkpoint``); best test accuracy.
+
+    Rank 0 claims the dir first (``run.lock``), fresh or resumed, so two processes never train
+    in one dir; a fresh run refuses a dir that already holds a run, unless ``resume=auto``
+    finds a run of the same config there and continues it (a requeued job).
+    """
+    conf = resolve_paths(cfg)
+    world = init_distributed()
+    rundir = RunDir(run_dir)
+    if checkpoint is None and conf.get("resume") == "auto":
+        checkpoint = auto_resume(rundir, conf)
+    fresh = checkpoint is None
+    checkpoint = _claim(rundir, checkpoint, world)
+    try:
+        with graceful_stop(rundir.path):
+            return _fit(conf, rundir, overrides, checkpoint, world)
+    except BaseException as e:
+        unstarted = not rundir.holds_run()
+        if unstarted and fresh and world.is_main and not _in_sweep():
+            _discard_unstarted(rundir)
+        if unstarted and isinstance(e, Stopped):
+            raise Stopped(e.signum, None, trained=False, again=not _in_sweep()) from None
+        raise
+    finally:
+        rundir.release()
+
+
+def _in_sweep() -> bool:
+    """Whether this run is a sweep job (its dir stays to show why it failed)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _discard_unstarted(rundir: RunDir) -> None:
+    """A fresh run that ended before its first checkpoint leaves no run dir behind: it holds
+    nothing to resume, and the same command starts again. Only snnrun's own files go; a folder
+    holding anything else stays."""
+    import shutil
+
+    for name in (*RUN_FILES, ".hydra", "wandb"):
+        path = rundir.path / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        rundir.path.rmdir()
+
+
+def _claim(rundir: RunDir, checkpoint: dict[str, Any] | None, world: World) -> Any:
+    """Rank 0 claims the dir (and re-reads a resume's checkpoint under the claim); every rank
+    raises rank 0's error, so none waits for the others forever."""
+    error = None
+    if world.is_main:
+        try:
+            rundir.claim()
+            rundir.clear_failure()
+            if checkpoint is None:
+                refuse_existing_run(rundir.path)
+            else:  # another process may have trained meanwhile
+                checkpoint = rundir.load_checkpoint("latest")
+        except SnnrunError as e:
+            rundir.release()
+            error = str(e)
+    error = broadcast(error)
+    if error:
+        raise SnnrunError(error)
+    return checkpoint
+
+
+def auto_resume(rundir: RunDir, conf: dict[str, Any]) -> dict[str, Any] | None:
+    """``resume=auto``: the dir's latest checkpoint when it holds a run of this config (keys a
+    resume may change aside); None when it holds no run."""
+    from snnrun.run.resume import RESUMABLE, flatten
+
+    if not rundir.holds_run():
+        return None
+    payload = rundir.load_checkpoint("latest")
+    saved, now = flatten(payload["config"]), flatten(conf)
+    differs = [
+        k
+        for k in sorted(set(saved) | set(now))
+        if k != "resume"
+        and k in saved  # a key added to conf/ since the run started takes today's default
+        and saved.get(k) != now.get(k)
+        and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)
+    ]
+    if differs:
+        k = differs[0]
+        raise SnnrunError(
+            f"resume=auto: {rundir.path} holds a run of another config ({k}={saved.get(k)!r} "
+            f"there, {now.get(k)!r} here); pick another hydra.run.dir"
+        )
+    console.print(f"resume=auto: continuing the run in {rundir.path}")
+    return payload
+
+
+def _check_same_data(saved: dict[str, Any], now: dict[str, Any], conf: dict[str, Any]) -> None:
+    differs = [k for k in saved if k != "name" and saved.get(k) != now.get(k)]
+    if differs and not conf.get("allow_new_data"):
+        details = ", ".join(
+            f"{k} {saved[k]} -> {now.get(k)}" for k in differs if k != "fingerprint"
+        )
+        raise SnnrunError(
+            f"the data under this run changed ({details or 'different samples'}; "
+            f"dataset.root={conf['dataset'].get('root')}); point dataset.root at the run's data, "
+            "or add allow_new_data=true to continue on other data on purpose"
+        )
+
+
+def _fit(
+    conf: dict[str, Any],
+    rundir: RunDir,
+    overrides: list[str],
+    checkpoint: dict[str, Any] | None,
+    world: World,
+) -> float:
+    """Build, restore, train and report (``train`` holds the run dir); only rank 0 writes."""
+    main = world.is_main
+    console.quiet = not main
+    console.print(f"run dir: {rundir.path}", highlight=False)
+    run = build_run(conf, world)
+    data = {"name": conf["dataset"]["name"], **data_identity(run.splits)}
+    state, logger_state = TrainState(), None
+    if checkpoint is None:
+        run_id = broadcast(new_run_id())
+        if main:
+            rundir.write_info({"run_id": run_id, "snnrun_version": __version__, "data": data})
+    else:
+        run_id = checkpoint["run_id"]
+        _check_same_data(checkpoint["data"], data, conf)
+        state, logger_state, change = _restore(checkpoint, run)
+        if main:
+            rundir.rewrite_metrics(state.history)
+            if change:
+                rundir.record_resume({"epochs": conf["epochs"], **change})
+        console.print(f"resuming {rundir.path} at epoch {state.epoch} "
+                      f"(best test_acc {state.best_acc:.4f})")  # fmt: skip
+    if main:
+        rundir.write_config(conf)
+    _describe(run)
+
+    def on_epoch_end(st: TrainState, record: dict[str, Any], is_best: bool) -> None:
+        payload = checkpoint_payload(run, st, overrides, run_id, data)  # every rank's RNG
+        if main:
+            rundir.save_epoch(payload, record, is_best)
+            run.logger.log_checkpoint(rundir, record["epoch"], is_best)
+            _render_during_training(conf["viz"], rundir, st, run.logger)
+
+    net = _compiled(run.model) if conf["compile"] else run.model  # checkpoints keep .model
+    trainer = Trainer(run, _data_parallel(net, run, conf), net)
+    run.logger.start(rundir, run_id, conf, logger_state, state.history)
+    try:
+        trainer.fit(conf["epochs"], state, on_epoch_end)
+    finally:
+        run.logger.finish()
+    _report(state, rundir.path)
+    return state.best_acc
+
+
+def _compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``compile=true``: ``torch.compile`` the network. Every stateless layer runs through the
+    one ``TimeFolded.forward`` and each neuron layer breaks the graph, so dynamo compiles that
+    code once per layer and mode: the default limit of 8 would drop most layers to eager."""
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit, max(getattr(config, limit), 256))
+    return torch.compile(model)
+
+
+def _data_parallel(net: torch.nn.Module, run: Run, conf: dict[str, Any]) -> torch.nn.Module:
+    """Under torchrun: DistributedDataParallel (gradients averaged over ranks every step)."""
+    if run.world.size == 1:
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    if conf["sync_bn"]:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    cuda = run.device.type == "cuda"
+    return DistributedDataParallel(net, device_ids=[run.device.index] if cuda else None)
+
+
+def _render_during_training(
+    viz: dict[str, Any], rundir: RunDir, state: TrainState, logger: RunLogger
+) -> None:
+    """``viz.every_n_epochs``: the cheap figures (curves, firing rates) into the run dir."""
+    every = viz.get("every_n_epochs") or 0
+    if every <= 0 or state.epoch % every:
+        return
+    from snnrun.report.render import render_cheap
+
+    figures = render_cheap(rundir, state.history, viz.get("format", "png"))
+    logger.log_figures(figures, state.global_step)
+
+
+def checkpoint_payload(
+    run: Run, state: TrainState, overrides: list[str], run_id: str, data: dict[str, Any]
+) -> dict[str, Any]:
+    """Everything a resume needs, the resolved config, the overrides that composed it, and
+    what rebuilding the network needs (``data``): tensors and plain data only."""
+    scaler = run.precision.scaler
+    return {
+        "run_id": run_id,
+        "data": data,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "state": vars(state),
+        "rng": gather(capture_rng()),  # one entry per rank
+        "logger": run.logger.state_dict(),
+        "config": run.conf,
+        "overrides": overrides,
+    }
+
+
+def _restore(
+    payload: dict[str, Any], run: Run
+) -> tuple[TrainState, dict[str, Any], dict[str, Any] | None]:
+    """Load every state a checkpoint holds, the RNGs last, after all building is done; also
+    the schedule's horizon change when ``epochs`` moved it (for ``run.json``)."""
+    change = None
+    try:
+        run.model.load_state_dict(payload["model"])
+        run.optimizer.load_state_dict(payload["optimizer"])
+        if run.scheduler is not None and payload.get("scheduler") is not None:
+            run.scheduler.load_state_dict(payload["scheduler"])
+            change = follow_horizon(run.scheduler, run.conf["scheduler"])
+        if run.precision.scaler is not None and payload.get("scaler") is not None:
+            run.precision.scaler.load_state_dict(payload["scaler"])
+        state = TrainState(**payload["state"])
+        _restore_rng(payload["rng"], run)
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise SnnrunError(f"checkpoint does not fit the configured run: {' '.join(str(e).split())}"
+                          ) from None  # fmt: skip
+    return state, payload.get("logger") or {}, change
+
+
+def _restore_rng(states: list[dict[str, Any]] | dict[str, Any], run: Run) -> None:
+    """This rank's saved random state; with another rank count, say what changes."""
+    if isinstance(states, dict):  # saved before the per-rank list: one process
+        states = [states]
+    rank, size = run.world.rank, run.world.size
+    if rank < len(states):
+        restore_rng(states[rank])
+    if len(states) != size:
+        console.print(
+            f"[yellow]note:[/] the run was saved with {len(states)} rank(s) and continues with "
+            f"{size}: the data order (seed, epoch) and the global batch stay; the per-rank "
+            "batch, BatchNorm statistics and random streams (Poisson input, dropout) change"
+        )
+
+
+def _describe(run: Run) -> None:
+    conf, splits = run.conf, run.splits
+    params = sum(p.numel() for p in run.model.parameters())
+    console.print(summary_table(run.model, conf["T"]), highlight=False)
+    console.print(
+        f"model={conf['model']['name']} ({params:,} parameters)  dataset={conf['dataset']['name']} "
+        f"({len(splits.train)} train / {len(splits.test)} test, input {list(splits.sample_shape)})"
+        f"  T={conf['T']}  device={run.device}  precision={conf['precision']['name']}",
+        highlight=False,
+    )
+
+
+def _report(state: TrainState, run_dir: Path) -> None:
+    if not state.history:
+        return
+    last = state.history[-1]
+    console.print(
+        f"final test_acc={last['test_acc']:.4f} (max {state.best_acc:.4f}) after "
+        f"{state.epoch} epochs; run dir: {run_dir}",
+        highlight=False,
+    )

@@ -1,0 +1,68 @@
+"""The floor plan holds: storeys import only downward (import-linter's contract in
+pyproject.toml), the kernels sit with the network, and run dirs made before the re-layout work."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from snnrun.api import load_run
+from snnrun.cli.command import main
+
+from conftest import REPO, read_metrics
+
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+FIXTURE = REPO / "tests" / "fixtures" / "run_3fa185d"  # 2 epochs of model=fc, made by 3fa185d
+
+
+def lint_imports(cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", **({"PYTHONPATH": str(pythonpath)} if pythonpath else {})}
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_the_storeys_contract_holds() -> None:
+    proc = lint_imports(REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "Contracts: 2 kept, 0 broken." in proc.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
+    """The same contract on a copy of the package where core imports the command line."""
+    shutil.copytree(REPO / "src" / "snnrun", tmp_path / "snnrun")
+    shutil.copy2(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    errors = tmp_path / "snnrun" / "core" / "errors.py"
+    errors.write_text(errors.read_text() + "\nfrom snnrun.cli import command  # noqa: E402\n")
+    proc = lint_imports(tmp_path, pythonpath=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "snnrun.core is not allowed to import snnrun.cli" in proc.stdout
+
+
+def test_the_kernels_import_only_the_network_and_core() -> None:
+    """``kernels/`` (``snnrun.kernels``, outside src/) stands with ``snnrun.net``: import-linter
+    does not see it, so this test reads its imports."""
+    allowed = ("snnrun.kernels", "snnrun.net", "snnrun.core")
+    for path in (REPO / "kernels").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                if name.startswith("snnrun"):
+                    assert name.startswith(allowed), f"{path.name} imports {name}"
+
+
+def test_a_run_dir_made_before_the_relayout_still_works(monkeypatch, tmp_path: Path) -> None:
+    """A run dir written by 3fa185d (the flat layout): load_run, eval, viz and a resume."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(FIXTURE, run_dir)
+    run = load_run(run_dir, which="latest")
+    assert run.epoch == 2 and run.config["model"]["name"] == "fc"
+    for args in (["eval", str(run_dir)], ["viz", str(run_dir)], [f"resume={run_dir}", "epochs=3"]):
+        monkeypatch.setattr(sys, "argv", ["snnrun", *args])
+        main()
+    assert list((run_dir / "eval").glob("*.json")) and (run_dir / "figures").is_dir()
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1, 2]
