@@ -32,7 +32,7 @@ import torch
 
 from snnrun.kernels.neuron_op import triton_neuron
 from snnrun.net.dynamics import BACKENDS, BackendResult, Decay, Dynamics
-from snnrun.net.neuron_loop import fused_loop
+from snnrun.net.neuron_loop import handwritten_loop
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -76,7 +76,7 @@ def triton_backend(
 ) -> BackendResult:
     """Fused kernels on CUDA (or the interpreter); the torch loop otherwise (see above)."""
     if _falls_back(x_seq.device.type):
-        return fused_loop(x_seq, v, decay, dyn, store_v_seq)
+        return handwritten_loop(x_seq, v, decay, dyn, store_v_seq)
     return triton_neuron(x_seq, v, decay, dyn, store_v_seq)
 
 

@@ -103,7 +103,7 @@ def _dh_dx(k, KIND: tl.constexpr, DECAY_INPUT: tl.constexpr):
 
 @triton.jit
 def _charge(v, x, k, v_th, v_r, KIND: tl.constexpr, DECAY_INPUT: tl.constexpr):
-    """``H[t]`` from ``V[t-1]`` and ``X[t]``, in the same operation order as ``torch_loop``."""
+    """``H[t]`` from ``V[t-1]`` and ``X[t]``, in the same operation order as ``reference_loop``."""
     if KIND == 0:
         h = v + x
     elif KIND == 1:

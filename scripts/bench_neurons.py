@@ -3,7 +3,8 @@
 
 Compares, in one run and on identical inputs ``x`` [T, N] (mean 0.5, std 0.8: many spikes):
 
-- ``snnrun torch``: the reference loop (:func:`snnrun.net.dynamics.torch_loop`), LIF tau=2, atan.
+- ``snnrun torch``: the reference loop (:func:`snnrun.net.dynamics.reference_loop`), LIF tau=2,
+  atan.
 - ``snnrun torch+compile``: the same loop under ``torch.compile`` (default Inductor backend).
 - ``snnrun triton``: the fused kernels (:mod:`snnrun.kernels`); also ``snnrun triton leaky``.
 - ``spikingjelly``: SpikingJelly 2.x ``LIFNode(tau=2, ATan)``, multi-step, its fastest backend
@@ -45,7 +46,7 @@ from pathlib import Path
 import torch
 
 import snnrun.kernels  # registers the triton backend
-from snnrun.net.dynamics import BACKENDS, Dynamics, torch_loop
+from snnrun.net.dynamics import BACKENDS, Dynamics, reference_loop
 from snnrun.net.surrogate import Surrogate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def _snnrun(backend: str, dyn: Dynamics, decay: float | torch.Tensor) -> Callabl
 
 
 def _lif_loop(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return torch_loop(x, v, 0.5, LIF, False)[0]
+    return reference_loop(x, v, 0.5, LIF, False)[0]
 
 
 _COMPILED_LOOP: list[Callable] = []
@@ -308,8 +309,8 @@ def bench_size(impls: list[Impl], t: int, n: int, dtype_name: str, device: torch
     x = (0.5 + 0.8 * torch.randn(t, n, device=device, generator=g)).to(dtype)
     grad = torch.randn(t, n, device=device, generator=g).to(dtype)
     refs = {
-        "lif": torch_loop(x, torch.zeros_like(x[0]), 0.5, LIF, False)[0],
-        "leaky": torch_loop(x, torch.zeros_like(x[0]), torch.tensor(0.5), LEAKY, False)[0],
+        "lif": reference_loop(x, torch.zeros_like(x[0]), 0.5, LIF, False)[0],
+        "leaky": reference_loop(x, torch.zeros_like(x[0]), torch.tensor(0.5), LEAKY, False)[0],
     }
     for row in rows:
         if row.impl.skip:

@@ -148,17 +148,15 @@ def run_row(row: Row, runs: Path) -> None:
 # --------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
 def accuracy(model: torch.nn.Module, dataset, encoder, loss, T: int, batch: int = 500) -> float:
-    """Fraction of ``dataset`` classified right by ``model`` (eval mode)."""
+    """Fraction of ``dataset`` classified right by ``model``: the product's one test pass."""
     from snnrun.data.sets import make_loader
+    from snnrun.engine.precision import build_precision
+    from snnrun.engine.testing import LossStep, test_pass
 
-    correct = total = 0
-    for x, y in make_loader(dataset, batch, False, 0):
-        out = model(encoder(x, T))
-        correct += int((loss.predict(out) == y).sum())
-        total += len(y)
-    return correct / total
+    cpu = torch.device("cpu")
+    step = LossStep(cpu, encoder, loss, build_precision({"name": "fp32"}, cpu), T)
+    return test_pass(model, make_loader(dataset, batch, False, 0), step)["acc"]
 
 
 def evaluate_snntorch(path: Path) -> dict:

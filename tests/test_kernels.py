@@ -1,4 +1,4 @@
-"""The fused Triton neuron kernels against the float64 torch reference (``torch_loop``).
+"""The fused Triton neuron kernels against the float64 torch reference (``reference_loop``).
 
 On a CPU the kernels run through Triton's interpreter (``TRITON_INTERPRET=1``, set by conftest
 before anything defines them); with ``SNNRUN_TEST_GPU=1`` on a CUDA machine they run compiled.
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import snnrun.kernels as kernels
-from snnrun.net.dynamics import BACKENDS, Dynamics, charge, torch_loop
+from snnrun.net.dynamics import BACKENDS, Dynamics, charge, reference_loop
 from snnrun.net.surrogate import SURROGATES, Surrogate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def reference_charge(x, v0, decay, dyn: Dynamics) -> torch.Tensor:
     """``H`` [T, N] in float64 from the same inputs (to find near-threshold neurons)."""
     with torch.no_grad():
         x64, v64, d64 = x.double().cpu(), v0.double().cpu(), _leaf(decay, torch.float64, "cpu")
-        _, _, v_seq = torch_loop(x64, v64, d64, dyn, True)
+        _, _, v_seq = reference_loop(x64, v64, d64, dyn, True)
         v_prev = torch.cat([v64[None], v_seq[:-1]])
         return charge(dyn, v_prev, x64, d64)
 
@@ -141,7 +141,7 @@ def check_case(case: Case, t: int, n: int, dtype: torch.dtype, seed: int = 0) ->
     g = torch.Generator().manual_seed(seed + 1)
     gs = (torch.randn(t, n, generator=g) * keep).to(dtype)
     gv = torch.randn(n, generator=g) * keep
-    ref = run(torch_loop, x, v0, decay, dyn, gs, gv, torch.float64, "cpu")
+    ref = run(reference_loop, x, v0, decay, dyn, gs, gv, torch.float64, "cpu")
     out = run(kernels.triton_backend, x, v0, decay, dyn, gs, gv, dtype, DEVICE)
 
     assert out["s"].dtype == dtype and out["v_seq"].dtype == dtype
@@ -298,7 +298,7 @@ def test_v_last_unused_and_v_seq_not_differentiable() -> None:
     x, v0 = make_inputs(9, 20, torch.float32, seed=4)
     dyn = Case("lif", "hard").dynamics()
     x64 = x.double().requires_grad_()
-    s64, _, _ = torch_loop(x64, v0.double(), 0.5, dyn, False)
+    s64, _, _ = reference_loop(x64, v0.double(), 0.5, dyn, False)
     s64.sum().backward()
     x = x.requires_grad_()
     s, v_last, v_seq = kernels.triton_backend(x, v0, 0.5, dyn, True)
@@ -505,7 +505,7 @@ FALLBACK_SCRIPT = textwrap.dedent(
     import warnings
     import torch
     import snnrun.kernels as kernels
-    from snnrun.net.dynamics import Dynamics, torch_loop
+    from snnrun.net.dynamics import Dynamics, reference_loop
 
     assert "triton" not in sys.modules, "importing snnrun.kernels must not import triton"
     dyn = Dynamics("lif")
@@ -517,7 +517,7 @@ FALLBACK_SCRIPT = textwrap.dedent(
         s_compiled = compiled(x, v, 0.5, dyn, False)[0]  # the fallback traces without a break
         s, v_last, _ = kernels.triton_backend(x, v, 0.5, dyn, False)
         kernels.triton_backend(x, v, 0.5, dyn, False)
-    ref, v_ref, _ = torch_loop(x, v, 0.5, dyn, False)
+    ref, v_ref, _ = reference_loop(x, v, 0.5, dyn, False)
     assert torch.equal(s, ref) and torch.equal(v_last, v_ref) and torch.equal(s_compiled, ref)
     messages = [str(w.message) for w in caught if "neuron.backend=triton" in str(w.message)]
     print(len(messages), messages[0] if messages else "")
@@ -550,7 +550,7 @@ def test_missing_triton_falls_back_naming_pip(monkeypatch: pytest.MonkeyPatch) -
     x = torch.randn(4, 6) + 0.5
     with pytest.warns(RuntimeWarning, match=r"pip install triton"):
         s, _, _ = kernels.triton_backend(x, torch.zeros(6), None, dyn, False)
-    assert torch.equal(s, torch_loop(x, torch.zeros(6), None, dyn, False)[0])
+    assert torch.equal(s, reference_loop(x, torch.zeros(6), None, dyn, False)[0])
 
 
 # --------------------------------------------------------------------------- real compiler

@@ -13,9 +13,9 @@ import itertools
 import pytest
 import torch
 
-from snnrun.net.dynamics import BACKENDS, Dynamics, torch_loop
+from snnrun.net.dynamics import BACKENDS, Dynamics, reference_loop
 from snnrun.net.neuron import build_neuron, reset_states
-from snnrun.net.neuron_loop import fused_loop
+from snnrun.net.neuron_loop import handwritten_loop
 from snnrun.net.surrogate import SURROGATES, Surrogate
 
 V_TH, V_RESET = 0.8, -0.1
@@ -90,8 +90,8 @@ def test_float64_equals_the_autograd_loop(kind, reset, detach, decay_input, surr
     dyn = dynamics(kind, reset, detach, decay_input, surrogate)
     x, v0, gs, gv = inputs(6, (5, 7))
     decay = decay_for(kind, learned)
-    ref = run(torch_loop, x, v0, decay, dyn, gs, gv)
-    out = run(fused_loop, x, v0, decay, dyn, gs, gv)
+    ref = run(reference_loop, x, v0, decay, dyn, gs, gv)
+    out = run(handwritten_loop, x, v0, decay, dyn, gs, gv)
     assert out.keys() == ref.keys()
     for key in ("s", "v_last", "v_seq"):
         assert torch.equal(out[key], ref[key]), key
@@ -109,11 +109,11 @@ def test_low_precision_as_close_as_the_reference(kind: str, dtype: torch.dtype) 
     dyn = dynamics(kind, "hard", False, True, "atan")
     x, v0, gs, gv = inputs(5, (33, 17), seed=3)
     decay = decay_for(kind, learned=kind != "if")
-    exact = run(torch_loop, x, v0, decay, dyn, gs, gv)
+    exact = run(reference_loop, x, v0, decay, dyn, gs, gv)
     low = [x.to(dtype), v0.to(dtype), gs.to(dtype), gv.to(dtype)]
     d_low = decay.detach().float().requires_grad_() if torch.is_tensor(decay) else decay
-    ref = run(torch_loop, low[0], low[1], d_low, dyn, *low[2:])
-    out = run(fused_loop, low[0], low[1], d_low, dyn, *low[2:])
+    ref = run(reference_loop, low[0], low[1], d_low, dyn, *low[2:])
+    out = run(handwritten_loop, low[0], low[1], d_low, dyn, *low[2:])
     for key in ("s", "v_last", "gx", "gv0"):
         assert out[key].dtype == ref[key].dtype, key
     assert torch.equal(out["s"], ref["s"])
@@ -131,8 +131,8 @@ def test_per_neuron_decay_gets_its_own_gradient() -> None:
     x, v0, gs, gv = inputs(4, (3, 2, 5))
     decay = decay_for("lif", learned=True, shape=(2, 1))
     decay = (decay.detach() + torch.tensor([[0.0], [0.2]], dtype=torch.float64)).requires_grad_()
-    ref = run(torch_loop, x, v0, decay, dyn, gs, gv)
-    out = run(fused_loop, x, v0, decay, dyn, gs, gv)
+    ref = run(reference_loop, x, v0, decay, dyn, gs, gv)
+    out = run(handwritten_loop, x, v0, decay, dyn, gs, gv)
     assert out["gd"].shape == (2, 1)
     torch.testing.assert_close(out["gd"], ref["gd"], rtol=1e-12, atol=1e-12)
 
@@ -142,18 +142,18 @@ def test_unused_outputs_and_frozen_inputs() -> None:
     dyn = dynamics("lif", "soft", False, False, "atan")
     x, v0, gs, _ = inputs(3, (11,))
     grads = []
-    for backend in (torch_loop, fused_loop):
+    for backend in (reference_loop, handwritten_loop):
         xi = x.clone().requires_grad_()
         s, v_last, _ = backend(xi, v0, 0.5, dyn, False)
         s.mul(gs).sum().backward()
         grads.append(xi.grad)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
     xi = x.clone().requires_grad_()
-    _, v_last, v_seq = fused_loop(xi, v0, 0.5, dyn, False)
+    _, v_last, v_seq = handwritten_loop(xi, v0, 0.5, dyn, False)
     assert v_seq is None
     v_last.sum().backward()
     assert xi.grad.abs().sum() > 0
-    s, _, _ = fused_loop(x, v0, 0.5, dyn, True)  # nothing requires grad: no graph at all
+    s, _, _ = handwritten_loop(x, v0, 0.5, dyn, True)  # nothing requires grad: no graph at all
     assert s.grad_fn is None
 
 
@@ -161,7 +161,7 @@ def test_unused_outputs_and_frozen_inputs() -> None:
 def test_layers_default_to_it_and_step_mode_s_carries_the_gradient(kind: str) -> None:
     """``backend: torch`` (the default) is this loop; T single steps give the multi-step
     result and the same gradients, through the membrane carried between calls."""
-    assert BACKENDS.get("torch") is fused_loop
+    assert BACKENDS.get("torch") is handwritten_loop
     grads = {}
     for mode in ("m", "s"):
         torch.manual_seed(0)
@@ -180,9 +180,9 @@ def test_channels_last_input_keeps_its_layout() -> None:
     x = torch.randn(2 * 3, 4, 5, 5).to(memory_format=torch.channels_last).view(2, 3, 4, 5, 5)
     x.requires_grad_()
     dyn = dynamics("if", "hard", False, True, "atan")
-    s, _, _ = fused_loop(x, torch.zeros(3, 4, 5, 5), None, dyn, False)
+    s, _, _ = handwritten_loop(x, torch.zeros(3, 4, 5, 5), None, dyn, False)
     assert s.stride() == x.stride()
     s.sum().backward()
     ref = x.detach().clone().requires_grad_()
-    torch_loop(ref, torch.zeros(3, 4, 5, 5), None, dyn, False)[0].sum().backward()
+    reference_loop(ref, torch.zeros(3, 4, 5, 5), None, dyn, False)[0].sum().backward()
     torch.testing.assert_close(x.grad, ref.grad)

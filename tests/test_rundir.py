@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_errors import assert_one_line_error, cli
 from torch import nn
 
 import snnrun
 from snnrun.cli.command import main
+from snnrun.core.errors import SnnrunError
 from snnrun.data.encoders import build_encoder
 from snnrun.engine.monitors import FiringRates, SynapticOps, monitoring, spike_fed
 from snnrun.net.layers import TimeFolded
@@ -24,7 +24,15 @@ from snnrun.run.build import neuron_groups
 from snnrun.run.rundir import RunDir
 from snnrun.run.wandb_files import artifact_records
 
-from conftest import TINY, compose, needs_shared, read_metrics, run_snnrun
+from conftest import (
+    TINY,
+    assert_one_line_error,
+    cli,
+    compose,
+    needs_shared,
+    read_metrics,
+    run_snnrun,
+)
 
 
 def train(monkeypatch, *args: str) -> None:
@@ -130,6 +138,19 @@ def tiny_net() -> SpikingNetwork:
     layers = [TimeFolded(conv), IFNeuron(), TimeFolded(nn.Flatten()), TimeFolded(linear),
               IFNeuron()]  # fmt: skip
     return SpikingNetwork(layers, ["conv2d", "neuron", "flatten", "linear", "neuron"])
+
+
+def test_a_synaptic_layer_synops_does_not_know_is_refused_not_skipped() -> None:
+    """A conv variant outside ``SYNAPTIC`` would be skipped silently: one line naming it and
+    the fix; norms (weights of one dimension) are no synapses."""
+    net = tiny_net()
+    net.layers.insert(1, TimeFolded(nn.BatchNorm2d(2)))
+    SynapticOps(net)  # counted as before
+    net.layers.append(TimeFolded(nn.Conv1d(3, 3, 1)))
+    with pytest.raises(
+        SnnrunError, match=r"SynOps cannot count layer layers\.6\.module \(Conv1d\)"
+    ):
+        SynapticOps(net)
 
 
 def test_layers_fed_by_neurons_are_known_to_get_spikes() -> None:

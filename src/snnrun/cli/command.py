@@ -25,8 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from snnrun.cli.options import os_error
 from snnrun.cli.precheck import check_overrides
-from snnrun.core.compose import one_line
-from snnrun.core.errors import SnnrunError
+from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.stop import Stopped
 
 USER_ERRORS = (SnnrunError, OmegaConfBaseException)

@@ -10,7 +10,7 @@ class count), ``dataset.<key>=<value>`` (``dataset.root``, ``dataset.test_limit`
 
 The network is rebuilt from the checkpoint's config with the overrides (they may change how it runs,
 never its shape: that is one line naming the difference), given the checkpoint's weights and tested
-with the training loop's own test pass (:meth:`~snnrun.engine.trainer.Trainer.evaluate`), so the
+with the training loop's own test pass (:func:`~snnrun.engine.testing.test_pass`), so the
 run's own data gives the accuracy and loss the run recorded. An encoder that draws its input at
 random (``poisson``) draws anew, seeded by the run's seed (the same each eval, not the training
 run's draw): its accuracy differs from the record by sampling noise, and the output says so.
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from snnrun.cli.options import verb_options
-from snnrun.core.errors import SnnrunError
+from snnrun.core.errors import SnnrunError, one_line
 
 if TYPE_CHECKING:  # torch loads inside the functions: a typo in the arguments fails at once
     import torch
@@ -145,15 +145,16 @@ class Evaluation:
 
 def evaluate(opts: EvalOptions) -> Evaluation:
     """Rebuild the run's network with the overrides and run the trainer's test pass."""
+    import torch
+
     from snnrun.api import build_network
     from snnrun.data.encoders import build_encoder
     from snnrun.data.sets import CLASS_NAMES, build_splits, make_loader
     from snnrun.engine.losses import build_loss
     from snnrun.engine.monitors import build_monitors
     from snnrun.engine.precision import build_precision
-    from snnrun.engine.trainer import Trainer
-    from snnrun.run.build import Run, check_values, place, resolve_device
-    from snnrun.run.loggers import RunLogger
+    from snnrun.engine.testing import LossStep, test_pass
+    from snnrun.run.build import check_values, place, resolve_device
     from snnrun.run.rundir import find_run_dir
 
     rundir, named = find_run_dir(opts.path)
@@ -171,33 +172,19 @@ def evaluate(opts: EvalOptions) -> Evaluation:
     except RuntimeError as e:
         raise SnnrunError(
             f"the checkpoint's weights do not fit the network these overrides build: "
-            f"{' '.join(str(e).split())[:300]}"
+            f"{one_line(e, 300)}"
         ) from None
     place(model, device).eval()
     monitor = dict(conf.get("monitor") or {"name": "none"})
     monitor["counters"] = list(dict.fromkeys([*monitor.get("counters", []), "firing_rate"]))
     loss = _Counting(build_loss(conf["loss"]), splits.num_classes)
     loader = make_loader(dataset, conf["batch_size"], False, conf["seed"], conf["num_workers"])
-    run = Run(
-        conf=conf,
-        device=device,
-        splits=splits,
-        model=model,
-        optimizer=None,
-        scheduler=None,
-        precision=build_precision(conf["precision"], device),
-        logger=RunLogger(),
-        encoder=build_encoder(conf["encoder"], splits.sequence),
-        loss=loss,
-        monitors=build_monitors(monitor, model),
-        train_loader=None,
-        test_loader=loader,
-    )  # type: ignore[arg-type]
-    import torch
-
-    random_input = _draws_at_random(run.encoder, dataset, conf["T"])
+    encoder = build_encoder(conf["encoder"], splits.sequence)
+    step = LossStep(device, encoder, loss, build_precision(conf["precision"], device), conf["T"])
+    random_input = _draws_at_random(encoder, dataset, conf["T"])
     torch.manual_seed(conf["seed"])  # a poisson encoder draws the same spikes each time
-    result = Trainer(run, model).evaluate(loader, f"eval {opts.split}")
+    monitors = build_monitors(monitor, model)
+    result = test_pass(model, loader, step, monitors, f"eval {opts.split}")
     confusion = loss.confusion.cpu()
     recorded = payload["state"]["history"][-1] if payload["state"]["history"] else {}
     record = {

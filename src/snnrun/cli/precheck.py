@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from snnrun.cli.options import os_error
-from snnrun.core.compose import compose_config, config_dir_overrides, one_line
-from snnrun.core.errors import SnnrunError
+from snnrun.core.compose import compose_config, config_dir_overrides
+from snnrun.core.errors import SnnrunError, one_line
 
 # sections whose builders take their keys as keyword arguments and refuse unknown ones
 OPEN_SECTIONS = ("model", "neuron", "surrogate", "dataset", "encoder", "loss", "optimizer",

@@ -1,4 +1,4 @@
-"""Composing ``conf/`` outside Hydra's main (pre-checks, resume, tools), and error text.
+"""Composing ``conf/`` outside Hydra's main (pre-checks, resume, tools).
 
 ``hydra.searchpath=[file://...]`` overrides and ``--config-dir DIR`` (``-cd``) are honoured,
 so configs kept outside the package (``model=<your model>``) compose here as in a run.
@@ -13,12 +13,6 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 CONFIG_MODULE = "snnrun.conf"
-
-
-def one_line(error: BaseException) -> str:
-    """An exception message on one line, without Hydra's search-path appendix."""
-    text = str(error).split("Config search path")[0]
-    return " ".join(text.replace("\t", " ").split()) or type(error).__name__
 
 
 def config_dir_overrides(args: list[str]) -> list[str]:

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from snnrun.core.distributed import ShardedBatches, World
-from snnrun.core.errors import SnnrunError
+from snnrun.core.errors import one_line, SnnrunError
 from snnrun.core.registry import Registry
 
 
@@ -249,7 +249,7 @@ def _download(root: Path, torchvision_cls: str, name: str) -> Path:
         getattr(torchvision.datasets, torchvision_cls)(str(root), train=False, download=True)
     except Exception as e:  # network errors come in many types
         files = ", ".join(f"{s}[.gz]" for pair in _IDX_FILES.values() for s in pair)
-        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        reason = one_line(e, 160)
         raise DatasetError(
             f"{name} not found in {root} (nor {root / torchvision_cls / 'raw'}) and the download "
             f"failed ({reason}); put {files} there or set dataset.root to the folder holding them"

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snnrun.core.distributed import sum_over_ranks
+from snnrun.core.errors import SnnrunError
 from snnrun.core.progress import console
 from snnrun.core.registry import Registry
 from snnrun.net.neuron import SpikingNeuron
@@ -115,7 +116,8 @@ class SynapticOps(Monitor):
     def __init__(self, model: nn.Module, mac_pj: float = 4.6, ac_pj: float = 0.9, **_: Any) -> None:
         super().__init__()
         self.model = model
-        self.synapses = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        refuse_uncounted(model)
+        self.synapses = [m for m in model.modules() if isinstance(m, SYNAPTIC)]
         self.spike_fed = spike_fed(model)
         self.mac_pj, self.ac_pj = mac_pj, ac_pj
         self.samples = 0
@@ -169,6 +171,24 @@ class SynapticOps(Monitor):
 
 
 SPIKES_PASS = (nn.MaxPool2d, nn.Flatten, nn.Identity)  # spikes in, spikes out
+# The layer types SynOps counts (the one place that knows them: _fan_in and _accumulates below).
+SYNAPTIC = (nn.Conv2d, nn.Linear)
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def refuse_uncounted(model: nn.Module) -> None:
+    """A layer that multiplies its input by a weight matrix or kernel but is not in
+    :data:`SYNAPTIC` would be skipped silently: refuse it as one line instead."""
+    for name, module in model.named_modules():
+        if isinstance(module, (SYNAPTIC, _NORMS)):
+            continue
+        weight = module._parameters.get("weight")
+        if isinstance(module, nn.modules.conv._ConvNd) or (weight is not None and weight.ndim >= 2):
+            raise SnnrunError(
+                f"SynOps cannot count layer {name} ({type(module).__name__}): add it to SYNAPTIC "
+                "in engine/monitors.py, or leave synops out (monitor.counters=[firing_rate] or "
+                "monitor=none)"
+            )
 
 
 def spike_fed(model: nn.Module) -> set[nn.Module]:
@@ -181,7 +201,7 @@ def spike_fed(model: nn.Module) -> set[nn.Module]:
     spiking = False
     for layer in layers:
         inner = getattr(layer, "module", layer)  # a TimeFolded stateless module
-        if spiking and isinstance(inner, (nn.Conv2d, nn.Linear)):
+        if spiking and isinstance(inner, SYNAPTIC):
             fed.add(inner)
         if isinstance(layer, SpikingNeuron):
             spiking = True

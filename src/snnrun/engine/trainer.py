@@ -1,7 +1,8 @@
 """The training loop: batch → encode → forward → loss → backward → step → log; test each epoch.
 
 The trainer receives built objects and never names a neuron, dataset or model. Training and
-evaluation share one loss step (:meth:`Trainer.forward`). At the end of each epoch the
+testing share one loss step, and the test epoch is the one test pass
+(:mod:`snnrun.engine.testing`). At the end of each epoch the
 parameters are checked for non-finite values (one host sync) before the epoch's record goes to
 ``on_epoch_end`` (checkpointing, metrics file), so a diverged run never overwrites its last
 good checkpoint.
@@ -18,11 +19,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from snnrun.core.distributed import active, sum_over_ranks
+from snnrun.core.distributed import active
 from snnrun.core.errors import SnnrunError
 from snnrun.core.progress import print_epoch, progress_bar
 from snnrun.core.stop import check_stop
-from snnrun.engine.monitors import monitoring
+from snnrun.engine.testing import LossStep, Totals, test_pass
 
 if TYPE_CHECKING:
     from snnrun.run.build import Run
@@ -53,7 +54,8 @@ class Trainer:
         unwrapped so that ranks with unequal test shares never wait on each other."""
         self.run, self.net = run, net
         self.eval_net = eval_net if eval_net is not None else net  # a compiled net has no bool()
-        self.T, self.log_every = run.conf["T"], run.conf["log_every"]
+        self.step = LossStep(run.device, run.encoder, run.loss, run.precision, run.conf["T"])
+        self.log_every = run.conf["log_every"]
         self.collective = active()
 
     def fit(self, epochs: int, state: TrainState, on_epoch_end: EpochHook) -> TrainState:
@@ -66,7 +68,8 @@ class Trainer:
             for loader in (run.train_loader, run.test_loader):
                 loader.batch_sampler.set_epoch(epoch)
             train = self.train_epoch(run.train_loader, state, f"epoch {epoch + 1} train")
-            test = self.evaluate(run.test_loader, f"epoch {epoch + 1} test")
+            test = test_pass(self.eval_net, run.test_loader, self.step, run.monitors,
+                             f"epoch {epoch + 1} test")  # fmt: skip
             self._check_finite(epoch, train)
             is_best = test["acc"] > state.best_acc or not state.history
             state.best_acc = max(state.best_acc, test["acc"])
@@ -95,18 +98,13 @@ class Trainer:
             on_epoch_end(state, record, is_best)
         return state
 
-    def forward(
-        self, x: torch.Tensor, y: torch.Tensor, net: nn.Module | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The one loss step: (output spikes ``[T, N, classes]``, loss) for a batch."""
-        x = x.to(self.run.device, non_blocking=True)
-        with self.run.precision.autocast():
-            out = (self.net if net is None else net)(self.run.encoder(x, self.T))
-            return out, self.run.loss(out, y)
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one loss step (:class:`~snnrun.engine.testing.LossStep`) on the training net."""
+        return self.step(self.net, x, y)
 
     def train_epoch(self, loader: DataLoader, state: TrainState, label: str) -> dict[str, Any]:
         self.net.train()
-        totals = _Totals()
+        totals = Totals()
         with progress_bar() as bar:
             task = bar.add_task(label, total=len(loader.dataset), loss="")
             for x, y in loader:
@@ -133,20 +131,6 @@ class Trainer:
             scaler.update()
         return loss.detach(), (self.run.loss.predict(out) == y).sum()
 
-    @torch.no_grad()
-    def evaluate(self, loader: DataLoader, label: str) -> dict[str, Any]:
-        self.eval_net.eval()
-        totals = _Totals()
-        with progress_bar() as bar, monitoring(self.run.monitors) as monitors:
-            task = bar.add_task(label, total=len(loader.dataset), loss="")
-            for x, y in loader:
-                y = y.to(self.run.device, non_blocking=True)
-                out, loss = self.forward(x, y, self.eval_net)
-                totals.add(loss, (self.run.loss.predict(out) == y).sum(), len(y))
-                bar.update(task, advance=len(y))
-                check_stop()
-        return {**totals.summary(), "monitors": monitors.summary()}
-
     def _check_finite(self, epoch: int, train: dict[str, Any]) -> None:
         """One sync: every parameter and buffer finite, else name the first bad tensor."""
         tensors = [*self.run.model.named_parameters(), *self.run.model.named_buffers()]
@@ -162,34 +146,3 @@ class Trainer:
             f"training diverged in epoch {epoch + 1}: {bad}; the last good checkpoint is kept "
             "(lower optimizer.lr, check surrogate/neuron values, or try precision=fp32)"
         )
-
-
-class _Totals:
-    """Sample-weighted loss and accuracy over an epoch, plus throughput.
-
-    Sums stay on the device (no host sync per step); :meth:`summary` reads them once.
-    """
-
-    def __init__(self) -> None:
-        self.loss: torch.Tensor | float = 0.0
-        self.correct: torch.Tensor | int = 0
-        self.samples = 0
-        self.start = time.perf_counter()
-
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
-        self.loss = self.loss + loss.detach().double() * n
-        self.correct = self.correct + correct
-        self.samples += n
-
-    def summary(self) -> dict[str, float]:
-        """Over every rank: one all-reduce, the one host sync of the epoch."""
-        sums = torch.stack([torch.as_tensor(v).double() for v in (self.loss, self.correct)])
-        sums = torch.cat([sums, torch.tensor([float(self.samples)], device=sums.device).double()])
-        loss, correct, samples = sum_over_ranks(sums).tolist()
-        n = max(samples, 1)
-        seconds = time.perf_counter() - self.start
-        return {
-            "loss": loss / n,
-            "acc": correct / n,
-            "samples_per_s": samples / seconds if seconds > 0 else 0.0,
-        }

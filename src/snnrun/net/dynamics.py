@@ -15,8 +15,11 @@ One step of a neuron layer (SpikingJelly's charge → fire → reset), elementwi
   ``V[t] = H[t] - V_th S[t]``; ``detach_reset`` cuts the gradient through that ``S``.
   ``leaky`` keeps ``V[t] = H[t]`` (its reset happens in the next charge).
 
-A backend is a function with the :data:`Backend` signature, registered in :data:`BACKENDS`;
-the neuron layer picks one when it is built.
+The equations live here once: :func:`charge` and :func:`fire_and_reset` (the reference loop,
+autograd through them), :func:`next_v` and the derivatives :func:`dv_dh`, :func:`dh_dk` (what
+the handwritten backward of :mod:`snnrun.net.neuron_loop` reads). A backend is a function with
+the :data:`Backend` signature, registered in :data:`BACKENDS`; the neuron layer picks one when it
+is built.
 """
 
 from __future__ import annotations
@@ -90,8 +93,42 @@ def fire_and_reset(dyn: Dynamics, h: torch.Tensor) -> tuple[torch.Tensor, torch.
     return s, h - dyn.v_threshold * s_r
 
 
+# --- the handwritten backward's view of the same step (boolean spikes, derivatives) -------
+def next_v(dyn: Dynamics, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``V[t]`` from ``H[t]`` and the boolean spike ``S[t]`` (values as the reference's)."""
+    if dyn.kind == "leaky":
+        return h
+    if dyn.hard_reset:
+        return torch.where(s, dyn.v_reset, h)
+    return h - dyn.v_threshold * s.to(h.dtype)
+
+
+def v_after(dyn: Dynamics, h: torch.Tensor) -> torch.Tensor:
+    """``V[t]`` from ``H[t]`` alone (the spike is ``H[t] >= V_th``)."""
+    return next_v(dyn, h, h >= dyn.v_threshold)
+
+
+def dv_dh(dyn: Dynamics, h: torch.Tensor, s: torch.Tensor, sg: torch.Tensor) -> torch.Tensor | None:
+    """``dV[t]/dH[t]`` through the reset; None where it is 1."""
+    if dyn.kind == "leaky" or (not dyn.hard_reset and dyn.detach_reset):
+        return None
+    if dyn.hard_reset:
+        keep = (~s).to(h.dtype)
+        return keep if dyn.detach_reset else keep.addcmul_(dyn.v_reset - h, sg)
+    return 1.0 - dyn.v_threshold * sg
+
+
+def dh_dk(dyn: Dynamics, v_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``dH[t]/dk`` for a learned decay."""
+    if dyn.kind == "leaky":
+        return v_prev
+    if dyn.decay_input:
+        return x - (v_prev - dyn.v_rest)
+    return dyn.v_rest - v_prev
+
+
 @BACKENDS.register("autograd")
-def torch_loop(
+def reference_loop(
     x_seq: torch.Tensor, v: torch.Tensor, decay: Decay, dyn: Dynamics, store_v_seq: bool
 ) -> BackendResult:
     """Reference multi-step update: a Python loop over T, autograd through every op.

@@ -1,9 +1,10 @@
 """The ``torch`` backend: the time loop in plain PyTorch with a handwritten backward.
 
-Same equations and operation order as the reference loop (:func:`snnrun.net.dynamics.torch_loop`,
-the ``autograd`` backend), but one autograd node per layer instead of ~10 per step: the forward
-runs without a graph and keeps only ``H [T, N, ...]`` (and, for a learned decay, ``X`` and
-``V[-1]``); the backward walks time in reverse (once: no double backward):
+Same equations (read from :mod:`snnrun.net.dynamics`) and operation order as the reference loop
+(:func:`~snnrun.net.dynamics.reference_loop`, the ``autograd`` backend), but one autograd node
+per layer instead of ~10 per step: the forward runs without a graph and keeps only
+``H [T, N, ...]`` (and, for a learned decay, ``X`` and ``V[-1]``); the backward walks time in
+reverse (once: no double backward):
 
     gH[t]   = gS[t] g'(H[t] - V_th) + gV[t] dV[t]/dH[t]
     gX[t]   = gH[t] dH[t]/dX[t]            gV[t-1] = gH[t] dH[t]/dV[t-1]
@@ -22,54 +23,17 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from snnrun.net.dynamics import BACKENDS, BackendResult, Decay, Dynamics
-
-
-def _next_v(dyn: Dynamics, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """``V[t]`` from ``H[t]`` and the boolean spike ``S[t]`` (values as the reference's)."""
-    if dyn.kind == "leaky":
-        return h
-    if dyn.hard_reset:
-        return torch.where(s, dyn.v_reset, h)
-    return h - dyn.v_threshold * s.to(h.dtype)
-
-
-def _v_after(dyn: Dynamics, h: torch.Tensor) -> torch.Tensor:
-    """``V[t]`` from ``H[t]`` alone (the spike is ``H[t] >= V_th``)."""
-    return _next_v(dyn, h, h >= dyn.v_threshold)
-
-
-def _charge(dyn: Dynamics, v: torch.Tensor, x: torch.Tensor, k: Decay) -> torch.Tensor:
-    """``H[t]``, in the reference's operation order (bit-equal values)."""
-    if dyn.kind == "if":
-        return v + x
-    if dyn.kind == "lif":
-        if dyn.decay_input:
-            return v + (x - (v - dyn.v_rest)) * k
-        return v - (v - dyn.v_rest) * k + x
-    reset = (v >= dyn.v_threshold).to(v.dtype)
-    return k * v + x - dyn.v_threshold * reset
-
-
-def _dv_dh(
-    dyn: Dynamics, h: torch.Tensor, s: torch.Tensor, sg: torch.Tensor
-) -> torch.Tensor | None:
-    """``dV[t]/dH[t]`` through the reset; None where it is 1."""
-    if dyn.kind == "leaky" or (not dyn.hard_reset and dyn.detach_reset):
-        return None
-    if dyn.hard_reset:
-        keep = (~s).to(h.dtype)
-        return keep if dyn.detach_reset else keep.addcmul_(dyn.v_reset - h, sg)
-    return 1.0 - dyn.v_threshold * sg
-
-
-def _dh_dk(dyn: Dynamics, v_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``dH[t]/dk`` for a learned decay."""
-    if dyn.kind == "leaky":
-        return v_prev
-    if dyn.decay_input:
-        return x - (v_prev - dyn.v_rest)
-    return dyn.v_rest - v_prev
+from snnrun.net.dynamics import (
+    BACKENDS,
+    BackendResult,
+    Decay,
+    Dynamics,
+    charge,
+    dh_dk,
+    dv_dh,
+    next_v,
+    v_after,
+)
 
 
 class _NeuronLoop(torch.autograd.Function):
@@ -85,10 +49,10 @@ class _NeuronLoop(torch.autograd.Function):
             if dyn.kind == "if":
                 torch.add(v, x_seq[t], out=h)
             else:
-                h.copy_(_charge(dyn, v, x_seq[t], k))
+                h.copy_(charge(dyn, v, x_seq[t], k))
             s = h >= dyn.v_threshold
             spikes[t].copy_(s)
-            v = _next_v(dyn, h, s)
+            v = next_v(dyn, h, s)
             if v_seq is not None:
                 v_seq[t].copy_(v)
         ctx.learns_k = decay_t is not None and decay_t.requires_grad
@@ -116,20 +80,20 @@ class _NeuronLoop(torch.autograd.Function):
             sg = dyn.surrogate.grad(h - dyn.v_threshold)
             g_h = g_spikes[t] * sg if g_spikes is not None else torch.zeros_like(h)
             if g_v is not None:
-                dv_dh = _dv_dh(dyn, h, s, sg)
-                g_h = g_h.add_(g_v) if dv_dh is None else g_h.addcmul_(g_v, dv_dh)
+                through_reset = dv_dh(dyn, h, s, sg)
+                g_h = g_h.add_(g_v) if through_reset is None else g_h.addcmul_(g_v, through_reset)
             if g_x is not None:
                 g_x[t] = g_h * k if dyn.kind == "lif" and dyn.decay_input else g_h
             if want_k:
-                v_prev = v_init if t == 0 else _v_after(dyn, h_seq[t - 1])
-                g_k += (g_h * _dh_dk(dyn, v_prev, x_seq[t])).sum_to_size(decay_t.shape).to(acc)
+                v_prev = v_init if t == 0 else v_after(dyn, h_seq[t - 1])
+                g_k += (g_h * dh_dk(dyn, v_prev, x_seq[t])).sum_to_size(decay_t.shape).to(acc)
             g_v = g_h if dyn.kind == "if" else g_h * (1.0 - k if dyn.kind == "lif" else k)
         g_decay = g_k.to(decay_t.dtype) if want_k else None
         return g_x, g_v, g_decay, None, None, None
 
 
 @BACKENDS.register("torch")
-def fused_loop(
+def handwritten_loop(
     x_seq: torch.Tensor, v: torch.Tensor, decay: Decay, dyn: Dynamics, store_v_seq: bool
 ) -> BackendResult:
     """Multi-step update ``[T, N, ...]`` with one autograd node (see the module docstring)."""

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from snnrun.core.errors import SnnrunError
+from snnrun.core.errors import SnnrunError, one_line
 from snnrun.net.layers import LAYERS, MultiStepDropout, Shape, TimeFolded, Voting
 from snnrun.net.neuron import IFNeuron, LeakyNeuron, LIFNeuron, PLIFNeuron, SpikingNeuron
 
@@ -667,7 +667,7 @@ def read(path: str | Path) -> Any:
     try:
         return nir.read(path)
     except Exception as e:  # h5py and nir raise many kinds
-        raise NirError(f"cannot read {path} as NIR: {' '.join(str(e).split())}") from None
+        raise NirError(f"cannot read {path} as NIR: {one_line(e)}") from None
 
 
 @LAYERS.register("nir")

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from snnrun.core.distributed import World
-from snnrun.core.errors import SnnrunError
+from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.progress import console
 from snnrun.data.encoders import Encoder, build_encoder
 from snnrun.data.sets import Splits, build_splits, make_loader
@@ -175,9 +175,7 @@ def _built(conf: dict[str, Any], section: str, build: Any, *args: Any) -> Any:
     try:
         return build(*args)
     except (TypeError, ValueError) as e:
-        raise SnnrunError(
-            f"bad {section} config {conf[section]}: {' '.join(str(e).split())}"
-        ) from None
+        raise SnnrunError(f"bad {section} config {conf[section]}: {one_line(e)}") from None
 
 
 def resolve_paths(cfg: DictConfig) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import shlex
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from snnrun.core.errors import SnnrunError
+from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.progress import console
 from snnrun.core.registry import Registry
 from snnrun.run.wandb_files import artifact_epochs, logged_epochs
@@ -131,7 +131,7 @@ class WandbLogger(RunLogger):
                 name=f"{rundir.path.parent.name}/{rundir.path.name}",
             )
         except Exception as e:  # login, network and service errors come in many types
-            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            reason = one_line(e, 200)
             online = "check `wandb login` and the network, or set WANDB_MODE=offline; "
             raise SnnrunError(
                 f"W&B could not start a {self.mode} run ({reason}); "

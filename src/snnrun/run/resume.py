@@ -21,8 +21,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from snnrun.core.compose import compose_config, one_line
-from snnrun.core.errors import SnnrunError
+from snnrun.core.compose import compose_config
+from snnrun.core.errors import SnnrunError, one_line
 from snnrun.run.rundir import find_run_dir
 
 GROUPS = (

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from snnrun.core.distributed import World, broadcast, gather
 from snnrun.core.distributed import init as init_distributed
-from snnrun.core.errors import SnnrunError
+from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.progress import console
 from snnrun.core.stop import Stopped, graceful_stop
 from snnrun.core.version import __version__
@@ -267,7 +267,7 @@ def _restore(
         state = TrainState(**payload["state"])
         _restore_rng(payload["rng"], run)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        raise SnnrunError(f"checkpoint does not fit the configured run: {' '.join(str(e).split())}"
+        raise SnnrunError(f"checkpoint does not fit the configured run: {one_line(e)}"
                           ) from None  # fmt: skip
     return state, payload.get("logger") or {}, change
 

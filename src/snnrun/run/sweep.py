@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from snnrun.core.compose import one_line
+from snnrun.core.errors import one_line
 from snnrun.core.progress import console
 from snnrun.run.rundir import FAILED as FAILED_TXT
 from snnrun.run.rundir import RunDir

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from snnrun.core.errors import SnnrunError
+from snnrun.core.errors import SnnrunError, one_line
 from snnrun.run.checkpoint import load_checkpoint
 from snnrun.run.rundir import LATEST, RunDir
 
@@ -43,7 +43,7 @@ def fetch_run(spec: str, run_dir: Path) -> Path:
         try:
             folder = Path(wandb.Api().artifact(name, type="model").download(root=tmp))
         except Exception as e:  # network, auth and missing-artifact errors come in many types
-            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            reason = one_line(e, 200)
             raise SnnrunError(
                 f"could not fetch {name} from W&B ({reason}); check the run path, `wandb login`, "
                 "and that the run was trained with logger=wandb"

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from snnrun.core.errors import SnnrunError
+from snnrun.core.errors import one_line, SnnrunError
 from snnrun.data.events.readers import Recording, forget_open_files
 from snnrun.core.progress import console, progress_bar
 from snnrun.core.stop import check_stop
@@ -106,7 +106,7 @@ def check(folder: Path, inputs: dict[str, Any]) -> str | None:
             return "manifest is for other parameters"
         frames = np.load(frames_path, mmap_mode="r")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:80]})"
+        return f"unreadable ({type(e).__name__}: {one_line(e, 80)})"
     if list(frames.shape) != manifest["shape"] or frames.dtype != np.dtype(manifest["dtype"]):
         return f"frames are {list(frames.shape)} {frames.dtype}, manifest says otherwise"
     if manifest.get("labels") != [row[2] for row in inputs["recordings"]]:
@@ -238,7 +238,7 @@ def _make_one(make: Make, rec: Recording) -> np.ndarray:
     try:
         return make(rec)
     except (OSError, ValueError, KeyError, IndexError) as e:
-        raise CacheError(f"cannot read {rec.path}: {' '.join(str(e).split())[:120]}; "
+        raise CacheError(f"cannot read {rec.path}: {one_line(e, 120)}; "
                          "delete it and extract the dataset again") from None  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from snnrun.core.errors import one_line
 from snnrun.data.sets import DATASETS, ArrayFileDataset, DatasetError, Splits
 from snnrun.data.events import frames, layouts
 from snnrun.data.events.augment import build_augment
@@ -111,7 +112,7 @@ def _download(spec: EventDataset, root: Path, cfg: dict[str, Any]) -> layouts.La
                 return found
             reason = "tonic wrote no recordings"
         except Exception as e:  # network and archive errors come in many types
-            reason = " ".join(str(e).split())[:120] or type(e).__name__
+            reason = one_line(e, 120)
     raise DatasetError(
         f"{spec.name} not found in {root} and not downloaded ({reason}); put {spec.expected} "
         f"there (from {spec.source}) or set dataset.root to the folder holding it"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from snnrun.core.errors import one_line
 from snnrun.data.sets import DatasetError
 from snnrun.data.events.readers import Recording
 
@@ -173,7 +174,7 @@ def _h5_rows(path: Path) -> list[Recording]:
             labels = f["labels"][()]
     except (OSError, KeyError) as e:  # an empty or truncated file, no labels
         empty = " (0 bytes)" if path.stat().st_size == 0 else ""
-        raise DatasetError(f"cannot read {path}{empty}: {' '.join(str(e).split())[:100]}; "
+        raise DatasetError(f"cannot read {path}{empty}: {one_line(e, 100)}; "
                            "extract the dataset again") from None  # fmt: skip
     return [Recording("shd_row", str(path), int(y), i) for i, y in enumerate(labels)]
 
