@@ -40,7 +40,7 @@ from snnrun.run.build import neuron_groups
 from snnrun.run.checkpoint import load_checkpoint
 from snnrun.run.rundir import CHECKPOINTS, RunDir
 
-from conftest import TINY, compose, make_read_only, run_snnrun, train_tiny
+from conftest import TINY, compose, make_read_only, train_tiny
 from conftest import cli as run_cli
 
 T, N = 6, 16
@@ -247,11 +247,11 @@ def test_export_command_and_model_nir(run_dir: Path) -> None:
 
 
 def test_model_nir_relative_path_is_pinned_for_every_later_reader(
-    run_dir: Path, tmp_path: Path
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """``model.path`` given relative (and interpolated into the layer entry) is absolute in the
-    run's config, with the file's SHA-256: load_run from another folder builds the same network,
-    and an edited file is refused as one line instead of silently used."""
+    run's config, with the file's SHA-256: eval from another folder (holding another file of that
+    name) builds the same network, and an edited file is refused as one line instead of used."""
     export_verb.main([str(run_dir), "format=nir"])
     work = tmp_path / "work"
     work.mkdir()
@@ -259,20 +259,23 @@ def test_model_nir_relative_path_is_pinned_for_every_later_reader(
     tiny = [a for a in TINY if not a.startswith("model.")]
     args = ["model=nir", "model.path=model.nir", "dataset.train_limit=64",
             "dataset.test_limit=32", "optimizer.lr=0", "hydra.run.dir=nirrun"]  # fmt: skip
-    run_snnrun([*tiny, *args], cwd=work)
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "argv", ["snnrun", *tiny, *args])
+    cli.main()
     entry = RunDir(work / "nirrun").read_config()["model"]["layers"][0]
     assert entry["path"] == str(work / "model.nir") and len(entry["sha256"]) == 64
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "model.nir").write_bytes(b"another file of the same name")
-    proc = run_snnrun(["eval", str(work / "nirrun")], cwd=elsewhere)  # reads the run's own file
-    assert proc.returncode == 0
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(sys, "argv", ["snnrun", "eval", str(work / "nirrun")])
+    cli.main()  # reads the run's own file
     graph = nir.read(work / "model.nir")
     next(n for n in graph.nodes.values() if hasattr(n, "weight")).weight[...] += 1.0
     nir.write(work / "model.nir", graph)
-    proc = run_snnrun(["eval", str(work / "nirrun")], cwd=elsewhere, check=False)
-    assert proc.returncode == 2 and "changed since the run was built" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    capsys.readouterr()
+    code, err = run_cli(monkeypatch, capsys, "eval", str(work / "nirrun"))
+    assert code == 2 and "changed since the run was built" in err and err.count("\n") == 1
 
 
 def _soft_reset_copy(run_dir: Path, dst: Path) -> Path:
