@@ -18,10 +18,11 @@ import yaml
 from test_faults import one_error_line
 
 from snnrun.cli.command import main
-from snnrun.run.checkpoint import load_checkpoint, save_checkpoint
+from snnrun.core.errors import SnnrunError
+from snnrun.run.checkpoint import VERSION, load_checkpoint, save_checkpoint
 from snnrun.run.rundir import BEST, INFO, LATEST, METRICS, RunDir, RunDirError
 
-from conftest import TINY, assert_one_line_error, cli, compose, read_metrics, run_snnrun
+from conftest import REPO, TINY, assert_one_line_error, cli, compose, read_metrics, run_snnrun
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +144,15 @@ def test_epochs_on_resume_train_more_or_are_refused(work) -> None:
                                   "dvsgesture_plif"])  # fmt: skip
 def test_recipes_anneal_over_the_run_they_are_given(name) -> None:
     assert compose([f"experiment={name}", "epochs=3"]).scheduler.T_max == 3
+
+
+def test_checkpoints_carry_their_schema_version(work, tmp_path) -> None:
+    """A checkpoint says which schema wrote it; one without the key (3fa185d and before) reads
+    as version 1; one from a newer snnrun is one line naming the fix."""
+    assert load_checkpoint(work / BEST)["version"] == VERSION
+    fixture = REPO / "tests" / "fixtures" / "run_3fa185d" / LATEST
+    assert load_checkpoint(fixture)["version"] == 1
+    newer = {**load_checkpoint(work / BEST), "version": VERSION + 1}
+    save_checkpoint(newer, tmp_path / BEST)
+    with pytest.raises(SnnrunError, match=r"written by a newer snnrun.*upgrade snnrun"):
+        load_checkpoint(tmp_path / BEST)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from snnrun.cli.options import verb_options
+from snnrun.cli.options import Option, choice, folder, positive_int, text, verb_options
 from snnrun.core.errors import SnnrunError, one_line
 
 if TYPE_CHECKING:  # torch loads inside the functions: a typo in the arguments fails at once
@@ -58,40 +58,39 @@ class EvalOptions:
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted key -> value
 
 
+OPTIONS = {
+    "which": choice("which", "best", "latest"),
+    "split": choice("split", "test", "train"),
+    "format": choice("fmt", *FORMATS),
+    "device": Option("device", text),
+    "dataset": Option("dataset", text, "a dataset name"),
+    "out": Option("out", folder, "a folder"),
+    "T": Option("overrides.T", positive_int, "a positive integer"),
+    "batch_size": Option("overrides.batch_size", positive_int, "a positive integer"),
+    "precision": Option("overrides.precision", lambda v: {"name": text(v)}, "a precision name"),
+}
+
+
 def parse_args(args: list[str]) -> EvalOptions:
     """``<run dir> [key=value ...]`` → options; anything else is a one-line error."""
-    return verb_options("eval", args, USAGE, EvalOptions, _set_option)
+    return verb_options("eval", args, USAGE, EvalOptions, OPTIONS, _prefixed)
 
 
-def _set_option(opts: EvalOptions, key: str, value: str) -> None:
-    choices = {"which": ("best", "latest"), "split": ("test", "train"), "format": FORMATS}
-    if key in choices:
-        if value not in choices[key]:
-            raise SnnrunError(f"eval {key}={value!r}; use {' or '.join(choices[key])}")
-        setattr(opts, {"format": "fmt"}.get(key, key), value)
-    elif key == "device" and value:
-        opts.device = value
-    elif key == "dataset" and value:
-        opts.dataset = value
-    elif key == "out" and value:
-        opts.out = Path(value).expanduser()
-    elif key in ("T", "batch_size"):
-        if not value.isdigit() or int(value) < 1:
-            raise SnnrunError(f"eval {key}={value!r}; use a positive integer")
-        opts.overrides[key] = int(value)
-    elif key == "precision" and value:
-        opts.overrides[key] = {"name": value}
-    elif key.startswith("dataset.") and len(key) > len("dataset."):
+def _prefixed(opts: EvalOptions, key: str, value: str) -> bool:
+    """``dataset.<key>=`` (any key of the dataset group) and ``neuron.backend`` /
+    ``neuron.step_mode`` (how the neurons run, never what they compute)."""
+    if key.startswith("dataset.") and len(key) > len("dataset."):
         opts.overrides[key] = yaml.safe_load(value) if value else None
-    elif key.startswith("neuron.") and key.split(".", 1)[1] in NEURON_KEYS:
-        opts.overrides[key] = value
-    elif key.startswith("neuron."):
+        return True
+    if not key.startswith("neuron."):
+        return False
+    if key.split(".", 1)[1] not in NEURON_KEYS:
         raise SnnrunError(
             f"eval takes neuron.{' and neuron.'.join(NEURON_KEYS)} only; the other "
             f"neuron keys ({key}) are the trained network, fixed by the checkpoint"
         )
-    else:
-        raise SnnrunError(f"eval has no key {key!r}; usage: {USAGE}")
+    opts.overrides[key] = value
+    return True
 
 
 def eval_config(config: dict[str, Any], opts: EvalOptions) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from snnrun.cli.options import verb_options
+from snnrun.cli.options import Option, boolean, choice, folder, positive_float, verb_options
 from snnrun.core.errors import SnnrunError
 
 USAGE = (
@@ -37,43 +37,21 @@ class ExportOptions:
     out: Path | None = None  # None: <run dir>/export
 
 
+OPTIONS = {
+    "format": choice("fmt", *FORMATS),
+    "which": choice("which", "best", "latest"),
+    "dt": Option("dt", positive_float, "a positive number of seconds (1e-4)"),
+    "strict": Option("strict", boolean, "true or false"),
+    "out": Option("out", folder, "a folder"),
+}
+
+
 def parse_args(args: list[str]) -> ExportOptions:
     """``<run dir> format=nir [key=value ...]`` → options; anything else is one line."""
-    opts = verb_options("export", args, USAGE, ExportOptions, _set_option)
+    opts = verb_options("export", args, USAGE, ExportOptions, OPTIONS)
     if opts.fmt is None:
         raise SnnrunError(f"export needs format=nir (the one format today); usage: {USAGE}")
     return opts
-
-
-def _set_option(opts: ExportOptions, key: str, value: str) -> None:
-    if key == "format" and value in FORMATS:
-        opts.fmt = value
-    elif key == "which" and value in ("best", "latest"):
-        opts.which = value
-    elif key == "dt" and _positive(value):
-        opts.dt = float(value)
-    elif key == "strict" and value.lower() in ("true", "false"):
-        opts.strict = value.lower() == "true"
-    elif key == "out" and value:
-        opts.out = Path(value).expanduser()
-    elif key in ("format", "which", "dt", "strict", "out"):
-        allowed = {
-            "format": " or ".join(FORMATS),
-            "which": "best or latest",
-            "dt": "a positive number of seconds (1e-4)",
-            "strict": "true or false",
-            "out": "a folder",
-        }
-        raise SnnrunError(f"export {key}={value!r}; use {allowed[key]}")
-    else:
-        raise SnnrunError(f"export has no key {key!r}; usage: {USAGE}")
-
-
-def _positive(value: str) -> bool:
-    try:
-        return float(value) > 0
-    except ValueError:
-        return False
 
 
 def main(args: list[str]) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from snnrun.cli.options import cannot_write, verb_options
+from snnrun.cli.options import Option, cannot_write, choice, folder, index, text, verb_options
 from snnrun.core.errors import SnnrunError
 from snnrun.report.probe import probe
 from snnrun.report.render import render_all
@@ -54,30 +54,19 @@ class VizOptions:
     out: Path | None = None  # None: <run dir>/figures
 
 
+OPTIONS = {
+    "which": choice("which", "best", "latest"),
+    "format": choice("fmt", *FORMATS),
+    "sample": Option("sample", index, "a test index (0, 1, ...)"),
+    "device": Option("device", text),
+    "dataset.root": Option("root", text),
+    "out": Option("out", folder),
+}
+
+
 def parse_args(args: list[str]) -> VizOptions:
     """``<run dir> [key=value ...]`` → options; anything else is a one-line error."""
-    return verb_options("viz", args, USAGE, VizOptions, _set_option)
-
-
-def _set_option(opts: VizOptions, key: str, value: str) -> None:
-    if key == "which" and value in ("best", "latest"):
-        opts.which = value
-    elif key == "format" and value in FORMATS:
-        opts.fmt = value
-    elif key == "sample" and value.isdigit():
-        opts.sample = int(value)
-    elif key == "device" and value:
-        opts.device = value
-    elif key == "dataset.root" and value:
-        opts.root = value
-    elif key == "out" and value:
-        opts.out = Path(value).expanduser()
-    elif key in ("which", "format", "sample", "device", "dataset.root", "out"):
-        allowed = {"which": "best or latest", "format": " or ".join(FORMATS),
-                   "sample": "a test index (0, 1, ...)"}  # fmt: skip
-        raise SnnrunError(f"viz {key}={value!r}; use {allowed.get(key, 'a value')}")
-    else:
-        raise SnnrunError(f"viz has no key {key!r}; usage: {USAGE}")
+    return verb_options("viz", args, USAGE, VizOptions, OPTIONS)
 
 
 # --- W&B and the command ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypedDict
 
 import numpy as np
 import torch
@@ -30,7 +30,39 @@ from snnrun.core.errors import SnnrunError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+VERSION = 2  # 1: the checkpoints written before the key existed (3fa185d and earlier)
 REQUIRED_KEYS = ("model", "optimizer", "state", "rng", "config")
+
+
+class Checkpoint(TypedDict):
+    """The one schema of ``checkpoint_latest.pt`` / ``checkpoint_best.pt`` (tensors and plain
+    data only). ``state["epoch"]`` is the number of epochs done; ``state["history"]`` the
+    ``metrics.jsonl`` records up to it."""
+
+    version: int
+    run_id: str
+    data: dict[str, Any]  # what rebuilding the network needs: sample_shape, num_classes, ...
+    model: dict[str, torch.Tensor]  # the network's state dict (never a compiled wrapper's)
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    scaler: dict[str, Any] | None  # GradScaler (amp_fp16)
+    state: dict[str, Any]  # TrainState: epoch, global_step, best_acc, history
+    rng: list[dict[str, Any]]  # one entry per rank (version 1 of one process: a dict)
+    logger: dict[str, Any]
+    config: dict[str, Any]  # the resolved config
+    overrides: list[str]  # what composed it
+
+
+def migrate(payload: dict[str, Any], path: Path) -> Checkpoint:
+    """A loaded payload as the current :class:`Checkpoint`: version 1 gains its version; a
+    checkpoint of a newer snnrun is refused as one line."""
+    version = payload.setdefault("version", 1)
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer snnrun (checkpoint version {version}, this one reads "
+            f"up to {VERSION}); upgrade snnrun to open it"
+        )
+    return payload  # type: ignore[return-value]
 
 
 class CheckpointError(SnnrunError, RuntimeError):
@@ -64,7 +96,7 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, lambda f: torch.save(payload, f))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path) -> Checkpoint:
     """Verify, then load on the CPU with ``weights_only=True`` (one open file: what was checked
     is what loads); any failure is one :class:`CheckpointError`."""
     if not path.is_file():
@@ -88,7 +120,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if not isinstance(payload, dict) or k not in payload]
     if missing:
         raise CheckpointError(f"{path} is not an snnrun checkpoint (missing {', '.join(missing)})")
-    return payload
+    return migrate(payload, path)
 
 
 def damaged(f: BinaryIO) -> str | None:

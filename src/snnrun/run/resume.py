@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from snnrun.core.compose import compose_config
 from snnrun.core.errors import SnnrunError, one_line
+from snnrun.run.checkpoint import Checkpoint
 from snnrun.run.rundir import find_run_dir
 
 GROUPS = (
@@ -66,7 +67,7 @@ class ResumeError(SnnrunError):
 
 def resume_config(
     target: str, new_overrides: list[str]
-) -> tuple[DictConfig, Path, list[str], dict[str, Any]]:
+) -> tuple[DictConfig, Path, list[str], Checkpoint]:
     """(config to run, run dir, overrides to record, checkpoint) for resuming ``target``."""
     rundir, which = find_run_dir(target)
     if which != "latest":

@@ -34,6 +34,7 @@ import yaml
 
 from snnrun.core.errors import SnnrunError
 from snnrun.run.checkpoint import (
+    Checkpoint,
     CheckpointError,
     CorruptCheckpoint,
     atomic_write_bytes,
@@ -251,7 +252,7 @@ class RunDir:
         if is_best:
             save_checkpoint(payload, self.path / BEST)
 
-    def load_checkpoint(self, which: str = "latest") -> dict[str, Any]:
+    def load_checkpoint(self, which: str = "latest") -> Checkpoint:
         """A checkpoint of this dir's run; one that belongs to another run is refused."""
         path = self.checkpoint(which)
         if not path.is_file():

@@ -22,7 +22,8 @@ from snnrun.engine.optim import follow_horizon
 from snnrun.engine.trainer import Trainer, TrainState
 from snnrun.net.summary import summary_table
 from snnrun.run.build import Run, build_run, data_identity, refuse_existing_run, resolve_paths
-from snnrun.run.checkpoint import capture_rng, restore_rng
+from snnrun.run.checkpoint import VERSION as CHECKPOINT_VERSION
+from snnrun.run.checkpoint import Checkpoint, capture_rng, restore_rng
 from snnrun.run.loggers import RunLogger
 from snnrun.run.rundir import CONFIG, INFO, LOCK, METRICS, WANDB_ID, RunDir, new_run_id
 
@@ -30,7 +31,7 @@ RUN_FILES = (CONFIG, INFO, LOCK, METRICS, WANDB_ID)  # what a run writes before 
 
 
 def train(
-    cfg: DictConfig, run_dir: Path, overrides: list[str], checkpoint: dict[str, Any] | None = None
+    cfg: DictConfig, run_dir: Path, overrides: list[str], checkpoint: Checkpoint | None = None
 ) -> float:
     """Train the run in ``run_dir`` (continue it from ``checkpoint``); best test accuracy.
 
@@ -83,7 +84,7 @@ def _discard_unstarted(rundir: RunDir) -> None:
         rundir.path.rmdir()
 
 
-def _claim(rundir: RunDir, checkpoint: dict[str, Any] | None, world: World) -> Any:
+def _claim(rundir: RunDir, checkpoint: Checkpoint | None, world: World) -> Any:
     """Rank 0 claims the dir (and re-reads a resume's checkpoint under the claim); every rank
     raises rank 0's error, so none waits for the others forever."""
     error = None
@@ -148,7 +149,7 @@ def _fit(
     conf: dict[str, Any],
     rundir: RunDir,
     overrides: list[str],
-    checkpoint: dict[str, Any] | None,
+    checkpoint: Checkpoint | None,
     world: World,
 ) -> float:
     """Build, restore, train and report (``train`` holds the run dir); only rank 0 writes."""
@@ -231,11 +232,12 @@ def _render_during_training(
 
 def checkpoint_payload(
     run: Run, state: TrainState, overrides: list[str], run_id: str, data: dict[str, Any]
-) -> dict[str, Any]:
+) -> Checkpoint:
     """Everything a resume needs, the resolved config, the overrides that composed it, and
-    what rebuilding the network needs (``data``): tensors and plain data only."""
+    what rebuilding the network needs (``data``): the :class:`Checkpoint` schema."""
     scaler = run.precision.scaler
     return {
+        "version": CHECKPOINT_VERSION,
         "run_id": run_id,
         "data": data,
         "model": run.model.state_dict(),
@@ -251,7 +253,7 @@ def checkpoint_payload(
 
 
 def _restore(
-    payload: dict[str, Any], run: Run
+    payload: Checkpoint, run: Run
 ) -> tuple[TrainState, dict[str, Any], dict[str, Any] | None]:
     """Load every state a checkpoint holds, the RNGs last, after all building is done; also
     the schedule's horizon change when ``epochs`` moved it (for ``run.json``)."""
