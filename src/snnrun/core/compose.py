@@ -7,6 +7,7 @@ so configs kept outside the package (``model=<your model>``) compose here as in 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -40,3 +41,18 @@ def compose_config(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return compose(config_name="config", overrides=task)
+
+
+def flatten(node: Any, lists: bool = False, prefix: str = "") -> dict[str, Any]:
+    """A config as ``{dotted key: leaf}``; ``lists``: into list items too (``model.layers.0.type``),
+    else a list is one leaf (how a resume compares configs)."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif lists and isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return {prefix[:-1]: node}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.update(flatten(v, lists, f"{prefix}{k}."))
+    return out

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from snnrun.core.distributed import ShardedBatches, World
-from snnrun.core.errors import one_line, SnnrunError
+from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.registry import Registry
 
 
@@ -277,7 +277,6 @@ def _read_idx(folder: Path, stem: str, ndim: int) -> np.ndarray:
         raise DatasetError(
             f"corrupt dataset file {path}: {e}; delete it and download again"
         ) from None
-
 
 
 # Class names by dataset, in label order (datasets whose labels are their names, the digits of

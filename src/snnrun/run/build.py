@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from snnrun.core.compose import flatten
 from snnrun.core.distributed import World
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.progress import console
@@ -85,17 +86,9 @@ def check_values(conf: dict[str, Any]) -> None:
             raise SnnrunError(f"{key} must be a {kind} integer, got {conf[key]!r}")
     if not isinstance(conf["epochs"], int) or conf["epochs"] < 0:
         raise SnnrunError(f"epochs must be a non-negative integer, got {conf['epochs']!r}")
-    for key, value in _leaves(conf):
+    for key, value in flatten(conf, lists=True).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise SnnrunError(f"{key}={value} is not a finite number; give it a real value")
-
-
-def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(node, dict):
-        return [kv for k, v in node.items() for kv in _leaves(v, f"{prefix}{k}.")]
-    if isinstance(node, list):
-        return [kv for i, v in enumerate(node) for kv in _leaves(v, f"{prefix}{i}.")]
-    return [(prefix[:-1], node)]
 
 
 def neuron_groups(conf: dict[str, Any]) -> dict[str, Any]:

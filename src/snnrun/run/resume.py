@@ -14,6 +14,7 @@ dir whose ``run.json`` names its run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from snnrun.core.compose import compose_config
+from snnrun.core.compose import compose_config, flatten
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.run.checkpoint import Checkpoint
-from snnrun.run.rundir import find_run_dir
+from snnrun.run.rundir import RunDir, find_run_dir
 
 GROUPS = (
     "model",
@@ -158,7 +159,7 @@ def _parse(overrides: list[str]) -> list[tuple[str, Any]]:
         key = o.key_or_group
         if key in GROUPS or key.startswith("hydra"):
             raise ResumeError(f"cannot change {key} when resuming; start a new run instead")
-        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE):
+        if not _resumable(key):
             raise ResumeError(
                 f"cannot change {key} when resuming (the checkpoint holds the "
                 f"state it set up); resume may change: {', '.join(RESUMABLE)}"
@@ -169,27 +170,61 @@ def _parse(overrides: list[str]) -> list[tuple[str, Any]]:
     return result
 
 
+def auto_resume(rundir: RunDir, conf: dict[str, Any]) -> Checkpoint | None:
+    """``resume=auto``: the dir's latest checkpoint when it holds a run of this config (keys a
+    resume may change aside, and keys added to conf/ since the run started); None when it holds
+    no run."""
+    from snnrun.core.progress import console
+
+    if not rundir.holds_run():
+        return None
+    payload = rundir.load_checkpoint("latest")
+    differs = config_diff(payload["config"], conf, skip=_resumable)
+    differs = [(k, was, now) for k, was, now in differs if was is not _ABSENT]
+    if differs:
+        k, was, now = differs[0]
+        raise ResumeError(
+            f"resume=auto: {rundir.path} holds a run of another config ({k}={was!r} "
+            f"there, {now!r} here); pick another hydra.run.dir"
+        )
+    console.print(f"resume=auto: continuing the run in {rundir.path}")
+    return payload
+
+
 def _report_drift(saved: DictConfig, current: DictConfig, overridden: set[str]) -> None:
     """Warn about keys whose value in today's conf/ differs from the saved run's."""
     from snnrun.core.progress import console
     from snnrun.run.build import resolve_paths
 
-    flat_saved = flatten(OmegaConf.to_container(saved, resolve=True))
-    flat_now = flatten(resolve_paths(current))  # paths absolute, NIR files pinned, as a run's
-    for key in sorted(set(flat_saved) | set(flat_now)):
-        if key in overridden or key in ("resume", "dataset.root", "dataset.cache_dir"):
-            continue
-        if flat_saved.get(key) != flat_now.get(key):
-            console.print(
-                f"[yellow]note:[/] {key} is {flat_now.get(key)!r} in conf/ today but "
-                f"{flat_saved.get(key)!r} in this run; keeping the run's value"
-            )
+    now = resolve_paths(current)  # paths absolute, NIR files pinned, as a run's
+    skip = {*overridden, "dataset.root", "dataset.cache_dir"}
+    for key, was, today in config_diff(OmegaConf.to_container(saved, resolve=True), now,
+                                       skip=skip.__contains__):  # fmt: skip
+        console.print(
+            f"[yellow]note:[/] {key} is {_shown(today)} in conf/ today but {_shown(was)} in "
+            "this run; keeping the run's value"
+        )
 
 
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
+_ABSENT = object()  # a key one side of a diff does not have
+
+
+def _shown(value: Any) -> str:
+    return "None" if value is _ABSENT else repr(value)
+
+
+def config_diff(
+    saved: dict[str, Any], now: dict[str, Any], skip: Callable[[str], bool] = lambda k: False
+) -> list[tuple[str, Any, Any]]:
+    """The one config diff: ``(dotted key, saved value, value now)`` for every leaf that
+    differs (``_ABSENT`` where a side lacks it), ``resume`` and keys ``skip`` names aside."""
+    flat_saved, flat_now = flatten(saved), flatten(now)
+    return [
+        (k, flat_saved.get(k, _ABSENT), flat_now.get(k, _ABSENT))
+        for k in sorted(set(flat_saved) | set(flat_now))
+        if k != "resume" and not skip(k) and flat_saved.get(k, _ABSENT) != flat_now.get(k, _ABSENT)
+    ]
+
+
+def _resumable(key: str) -> bool:
+    return any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE)

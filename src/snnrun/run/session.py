@@ -25,6 +25,7 @@ from snnrun.run.build import Run, build_run, data_identity, refuse_existing_run,
 from snnrun.run.checkpoint import VERSION as CHECKPOINT_VERSION
 from snnrun.run.checkpoint import Checkpoint, capture_rng, restore_rng
 from snnrun.run.loggers import RunLogger
+from snnrun.run.resume import auto_resume
 from snnrun.run.rundir import CONFIG, INFO, LOCK, METRICS, WANDB_ID, RunDir, new_run_id
 
 RUN_FILES = (CONFIG, INFO, LOCK, METRICS, WANDB_ID)  # what a run writes before its first epoch
@@ -103,33 +104,6 @@ def _claim(rundir: RunDir, checkpoint: Checkpoint | None, world: World) -> Any:
     if error:
         raise SnnrunError(error)
     return checkpoint
-
-
-def auto_resume(rundir: RunDir, conf: dict[str, Any]) -> dict[str, Any] | None:
-    """``resume=auto``: the dir's latest checkpoint when it holds a run of this config (keys a
-    resume may change aside); None when it holds no run."""
-    from snnrun.run.resume import RESUMABLE, flatten
-
-    if not rundir.holds_run():
-        return None
-    payload = rundir.load_checkpoint("latest")
-    saved, now = flatten(payload["config"]), flatten(conf)
-    differs = [
-        k
-        for k in sorted(set(saved) | set(now))
-        if k != "resume"
-        and k in saved  # a key added to conf/ since the run started takes today's default
-        and saved.get(k) != now.get(k)
-        and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)
-    ]
-    if differs:
-        k = differs[0]
-        raise SnnrunError(
-            f"resume=auto: {rundir.path} holds a run of another config ({k}={saved.get(k)!r} "
-            f"there, {now.get(k)!r} here); pick another hydra.run.dir"
-        )
-    console.print(f"resume=auto: continuing the run in {rundir.path}")
-    return payload
 
 
 def _check_same_data(saved: dict[str, Any], now: dict[str, Any], conf: dict[str, Any]) -> None:

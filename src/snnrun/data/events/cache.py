@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from snnrun.core.errors import one_line, SnnrunError
-from snnrun.data.events.readers import Recording, forget_open_files
+from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.progress import console, progress_bar
 from snnrun.core.stop import check_stop
+from snnrun.data.events.readers import Recording, forget_open_files
 
 FORMAT = 1
 FOLDER = ".snnrun-frames"  # under dataset.root, unless dataset.cache_dir names another folder
