@@ -8,7 +8,9 @@ import signal
 import sys
 
 import pytest
+import torch
 
+from snnrun.api import load_run
 from snnrun.cli.command import main
 from snnrun.run.checkpoint import load_checkpoint
 from snnrun.run.rundir import BEST, LATEST
@@ -220,3 +222,32 @@ def test_compile_true_trains(tmp_path) -> None:
     run_snnrun([*TINY, "compile=true", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=900)
     assert len(read_metrics(run_dir)) == 1
     assert not any(k.startswith("_orig_mod.") for k in load_checkpoint(run_dir / LATEST)["model"])
+
+
+def test_clip_grad_norm_bounds_each_update_also_under_amp(monkeypatch, tmp_path) -> None:
+    """``optimizer.clip_grad_norm=c`` with plain SGD: every step moves the weights by at most
+    ``lr * c`` (here 2 steps), and under amp_fp16 the limit applies to the unscaled gradients
+    (clipping the scaled ones would move them ~65536x less); a bad value is one line."""
+    args = [*[o for o in TINY if not o.startswith("model.")], "model=fc", "optimizer=sgd",
+            "optimizer.momentum=0", "dataset.train_limit=64", "batch_size=32"]  # fmt: skip
+
+    def weights(run_dir):
+        return torch.cat(
+            [p.detach().flatten() for p in load_run(run_dir, "latest").model.parameters()]
+        )
+
+    train_in_process(monkeypatch, *args, "optimizer.lr=0", f"hydra.run.dir={tmp_path / 'init'}")
+    start = weights(tmp_path / "init")
+    lr, clip = 0.1, 1e-3
+    for precision in ("fp32", "amp_fp16"):
+        run_dir = tmp_path / precision
+        clipped = [f"optimizer.lr={lr}", f"optimizer.clip_grad_norm={clip}"]
+        train_in_process(
+            monkeypatch, *args, *clipped, f"precision={precision}", f"hydra.run.dir={run_dir}"
+        )
+        moved = float((weights(run_dir) - start).norm())
+        assert 0.5 * lr * clip < moved <= 2 * lr * clip * (1 + 1e-3), (precision, moved)
+    with pytest.raises(SystemExit):
+        train_in_process(
+            monkeypatch, *args, "optimizer.clip_grad_norm=-1", f"hydra.run.dir={tmp_path}/x"
+        )

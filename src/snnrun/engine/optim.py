@@ -34,8 +34,14 @@ def _none(optimizer: torch.optim.Optimizer):
 
 
 def build_optimizer(cfg: dict[str, Any], params: Iterable[torch.nn.Parameter]):
+    """The optimizer; ``clip_grad_norm`` is the trainer's (checked here: positive or null)."""
     options = dict(cfg)
     name = options.pop("name")
+    clip = options.pop("clip_grad_norm", None)
+    if clip is not None and (
+        not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip <= 0
+    ):
+        raise ValueError(f"clip_grad_norm must be a positive number or null, got {clip!r}")
     if "betas" in options:
         options["betas"] = tuple(options["betas"])
     return OPTIMIZERS.get(name)(params, **options)

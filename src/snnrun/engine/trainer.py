@@ -56,6 +56,7 @@ class Trainer:
         self.eval_net = eval_net if eval_net is not None else net  # a compiled net has no bool()
         self.step = LossStep(run.device, run.encoder, run.loss, run.precision, run.conf["T"])
         self.log_every = run.conf["log_every"]
+        self.clip = run.conf["optimizer"].get("clip_grad_norm")  # max total gradient norm
         self.collective = active()
 
     def fit(self, epochs: int, state: TrainState, on_epoch_end: EpochHook) -> TrainState:
@@ -124,12 +125,24 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         if scaler is None:
             loss.backward()
+            self._clip_gradients()
             optimizer.step()
         else:
             scaler.scale(loss).backward()
+            if self.clip:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            self._clip_gradients()
             scaler.step(optimizer)
             scaler.update()
         return loss.detach(), (self.run.loss.predict(out) == y).sum()
+
+    def _clip_gradients(self) -> None:
+        """``optimizer.clip_grad_norm``: scale every gradient so their total L2 norm is at most
+        the limit (``torch.nn.utils.clip_grad_norm_``; non-finite norms are left to the
+        divergence check and the GradScaler)."""
+        if self.clip:
+            params = [p for g in self.run.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.clip)
 
     def _check_finite(self, epoch: int, train: dict[str, Any]) -> None:
         """One sync: every parameter and buffer finite, else name the first bad tensor."""
