@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 
+import torch
+
 from conftest import REPO, TINY, read_metrics, run_snnrun
 
 
 def test_editable_install_runs_outside_the_repo(tmp_path) -> None:
+    """... and run.json records what the run was made with: the command, the versions, the
+    install's git commit (this checkout's), no git state for a working dir outside a repo."""
     proc = run_snnrun([*TINY, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert "final test_acc=" in proc.stdout
     assert len(read_metrics(tmp_path / "run")) == 1
+    made = json.loads((tmp_path / "run" / "run.json").read_text())["provenance"]
+    assert made["command"] == ["snnrun", *TINY, f"hydra.run.dir={tmp_path / 'run'}"]
+    assert made["versions"]["torch"] == torch.__version__ and made["versions"]["snnrun"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    assert made["git"]["snnrun"]["commit"] == head and made["git"]["cwd"] is None
+    assert made["world_size"] == 1 and made["host"] and made["device"]
 
 
 def test_built_wheel_ships_configs_and_kernels(tmp_path) -> None:

@@ -138,6 +138,7 @@ def test_epochs_on_resume_train_more_or_are_refused(work) -> None:
     assert yaml.safe_load((work / "config.yaml").read_text())["scheduler"]["T_max"] == 3
     (resumed,) = json.loads((work / INFO).read_text())["resumes"]
     assert resumed["T_max"] == [2, 3] and resumed["epoch"] == 3 and resumed["epochs"] == 3
+    assert resumed["provenance"]["command"][1:] == [f"resume={work}", "epochs=3"]
 
 
 @pytest.mark.parametrize("name", ["fmnist_csnn", "nmnist_csnn", "cifar10dvs_plif",

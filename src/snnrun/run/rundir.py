@@ -5,7 +5,9 @@
 - ``config.yaml``: the resolved config the run trains with (rewritten on every resume);
 - ``run.json``: the run's identity (``run_id``) and what a network needs to be rebuilt without
   its dataset (per-sample input shape, class count, dataset name and split sizes); rebuilt from
-  the checkpoints (which carry both) when it is lost; ``resumes`` lists what resumes changed;
+  the checkpoints (which carry both) when it is lost; ``provenance``: what the run was started
+  with (command, versions, git state, host, device, world size); ``resumes``: what each resume
+  changed and ran with;
 - ``metrics.jsonl``: one JSON object per epoch (a last line cut short by a crash is skipped);
 - ``checkpoint_latest.pt`` / ``checkpoint_best.pt``: written atomically, carrying the same
   ``run_id`` as ``run.json`` (a checkpoint copied in from another run is refused);
@@ -157,8 +159,8 @@ class RunDir:
             raise RunDirError(f"corrupt {path}: {e}") from None
 
     def record_resume(self, change: dict[str, Any]) -> None:
-        """Append what a resume changed (``change``, with the time) to ``run.json``'s
-        ``resumes`` list."""
+        """Append a resume's record (what it changed, what it ran with: ``change``, with the
+        time) to ``run.json``'s ``resumes`` list."""
         info, when = self.read_info(), time.strftime("%Y-%m-%d %H:%M:%S")
         info.setdefault("resumes", []).append({"time": when, **change})
         self.write_info(info)

@@ -25,6 +25,7 @@ from snnrun.run.build import Run, build_run, data_identity, refuse_existing_run,
 from snnrun.run.checkpoint import VERSION as CHECKPOINT_VERSION
 from snnrun.run.checkpoint import Checkpoint, capture_rng, restore_rng
 from snnrun.run.loggers import RunLogger
+from snnrun.run.provenance import provenance
 from snnrun.run.resume import auto_resume
 from snnrun.run.rundir import CONFIG, INFO, LOCK, METRICS, WANDB_ID, RunDir, new_run_id
 
@@ -136,15 +137,17 @@ def _fit(
     if checkpoint is None:
         run_id = broadcast(new_run_id())
         if main:
-            rundir.write_info({"run_id": run_id, "snnrun_version": __version__, "data": data})
+            made = provenance(run.device, world)
+            rundir.write_info({"run_id": run_id, "snnrun_version": __version__, "data": data,
+                               "provenance": made})  # fmt: skip
     else:
         run_id = checkpoint["run_id"]
         _check_same_data(checkpoint["data"], data, conf)
         state, logger_state, change = _restore(checkpoint, run)
         if main:
             rundir.rewrite_metrics(state.history)
-            if change:
-                rundir.record_resume({"epochs": conf["epochs"], **change})
+            made = provenance(run.device, world)  # each resume says what it ran with
+            rundir.record_resume({"epochs": conf["epochs"], **(change or {}), "provenance": made})
         console.print(f"resuming {rundir.path} at epoch {state.epoch} "
                       f"(best test_acc {state.best_acc:.4f})")  # fmt: skip
     if main:
