@@ -28,6 +28,9 @@ def test_compile_true_trains_end_to_end(tmp_path: Path) -> None:
     assert "falling back to the torch backend on cpu; config.yaml records" in proc.stdout
     assert f"run dir: {tmp_path / 'run'}" in proc.stdout.replace("\n", "")
     assert "SpikingNetwork(" not in proc.stdout
+    summary = (tmp_path / "run" / "summary.md").read_text()  # saved too, with totals
+    assert "| L1 linear | [2, N, 10] | 7,840 |" in summary and "parameters: 7,840" in summary
+    assert "activations per sample at T=2: 0.01 MiB" in summary  # (784 + 10 + 10) x 2 x 4 B
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("L")]
     assert rows[1][:4] == ["L1", "linear", "[2,", "N,"] and rows[1][5] == "7,840"
     assert rows[2][6:] == ["if", "v_th=1", "hard", "atan,", "torch"]

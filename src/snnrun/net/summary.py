@@ -1,10 +1,16 @@
-"""A compact model summary: one row per layer (output ``[T, N, ...]``, parameters, neuron).
+"""A compact model summary: one row per layer (output ``[T, N, ...]``, parameters, neuron),
+totals, and an estimated activation memory per sample.
 
 Printed once when a run starts, in place of the module repr (``print(run.model)`` in Python,
-or ``snnrun --cfg job`` for the config, still show everything).
+or ``snnrun --cfg job`` for the config, still show everything), and saved in the run dir as
+``summary.md``. The estimate counts every layer's output ``[T, ...]`` of one sample in float32:
+what training keeps for the backward pass, to within the backends' own state (the handwritten
+torch backend keeps ``H`` per neuron layer, the Triton one float32 checkpoints every 8 steps).
 """
 
 from __future__ import annotations
+
+import math
 
 from rich.table import Table
 from torch import nn
@@ -44,3 +50,31 @@ def summary_table(model: SpikingNetwork, T: int) -> Table:
     for row in layer_rows(model, T):
         table.add_row(*row)
     return table
+
+
+def totals(model: SpikingNetwork, T: int) -> dict[str, int]:
+    """Parameters (all, trainable), neuron layers, and the estimated activation bytes per
+    sample: every layer's output over ``T`` steps in float32."""
+    shapes = [s for s in (model.shapes or []) if s is not None]
+    activations = sum(T * math.prod(shape) for shape in shapes) * 4
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "neuron_layers": sum(isinstance(m, SpikingNeuron) for m in model.layers),
+        "activation_bytes_per_sample": activations,
+    }
+
+
+def markdown(model: SpikingNetwork, T: int) -> str:
+    """The summary as a markdown table with its totals (the run dir's ``summary.md``)."""
+    lines = ["| layer | output | params | neuron |", "| --- | --- | ---: | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in layer_rows(model, T)]
+    t = totals(model, T)
+    lines += [
+        "",
+        f"- parameters: {t['parameters']:,} ({t['trainable']:,} trainable)",
+        f"- neuron layers: {t['neuron_layers']}",
+        f"- activations per sample at T={T}: {t['activation_bytes_per_sample'] / 2**20:.2f} MiB "
+        "(every layer's output in float32; an estimate of what training keeps)",
+    ]
+    return "\n".join(lines) + "\n"

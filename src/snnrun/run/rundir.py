@@ -11,6 +11,7 @@
 - ``metrics.jsonl``: one JSON object per epoch (a last line cut short by a crash is skipped);
 - ``checkpoint_latest.pt`` / ``checkpoint_best.pt``: written atomically, carrying the same
   ``run_id`` as ``run.json`` (a checkpoint copied in from another run is refused);
+- ``summary.md``: the model summary (layers, outputs ``[T, N, ...]``, parameters, memory);
 - ``run.lock``: held (``flock``) by the process training in the dir; the kernel releases it
   when that process ends in any way, so a stale claim never blocks a later run;
 - ``wandb/``, ``wandb_run_id.txt``: the W&B files; ``figures/``: ``snnrun viz`` output;
@@ -54,6 +55,7 @@ LOCK = "run.lock"
 WANDB_ID = "wandb_run_id.txt"
 FAILED = "failed.txt"
 FIGURES = "figures"
+SUMMARY = "summary.md"
 EVALS = "eval"
 EXPORTS = "export"
 
@@ -199,6 +201,10 @@ class RunDir:
             done = f"read the run from {name} (could not write {INFO} back: {e.strerror})"
         _note(f"{self.path} had no {INFO}; {done} (run {payload['run_id']})")
         return info
+
+    def write_summary(self, text: str) -> None:
+        """The model summary (``summary.md``: layers, output shapes, parameters, memory)."""
+        atomic_write_bytes(self.path / SUMMARY, lambda f: f.write(text.encode()))
 
     # --- metrics ------------------------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, Any]]:

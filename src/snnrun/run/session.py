@@ -20,16 +20,16 @@ from snnrun.core.stop import Stopped, graceful_stop
 from snnrun.core.version import __version__
 from snnrun.engine.optim import follow_horizon
 from snnrun.engine.trainer import Trainer, TrainState
-from snnrun.net.summary import summary_table
+from snnrun.net.summary import markdown, summary_table, totals
 from snnrun.run.build import Run, build_run, data_identity, refuse_existing_run, resolve_paths
 from snnrun.run.checkpoint import VERSION as CHECKPOINT_VERSION
 from snnrun.run.checkpoint import Checkpoint, capture_rng, restore_rng
 from snnrun.run.loggers import RunLogger
 from snnrun.run.provenance import provenance
 from snnrun.run.resume import auto_resume
-from snnrun.run.rundir import CONFIG, INFO, LOCK, METRICS, WANDB_ID, RunDir, new_run_id
+from snnrun.run.rundir import CONFIG, INFO, LOCK, METRICS, SUMMARY, WANDB_ID, RunDir, new_run_id
 
-RUN_FILES = (CONFIG, INFO, LOCK, METRICS, WANDB_ID)  # what a run writes before its first epoch
+RUN_FILES = (CONFIG, INFO, LOCK, METRICS, SUMMARY, WANDB_ID)  # written before the first epoch
 
 
 def train(
@@ -152,7 +152,7 @@ def _fit(
                       f"(best test_acc {state.best_acc:.4f})")  # fmt: skip
     if main:
         rundir.write_config(conf)
-    _describe(run)
+    _describe(run, rundir, main)
 
     def on_epoch_end(st: TrainState, record: dict[str, Any], is_best: bool) -> None:
         payload = checkpoint_payload(run, st, overrides, run_id, data)  # every rank's RNG
@@ -266,12 +266,17 @@ def _restore_rng(states: list[dict[str, Any]] | dict[str, Any], run: Run) -> Non
         )
 
 
-def _describe(run: Run) -> None:
+def _describe(run: Run, rundir: RunDir, main: bool) -> None:
+    """The model summary, printed (a table, then one line) and saved as ``summary.md``."""
     conf, splits = run.conf, run.splits
-    params = sum(p.numel() for p in run.model.parameters())
+    sizes = totals(run.model, conf["T"])
+    params, memory = sizes["parameters"], sizes["activation_bytes_per_sample"] / 2**20
+    if main:
+        rundir.write_summary(markdown(run.model, conf["T"]))
     console.print(summary_table(run.model, conf["T"]), highlight=False)
     console.print(
-        f"model={conf['model']['name']} ({params:,} parameters)  dataset={conf['dataset']['name']} "
+        f"model={conf['model']['name']} ({params:,} parameters, ~{memory:.2f} MiB of "
+        f"activations per sample)  dataset={conf['dataset']['name']} "
         f"({len(splits.train)} train / {len(splits.test)} test, input {list(splits.sample_shape)})"
         f"  T={conf['T']}  device={run.device}  precision={conf['precision']['name']}",
         highlight=False,
