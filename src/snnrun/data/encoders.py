@@ -1,10 +1,11 @@
 """Input encoders: a batch from the loader → the input sequence ``[T, N, ...]``.
 
-Static datasets give images ``[N, ...]`` in [0, 1], which ``direct`` and ``poisson`` expand over
-T. Sequence datasets (event frames, spike bins) give ``[N, T, ...]`` already, which ``none``
-turns into ``[T, N, ...]`` with one transpose (a view; the first time-folded layer makes it
-contiguous once). Each builder declares which kind it takes (:func:`takes_sequences`), and
-:func:`build_encoder` checks it against the dataset.
+Static datasets give images ``[N, ...]`` in [0, 1], which ``direct``, ``poisson`` and ``latency``
+expand over T. Sequence datasets (event frames, spike bins) give ``[N, T, ...]`` already, which
+``none`` turns into ``[T, N, ...]`` with one transpose (a view; the first time-folded layer makes
+it contiguous once), and ``delta`` into spikes where the sequence changes. Each builder declares
+which kind it takes (:func:`takes_sequences`), and :func:`build_encoder` checks it against the
+dataset.
 """
 
 from __future__ import annotations
@@ -44,6 +45,57 @@ def poisson() -> Encoder:
 
     def encode(x: torch.Tensor, T: int) -> torch.Tensor:
         return (torch.rand(T, *x.shape, device=x.device) < x).to(x.dtype)
+
+    return encode
+
+
+@ENCODERS.register("latency")
+def latency(mode: str = "linear", tau: float = 1.0, threshold: float = 0.01) -> Encoder:
+    """Time to first spike (snnTorch ``spikegen.latency`` with ``clip=True``): each input
+    ``x`` in [0, 1] spikes once, the brighter the earlier, at step ``round(t)``:
+
+    - ``linear``: ``t = (1 - x) (T - 1)`` (snnTorch's ``linear=True, normalize=True``);
+    - ``log``: ``t = tau ln(x / (x - threshold))``, the time an RC circuit fed ``x`` takes to
+      reach ``threshold`` (snnTorch's default); none when ``t > T - 1``.
+
+    Inputs below ``threshold`` never spike. ``[N, ...] → [T, N, ...]``.
+    """
+    if mode not in ("linear", "log"):
+        raise ValueError(f"latency mode must be linear or log, got {mode!r}")
+    if not (tau > 0 and 0 <= threshold < 1):
+        raise ValueError(f"latency needs tau > 0 and 0 <= threshold < 1, got {tau}, {threshold}")
+
+    def encode(x: torch.Tensor, T: int) -> torch.Tensor:
+        if mode == "linear":
+            t = (1 - x).clamp(max=1 - threshold) * (T - 1)
+        else:
+            xc = x.clamp(min=threshold + 1e-7)
+            t = tau * torch.log(xc / (xc - threshold))
+        steps = t.round().long()
+        fire = (x >= threshold) & (steps <= T - 1)
+        out = torch.zeros(T, *x.shape, dtype=x.dtype, device=x.device)
+        out.scatter_(0, steps.clamp(0, T - 1).unsqueeze(0), fire.unsqueeze(0).to(x.dtype))
+        return out
+
+    return encode
+
+
+@ENCODERS.register("delta")
+@takes_sequences
+def delta(threshold: float = 0.1, padding: bool = False, off_spike: bool = False) -> Encoder:
+    """Spikes where a sequence changes (snnTorch ``spikegen.delta``): ``[N, T, ...] →
+    [T, N, ...]``, 1 where ``x[t] - x[t-1] >= threshold``; with ``off_spike``, -1 where it is
+    ``<= -threshold``. ``x[-1]`` is 0 (``padding=True``: ``x[0]``, so step 0 never spikes)."""
+    if threshold <= 0:
+        raise ValueError(f"delta needs threshold > 0, got {threshold}")
+    sequences = none()
+
+    def encode(x: torch.Tensor, T: int) -> torch.Tensor:
+        x_seq = sequences(x, T)
+        before = torch.cat([x_seq[:1] if padding else torch.zeros_like(x_seq[:1]), x_seq[:-1]])
+        change = x_seq - before
+        spikes = (change >= threshold).to(x.dtype)
+        return spikes - (change <= -threshold).to(x.dtype) if off_spike else spikes
 
     return encode
 
