@@ -93,6 +93,14 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
         assert needle in lines[0], (needle, lines[0])
 
 
+def train_in_process(monkeypatch, *args: str) -> None:
+    """``snnrun args`` in this process (cheaper than a subprocess; torch is imported once)."""
+    from snnrun.cli.command import main
+
+    monkeypatch.setattr(sys, "argv", ["snnrun", *args])
+    main()
+
+
 def make_read_only(monkeypatch, folder: Path) -> None:
     """``os.mkdir`` below ``folder`` fails as on a read-only file system (tests run as root,
     whom file modes do not stop)."""

@@ -4,22 +4,25 @@ re-logging what a segment never logged, progress lines with an ETA off a termina
 
 from __future__ import annotations
 
+import csv
 import errno
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from rich.progress import TimeRemainingColumn
 
+from snnrun.cli.command import main
 from snnrun.core.errors import SnnrunError
 from snnrun.core.progress import progress_bar
 from snnrun.run.loggers import WandbLogger, check_logger_conf
 from snnrun.run.rundir import RunDir
 from snnrun.run.wandb_files import artifact_epochs, artifact_records, logged_epochs
 
-from conftest import REPO, TINY, read_metrics, run_snnrun
+from conftest import REPO, TINY, read_metrics, run_snnrun, train_in_process
 
 SMALL = [*TINY, "dataset.train_limit=64", "dataset.test_limit=64", "batch_size=32"]
 WANDB = [o for o in SMALL if o != "logger=none"] + ["logger=wandb"]
@@ -151,3 +154,34 @@ def test_progress_off_a_terminal_prints_lines_with_an_eta(capsys) -> None:
     assert len(lines) == 9, lines
     assert lines[0] == "epoch 0 train  10% 100/1,000  10 samples/s  ETA 0:01:30"
     assert lines[-1] == "epoch 0 train  90% 900/1,000  10 samples/s  ETA 0:00:10"
+
+
+def test_csv_and_tensorboard_loggers_through_the_command(tmp_path, monkeypatch) -> None:
+    """``logger=csv``: metrics.csv holds every record of metrics.jsonl (a resume keeps them
+    in one table); ``logger=tensorboard``: the event files hold each epoch's scalars and the
+    per-step loss against global_step, and viz.every_n_epochs' figures."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    small = ["model=fc", "dataset.train_limit=64", "batch_size=32", "log_every=1"]
+    fc = [o for o in TINY if not o.startswith("model.")] + small
+    run_dir = tmp_path / "csv"
+    train_in_process(monkeypatch, *fc, "logger=csv", f"hydra.run.dir={run_dir}")
+    monkeypatch.setattr(sys, "argv", ["snnrun", f"resume={run_dir}", "epochs=2"])
+    main()
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    records = RunDir(run_dir).read_metrics()
+    assert [int(r["epoch"]) for r in rows] == [r["epoch"] for r in records] == [0, 1]
+    assert [float(r["test_acc"]) for r in rows] == [r["test_acc"] for r in records]
+
+    run_dir = tmp_path / "tb"
+    train_in_process(monkeypatch, *fc, "logger=tensorboard", "viz.every_n_epochs=1",
+                     f"hydra.run.dir={run_dir}")  # fmt: skip
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    record = RunDir(run_dir).read_metrics()[0]
+    (test_acc,) = events.Scalars("test_acc")
+    assert test_acc.step == record["global_step"] == 2 and test_acc.value == pytest.approx(
+        record["test_acc"]
+    )
+    assert [e.step for e in events.Scalars("train_step/loss")] == [1, 2]
+    assert "figures/curves" in events.Tags()["images"]

@@ -16,7 +16,7 @@ from snnrun.run.checkpoint import load_checkpoint
 from snnrun.run.rundir import BEST, LATEST
 from snnrun.run.wandb_files import history_rows
 
-from conftest import TINY, read_metrics, run_snnrun, start, wait_for_epochs
+from conftest import TINY, read_metrics, run_snnrun, start, train_in_process, wait_for_epochs
 
 TIMING = {"train_samples_per_s", "test_samples_per_s", "epoch_seconds", "peak_gpu_mem_mb"}
 METRIC_KEYS = {
@@ -35,11 +35,6 @@ METRIC_KEYS = {
 
 def without_timing(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
-
-
-def train_in_process(monkeypatch, *args: str) -> None:
-    monkeypatch.setattr(sys, "argv", ["snnrun", *args])
-    main()
 
 
 def test_tiny_run_writes_metrics_and_checkpoints(monkeypatch, tmp_path) -> None:

@@ -286,6 +286,64 @@ def _check_writable(rundir: RunDir, resuming: bool) -> None:
         ) from None
 
 
+@LOGGERS.register("csv")
+class CsvLogger(RunLogger):
+    """``metrics.csv`` beside ``metrics.jsonl``: one row per epoch, a column per key (written
+    whole each epoch, so a resume's history and keys added later stay in one table)."""
+
+    def start(self, rundir, run_id, config, state, history) -> None:  # type: ignore[override]
+        self.rundir, self.history = rundir, list(history)
+        rundir.write_metrics_csv(self.history)
+
+    def log_epoch(self, global_step: int, metrics: dict[str, float]) -> None:
+        self.history.append(dict(metrics))
+        self.rundir.write_metrics_csv(self.history)
+
+
+@LOGGERS.register("tensorboard")
+class TensorBoardLogger(RunLogger):
+    """TensorBoard event files in ``<run dir>/tensorboard``: the per-step training loss, every
+    number of each epoch's record, and the figures of ``viz.every_n_epochs``, all against
+    ``global_step``. A resume drops what a killed segment logged past its checkpoint
+    (``purge_step``)."""
+
+    wants_steps = True
+
+    def start(self, rundir, run_id, config, state, history) -> None:  # type: ignore[override]
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise SnnrunError(
+                "logger=tensorboard needs the tensorboard package: pip install tensorboard "
+                "(or pip install 'snnrun[tensorboard]')"
+            ) from None
+        purge = history[-1]["global_step"] + 1 if history else None
+        self.writer = SummaryWriter(log_dir=str(rundir.tensorboard_dir), purge_step=purge)
+
+    def log_step(self, global_step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"train_step/{key}", value, global_step)
+
+    def log_epoch(self, global_step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, global_step)
+        self.writer.flush()
+
+    def log_figures(self, figures: dict[str, Any], global_step: int | None = None) -> None:
+        import numpy as np
+        from PIL import Image
+
+        for name, path in figures.items():
+            if str(path).endswith(".png"):
+                image = np.asarray(Image.open(path).convert("RGB"))
+                self.writer.add_image(f"figures/{name}", image, global_step, dataformats="HWC")
+        self.writer.flush()
+
+    def finish(self) -> None:
+        self.writer.close()
+
+
 def check_logger_conf(conf: dict[str, Any]) -> None:
     """Refuse, as one line, a logger section its builder would refuse: an unknown key (for
     example ``+logger.notes=x``) or a bad value. Nothing is written."""

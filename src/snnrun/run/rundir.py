@@ -8,6 +8,7 @@
   the checkpoints (which carry both) when it is lost; ``provenance``: what the run was started
   with (command, versions, git state, host, device, world size); ``resumes``: what each resume
   changed and ran with;
+- ``metrics.csv`` / ``tensorboard/``: with ``logger=csv`` / ``logger=tensorboard``;
 - ``metrics.jsonl``: one JSON object per epoch (a last line cut short by a crash is skipped);
 - ``checkpoint_latest.pt`` / ``checkpoint_best.pt``: written atomically, carrying the same
   ``run_id`` as ``run.json`` (a checkpoint copied in from another run is refused);
@@ -23,7 +24,9 @@
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import json
 import os
 import secrets
@@ -49,6 +52,7 @@ LATEST = "checkpoint_latest.pt"
 BEST = "checkpoint_best.pt"
 CHECKPOINTS = {"latest": LATEST, "best": BEST}
 METRICS = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
 CONFIG = "config.yaml"
 INFO = "run.json"
 LOCK = "run.lock"
@@ -96,6 +100,10 @@ class RunDir:
     @property
     def exports(self) -> Path:
         return self.path / EXPORTS
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
 
     @property
     def wandb_dir(self) -> Path:
@@ -244,6 +252,17 @@ class RunDir:
             except BaseException:
                 f.truncate(size)
                 raise
+
+    def write_metrics_csv(self, records: list[dict[str, Any]]) -> None:
+        """``metrics.csv`` (``logger=csv``): the records as a table, columns in first-seen
+        order, written whole (atomically)."""
+        columns = list(dict.fromkeys(k for r in records for k in r))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(records)
+        text = buffer.getvalue().encode()
+        atomic_write_bytes(self.path / METRICS_CSV, lambda f: f.write(text))
 
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         """Replace the file with exactly ``records`` (a resume drops epochs past its checkpoint)."""

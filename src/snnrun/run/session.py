@@ -27,9 +27,19 @@ from snnrun.run.checkpoint import Checkpoint, capture_rng, restore_rng
 from snnrun.run.loggers import RunLogger
 from snnrun.run.provenance import provenance
 from snnrun.run.resume import auto_resume
-from snnrun.run.rundir import CONFIG, INFO, LOCK, METRICS, SUMMARY, WANDB_ID, RunDir, new_run_id
+from snnrun.run.rundir import (
+    CONFIG,
+    INFO,
+    LOCK,
+    METRICS,
+    METRICS_CSV,
+    SUMMARY,
+    WANDB_ID,
+    RunDir,
+    new_run_id,
+)
 
-RUN_FILES = (CONFIG, INFO, LOCK, METRICS, SUMMARY, WANDB_ID)  # written before the first epoch
+RUN_FILES = (CONFIG, INFO, LOCK, METRICS, METRICS_CSV, SUMMARY, WANDB_ID)  # before epoch 1
 
 
 def train(
@@ -76,7 +86,7 @@ def _discard_unstarted(rundir: RunDir) -> None:
     holding anything else stays."""
     import shutil
 
-    for name in (*RUN_FILES, ".hydra", "wandb"):
+    for name in (*RUN_FILES, ".hydra", "wandb", "tensorboard"):
         path = rundir.path / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
