@@ -246,3 +246,49 @@ def test_clip_grad_norm_bounds_each_update_also_under_amp(monkeypatch, tmp_path)
         train_in_process(
             monkeypatch, *args, "optimizer.clip_grad_norm=-1", f"hydra.run.dir={tmp_path}/x"
         )
+
+
+def test_best_checkpoint_follows_checkpoint_monitor(monkeypatch, tmp_path) -> None:
+    """A constructed case (the test pass's accuracies replaced): validation is best at epoch 2,
+    test at epoch 1; ``checkpoint_best.pt`` follows ``checkpoint.monitor`` (auto: val_acc with
+    a validation split), and the record carries val_loss / val_acc."""
+    from snnrun.engine import trainer
+
+    real = trainer.test_pass
+    fc = [o for o in TINY if not o.startswith("model.")] + ["model=fc", "dataset.train_limit=64"]
+    for monitor, best_epoch in (("auto", 2), ("test_acc", 1)):
+        accs = {"val": iter([0.5, 0.8]), "test": iter([0.9, 0.4])}
+
+        def crafted(net, loader, step, monitors=(), label="", accs=accs):
+            return {
+                **real(net, loader, step, monitors, label),
+                "acc": next(accs[label[-4:].strip()]),
+            }
+
+        monkeypatch.setattr(trainer, "test_pass", crafted)
+        run_dir = tmp_path / monitor
+        train_in_process(monkeypatch, *fc, "epochs=2", "dataset.val_fraction=0.25",
+                         f"checkpoint.monitor={monitor}", f"hydra.run.dir={run_dir}")  # fmt: skip
+        assert load_checkpoint(run_dir / BEST)["state"]["epoch"] == best_epoch
+        assert [r["val_acc"] for r in read_metrics(run_dir)] == [0.5, 0.8]
+        assert read_metrics(run_dir)[0]["test_acc"] == 0.9
+    monkeypatch.setattr(trainer, "test_pass", real)
+    with pytest.raises(SystemExit):  # val_acc without a validation split: one line
+        train_in_process(monkeypatch, *fc, "checkpoint.monitor=val_acc",
+                         f"hydra.run.dir={tmp_path / 'bad'}")  # fmt: skip
+
+
+def test_early_stopping_stops_and_a_resume_keeps_it_stopped(monkeypatch, tmp_path) -> None:
+    """No train_loss improvement of more than 1.0 (never) with patience 2: epoch 1 sets the
+    best, epochs 2 and 3 are stale, the run ends after epoch 3 of 6 and says so in the record;
+    a resume to 8 epochs trains nothing."""
+    fc = [o for o in TINY if not o.startswith("model.")] + ["model=fc", "dataset.train_limit=64"]
+    run_dir = tmp_path / "run"
+    stop = ["early_stopping.monitor=train_loss", "early_stopping.mode=min",
+            "early_stopping.patience=2", "early_stopping.min_delta=1.0"]  # fmt: skip
+    train_in_process(monkeypatch, *fc, *stop, "epochs=6", f"hydra.run.dir={run_dir}")
+    records = read_metrics(run_dir)
+    assert len(records) == 3 and records[-1]["early_stop"] is True
+    assert "early_stop" not in records[1]
+    train_in_process(monkeypatch, f"resume={run_dir}", "epochs=8")
+    assert len(read_metrics(run_dir)) == 3

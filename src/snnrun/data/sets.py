@@ -123,6 +123,26 @@ class ArrayFileDataset(SampleSet):
         return {**self.__dict__, "_array": None}
 
 
+class IndexedSet(SampleSet):
+    """The samples ``index`` of another set (a validation split cut from the training set),
+    with its own ``transform`` (none for validation)."""
+
+    def __init__(
+        self,
+        parent: SampleSet,
+        index: torch.Tensor,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(parent.labels[index], parent.scale, transform)
+        self.parent, self.index = parent, index
+
+    def fetch(self, index: torch.Tensor) -> torch.Tensor:
+        return self.parent.fetch(self.index[index])
+
+    def head(self, n: int | None) -> IndexedSet:
+        return IndexedSet(self.parent, self.index[:n], self.transform)
+
+
 @dataclass
 class Splits:
     """A dataset's two splits and what one sample is.
@@ -138,6 +158,7 @@ class Splits:
     sample_shape: tuple[int, ...]
     num_classes: int
     sequence: bool = False
+    val: SampleSet | None = None  # dataset.val_fraction of the training set, when > 0
 
 
 DatasetBuilder = Callable[[dict[str, Any]], Splits]
@@ -145,15 +166,39 @@ DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 
 
 def build_splits(cfg: dict[str, Any]) -> Splits:
-    """The dataset named ``cfg['name']``, cut to ``train_limit`` / ``test_limit``."""
+    """The dataset named ``cfg['name']``, cut to ``train_limit`` / ``test_limit``; with
+    ``val_fraction`` > 0 a validation split is held out of the (cut) training set."""
+    cfg = dict(cfg)
+    fraction = cfg.pop("val_fraction", 0) or 0
     for key in ("train_limit", "test_limit"):
         n = cfg.get(key)
         if n is not None and n <= 0:
             raise DatasetError(f"dataset.{key} must be a positive number or null, got {n}")
+    if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise DatasetError(f"dataset.val_fraction must be in [0, 1), got {fraction!r}")
     splits = DATASETS.get(cfg["name"])(cfg)
     splits.train = splits.train.head(cfg.get("train_limit"))
     splits.test = splits.test.head(cfg.get("test_limit"))
+    if fraction:
+        splits.train, splits.val = hold_out(splits.train, fraction)
     return splits
+
+
+def hold_out(train: SampleSet, fraction: float, seed: int = 0) -> tuple[SampleSet, SampleSet]:
+    """(train, validation): ``round(fraction * n_c)`` samples of each class ``c`` (at least
+    one) go to validation, chosen by a permutation seeded with ``seed`` alone, so the split is
+    the same on every run and resume of the same data."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(train), generator=generator)
+    labels = train.labels[order]
+    val = torch.cat([order[labels == c][: max(1, round(fraction * int((labels == c).sum())))]
+                     for c in labels.unique()])  # fmt: skip
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[val] = False
+    rest = torch.arange(len(train))[keep]
+    if not len(rest):
+        raise DatasetError(f"dataset.val_fraction={fraction} leaves no training samples")
+    return IndexedSet(train, rest, train.transform), IndexedSet(train, val.sort().values)
 
 
 def _identity(batch):

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from snnrun.core.distributed import active
 from snnrun.core.errors import SnnrunError
-from snnrun.core.progress import print_epoch, progress_bar
+from snnrun.core.progress import console, print_epoch, progress_bar
 from snnrun.core.stop import check_stop
 from snnrun.engine.testing import LossStep, Totals, test_pass
 
@@ -35,11 +35,50 @@ class TrainState:
 
     epoch: int = 0  # the next epoch to run
     global_step: int = 0
-    best_acc: float = 0.0
+    best_acc: float = 0.0  # the best test accuracy (reported, never selected on unless asked)
     history: list[dict[str, Any]] = field(default_factory=list)
+    best_value: float | None = None  # checkpoint.monitor's best value so far
+    stop_best: float | None = None  # early_stopping.monitor's best value so far
+    stale_epochs: int = 0  # epochs since it last improved by more than min_delta
+    stopped_early: bool = False
 
 
 EpochHook = Callable[[TrainState, dict[str, Any], bool], None]
+RECORD_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
+VAL_KEYS = ("val_loss", "val_acc")
+
+
+@dataclass
+class Watch:
+    """A record key watched for improvement (``checkpoint``, ``early_stopping``): ``monitor``
+    (``auto``: ``val_acc`` with a validation split, else ``test_acc``) and ``mode``."""
+
+    monitor: str
+    mode: str
+
+    def __init__(self, cfg: dict[str, Any], has_val: bool) -> None:
+        monitor = cfg.get("monitor") or "auto"
+        self.monitor = ("val_acc" if has_val else "test_acc") if monitor == "auto" else monitor
+        self.mode = cfg.get("mode", "max")
+        known = RECORD_KEYS + (VAL_KEYS if has_val else ())
+        if self.monitor not in known:
+            hint = " (val_* needs dataset.val_fraction > 0)" if self.monitor in VAL_KEYS else ""
+            raise SnnrunError(f"monitor={self.monitor!r} is no key of the epoch record; use one "
+                              f"of {', '.join(known)}{hint}")  # fmt: skip
+        if self.mode not in ("max", "min"):
+            raise SnnrunError(f"mode={self.mode!r}; use max or min")
+
+    def best_of(self, history: list[dict[str, Any]]) -> float | None:
+        values = [r[self.monitor] for r in history if self.monitor in r]
+        if not values:
+            return None
+        return max(values) if self.mode == "max" else min(values)
+
+    def improves(self, record: dict[str, Any], best: float | None, delta: float = 0.0) -> bool:
+        value = record[self.monitor]
+        if best is None:
+            return True
+        return value > best + delta if self.mode == "max" else value < best - delta
 
 
 class DivergedError(SnnrunError):
@@ -58,21 +97,38 @@ class Trainer:
         self.log_every = run.conf["log_every"]
         self.clip = run.conf["optimizer"].get("clip_grad_norm")  # max total gradient norm
         self.collective = active()
+        self.best = Watch(run.conf.get("checkpoint", {}), run.val_loader is not None)
+        stopping = run.conf.get("early_stopping") or {}
+        self.stopping = (
+            Watch(stopping, run.val_loader is not None) if stopping.get("monitor") else None
+        )
+        self.patience, self.min_delta = stopping.get("patience", 5), stopping.get("min_delta", 0.0)
 
     def fit(self, epochs: int, state: TrainState, on_epoch_end: EpochHook) -> TrainState:
         run = self.run
+        if state.stopped_early:
+            console.print(
+                f"the run stopped early after epoch {state.epoch} (early_stopping: no "
+                f"{self.stopping.monitor if self.stopping else 'monitored'} improvement in "
+                f"{self.patience} epochs); nothing to train"
+            )
+            return state
+        if state.best_value is None and state.history:  # a checkpoint from before the key
+            state.best_value = self.best.best_of(state.history)
         for epoch in range(state.epoch, epochs):
             start = time.perf_counter()
             if run.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(run.device)
             lr = run.optimizer.param_groups[0]["lr"]
-            for loader in (run.train_loader, run.test_loader):
-                loader.batch_sampler.set_epoch(epoch)
+            for loader in (run.train_loader, run.test_loader, run.val_loader):
+                if loader is not None:
+                    loader.batch_sampler.set_epoch(epoch)
             train = self.train_epoch(run.train_loader, state, f"epoch {epoch + 1} train")
+            val = (test_pass(self.eval_net, run.val_loader, self.step, (), f"epoch {epoch + 1} val")
+                   if run.val_loader is not None else None)  # fmt: skip
             test = test_pass(self.eval_net, run.test_loader, self.step, run.monitors,
                              f"epoch {epoch + 1} test")  # fmt: skip
             self._check_finite(epoch, train)
-            is_best = test["acc"] > state.best_acc or not state.history
             state.best_acc = max(state.best_acc, test["acc"])
             record = {
                 "epoch": epoch,
@@ -86,8 +142,14 @@ class Trainer:
                 "test_samples_per_s": test["samples_per_s"],
                 "epoch_seconds": time.perf_counter() - start,
                 "lr": lr,
+                **({"val_loss": val["loss"], "val_acc": val["acc"]} if val else {}),
                 **test["monitors"],
             }
+            is_best = self.best.improves(record, state.best_value) or not state.history
+            if is_best:
+                state.best_value = record[self.best.monitor]
+            if self.stopping is not None:
+                self._watch_for_stop(record, state)
             if run.device.type == "cuda":
                 record["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
             if run.scheduler is not None:
@@ -97,7 +159,22 @@ class Trainer:
             print_epoch(record, epochs)
             run.logger.log_epoch(state.global_step, record)
             on_epoch_end(state, record, is_best)
+            if state.stopped_early:
+                console.print(f"early stop: {self.stopping.monitor} did not improve by more "  # type: ignore[union-attr]
+                              f"than {self.min_delta} in {self.patience} epochs")  # fmt: skip
+                break
         return state
+
+    def _watch_for_stop(self, record: dict[str, Any], state: TrainState) -> None:
+        """``early_stopping``: count the epochs without an improvement of more than
+        ``min_delta``; at ``patience`` the record says ``early_stop`` and the run ends."""
+        assert self.stopping is not None
+        if self.stopping.improves(record, state.stop_best, self.min_delta):
+            state.stop_best, state.stale_epochs = record[self.stopping.monitor], 0
+        else:
+            state.stale_epochs += 1
+        if state.stale_epochs >= self.patience:
+            state.stopped_early = record["early_stop"] = True
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The one loss step (:class:`~snnrun.engine.testing.LossStep`) on the training net."""

@@ -53,6 +53,7 @@ class Run:
     train_loader: torch.utils.data.DataLoader | None
     test_loader: torch.utils.data.DataLoader
     world: World = field(default_factory=World)
+    val_loader: torch.utils.data.DataLoader | None = None  # dataset.val_fraction > 0
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -159,6 +160,9 @@ def build_run(conf: dict[str, Any], world: World | None = None) -> Run:
         monitors=monitors,
         train_loader=make_loader(splits.train, batch, True, seed, workers, world),
         test_loader=make_loader(splits.test, batch, False, seed, workers, world),
+        val_loader=make_loader(splits.val, batch, False, seed, workers, world)
+        if splits.val is not None
+        else None,
         world=world,
     )
 

@@ -59,6 +59,7 @@ RESUMABLE = (
     "logger.",
     "monitor.",
     "viz.",
+    "early_stopping.",
 )
 
 
