@@ -16,7 +16,16 @@ from snnrun.run.checkpoint import load_checkpoint
 from snnrun.run.rundir import BEST, LATEST
 from snnrun.run.wandb_files import history_rows
 
-from conftest import TINY, read_metrics, run_snnrun, start, train_in_process, wait_for_epochs
+from conftest import (
+    TINY,
+    assert_one_line_error,
+    cli,
+    read_metrics,
+    run_snnrun,
+    start,
+    train_in_process,
+    wait_for_epochs,
+)
 
 TIMING = {"train_samples_per_s", "test_samples_per_s", "epoch_seconds", "peak_gpu_mem_mb"}
 METRIC_KEYS = {
@@ -248,7 +257,7 @@ def test_clip_grad_norm_bounds_each_update_also_under_amp(monkeypatch, tmp_path)
         )
 
 
-def test_best_checkpoint_follows_checkpoint_monitor(monkeypatch, tmp_path) -> None:
+def test_best_checkpoint_follows_checkpoint_monitor(monkeypatch, capsys, tmp_path) -> None:
     """A constructed case (the test pass's accuracies replaced): validation is best at epoch 2,
     test at epoch 1; ``checkpoint_best.pt`` follows ``checkpoint.monitor`` (auto: val_acc with
     a validation split), and the record carries val_loss / val_acc."""
@@ -273,9 +282,9 @@ def test_best_checkpoint_follows_checkpoint_monitor(monkeypatch, tmp_path) -> No
         assert [r["val_acc"] for r in read_metrics(run_dir)] == [0.5, 0.8]
         assert read_metrics(run_dir)[0]["test_acc"] == 0.9
     monkeypatch.setattr(trainer, "test_pass", real)
-    with pytest.raises(SystemExit):  # val_acc without a validation split: one line
-        train_in_process(monkeypatch, *fc, "checkpoint.monitor=val_acc",
-                         f"hydra.run.dir={tmp_path / 'bad'}")  # fmt: skip
+    code, err = cli(monkeypatch, capsys, *fc, "checkpoint.monitor=val_acc",
+                    f"hydra.run.dir={tmp_path / 'bad'}")  # fmt: skip
+    assert_one_line_error(code, err, "checkpoint.monitor='val_acc'", "dataset.val_fraction > 0")
 
 
 def test_early_stopping_stops_and_a_resume_keeps_it_stopped(monkeypatch, tmp_path) -> None:

@@ -48,25 +48,22 @@ RECORD_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
 VAL_KEYS = ("val_loss", "val_acc")
 
 
-@dataclass
 class Watch:
-    """A record key watched for improvement (``checkpoint``, ``early_stopping``): ``monitor``
-    (``auto``: ``val_acc`` with a validation split, else ``test_acc``) and ``mode``."""
+    """A record key watched for improvement (the ``checkpoint`` and ``early_stopping``
+    sections): ``monitor`` (``auto``: ``val_acc`` with a validation split, else ``test_acc``)
+    and ``mode`` (``max`` or ``min``); a bad one is one line naming the section."""
 
-    monitor: str
-    mode: str
-
-    def __init__(self, cfg: dict[str, Any], has_val: bool) -> None:
+    def __init__(self, section: str, cfg: dict[str, Any], has_val: bool) -> None:
         monitor = cfg.get("monitor") or "auto"
         self.monitor = ("val_acc" if has_val else "test_acc") if monitor == "auto" else monitor
         self.mode = cfg.get("mode", "max")
         known = RECORD_KEYS + (VAL_KEYS if has_val else ())
         if self.monitor not in known:
             hint = " (val_* needs dataset.val_fraction > 0)" if self.monitor in VAL_KEYS else ""
-            raise SnnrunError(f"monitor={self.monitor!r} is no key of the epoch record; use one "
-                              f"of {', '.join(known)}{hint}")  # fmt: skip
+            raise SnnrunError(f"{section}.monitor={self.monitor!r} is no key of the epoch record; "
+                              f"use one of {', '.join(known)}{hint}")  # fmt: skip
         if self.mode not in ("max", "min"):
-            raise SnnrunError(f"mode={self.mode!r}; use max or min")
+            raise SnnrunError(f"{section}.mode={self.mode!r}; use max or min")
 
     def best_of(self, history: list[dict[str, Any]]) -> float | None:
         values = [r[self.monitor] for r in history if self.monitor in r]
@@ -97,10 +94,12 @@ class Trainer:
         self.log_every = run.conf["log_every"]
         self.clip = run.conf["optimizer"].get("clip_grad_norm")  # max total gradient norm
         self.collective = active()
-        self.best = Watch(run.conf.get("checkpoint", {}), run.val_loader is not None)
+        self.best = Watch("checkpoint", run.conf.get("checkpoint", {}), run.val_loader is not None)
         stopping = run.conf.get("early_stopping") or {}
         self.stopping = (
-            Watch(stopping, run.val_loader is not None) if stopping.get("monitor") else None
+            Watch("early_stopping", stopping, run.val_loader is not None)
+            if stopping.get("monitor")
+            else None
         )
         self.patience, self.min_delta = stopping.get("patience", 5), stopping.get("min_delta", 0.0)
 
