@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from snnrun.cli.options import os_error
 from snnrun.cli.precheck import check_overrides
+from snnrun.core import distributed
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.stop import Stopped
 
@@ -139,6 +140,7 @@ def main() -> None:
         try:
             with stop_on_sigterm():
                 _dispatch(args)
+            distributed.shutdown()
         except BrokenPipeError:  # the reader went away (snnrun --help | head): not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no 2nd at exit
             sys.exit(141)  # 128 + SIGPIPE, as a shell reports a command whose reader left
@@ -189,8 +191,6 @@ def _dispatch(args: list[str]) -> None:
 def _share_run_dir(args: list[str]) -> None:
     """Under torchrun, every rank trains in rank 0's run dir (Hydra's timestamp could differ
     between ranks); the other ranks leave Hydra's ``.hydra/`` record to rank 0."""
-    from snnrun.core import distributed
-
     world = distributed.init()
     if world.size == 1:
         return

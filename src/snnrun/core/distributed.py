@@ -63,6 +63,13 @@ def init() -> World:
     return w
 
 
+def shutdown() -> None:
+    """Leave the process group before the interpreter exits (gloo's threads outliving it end
+    the process with SIGABRT: "terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
