@@ -10,7 +10,7 @@ import torch
 
 from snnrun.data.encoders import build_encoder
 
-from conftest import TINY, read_metrics, run_snnrun
+from conftest import TINY, assert_one_line_error, cli, read_metrics, train_in_process
 
 
 def test_latency_fires_once_the_brighter_the_earlier() -> None:
@@ -51,10 +51,12 @@ def test_delta_equals_snntorch(padding: bool, off_spike: bool) -> None:
     assert torch.equal(got, want)
 
 
-def test_latency_trains_through_the_command_and_delta_is_for_sequences(tmp_path: Path) -> None:
+def test_latency_trains_through_the_command_and_delta_is_for_sequences(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     fc = [o for o in TINY if not o.startswith("model.")] + ["model=fc", "dataset.train_limit=64"]
-    run_snnrun([*fc, "encoder=latency", "encoder.mode=log", "encoder.tau=2", "T=6",
-                "hydra.run.dir=run"], cwd=tmp_path)  # fmt: skip
+    train_in_process(monkeypatch, *fc, "encoder=latency", "encoder.mode=log", "encoder.tau=2",
+                     "T=6", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert read_metrics(tmp_path / "run")[0]["train_loss"] > 0
-    proc = run_snnrun([*fc, "encoder=delta", "hydra.run.dir=other"], cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "encoder=delta takes sequence datasets" in proc.stderr
+    code, err = cli(monkeypatch, capsys, *fc, "encoder=delta", f"hydra.run.dir={tmp_path / 'x'}")
+    assert_one_line_error(code, err, "encoder=delta takes sequence datasets")

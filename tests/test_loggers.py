@@ -22,7 +22,15 @@ from snnrun.run.loggers import WandbLogger, check_logger_conf
 from snnrun.run.rundir import RunDir
 from snnrun.run.wandb_files import artifact_epochs, artifact_records, logged_epochs
 
-from conftest import REPO, TINY, read_metrics, run_snnrun, train_in_process
+from conftest import (
+    REPO,
+    TINY,
+    assert_one_line_error,
+    cli,
+    read_metrics,
+    run_snnrun,
+    train_in_process,
+)
 
 SMALL = [*TINY, "dataset.train_limit=64", "dataset.test_limit=64", "batch_size=32"]
 WANDB = [o for o in SMALL if o != "logger=none"] + ["logger=wandb"]
@@ -126,11 +134,10 @@ def test_logger_keys_are_checked_up_front() -> None:
         check_logger_conf({"name": "wandb", "checkpoints": "some"})
 
 
-def test_unknown_logger_key_fails_before_the_run_dir_exists(tmp_path) -> None:
+def test_unknown_logger_key_fails_before_the_run_dir_exists(tmp_path, monkeypatch, capsys) -> None:
     run_dir = tmp_path / "run"
-    proc = run_snnrun([*WANDB, "+logger.notes=x", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                      check=False)  # fmt: skip
-    one_error_line(proc, "logger=wandb has no key 'notes'", "drop logger.notes")
+    code, err = cli(monkeypatch, capsys, *WANDB, "+logger.notes=x", f"hydra.run.dir={run_dir}")
+    assert_one_line_error(code, err, "logger=wandb has no key 'notes'", "drop logger.notes")
     assert not run_dir.exists()
 
 

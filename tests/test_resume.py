@@ -15,20 +15,31 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_faults import one_error_line
 
 from snnrun.cli.command import main
 from snnrun.core.errors import SnnrunError
 from snnrun.run.checkpoint import VERSION, load_checkpoint, save_checkpoint
 from snnrun.run.rundir import BEST, INFO, LATEST, METRICS, RunDir, RunDirError
 
-from conftest import REPO, TINY, assert_one_line_error, cli, compose, read_metrics, run_snnrun
+from conftest import (
+    REPO,
+    TINY,
+    assert_one_line_error,
+    cli,
+    compose,
+    read_metrics,
+    train_in_process,
+)
 
 
 @pytest.fixture(scope="module")
 def two_epochs(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("resume") / "run"
-    run_snnrun([*TINY, "epochs=2", f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
+    patch = pytest.MonkeyPatch()
+    try:
+        train_in_process(patch, *TINY, "epochs=2", f"hydra.run.dir={run_dir}")
+    finally:
+        patch.undo()
     return run_dir
 
 
@@ -54,14 +65,13 @@ def alter_a_weight(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_an_altered_checkpoint_is_refused_naming_the_intact_one(work) -> None:
+def test_an_altered_checkpoint_is_refused_naming_the_intact_one(work, monkeypatch, capsys) -> None:
     """Bytes changed inside checkpoint_best.pt: eval refused it (torch.load does not check the
     zip's CRCs, so it printed another accuracy); the intact latest is named."""
     alter_a_weight(work / BEST)
-    proc = run_snnrun(["eval", str(work)], cwd=work.parent, check=False)
-    assert proc.returncode == 2, proc.stdout
-    one_error_line(proc, "corrupt checkpoint", "bytes changed after snnrun wrote it",
-                   f"{LATEST} (epoch 2) is intact", "which=latest")  # fmt: skip
+    code, err = cli(monkeypatch, capsys, "eval", str(work))
+    assert_one_line_error(code, err, "corrupt checkpoint", "bytes changed after snnrun wrote it",
+                          f"{LATEST} (epoch 2) is intact", "which=latest")  # fmt: skip
     assert not (work / "eval").exists()
 
 
@@ -73,9 +83,9 @@ def test_a_truncated_latest_names_best_and_the_advice_works(work, monkeypatch, c
     best = load_checkpoint(work / BEST)["state"]["epoch"]
     needles = ("not a whole zip archive", f"{BEST} (epoch {best}) is intact", "which=best",
                f"snnrun resume={work}")  # fmt: skip
-    proc = run_snnrun([f"resume={work}", "epochs=3"], cwd=work.parent, check=False)
-    assert proc.returncode == 2
-    line = one_error_line(proc, *needles)
+    code, err = cli(monkeypatch, capsys, f"resume={work}", "epochs=3")
+    assert_one_line_error(code, err, *needles)
+    line = err.strip()
     assert files(work) == before
     code, err = cli(monkeypatch, capsys, "eval", str(work), "which=latest")
     assert_one_line_error(code, err, *needles)
@@ -88,7 +98,9 @@ def test_a_truncated_latest_names_best_and_the_advice_works(work, monkeypatch, c
     assert [r["epoch"] for r in read_metrics(work)] == [0, 1]
 
 
-def test_a_lost_run_json_is_rebuilt_and_a_torn_metrics_line_skipped(work) -> None:
+def test_a_lost_run_json_is_rebuilt_and_a_torn_metrics_line_skipped(
+    work, monkeypatch, capsys
+) -> None:
     """run.json deleted (the checkpoints carry the run id and data identity) and the last line
     of metrics.jsonl cut short by a crash: export (as viz, eval, resume, load_run) goes on, with
     a note for each. A bad line before the last is one error naming the file and the line."""
@@ -96,8 +108,9 @@ def test_a_lost_run_json_is_rebuilt_and_a_torn_metrics_line_skipped(work) -> Non
     (work / INFO).unlink()
     lines = (work / METRICS).read_text().splitlines()
     (work / METRICS).write_text("\n".join(lines) + '\n{"epoch": 2, "global_st')
-    proc = run_snnrun(["export", str(work), "format=nir"], cwd=work.parent)
-    out = " ".join(proc.stdout.split())
+    capsys.readouterr()
+    train_in_process(monkeypatch, "export", str(work), "format=nir")
+    out = " ".join(capsys.readouterr().out.split())
     assert f"had no {INFO}; rebuilt it from {LATEST}" in out
     assert f"{METRICS} line 3 is cut short" in out
     assert (work / "export" / "model.nir").is_file()
@@ -119,18 +132,19 @@ def test_run_json_is_not_rebuilt_from_another_runs_checkpoint(work) -> None:
     assert not (work / INFO).exists()
 
 
-def test_epochs_on_resume_train_more_or_are_refused(work) -> None:
+def test_epochs_on_resume_train_more_or_are_refused(work, monkeypatch, capsys) -> None:
     """epochs is the run's total: one that trains nothing is refused and writes nothing; a
     larger one moves the cosine horizon that followed it, and says what that does to the lr."""
     before = files(work)
-    proc = run_snnrun([f"resume={work}", "epochs=1"], cwd=work.parent, check=False)
-    assert proc.returncode == 2
-    one_error_line(proc, "this run has done 2 epochs", "epochs=1 would train nothing", "epochs=3")
+    code, err = cli(monkeypatch, capsys, f"resume={work}", "epochs=1")
+    assert_one_line_error(code, err, "this run has done 2 epochs", "epochs=1 would train nothing",
+                          "epochs=3")  # fmt: skip
     assert files(work) == before
-    proc = run_snnrun([f"resume={work}", "epochs=3"], cwd=work.parent)
+    train_in_process(monkeypatch, f"resume={work}", "epochs=3")
+    out = capsys.readouterr().out
     note = re.search(r"from T_max=2 to 3 epochs from epoch 3 on: the learning rate goes from (\S+) "
-                     r"to (\S+) ", " ".join(proc.stdout.split()))  # fmt: skip
-    assert note, proc.stdout
+                     r"to (\S+) ", " ".join(out.split()))  # fmt: skip
+    assert note, out
     records = read_metrics(work)
     assert [r["epoch"] for r in records] == [0, 1, 2]
     assert records[2]["lr"] == pytest.approx(float(note[2]), rel=1e-2)
