@@ -93,6 +93,9 @@ class Trainer:
         self.step = LossStep(run.device, run.encoder, run.loss, run.precision, run.conf["T"])
         self.log_every = run.conf["log_every"]
         self.clip = run.conf["optimizer"].get("clip_grad_norm")  # max total gradient norm
+        self.clipped = (
+            [p for g in run.optimizer.param_groups for p in g["params"]] if self.clip else []
+        )
         self.collective = active()
         self.best = Watch("checkpoint", run.conf.get("checkpoint", {}), run.val_loader is not None)
         stopping = run.conf.get("early_stopping") or {}
@@ -217,8 +220,7 @@ class Trainer:
         the limit (``torch.nn.utils.clip_grad_norm_``; non-finite norms are left to the
         divergence check and the GradScaler)."""
         if self.clip:
-            params = [p for g in self.run.optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.clip)
+            torch.nn.utils.clip_grad_norm_(self.clipped, self.clip)
 
     def _check_finite(self, epoch: int, train: dict[str, Any]) -> None:
         """One sync: every parameter and buffer finite, else name the first bad tensor."""
