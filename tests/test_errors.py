@@ -58,7 +58,7 @@ def test_unknown_layer_type(monkeypatch, capsys, tmp_path) -> None:
     code, err = cli(
         monkeypatch, capsys, *TINY, "model.layers.0.type=conv3d", f"hydra.run.dir={tmp_path / 'r'}"
     )
-    assert_one_line_error(code, err, "model layer 0", "conv3d", "conv2d", "batchnorm2d")
+    assert_one_line_error(code, err, "model.layers[0] (conv3d)", "conv3d", "conv2d", "batchnorm2d")
 
 
 def test_shape_mismatch_names_the_layer(monkeypatch, capsys, tmp_path) -> None:
@@ -69,7 +69,7 @@ def test_shape_mismatch_names_the_layer(monkeypatch, capsys, tmp_path) -> None:
         "+model.layers.1.in_features=100",
         f"hydra.run.dir={tmp_path / 'r'}",
     )
-    assert_one_line_error(code, err, "model layer 1 (linear)", "[T, N, 784]")
+    assert_one_line_error(code, err, "model.layers[1] (linear)", "[T, N, 784]")
 
 
 def test_output_size_mismatch(monkeypatch, capsys, tmp_path) -> None:

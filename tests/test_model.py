@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from snnrun.net.layers import LAYERS
+from snnrun.net.layers import LAYERS, Context
 from snnrun.net.model import ModelBuildError, SpikingNetwork, build_model
 from snnrun.net.neuron import LeakyNeuron, LIFNeuron, PLIFNeuron
 
@@ -55,7 +55,7 @@ def test_csnn_matches_the_tutorial_structure() -> None:
     ]
     assert [(m.in_features, m.out_features) for m in linears] == [(6272, 2048), (2048, 10)]
     assert all(m.bias is None for m in linears)
-    assert model.names.count("neuron") == 4
+    assert [e.kind for _, _, e in model.entries()].count("neuron") == 4
 
 
 def test_plif_net_structure_at_full_width() -> None:
@@ -127,7 +127,7 @@ def test_unknown_layer_lists_registered_names() -> None:
 
 
 def test_dropout_mask_is_shared_over_time() -> None:
-    layer = LAYERS.get("dropout")({"p": 0.5}, (20,), {})
+    layer = LAYERS.get("dropout")({"p": 0.5}, (20,), Context({}))
     layer.train()
     y = layer(torch.ones(6, 3, 20))
     assert torch.equal(y, y[:1].expand_as(y)) and (y == 0).any() and (y == 2).any()
@@ -136,7 +136,7 @@ def test_dropout_mask_is_shared_over_time() -> None:
 
 
 def test_voting_averages_groups() -> None:
-    layer = LAYERS.get("voting")({"k": 10}, (110,), {})
+    layer = LAYERS.get("voting")({"k": 10}, (110,), Context({}))
     x = torch.arange(110.0).expand(2, 3, 110)
     assert torch.equal(layer(x)[0, 0], torch.arange(11.0) * 10 + 4.5)
 

@@ -85,7 +85,7 @@ def _round_trip(net: SpikingNetwork, shape: tuple[int, ...], tmp_path: Path, con
     path = tmp_path / "model.nir"
     nir.write(path, exported.graph)
     layers = nir_graph.from_nir(nir.read(path), shape, neuron_groups(conf))
-    return exported, SpikingNetwork(layers, ["nir"] * len(layers)).eval()
+    return exported, SpikingNetwork(layers).eval()
 
 
 ZOO = {  # model: (overrides, sample shape, classes)
@@ -209,7 +209,7 @@ def test_import_scales_a_general_input_gain() -> None:
     groups = neuron_groups(_conf([]))
     ones = np.ones(4, np.float32)
     lif = nir.LIF(tau=4e-4 * ones, r=3 * ones, v_leak=0 * ones, v_threshold=ones, v_reset=0 * ones)
-    net = SpikingNetwork(nir_graph.from_nir(_graph(lif), (4,), groups), ["nir"])
+    net = SpikingNetwork(nir_graph.from_nir(_graph(lif), (4,), groups))
     x = torch.rand(20, 8, 4)
     v, ref = torch.zeros(8, 4), []
     for t in range(20):  # NIR's forward Euler, reset to 0 on v > threshold
@@ -472,7 +472,7 @@ def test_snnrun_runs_snntorchs_graph(tmp_path: Path) -> None:
         path = tmp_path / f"{reset}.nir"
         nir.write(path, graph)
         layers = nir_graph.from_nir(nir.read(path), (20,), groups)
-        ours = SpikingNetwork(layers, ["nir"] * len(layers)).eval()
+        ours = SpikingNetwork(layers).eval()
         (s_ours, v_ours), (s_peer, v_peer) = _ours(ours, x), _run_snntorch(peer, x)
         report[reset] = agreement(s_ours, s_peer, v_ours, v_peer)
         assert sum(float(s.mean()) for s in s_peer) > 0.05
@@ -493,7 +493,7 @@ def test_threshold_ties_differ() -> None:
     lif = nir.LIF(tau=2e-4 * ones, r=2 * ones, v_leak=0 * ones, v_threshold=ones, v_reset=0 * ones)
     graph = _graph(nir.Linear(weight=np.eye(4, dtype=np.float32)), lif)
     x = torch.ones(1, 1, 4)  # V = 0 + 1 = threshold at the first step
-    ours = SpikingNetwork(nir_graph.from_nir(graph, (4,), neuron_groups(_conf([]))), ["nir"])
+    ours = SpikingNetwork(nir_graph.from_nir(graph, (4,), neuron_groups(_conf([]))))
     with torch.no_grad():
         assert ours(x).sum() == 4
     peer = import_from_nir(graph)

@@ -137,7 +137,7 @@ def tiny_net() -> SpikingNetwork:
     nn.init.constant_(linear.weight, 0.1)
     layers = [TimeFolded(conv), IFNeuron(), TimeFolded(nn.Flatten()), TimeFolded(linear),
               IFNeuron()]  # fmt: skip
-    return SpikingNetwork(layers, ["conv2d", "neuron", "flatten", "linear", "neuron"])
+    return SpikingNetwork(layers)
 
 
 def test_a_synaptic_layer_synops_does_not_know_is_refused_not_skipped() -> None:
@@ -146,9 +146,9 @@ def test_a_synaptic_layer_synops_does_not_know_is_refused_not_skipped() -> None:
     net = tiny_net()
     net.layers.insert(1, TimeFolded(nn.BatchNorm2d(2)))
     SynapticOps(net)  # counted as before
-    net.layers.append(TimeFolded(nn.Conv1d(3, 3, 1)))
+    net.layers.append(TimeFolded(nn.Conv3d(3, 3, 1)))
     with pytest.raises(
-        SnnrunError, match=r"SynOps cannot count layer layers\.6\.module \(Conv1d\)"
+        SnnrunError, match=r"SynOps cannot count layer layers\.6\.module \(Conv3d\)"
     ):
         SynapticOps(net)
 

@@ -4,9 +4,10 @@ Monitors hook the network only while :func:`monitoring` is active (the test pass
 sums on the device (no host sync per batch) and read them once in :meth:`Monitor.summary`,
 summed over ranks under torchrun (the record covers the whole test set).
 
-- ``firing_rate``: per neuron layer ``i``, ``firing_rate/L<i>`` = spikes / (neurons x steps),
+- ``firing_rate``: per neuron layer, ``firing_rate/<label>`` = spikes / (neurons x steps), the
+  label naming it at any depth (``L3``, ``L4.body.2``, ``L5.q_neuron``),
   with a one-line warning for a silent or saturated layer.
-- ``synops``: per sample, over the synaptic layers (conv2d, linear) as they actually run:
+- ``synops``: per sample, over the synaptic layers (conv1d, conv2d, linear) as they actually run:
   an input that is all 0/1 (spikes) costs accumulates, ``AC = sum_inputs spike x fan-out``
   (exact at borders: per-site spike counts times each site's precomputed coverage); any other
   input costs multiply-accumulates, ``MAC = outputs x fan-in`` per executed call (a
@@ -32,6 +33,9 @@ from snnrun.core.distributed import sum_over_ranks
 from snnrun.core.errors import SnnrunError
 from snnrun.core.progress import console
 from snnrun.core.registry import Registry
+from snnrun.net.blocks import Block, Recurrent, Residual
+from snnrun.net.layers import TimeFolded
+from snnrun.net.model import SpikingNetwork
 from snnrun.net.neuron import SpikingNeuron
 
 
@@ -56,9 +60,11 @@ class Monitor:
 MONITORS: Registry[type[Monitor]] = Registry("monitor counter")
 
 
-def _layers(model: nn.Module) -> list[tuple[int, nn.Module]]:
-    layers = getattr(model, "layers", None)
-    return list(enumerate(layers)) if layers is not None else list(enumerate(model.children()))
+def _neurons(model: nn.Module) -> list[tuple[str, SpikingNeuron]]:
+    """``(label, layer)`` of every neuron at any depth: ``L3``, ``L4.body.2``..."""
+    if isinstance(model, SpikingNetwork):
+        return model.neurons()
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingNeuron)]
 
 
 @MONITORS.register("firing_rate")
@@ -69,10 +75,10 @@ class FiringRates(Monitor):
         self, model: nn.Module, silent_below: float = 1e-3, saturated_above: float = 0.9, **_: Any
     ) -> None:
         super().__init__()
-        self.neurons = [(i, m) for i, m in _layers(model) if isinstance(m, SpikingNeuron)]
+        self.neurons = _neurons(model)
         self.silent_below, self.saturated_above = silent_below, saturated_above
-        self.spikes: dict[int, torch.Tensor | float] = {}
-        self.count: dict[int, int] = {}
+        self.spikes: dict[str, torch.Tensor | float] = {}
+        self.count: dict[str, int] = {}
 
     def attach(self) -> None:
         self.spikes = {i: 0.0 for i, _ in self.neurons}
@@ -80,7 +86,7 @@ class FiringRates(Monitor):
         for i, module in self.neurons:
             self._handles.append(module.register_forward_hook(self._hook(i)))
 
-    def _hook(self, i: int):
+    def _hook(self, i: str):
         def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
             self.spikes[i] = self.spikes[i] + out.detach().float().sum()
             self.count[i] += out.numel()
@@ -97,9 +103,9 @@ class FiringRates(Monitor):
         totals = sum_over_ranks(torch.stack([sums, counts])).tolist()  # the one sync
         rates = {i: s / c for i, s, c in zip(ids, *totals) if c}
         self._warn(rates)
-        return {f"firing_rate/L{i}": r for i, r in rates.items()}
+        return {f"firing_rate/{i}": r for i, r in rates.items()}
 
-    def _warn(self, rates: dict[int, float]) -> None:
+    def _warn(self, rates: dict[str, float]) -> None:
         for i, rate in rates.items():
             if rate < self.silent_below or rate > self.saturated_above:
                 state = "silent" if rate < self.silent_below else "saturated"
@@ -139,11 +145,12 @@ class SynapticOps(Monitor):
             x = args[0].detach()
             fan_in = _fan_in(module)
             self.ann_macs[j] = out[0].numel() * fan_in  # one sample, one step
-            per_site = (x != 0).sum(dim=0, dtype=torch.float32)  # [C, H, W] or [F]
-            acs = _accumulates(module, per_site, x.shape)
-            if module in self.spike_fed:
-                self.acs = self.acs + acs
+            if module in self.spike_fed:  # spikes, or spike counts after a residual add
+                counts = x.sum(dim=0, dtype=torch.float32)  # [C, H, W], [C, L] or [F]
+                self.acs = self.acs + _accumulates(module, counts, x.shape)
                 return
+            per_site = (x != 0).sum(dim=0, dtype=torch.float32)
+            acs = _accumulates(module, per_site, x.shape)
             spikes = per_site.sum() == (x == 1).sum()  # every nonzero input is a 1
             dense = float(out.numel() * fan_in)
             self.acs = self.acs + torch.where(spikes, acs, 0.0)
@@ -170,9 +177,9 @@ class SynapticOps(Monitor):
         }
 
 
-SPIKES_PASS = (nn.MaxPool2d, nn.Flatten, nn.Identity)  # spikes in, spikes out
+SPIKES_PASS = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Identity)  # spikes in, spikes out
 # The layer types SynOps counts (the one place that knows them: _fan_in and _accumulates below).
-SYNAPTIC = (nn.Conv2d, nn.Linear)
+SYNAPTIC = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
@@ -192,22 +199,36 @@ def refuse_uncounted(model: nn.Module) -> None:
 
 
 def spike_fed(model: nn.Module) -> set[nn.Module]:
-    """The synaptic layers of a :class:`~snnrun.net.model.SpikingNetwork` whose input is a
-    neuron's output by construction (directly, or through max pooling or flattening)."""
-    layers = getattr(model, "layers", None)
+    """The synaptic layers of a :class:`~snnrun.net.model.SpikingNetwork` whose input is
+    spikes by construction: a neuron's output, directly or through max pooling, flattening,
+    blocks, a residual connect of spikes (``add`` gives spike counts, still accumulates), or a
+    recurrent projection (fed the spikes of the step before)."""
     fed: set[nn.Module] = set()
-    if not isinstance(layers, nn.Sequential):
-        return fed
-    spiking = False
-    for layer in layers:
-        inner = getattr(layer, "module", layer)  # a TimeFolded stateless module
-        if spiking and isinstance(inner, SYNAPTIC):
-            fed.add(inner)
-        if isinstance(layer, SpikingNeuron):
-            spiking = True
-        elif not isinstance(inner, SPIKES_PASS):
-            spiking = False
+    layers = getattr(model, "layers", None)
+    if isinstance(layers, nn.Sequential):
+        _spikes_out(layers, False, fed)
     return fed
+
+
+def _spikes_out(module: nn.Module, spikes_in: bool, fed: set[nn.Module]) -> bool:
+    """Whether ``module`` outputs spikes (or spike counts) given whether its input is; adds the
+    synaptic layers inside it that get spikes to ``fed``."""
+    if isinstance(module, SpikingNeuron):
+        return True
+    if isinstance(module, Recurrent):
+        _spikes_out(module.projection, True, fed)
+        return True
+    if isinstance(module, Residual):
+        body = _spikes_out(module.body, spikes_in, fed)
+        return _spikes_out(module.shortcut, spikes_in, fed) and body
+    if type(module) in (nn.Sequential, Block):
+        for layer in module:
+            spikes_in = _spikes_out(layer, spikes_in, fed)
+        return spikes_in
+    inner = module.module if isinstance(module, TimeFolded) else module
+    if isinstance(inner, SYNAPTIC) and spikes_in:
+        fed.add(inner)
+    return spikes_in and isinstance(inner, SPIKES_PASS)
 
 
 def _fan_in(module: nn.Module) -> int:
@@ -225,22 +246,24 @@ def _accumulates(module: nn.Module, per_site: torch.Tensor, shape: torch.Size) -
     """
     if isinstance(module, nn.Linear):
         return per_site.sum() * module.out_features
-    assert isinstance(module, nn.Conv2d)
-    cover = _coverage(module, tuple(shape[-2:]), per_site.device)
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d))
+    size = tuple(shape[-len(module.kernel_size) :])
+    cover = _coverage(module, size, per_site.device)
     return (per_site.sum(0) * cover).sum() * (module.out_channels // module.groups)
 
 
 _COVERAGE: dict[tuple[Any, ...], torch.Tensor] = {}
 
 
-def _coverage(conv: nn.Conv2d, size: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """``[H, W]``: how many output positions of ``conv`` read each input position."""
+def _coverage(conv: nn.Module, size: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``[H, W]`` (``[L]``): how many output positions of ``conv`` read each input position."""
     key = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, size, str(device))
     if key not in _COVERAGE:
         ones = torch.ones(1, 1, *size, device=device, requires_grad=True)
         kernel = torch.ones(1, 1, *conv.kernel_size, device=device)
+        convolve = F.conv1d if len(size) == 1 else F.conv2d
         with torch.enable_grad():  # d(sum of outputs)/d(input) counts the reads
-            out = F.conv2d(ones, kernel, None, conv.stride, conv.padding, conv.dilation)
+            out = convolve(ones, kernel, None, conv.stride, conv.padding, conv.dilation)
             (cover,) = torch.autograd.grad(out.sum(), ones)
         _COVERAGE[key] = cover[0, 0]
     return _COVERAGE[key]

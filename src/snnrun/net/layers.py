@@ -1,25 +1,135 @@
 """The layer registry: config entries → modules that map ``[T, N, ...]`` to ``[T, N, ...]``.
 
-A builder takes the entry's options and the per-sample input shape (``[C, H, W]`` or
-``[F]``), so sizes such as ``in_channels`` and ``in_features`` are inferred when the entry leaves
-them out. Stateless layers run on ``[T*N, ...]`` folded (:class:`TimeFolded`).
+A builder takes the entry's options, the per-sample input shape (``[C, H, W]``, ``[C, L]`` or
+``[F]``) and the :class:`Context` (the run's neuron groups and the entry's config path), so sizes
+such as ``in_channels`` and ``in_features`` are inferred when the entry leaves them out.
+Stateless layers run on ``[T*N, ...]`` folded (:class:`TimeFolded`). Blocks that hold entries of
+their own (``sequential``, ``residual``, ``repeat``, ``recurrent``) build them through
+:func:`build_layers`, so shapes are inferred, and errors named, at any depth.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from snnrun.core.registry import Registry
-from snnrun.net.neuron import Stateful, build_neuron, merge_neuron_options
+from snnrun.core.errors import SnnrunError
+from snnrun.core.registry import Registry, UnknownNameError
+from snnrun.net.neuron import SpikingNeuron, Stateful, build_neuron, merge_neuron_options
 
 Shape = tuple[int, ...]
-LayerBuilder = Callable[..., nn.Module]  # (options, in_shape, neuron_groups) -> module
+LayerBuilder = Callable[..., nn.Module]  # (options, in_shape, context) -> module
 
 LAYERS: Registry[LayerBuilder] = Registry("layer type")
+SUBLISTS = ("layers", "body", "shortcut")  # the entry keys that hold entries of their own
+
+
+class ModelBuildError(SnnrunError, ValueError):
+    """A model config that cannot be built for the dataset's input."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a layer builder knows besides its options and input shape."""
+
+    neuron_groups: dict[str, Any]  # the run's ``neuron`` and ``surrogate`` groups
+    path: str = "model.layers"  # the entry's config path: "model.layers[3].body[1]"
+
+    def neuron(self, options: dict[str, Any]) -> SpikingNeuron:
+        """A neuron from the groups' settings, overridden by ``options`` (a ``neuron`` entry's)."""
+        options = dict(options)
+        surrogate = options.pop("surrogate", None) or self.neuron_groups["surrogate"]
+        return build_neuron(merge_neuron_options(self.neuron_groups["neuron"], options), surrogate)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the builder records on every module it built from a config entry."""
+
+    kind: str  # the entry's ``type``
+    path: str  # its config path
+    shape: Shape  # its per-sample output shape
+
+
+def build_layers(
+    entries: Sequence[Any], in_shape: Shape, ctx: Context, key: str = ""
+) -> tuple[list[nn.Module], Shape]:
+    """The modules of the entry list at ``ctx.path`` + ``key``, and their output shape."""
+    path = f"{ctx.path}.{key}" if key else ctx.path
+    if not isinstance(entries, Sequence) or isinstance(entries, str):
+        raise ModelBuildError(f"{path} must be a list of layer entries, got {entries!r}")
+    modules: list[nn.Module] = []
+    shape = tuple(in_shape)
+    for i, entry in enumerate(entries):
+        built, shape = build_entry(entry, shape, replace(ctx, path=f"{path}[{i}]"))
+        modules += built
+    return modules, shape
+
+
+def build_entry(entry: Any, in_shape: Shape, ctx: Context) -> tuple[list[nn.Module], Shape]:
+    """The module(s) of one entry (a builder may return an ``nn.Sequential`` to splice in, as
+    the ``nir`` entry does), each marked with its :class:`Entry`, and the output shape."""
+    if not isinstance(entry, Mapping):
+        raise ModelBuildError(f"{ctx.path} must be a mapping like {{type: linear, ...}}: {entry!r}")
+    options = dict(entry)
+    kind = options.pop("type", None)
+    label = f"{ctx.path} ({kind})"
+    try:
+        module = LAYERS.get(kind)(options, in_shape, ctx)
+    except ModelBuildError:
+        raise
+    except UnknownNameError as e:
+        raise ModelBuildError(f"{label}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ModelBuildError(f"{label}: bad options {options}: {e}") from None
+    parts = list(module) if type(module) is nn.Sequential else [module]
+    shape = in_shape
+    for part in parts:
+        shape = output_shape(part, shape, label)
+        part.snnrun_entry = Entry(kind, ctx.path, shape)
+    return parts, shape
+
+
+def output_shape(module: nn.Module, in_shape: Shape, label: str) -> Shape:
+    """The per-sample output shape of ``module`` for ``in_shape``: recorded by a block, the
+    input's for a neuron, else from a run on a dummy ``[T=1, N=2, *in_shape]``."""
+    if isinstance(module, SpikingNeuron):
+        return in_shape
+    recorded = getattr(module, "out_shape", None)
+    if recorded is not None:
+        return recorded
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, 2, *in_shape))
+    except (RuntimeError, ValueError, IndexError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelBuildError(
+            f"{label} cannot take input of shape [T, N, {', '.join(map(str, in_shape))}]: "
+            f"{first_line}"
+        ) from None
+    finally:
+        module.train(was_training)
+        for m in module.modules():
+            if isinstance(m, Stateful):
+                m.reset()
+    if not isinstance(out, torch.Tensor) or out.dim() < 2:
+        raise ModelBuildError(f"{label} must return a tensor [T, N, ...], got {type(out).__name__}")
+    return tuple(out.shape[2:])
+
+
+def walk_entries(entries: Any) -> Iterator[Mapping[str, Any]]:
+    """Every entry of a ``model.layers`` list, nested ones included (depth first)."""
+    for entry in entries if isinstance(entries, Sequence) and not isinstance(entries, str) else []:
+        if isinstance(entry, Mapping):
+            yield entry
+            for key in SUBLISTS:
+                yield from walk_entries(entry.get(key))
 
 
 class TimeFolded(nn.Module):
@@ -84,38 +194,76 @@ class Voting(nn.Module):
         return f"k={self.k}"
 
 
+class Mean(nn.Module):
+    """The mean over one per-sample axis: ``[T, N, C, L] → [T, N, C]`` for ``dim=-1`` (the
+    token average before a transformer's classifier head)."""
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = int(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(self.dim if self.dim < 0 else self.dim + 2)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim} (per sample)"
+
+
 def _folded(cls: type[nn.Module], infer: Callable[[Shape], dict[str, Any]] | None = None):
     """A builder for a stateless torch layer, with sizes inferred from the input shape."""
 
-    def build(options: dict[str, Any], in_shape: Shape, neuron_groups: dict[str, Any]) -> nn.Module:
+    def build(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
         inferred = infer(in_shape) if infer else {}
         return TimeFolded(cls(**{**inferred, **options}))
 
     return build
 
 
-LAYERS.register("conv2d")(_folded(nn.Conv2d, lambda s: {"in_channels": s[0]}))
-LAYERS.register("batchnorm2d")(_folded(nn.BatchNorm2d, lambda s: {"num_features": s[0]}))
+def _channels(shape: Shape) -> dict[str, Any]:
+    return {"in_channels": shape[0]}
+
+
+def _features(shape: Shape) -> dict[str, Any]:
+    return {"num_features": shape[0]}
+
+
+LAYERS.register("conv1d")(_folded(nn.Conv1d, _channels))
+LAYERS.register("conv2d")(_folded(nn.Conv2d, _channels))
+LAYERS.register("batchnorm1d")(_folded(nn.BatchNorm1d, _features))
+LAYERS.register("batchnorm2d")(_folded(nn.BatchNorm2d, _features))
+LAYERS.register("layernorm")(_folded(nn.LayerNorm, lambda s: {"normalized_shape": s[-1]}))
+LAYERS.register("maxpool1d")(_folded(nn.MaxPool1d))
 LAYERS.register("maxpool2d")(_folded(nn.MaxPool2d))
+LAYERS.register("avgpool1d")(_folded(nn.AvgPool1d))
 LAYERS.register("avgpool2d")(_folded(nn.AvgPool2d))
 LAYERS.register("adaptive_avgpool2d")(_folded(nn.AdaptiveAvgPool2d))
 LAYERS.register("flatten")(_folded(nn.Flatten))
 LAYERS.register("linear")(_folded(nn.Linear, lambda s: {"in_features": s[-1]}))
 
 
+@LAYERS.register("identity")
+def _identity(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
+    if options:
+        raise TypeError(f"identity takes no options, got {', '.join(sorted(options))}")
+    return nn.Identity()
+
+
+@LAYERS.register("mean")
+def _mean(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
+    return Mean(**options)
+
+
 @LAYERS.register("dropout")
-def _dropout(options: dict[str, Any], in_shape: Shape, neuron_groups: dict[str, Any]) -> nn.Module:
+def _dropout(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
     return MultiStepDropout(**options)
 
 
 @LAYERS.register("voting")
-def _voting(options: dict[str, Any], in_shape: Shape, neuron_groups: dict[str, Any]) -> nn.Module:
+def _voting(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
     return Voting(**options)
 
 
 @LAYERS.register("neuron")
-def _neuron(options: dict[str, Any], in_shape: Shape, neuron_groups: dict[str, Any]) -> nn.Module:
+def _neuron(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
     """A neuron layer: the ``neuron``/``surrogate`` groups' settings, overridden by the entry."""
-    options = dict(options)
-    surrogate = options.pop("surrogate", None) or neuron_groups["surrogate"]
-    return build_neuron(merge_neuron_options(neuron_groups["neuron"], options), surrogate)
+    return ctx.neuron(options)

@@ -1,8 +1,10 @@
-"""Build a spiking network from a model config: a list of layer entries.
+"""Build a spiking network from a model config: a list of layer entries, which may nest.
 
 ``model.layers`` is a list like ``[{type: conv2d, out_channels: 16, kernel_size: 3}, {type: neuron},
-...]``. The builder threads the per-sample shape through the layers (so sizes are inferred and a
-mismatch names the layer), and checks the output matches the dataset's class count.
+{type: residual, body: [...]}, ...]``. The builder threads the per-sample shape through every
+entry, at any depth (so sizes are inferred and a mismatch names the entry's path), and checks
+the output matches the dataset's class count. Every module built from an entry carries its
+:class:`~snnrun.net.layers.Entry` (type, config path, output shape).
 """
 
 from __future__ import annotations
@@ -13,40 +15,53 @@ from typing import Any
 import torch
 from torch import nn
 
-from snnrun.core.errors import SnnrunError
-from snnrun.core.registry import UnknownNameError
-from snnrun.net.layers import LAYERS, Shape
+from snnrun.net import attention, blocks, custom  # noqa: F401  (register their entries)
+from snnrun.net.layers import Context, Entry, ModelBuildError, Shape, build_layers
 from snnrun.net.neuron import SpikingNeuron, reset_states
 
+__all__ = ["ModelBuildError", "SpikingNetwork", "build_model", "label"]
 
-class ModelBuildError(SnnrunError, ValueError):
-    """A model config that cannot be built for the dataset's input."""
+
+def label(name: str) -> str:
+    """A module's name in the network (``layers.3.body.1``) as runs name it: ``L3.body.1``."""
+    return "L" + name.removeprefix("layers.")
 
 
 class SpikingNetwork(nn.Module):
     """A stack of layers over ``[T, N, ...]``; output ``[T, N, classes]``.
 
     Each forward starts from fresh states. When the input is the same at every step (a
-    direct-encoded image, expanded over T with stride 0), the stateless layers before the first
-    neuron run once and their output is broadcast over T: the same outputs and gradients, T
-    times less work for the first convolution (BatchNorm there updates its running variance
-    from N instead of T*N copies of the same values). A network with ``step_mode='s'`` neurons
-    is fed one step at a time instead, every layer keeping its state between steps.
+    direct-encoded image, expanded over T with stride 0), the top-level layers before the first
+    one that depends on time (holds a neuron, or is a user module) run once and their output is
+    broadcast over T: the same outputs and gradients, T times less work for the first
+    convolution (BatchNorm there updates its running variance from N instead of T*N copies of
+    the same values). A network with ``step_mode='s'`` neurons is fed one step at a time
+    instead, every layer keeping its state between steps.
     """
 
-    def __init__(
-        self,
-        layers: Sequence[nn.Module],
-        names: Sequence[str],
-        shapes: Sequence[Shape] | None = None,
-    ) -> None:
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
         super().__init__()
         self.layers = nn.Sequential(*layers)
-        self.names = list(names)
-        self.shapes = list(shapes) if shapes is not None else None  # per-sample output shapes
-        neurons = [i for i, m in enumerate(layers) if isinstance(m, SpikingNeuron)]
-        self.static_head = neurons[0] if neurons else len(layers)
-        self.step_by_step = any(layers[i].step_mode == "s" for i in neurons)
+        timed = [i for i, m in enumerate(layers) if _depends_on_time(m)]
+        self.static_head = timed[0] if timed else len(layers)
+        self.step_by_step = any(m.step_mode == "s" for _, m in self.neurons())
+
+    def entries(self) -> list[tuple[str, nn.Module, Entry]]:
+        """``(label, module, entry)`` for every module built from a config entry, in config
+        order (a block before its contents)."""
+        return [
+            (label(name), m, m.snnrun_entry)
+            for name, m in self.layers.named_modules()
+            if isinstance(getattr(m, "snnrun_entry", None), Entry)
+        ]
+
+    def neurons(self) -> list[tuple[str, SpikingNeuron]]:
+        """``(label, layer)`` for every neuron layer at any depth, in order."""
+        return [
+            (label(name), m)
+            for name, m in self.layers.named_modules()
+            if isinstance(m, SpikingNeuron)
+        ]
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         reset_states(self)
@@ -60,6 +75,15 @@ class SpikingNetwork(nn.Module):
         return self.layers[start:](x_seq)
 
 
+def _depends_on_time(module: nn.Module) -> bool:
+    """A neuron inside, or a user module (which may keep state of its own)."""
+    for m in module.modules():
+        entry = getattr(m, "snnrun_entry", None)
+        if isinstance(m, SpikingNeuron) or (entry is not None and entry.kind == "module"):
+            return True
+    return False
+
+
 def build_model(
     model_cfg: dict[str, Any],
     neuron_groups: dict[str, Any],
@@ -68,49 +92,10 @@ def build_model(
 ) -> SpikingNetwork:
     """The network for ``model_cfg['layers']``; ``neuron_groups``: the run's ``neuron`` and
     ``surrogate`` groups, which every neuron entry falls back to."""
-    layers, names, shapes, shape = [], [], [], tuple(in_shape)
-    for i, entry in enumerate(model_cfg["layers"]):
-        options = dict(entry)
-        kind = options.pop("type", None)
-        label = f"model layer {i} ({kind})"
-        try:
-            module = LAYERS.get(kind)(options, shape, neuron_groups)
-        except UnknownNameError as e:
-            raise ModelBuildError(f"{label}: {e}") from None
-        except (TypeError, ValueError) as e:
-            raise ModelBuildError(f"{label}: bad options {options}: {e}") from None
-        for part in module if isinstance(module, nn.Sequential) else [module]:
-            shape = _output_shape(part, shape, label)  # a Sequential joins layer by layer
-            layers.append(part)
-            names.append(kind)
-            shapes.append(shape)
+    layers, shape = build_layers(model_cfg["layers"], tuple(in_shape), Context(neuron_groups))
     if shape != (num_classes,):
         raise ModelBuildError(
             f"model output per sample is {list(shape)} but the dataset has {num_classes} classes: "
             f"make the last layers produce {num_classes} features"
         )
-    return SpikingNetwork(layers, names, shapes)
-
-
-def _output_shape(module: nn.Module, in_shape: Shape, label: str) -> Shape:
-    """Run ``module`` on a dummy ``[T=1, N=2, *in_shape]`` to learn its output shape.
-
-    Neurons keep their input's shape and are not run (their backend may need the device).
-    """
-    if isinstance(module, SpikingNeuron):
-        return in_shape
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            out = module(torch.zeros(1, 2, *in_shape))
-    except (RuntimeError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0]
-        raise ModelBuildError(
-            f"{label} cannot take input of shape [T, N, {', '.join(map(str, in_shape))}]: "
-            f"{first_line}"
-        ) from None
-    finally:
-        module.train(was_training)
-        reset_states(module)
-    return tuple(out.shape[2:])
+    return SpikingNetwork(layers)

@@ -15,23 +15,29 @@ import math
 from rich.table import Table
 from torch import nn
 
+from snnrun.net.blocks import Block, Recurrent, Residual
 from snnrun.net.model import SpikingNetwork
 from snnrun.net.neuron import SpikingNeuron
 
+BLOCKS = (Block, Residual)  # rows whose output another row already counts
+
 
 def layer_rows(model: SpikingNetwork, T: int) -> list[tuple[str, str, str, str]]:
-    """(layer, output ``[T, N, ...]``, parameters, neuron) for each layer of ``model``."""
-    shapes = model.shapes or [None] * len(model.layers)
+    """(layer, output ``[T, N, ...]``, parameters, neuron) for each entry of ``model``, blocks
+    before their contents (a block's parameters include its contents')."""
     rows = []
-    for i, (name, layer, shape) in enumerate(zip(model.names, model.layers, shapes)):
-        out = "-" if shape is None else "[" + ", ".join(map(str, (T, "N", *shape))) + "]"
+    for name, layer, entry in model.entries():
+        out = "[" + ", ".join(map(str, (T, "N", *entry.shape))) + "]"
         params = sum(p.numel() for p in layer.parameters())
-        rows.append((f"L{i} {name}", out, f"{params:,}", _neuron(layer)))
+        kind = entry.kind + (f"({layer.connect})" if isinstance(layer, Residual) else "")
+        rows.append((f"{name} {kind}", out, f"{params:,}", _neuron(layer)))
     return rows
 
 
 def _neuron(layer: nn.Module) -> str:
     """``lif tau=2 soft atan, torch``-like: what a reader needs to know of a neuron layer."""
+    if isinstance(layer, Recurrent):
+        layer = layer.neuron
     if not isinstance(layer, SpikingNeuron):
         return ""
     d = layer.dynamics
@@ -55,12 +61,12 @@ def summary_table(model: SpikingNetwork, T: int) -> Table:
 def totals(model: SpikingNetwork, T: int) -> dict[str, int]:
     """Parameters (all, trainable), neuron layers, and the estimated activation bytes per
     sample: every layer's output over ``T`` steps in float32."""
-    shapes = [s for s in (model.shapes or []) if s is not None]
-    activations = sum(T * math.prod(shape) for shape in shapes) * 4
+    leaves = [e.shape for _, m, e in model.entries() if not isinstance(m, BLOCKS)]
+    activations = sum(T * math.prod(shape) for shape in leaves) * 4
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "neuron_layers": sum(isinstance(m, SpikingNeuron) for m in model.layers),
+        "neuron_layers": len(model.neurons()),
         "activation_bytes_per_sample": activations,
     }
 

@@ -40,7 +40,15 @@ import torch
 from torch import nn
 
 from snnrun.core.errors import SnnrunError, one_line
-from snnrun.net.layers import LAYERS, MultiStepDropout, Shape, TimeFolded, Voting
+from snnrun.net.layers import (
+    LAYERS,
+    Context,
+    MultiStepDropout,
+    Shape,
+    TimeFolded,
+    Voting,
+    walk_entries,
+)
 from snnrun.net.neuron import IFNeuron, LeakyNeuron, LIFNeuron, PLIFNeuron, SpikingNeuron
 
 DT = 1e-4  # seconds per step, as snnTorch and SpikingJelly write NIR
@@ -297,7 +305,7 @@ class ImportStep:
 
 
 def _layer(kind: str, options: dict[str, Any], s: ImportStep) -> nn.Module:
-    return LAYERS.get(kind)(options, s.shape, s.neuron_groups)
+    return LAYERS.get(kind)(options, s.shape, Context(s.neuron_groups))
 
 
 def _ints(v: Any) -> tuple[int, ...]:
@@ -542,7 +550,8 @@ def to_nir(
     """
     if not dt > 0:
         raise NirError(f"dt={dt}; give a positive time step in seconds (default {DT})")
-    names = getattr(model, "names", None) or [type(m).__name__ for m in model.layers]
+    names = [getattr(m, "snnrun_entry", None) for m in model.layers]
+    names = [e.kind if e else type(m).__name__ for e, m in zip(names, model.layers)]
     out = Exported(graph=None)
     was_training = model.training
     model.eval()  # the shape probes must not update BatchNorm's statistics
@@ -671,9 +680,7 @@ def read(path: str | Path) -> Any:
 
 
 @LAYERS.register("nir")
-def _nir_layers(
-    options: dict[str, Any], in_shape: Shape, neuron_groups: dict[str, Any]
-) -> nn.Module:
+def _nir_layers(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
     """``{type: nir, path: <file.nir>, dt: null}``: the graph's layers, one by one (the model
     builder splices an ``nn.Sequential`` into the network)."""
     options = dict(options)
@@ -688,15 +695,15 @@ def _nir_layers(
             f"NIR file {path} changed since the run was built from it (its sha256 is not the "
             "run's); put back the file the run was trained on"
         )
-    return nn.Sequential(*from_nir(read(path), in_shape, neuron_groups, dt))
+    return nn.Sequential(*from_nir(read(path), in_shape, ctx.neuron_groups, dt))
 
 
 def pin_files(model_conf: dict[str, Any]) -> None:
     """Make every ``nir`` entry's path absolute and record the file's SHA-256 in the entry
     (once, at a fresh start), so that a resume, ``eval`` or ``load_run`` run from any folder
     rebuilds from the same file, and an edited file is refused rather than used."""
-    for entry in model_conf.get("layers", []):
-        if isinstance(entry, dict) and entry.get("type") == "nir" and entry.get("path"):
+    for entry in walk_entries(model_conf.get("layers")):
+        if entry.get("type") == "nir" and entry.get("path"):
             entry["path"] = os.path.abspath(os.path.expanduser(entry["path"]))
             if not entry.get("sha256") and Path(entry["path"]).is_file():
                 entry["sha256"] = _sha256(entry["path"])

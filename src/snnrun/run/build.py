@@ -28,6 +28,7 @@ from snnrun.engine.losses import RateLoss, build_loss
 from snnrun.engine.monitors import Monitor, build_monitors
 from snnrun.engine.optim import build_optimizer, build_scheduler
 from snnrun.engine.precision import Precision, build_precision
+from snnrun.net.layers import walk_entries
 from snnrun.net.model import SpikingNetwork, build_model
 from snnrun.nir.graph import pin_files
 from snnrun.run.checkpoint import seed_everything
@@ -112,7 +113,7 @@ def record_backend_that_runs(conf: dict[str, Any], device: torch.device) -> None
     from snnrun.kernels import fallback_reason
 
     reason = fallback_reason(device.type)
-    entries = [conf["neuron"], *(e for e in conf["model"].get("layers", []) if isinstance(e, dict))]
+    entries = [conf["neuron"], *walk_entries(conf["model"].get("layers"))]
     switched = [e for e in entries if e.get("backend") == "triton"]
     if reason is None or not switched:
         return

@@ -1,0 +1,176 @@
+"""Blocks: entries that hold entries — ``sequential``, ``repeat``, ``residual``, ``recurrent``.
+
+Every block builds its sub-lists through :func:`~snnrun.net.layers.build_layers`, so shapes are
+inferred and errors named (``model.layers[3].body[1]``) at any depth, and records its output
+shape (``out_shape``) so that the builder never runs it on a dummy input.
+
+- ``{type: sequential, layers: [...]}``: the layers in order.
+- ``{type: repeat, times: n, layers: [...]}``: ``n`` copies of the layers, each with its own
+  parameters (built ``n`` times from the config).
+- ``{type: residual, body: [...], shortcut: [...], connect: add}``:
+  ``y = connect(body(x), shortcut(x))``; ``shortcut`` defaults to the identity. The connects
+  (:data:`CONNECTS`) are SEW-ResNet's (Fang et al., NeurIPS 2021, eq. 8-10) with ``A = body(x)``
+  and ``S = shortcut(x)``: ``add`` ``A + S``, ``and`` ``A S``, ``iand`` ``(1 - A) S``. ``and`` and
+  ``iand`` need spikes: the body must end with a neuron.
+- ``{type: recurrent, layers: [...], ...neuron options}``: a neuron fed its own spikes of the
+  previous step through the ``layers`` (the projection, e.g. a ``linear`` or a ``conv2d`` that
+  keeps the shape; a ``linear`` or conv there keeps it unless told otherwise):
+  ``S[t] = neuron(X[t] + P(S[t-1]))``, ``S[-1] = 0``. snnTorch's ``RLeaky`` (``all_to_all``,
+  linear or convolutional) with ``neuron=leaky``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from snnrun.core.registry import Registry
+from snnrun.net.layers import LAYERS, Context, ModelBuildError, Shape, build_layers
+from snnrun.net.neuron import SpikingNeuron, Stateful
+
+CONNECTS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("connect")
+CONNECTS.register("add")(lambda a, s: a + s)
+CONNECTS.register("and")(lambda a, s: a * s)
+CONNECTS.register("iand")(lambda a, s: (1.0 - a) * s)
+SPIKE_CONNECTS = ("and", "iand")  # defined on spikes only
+
+
+class Block(nn.Sequential):
+    """Layers in order over ``[T, N, ...]`` (a ``sequential`` or ``repeat`` entry; a copy of a
+    ``repeat``); ``out_shape``: the per-sample output shape."""
+
+    def __init__(self, layers: list[nn.Module], out_shape: Shape) -> None:
+        super().__init__(*layers)
+        self.out_shape = out_shape
+
+
+class Residual(nn.Module):
+    """``connect(body(x), shortcut(x))`` over ``[T, N, ...]``."""
+
+    def __init__(self, body: Block, shortcut: Block, connect: str) -> None:
+        super().__init__()
+        self.body, self.shortcut = body, shortcut
+        self.connect = connect
+        self._connect = CONNECTS.get(connect)
+        self.out_shape = body.out_shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._connect(self.body(x), self.shortcut(x))
+
+    def extra_repr(self) -> str:
+        return f"connect={self.connect}"
+
+
+class Recurrent(Stateful):
+    """``S[t] = neuron(X[t] + P(S[t-1]))`` over ``[T, N, ...]``, ``S[-1] = 0``.
+
+    The time loop runs here, one step at a time (the neuron keeps its membrane between steps),
+    since step ``t`` needs the spikes of ``t-1``: no backend fuses it over time. The last spikes
+    are kept until :meth:`reset`, so a network fed one step at a time gives the same result.
+    """
+
+    def __init__(self, neuron: SpikingNeuron, projection: Block) -> None:
+        super().__init__()
+        neuron.step_mode = "m"  # fed [1, N, ...] per step
+        self.neuron, self.projection = neuron, projection
+        self.spikes: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.spikes = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spikes = self.spikes if self.spikes is not None else torch.zeros_like(x[:1])
+        out = []
+        for t in range(x.shape[0]):
+            spikes = self.neuron(x[t : t + 1] + self.projection(spikes))
+            out.append(spikes)
+        self.spikes = spikes
+        return torch.cat(out)
+
+
+def _only(options: dict[str, Any], kind: str, allowed: tuple[str, ...]) -> None:
+    unknown = set(options) - set(allowed)
+    if unknown:
+        raise TypeError(
+            f"{kind} got unknown option(s) {', '.join(sorted(unknown))}; "
+            f"it takes {', '.join(allowed)}"
+        )
+
+
+@LAYERS.register("sequential")
+def _sequential(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
+    _only(options, "sequential", ("layers",))
+    return Block(*build_layers(options.get("layers", []), in_shape, ctx, "layers"))
+
+
+@LAYERS.register("repeat")
+def _repeat(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
+    _only(options, "repeat", ("times", "layers"))
+    times = options.get("times")
+    if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+        raise ModelBuildError(
+            f"{ctx.path} (repeat): times must be a positive integer, got {times!r}"
+        )
+    copies, shape = [], in_shape
+    for _ in range(times):
+        copy = Block(*build_layers(options.get("layers", []), shape, ctx, "layers"))
+        copies.append(copy)
+        shape = copy.out_shape
+    return Block(copies, shape)
+
+
+@LAYERS.register("residual")
+def _residual(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
+    _only(options, "residual", ("body", "shortcut", "connect"))
+    connect = options.get("connect", "add")
+    CONNECTS.get(connect)
+    body = Block(*build_layers(options.get("body") or [], in_shape, ctx, "body"))
+    shortcut = Block(*build_layers(options.get("shortcut") or [], in_shape, ctx, "shortcut"))
+    label = f"{ctx.path} (residual)"
+    if body.out_shape != shortcut.out_shape:
+        raise ModelBuildError(
+            f"{label}: body gives [T, N, {', '.join(map(str, body.out_shape))}] but shortcut "
+            f"gives [T, N, {', '.join(map(str, shortcut.out_shape))}]; make the shortcut match "
+            "(e.g. a strided 1x1 conv2d + batchnorm2d)"
+        )
+    if connect in SPIKE_CONNECTS and not (len(body) and isinstance(body[-1], SpikingNeuron)):
+        raise ModelBuildError(
+            f"{label}: connect={connect} acts on spikes, so the body must end with a "
+            "{type: neuron} entry; or use connect=add"
+        )
+    return Residual(body, shortcut, connect)
+
+
+def _keeping_shape(entry: Any, in_shape: Shape) -> Any:
+    """A projection entry's size defaults: a ``linear`` keeps the features, a ``conv1d`` /
+    ``conv2d`` the channels and (``padding: same``) the size."""
+    if not isinstance(entry, dict):
+        return entry
+    if entry.get("type") == "linear":
+        return {"out_features": in_shape[-1], **entry}
+    if entry.get("type") in ("conv1d", "conv2d"):
+        return {"out_channels": in_shape[0], "padding": "same", **entry}
+    return entry
+
+
+@LAYERS.register("recurrent")
+def _recurrent(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
+    options = dict(options)
+    entries = options.pop("layers", None)
+    if not entries:
+        raise ModelBuildError(
+            f"{ctx.path} (recurrent): give the projection of the spikes of step t-1 as "
+            "layers: [{type: linear}] (or [{type: conv2d, kernel_size: 3}])"
+        )
+    entries = [_keeping_shape(e, in_shape) for e in entries]
+    projection = Block(*build_layers(entries, in_shape, ctx, "layers"))
+    if projection.out_shape != tuple(in_shape):
+        raise ModelBuildError(
+            f"{ctx.path} (recurrent): the projection maps [T, N, {', '.join(map(str, in_shape))}]"
+            f" to [T, N, {', '.join(map(str, projection.out_shape))}]; it must keep the shape "
+            "(out_features / out_channels equal to the input's, padding that keeps the size)"
+        )
+    return Recurrent(ctx.neuron(options), projection)
