@@ -148,13 +148,15 @@ def test_export_writes_the_documented_nodes(tmp_path: Path) -> None:
 
 def test_snntorch_csnn_and_strict_soft_reset_are_refused() -> None:
     overrides, shape, classes = ["model=snntorch_csnn"], (1, 28, 28), 10
-    with pytest.raises(nir_graph.NirError, match=r"model layer 1 \(maxpool2d\): NIR has no max"):
+    with pytest.raises(
+        nir_graph.NirError, match=r"model\.layers\[1\] \(maxpool2d\): NIR has no max"
+    ):
         nir_graph.to_nir(_net(overrides, shape, classes), shape)
     soft = _net(["model=fc", "neuron=lif", "neuron.v_reset=null"], shape, classes)
-    with pytest.raises(nir_graph.NirError, match=r"model layer 2 \(neuron\): v_reset=null"):
+    with pytest.raises(nir_graph.NirError, match=r"model\.layers\[2\] \(neuron\): v_reset=null"):
         nir_graph.to_nir(soft, shape, strict=True)
     leaky = _net(["model=fc", "neuron=leaky"], shape, classes)
-    with pytest.raises(nir_graph.NirError, match=r"model layer 2 .* resets by subtraction"):
+    with pytest.raises(nir_graph.NirError, match=r"model\.layers\[2\] .* resets by subtraction"):
         nir_graph.to_nir(leaky, shape, strict=True)
 
 
@@ -195,7 +197,7 @@ def test_import_refuses_what_snnrun_cannot_build() -> None:
                 _lif(),
                 edges=[("input", "n0"), ("n0", "n1"), ("n1", "n0"), ("n1", "output")],
             ),
-            "branches, merges or loops",
+            r"the NIR graph loops \('n0' -> 'n1' -> 'n0': a recurrent connection\)",
         ),
     ]
     for graph, match in cases:

@@ -2,7 +2,9 @@
 expected size; the GIF has T frames; ``format=svg`` writes SVGs; the output heatmap shows the
 charge H before the reset (spiking cells at or above the threshold) in both step modes; titles
 name tied classes and count epochs from 1; a read-only run dir names out=; bad arguments fail
-as one line."""
+as one line. Nested networks (a residual body, a recurrent neuron last): the probe keys spikes by
+label and records the stepped neuron's charge over every step; a deep net's axis stays
+readable."""
 
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ from snnrun.report import figures, render
 from snnrun.report import probe as probing
 from snnrun.run.rundir import RunDir
 
+from conftest import TINY, compose, make_read_only, run_snnrun, train_in_process, train_tiny
 from conftest import cli as run_cli
-from conftest import make_read_only, run_snnrun, train_tiny
 
 T, CHANNELS = 4, 4  # TINY's T and model.channels
 FIXED = ("curves", "output_layer", "firing_rates")
@@ -192,7 +194,7 @@ def test_output_layer_shows_the_charge_before_reset(
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
                 m.weight.mul_(2.0)
     probe = probing.probe(run, run.splits().test, 0, torch.device("cpu"))
-    spikes = probe.spikes[max(probe.spikes)]
+    spikes = probe.spikes[probe.last]
     assert probe.charge.shape == spikes.shape and spikes.any()
     assert (probe.charge[spikes == 1] >= probe.threshold).all()
     assert (probe.charge[spikes == 0] < probe.threshold).all()
@@ -220,7 +222,7 @@ def test_titles_name_ties_and_count_epochs_from_1(
     output = torch.zeros(T, 1, 4)
     output[1, 0, 1] = output[2, 0, 3] = 1.0  # one spike each for classes 1 and 3
     probe = probing.Probe(inputs=torch.zeros(T, 1, 2), target=3, predicted=1, output=output,
-                      spikes={5: output}, charge=output, threshold=1.0)  # fmt: skip
+                      spikes={"L5": output}, charge=output, threshold=1.0)  # fmt: skip
     run = SimpleNamespace(path=run_dir, which="best", epoch=3, metrics=[])
     title = render.Renderer(run, probe, 0, "png", run_dir).title
     assert "best weights (epoch 3)" in title and "true 3, predicted 1 (tie: 1, 3)" in title
@@ -261,3 +263,155 @@ def test_viz_into_a_read_only_run_dir_names_out(
     assert not viz._log_or_warn(SimpleNamespace(), {})
     out = capsys.readouterr().out
     assert f"figures not logged to W&B: cannot write {run / 'run.lock'}: Read-only" in out
+
+
+# --- nested networks --------------------------------------------------------------------------
+CONV = {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "bias": False}
+NESTED = [  # 1x28x28 digits -> 10 classes; neurons at L2, L4.body.2 and L7.neuron (the last)
+    CONV,
+    {"type": "batchnorm2d"},
+    {"type": "neuron"},
+    {"type": "maxpool2d", "kernel_size": 4, "stride": 4},
+    {"type": "residual", "body": [CONV, {"type": "batchnorm2d"}, {"type": "neuron"}]},
+    {"type": "flatten"},
+    {"type": "linear", "out_features": 10, "bias": False},
+    {"type": "recurrent", "layers": [{"type": "linear", "bias": False}]},
+]
+NESTED_LABELS = ["L2", "L4.body.2", "L7.neuron"]
+
+
+@pytest.fixture(scope="module")
+def nested_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epoch of :data:`NESTED` on 64 digits, its model from a user's ``--config-dir``."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("nested")
+    (root / "conf" / "model").mkdir(parents=True)
+    model = {"name": "nested", "layers": NESTED}
+    (root / "conf" / "model" / "nested.yaml").write_text(yaml.safe_dump(model))
+    tiny = [o for o in TINY if not o.startswith(("model.", "dataset."))]
+    with pytest.MonkeyPatch.context() as patch:
+        train_in_process(patch, "--config-dir", str(root / "conf"), *tiny, "model=nested",
+                         "dataset.train_limit=64", "dataset.test_limit=64",
+                         f"hydra.run.dir={root / 'run'}")  # fmt: skip
+    return root / "run"
+
+
+def _louder(run: object) -> None:
+    """Double every weight: one epoch leaves the deep layers nearly silent."""
+    with torch.no_grad():
+        for m in run.model.modules():  # type: ignore[attr-defined]
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.mul_(2.0)
+
+
+def test_viz_on_a_nested_network(
+    nested_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command draws every figure of a net with a residual body and a recurrent neuron
+    last; the probe keys the spikes by label, and the last layer's charge covers every step."""
+    monkeypatch.setattr(sys, "argv", ["snnrun", "viz", str(nested_run)])
+    cli.main()
+    folder = RunDir(nested_run).figures
+    for name in FIXED:
+        _assert_image(folder / f"{name}.png", _pixels(figures.SIZES[name]))
+    for name in GRIDS:
+        _assert_image(folder / f"{name}.png", _pixels(figures.channel_grid_size(T, CHANNELS)))
+    with Image.open(folder / "spike_counts.gif") as im:
+        assert im.n_frames == T
+    assert "wrote 6 figures" in capsys.readouterr().out
+
+    from snnrun.api import load_run
+
+    run = load_run(nested_run)
+    _louder(run)
+    probe = probing.probe(run, run.splits().test, 0, torch.device("cpu"))
+    assert list(probe.spikes) == NESTED_LABELS == [n for n, _ in run.model.neurons()]
+    assert (probe.first, probe.last) == ("L2", "L7.neuron")
+    spikes = probe.spikes[probe.last]
+    assert spikes.shape == probe.charge.shape == probe.output.shape == (T, 64, 10)
+    assert torch.equal(spikes, probe.output)  # the recurrent entry is the network's output
+    assert spikes.any() and not spikes.all()
+    assert (probe.charge[spikes == 1] >= probe.threshold).all()
+    assert (probe.charge[spikes == 0] < probe.threshold).all()
+    kept = _captured(monkeypatch)
+    renderer = render.Renderer(run, probe, 0, "png", nested_run / "unused")
+    renderer.output_layer()
+    renderer.first_layer(cumulative=False)
+    renderer.firing_rates()
+    assert "output layer (L7.neuron)" in kept[0].get_suptitle()
+    assert "first neuron layer (L2)" in kept[1].get_suptitle()
+    ticks = [t.get_text() for t in kept[2].axes[0].get_xticklabels()]
+    assert ticks == NESTED_LABELS
+
+
+def _recurrent_net(neuron: str) -> torch.nn.Module:
+    """linear - neuron (L1) - linear - recurrent (L3.neuron, the last): 5 features to 6."""
+    from omegaconf import OmegaConf
+
+    from snnrun.net.model import build_model
+    from snnrun.run.build import neuron_groups
+
+    conf = OmegaConf.to_container(compose([*TINY, f"neuron={neuron}"]), resolve=True)
+    layers = [
+        {"type": "linear", "out_features": 6, "bias": False},
+        {"type": "neuron"},
+        {"type": "linear", "out_features": 6, "bias": False},
+        {"type": "recurrent", "layers": [{"type": "linear", "bias": False}]},
+    ]
+    model = build_model({"layers": layers}, neuron_groups(conf), (5,), 6).eval()
+    for _ in range(2):
+        _louder(SimpleNamespace(model=model))
+    return model
+
+
+@pytest.mark.parametrize("neuron", ["if", "lif"])
+def test_probe_of_a_recurrent_net(neuron: str) -> None:
+    """The recurrent neuron (called once per step with ``[1, N, ...]``): its recorded spikes are
+    the network's own output, and its charge is ``H[t]`` for every step, computed here by hand:
+    ``H[t] = charge(V[t-1], X[t] + P(S[t-1]))`` with X the recurrent entry's input."""
+    from snnrun.net.dynamics import charge, fire_and_reset
+    from snnrun.net.neuron import reset_states
+
+    torch.manual_seed(0)
+    model = _recurrent_net(neuron)
+    x = torch.rand(T + 2, 3, 5) * 5.0
+    out, spikes, h, threshold = probing._recording(model, x)
+    assert list(spikes) == ["L1", "L3.neuron"]
+    recurrent = model.layers[3]
+    cell, dyn = recurrent.neuron, recurrent.neuron.dynamics
+    with torch.no_grad():
+        assert torch.equal(spikes["L3.neuron"], out) and torch.equal(out, model(x))
+        reset_states(model)
+        feed = model.layers[:3](x)  # X[t], the recurrent entry's input
+        v, s, expected = torch.full_like(feed[0], dyn.v_rest), torch.zeros_like(feed[0]), []
+        for t in range(x.shape[0]):
+            h_t = charge(dyn, v, feed[t] + recurrent.projection(s[None])[0], cell.decay())
+            s, v = fire_and_reset(dyn, h_t)
+            expected.append(h_t)
+    assert h.shape == out.shape and out.any() and not out.all()
+    assert torch.allclose(h, torch.stack(expected), atol=1e-6)
+    assert threshold == dyn.v_threshold
+    assert not cell.store_v_seq  # the probe leaves the layer as it found it
+
+
+def test_deep_net_layer_axis_is_readable() -> None:
+    """Many layers: the box axis names some, spread evenly (the first and last always), turned;
+    the per-epoch legend names the first and last. A few flat layers keep their plain names."""
+    names = [f"L{i}.body.{j}" for i in range(20) for j in (2, 5)]
+    batch = {n: np.random.default_rng(0).random(8) for n in names}
+    epochs = {n: [(1, 0.1), (2, 0.2)] for n in names}
+    fig = figures.plot_firing_rates(batch, epochs, "deep")
+    ax_b, ax_e = fig.axes
+    ticks = [t.get_text() for t in ax_b.get_xticklabels()]
+    assert len(ticks) <= figures.MAX_LAYER_TICKS and ticks[0] == names[0] and ticks[-1] == names[-1]
+    assert set(ticks) < set(names)
+    assert all(t.get_rotation() == 45 for t in ax_b.get_xticklabels())
+    assert f"{len(ticks)} of 40 named" in ax_b.get_xlabel()
+    assert [t.get_text() for t in ax_e.get_legend().get_texts()] == [names[0], names[-1]]
+    assert len(ax_e.lines) == len(names)
+    flat = figures.plot_firing_rates({"L2": batch[names[0]], "L5": batch[names[1]]}, {}, "flat")
+    ticks = flat.axes[0].get_xticklabels()
+    assert [t.get_text() for t in ticks] == ["L2", "L5"] and ticks[0].get_rotation() == 0
+    assert render.layer_order("L4.body.2") < render.layer_order("L10")
+    assert render.layer_order("L4") < render.layer_order("L4.body.2")

@@ -11,8 +11,10 @@ from snnrun.core.version import __version__
 
 __all__ = ["__version__", "load_run"]
 
-# ${mul:a,b,...} in configs, e.g. Linear(C*4*4) as "${mul:${model.channels},16}".
+# ${mul:a,b,...} in configs, e.g. Linear(C*4*4) as "${mul:${model.channels},16}"; ${div:a,b}
+# the integer quotient, e.g. Spikformer's first stem width E/8 as "${div:${model.embed_dim},8}".
 OmegaConf.register_new_resolver("mul", lambda *xs: math.prod(xs), replace=True)
+OmegaConf.register_new_resolver("div", lambda a, b: a // b, replace=True)
 
 
 def load_run(path, which="best", device="cpu"):

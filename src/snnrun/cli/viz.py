@@ -4,16 +4,19 @@ Keys: ``which=best|latest`` (the checkpoint), ``format=png|svg|pdf``, ``sample=<
 ``device=cpu|cuda|auto``, ``dataset.root=<dir>`` (where the run's data lives now), ``out=<dir>``
 (another folder for the figures, e.g. when the run dir is read-only).
 
-One test batch (the chosen sample first) goes through the network with every neuron layer's
-spikes recorded (and the output layer's membrane); from it and ``metrics.jsonl`` come:
+One test batch (the chosen sample first) goes through the network with the spikes of every
+neuron layer at any depth recorded, by label (``L3``, ``L4.body.2``, ``L7.neuron``: the
+network's ``neurons()``), and the last neuron layer's membrane; from it and ``metrics.jsonl``
+come:
 
 - ``curves``: loss and accuracy per epoch (train, test), best epoch marked;
-- ``output_layer``: the sample's output spike raster and the charge ``H`` before each step's
-  reset (neuron x time step), the threshold in the middle of the colour scale;
+- ``output_layer``: the last neuron layer's spike raster for the sample and the charge ``H``
+  before each step's reset (neuron x time step), the threshold in the middle of the colour
+  scale (a neuron stepped inside a ``recurrent`` entry too);
 - ``first_layer_spikes`` / ``first_layer_cumsum``: the first neuron layer's spikes per time step
   (channel x time step grid beside the encoded input) and their running sum;
 - ``firing_rates``: per neuron layer, a box over the batch's samples, and the rates per epoch
-  (``firing_rate/L<i>`` records; a note when the run counted none);
+  (``firing_rate/<label>`` records; a note when the run counted none);
 - ``spike_counts.gif``: the output neurons' spike counts growing over the time steps.
 
 Epochs count from 1 (the checkpoint after the first epoch is epoch 1), as ``load_run`` counts
@@ -25,16 +28,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from snnrun.cli.options import Option, cannot_write, choice, folder, index, text, verb_options
 from snnrun.core.errors import SnnrunError
 from snnrun.report.probe import probe
 from snnrun.report.render import render_all
-
-if TYPE_CHECKING:  # torch and matplotlib load inside the functions: a typo fails at once
-    pass
-
 
 USAGE = ("snnrun viz <run dir> [which=best|latest] [format=png|svg|pdf] [sample=<test index>] "
          "[device=cpu] [dataset.root=<dir>] [out=<dir>]")  # fmt: skip

@@ -33,6 +33,7 @@ from snnrun.core.distributed import sum_over_ranks
 from snnrun.core.errors import SnnrunError
 from snnrun.core.progress import console
 from snnrun.core.registry import Registry
+from snnrun.net.attention import SpikingSelfAttention
 from snnrun.net.blocks import Block, Recurrent, Residual
 from snnrun.net.layers import TimeFolded
 from snnrun.net.model import SpikingNetwork
@@ -217,6 +218,11 @@ def _spikes_out(module: nn.Module, spikes_in: bool, fed: set[nn.Module]) -> bool
         return True
     if isinstance(module, Recurrent):
         _spikes_out(module.projection, True, fed)
+        return True
+    if isinstance(module, SpikingSelfAttention):  # Q/K/V read the input, the projection spikes
+        if spikes_in:
+            fed.update((module.q_conv, module.k_conv, module.v_conv))
+        fed.add(module.proj_conv)
         return True
     if isinstance(module, Residual):
         body = _spikes_out(module.body, spikes_in, fed)

@@ -17,6 +17,7 @@ from the run's ``neuron`` / ``surrogate`` groups through :func:`make_neuron`::
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,10 +56,25 @@ def building(ctx: Context) -> Iterator[None]:
         _BUILDING.reset(token)
 
 
+def _import(target: str) -> Any:
+    """``pkg.module.Name`` → the object (the module part is imported)."""
+    module, _, name = target.rpartition(".")
+    if not module:
+        raise ValueError("give the full path, as my_pkg.MyLayer")
+    return getattr(importlib.import_module(module), name)
+
+
+def _takes(cls: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+
+
 @LAYERS.register("module")
 def _module(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
     from hydra.errors import InstantiationException
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import instantiate
 
     options = dict(options)
     target = options.pop("_target_", None)
@@ -66,13 +82,12 @@ def _module(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module
     if not target or not isinstance(target, str):
         raise ModelBuildError(f"{label}: give the class as _target_: my_pkg.MyLayer")
     try:
-        cls = get_class(target)
-    except Exception as e:  # Hydra wraps ImportError / AttributeError
+        cls = _import(target)
+    except (ImportError, AttributeError, ValueError) as e:
         raise ModelBuildError(
-            f"{label}: cannot import {target} ({one_line(e.__cause__ or e)}); put its package "
-            "on PYTHONPATH"
+            f"{label}: cannot import {target} ({one_line(e)}); put its package on PYTHONPATH"
         ) from None
-    if "in_shape" in inspect.signature(cls).parameters and "in_shape" not in options:
+    if _takes(cls, "in_shape") and "in_shape" not in options:
         options["in_shape"] = tuple(in_shape)
     try:
         with building(ctx):

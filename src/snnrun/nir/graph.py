@@ -21,16 +21,25 @@ back exactly by snnrun, and with a warning (``strict=True``: refused). BatchNorm
 the convolution before it; dropout is the identity at inference and is left out; ``voting`` is a
 ``Linear`` of ``1/k`` blocks; a max pool over spikes is ``SumPool2d`` then ``Threshold(0.5)``
 (exact on 0/1 inputs). Every node written by snnrun names its row in ``metadata["snnrun_layer"]``.
+
+Blocks. ``sequential`` and ``repeat`` blocks export their contents in order, at any depth; a
+``residual`` with ``connect: add`` is a fork: the body's and the shortcut's last nodes (an
+identity shortcut: the node before the fork) both have an edge into the node after the
+residual, which sums its inputs, as NIR defines. Where that sum feeds a further fork, ends a
+branch or ends the graph, it is one ``Scale`` of ones (``snnrun_layer: add``), read back as
+nothing, so that every merge has two inputs. Import
+reads such forks back as ``Residual`` blocks. ``and`` / ``iand`` (spike logic), ``recurrent``
+and ``module`` entries, and any layer without a row are refused, naming the entry's config path.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 import os
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +49,11 @@ import torch
 from torch import nn
 
 from snnrun.core.errors import SnnrunError, one_line
+from snnrun.net.blocks import Block, Recurrent, Residual
 from snnrun.net.layers import (
     LAYERS,
     Context,
+    Entry,
     MultiStepDropout,
     Shape,
     TimeFolded,
@@ -65,7 +76,7 @@ class NirError(SnnrunError):
 class ExportStep:
     """What an exporter knows about the layer it writes."""
 
-    label: str  # "model layer 3 (neuron)"
+    label: str  # "model.layers[3].body[1] (neuron)"
     shape: Shape  # per-sample input shape
     dt: float
     strict: bool
@@ -207,6 +218,10 @@ def _flatten_to(m: nn.Flatten, s: ExportStep) -> list[Any]:
 
 def _dropout_to(m: MultiStepDropout, s: ExportStep) -> list[Any]:
     return []  # the identity at inference
+
+
+def _identity_to(m: nn.Identity, s: ExportStep) -> list[Any]:
+    return []
 
 
 def _voting_to(m: Voting, s: ExportStep) -> list[Any]:
@@ -391,6 +406,16 @@ def _threshold_from(node: Any, s: ImportStep) -> list[nn.Module]:
     )
 
 
+def _scale_from(node: Any, s: ImportStep) -> list[nn.Module]:
+    """A ``Scale`` of ones: the node where a residual's branches meet (NIR sums its inputs)."""
+    if np.all(np.asarray(node.scale) == 1.0):
+        return []
+    raise NirError(
+        f"{s.label}: a Scale other than ones has no snnrun layer; snnrun reads the all-ones "
+        "Scale it writes where a residual's branches meet"
+    )
+
+
 def _flatten_from(node: Any, s: ImportStep) -> list[nn.Module]:
     start, end = int(node.start_dim), int(node.end_dim)
     return [
@@ -515,6 +540,8 @@ TABLE: tuple[Row, ...] = (
     Row("threshold", None, ("Threshold",), None, _threshold_from),
     Row("flatten", nn.Flatten, ("Flatten",), _flatten_to, _flatten_from, keeps_spikes=True),
     Row("dropout", MultiStepDropout, (), _dropout_to, keeps_spikes=True, note="left out"),
+    Row("identity", nn.Identity, (), _identity_to, keeps_spikes=True, note="left out"),
+    Row("add", None, ("Scale",), None, _scale_from, note="a residual's sum: Scale of ones"),
     Row("voting", Voting, ("Linear",), _voting_to, _linear_from, note="Linear of 1/k blocks"),
     Row("if", IFNeuron, ("IF",), _if_to, _if_from),
     Row("lif", LIFNeuron, ("LIF",), _lif_to, _lif_from),
@@ -526,14 +553,132 @@ _EXPORTS = {row.layer: row for row in TABLE if row.export is not None}
 _IMPORTS = {n: row for row in reversed(TABLE) if row.load is not None for n in row.nodes}
 
 
-# --- whole networks -----------------------------------------------------------------------------
+# --- whole networks: export ---------------------------------------------------------------------
 @dataclass
 class Exported:
     """A network as a NIR graph, and what did not map one-to-one."""
 
     graph: Any
     warnings: list[str] = field(default_factory=list)
-    layers: list[str] = field(default_factory=list)  # "L0 conv2d -> conv2d" per node
+    layers: list[str] = field(default_factory=list)  # "L3.body.1 conv2d -> Conv2d" per layer
+
+
+@dataclass(frozen=True)
+class _Point:
+    """Where an export stands: the node(s) whose outputs, summed, are the value here."""
+
+    sources: tuple[str, ...]  # several: the branches of the residual ``merge`` meet here
+    shape: Shape  # per-sample
+    spikes: bool  # the value is 0/1
+    chain: tuple[Any, ...] = ()  # nodes written in one line since the last fork or merge
+    merge: str = ""  # the label of the residual whose branches ``sources`` are
+
+
+def _sum_node(shape: Shape) -> Any:
+    """``y = x`` summed over the incoming edges: a ``Scale`` of ones, read back as nothing."""
+    return nir.Scale(scale=_full(shape, 1.0), metadata=_meta("add"))
+
+
+def _node_name(label: str, row: str, j: int) -> str:
+    """``L3.body.1_conv2d`` (``_1``, ``_2`` for a layer's further nodes)."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", f"{label}_{row}" + (f"_{j}" if j else ""))
+
+
+def _where(m: nn.Module, label: str) -> str:
+    """A module as errors name it: its entry's config path and type, ``model.layers[3].body[1]
+    (neuron)`` (a module built from no entry: its label and class)."""
+    entry = getattr(m, "snnrun_entry", None)
+    return f"{entry.path} ({entry.kind})" if entry else f"{label} ({type(m).__name__})"
+
+
+class _Writer:
+    """A network's modules as NIR nodes and edges, depth first: blocks in order, a residual as
+    two branches whose last edges meet at the next node (NIR sums a node's inputs)."""
+
+    def __init__(self, in_shape: Shape, dt: float, strict: bool, out: Exported) -> None:
+        self.dt, self.strict, self.out = dt, strict, out
+        self.nodes: dict[str, Any] = {"input": nir.Input(input_type={"input": np.array(in_shape)})}
+        self.edges: list[tuple[str, str]] = []
+
+    def add(self, name: str, node: Any, at: _Point) -> _Point:
+        """``node``, fed by every source at ``at``."""
+        self.nodes[name] = node
+        self.edges += [(src, name) for src in at.sources]
+        return replace(at, sources=(name,), chain=(*at.chain, node), merge="")
+
+    def summed(self, at: _Point) -> _Point:
+        """The sum at ``at`` as one node, where it feeds several (a residual's two branches) or
+        ends the graph: computed once."""
+        if len(at.sources) == 1:
+            return at
+        self.out.layers.append(f"{at.merge} add -> Scale (ones: the sum of the branches)")
+        return replace(self.add(f"{at.merge}_add", _sum_node(at.shape), at), chain=())
+
+    def module(self, m: nn.Module, label: str, at: _Point) -> _Point:
+        where = _where(m, label)
+        entry = getattr(m, "snnrun_entry", None)
+        if entry is not None and entry.kind == "module":
+            raise NirError(
+                f"{where}: a user module ({type(m).__name__}) has no NIR mapping; export "
+                "covers snnrun's own layer entries (docs/nir.md lists them)"
+            )
+        if type(m) is Residual:
+            return self.residual(m, label, where, at)
+        if type(m) in (Block, nn.Sequential):
+            return self.children(m, label, at)
+        if isinstance(m, Recurrent):
+            raise NirError(
+                f"{where}: snnrun writes no NIR cycles, so a recurrent block (its spikes of "
+                "step t-1 fed back through the projection) does not export; export a network "
+                "without recurrent entries"
+            )
+        return self.leaf(m, label, where, at)
+
+    def children(self, block: nn.Module, label: str, at: _Point) -> _Point:
+        for name, m in block.named_children():
+            at = self.module(m, f"{label}.{name}", at)
+        return at
+
+    def residual(self, m: Residual, label: str, where: str, at: _Point) -> _Point:
+        """``body(x) + shortcut(x)``: both branches start at one node and end in one node each;
+        their edges meet at the node after the residual (an identity shortcut is a direct edge)."""
+        if m.connect != "add":
+            raise NirError(
+                f"{where}: connect={m.connect} multiplies spikes and NIR has no node for that; "
+                "only connect=add exports (the branches' edges meet at one node, which sums them)"
+            )
+        fork = replace(self.summed(at), chain=())
+        body = self.summed(self.children(m.body, f"{label}.body", fork))
+        shortcut = self.summed(self.children(m.shortcut, f"{label}.shortcut", fork))
+        if shortcut.sources == body.sources:  # neither branch wrote a node: x + x
+            shortcut = self.add(f"{label}.shortcut_identity", _sum_node(fork.shape), shortcut)
+            self.out.layers.append(f"{label}.shortcut identity -> Scale (ones: x + x)")
+        self.out.layers.append(f"{label} residual(add) -> edges of both branches into one node")
+        return _Point((*body.sources, *shortcut.sources), body.shape, False, (), label)
+
+    def leaf(self, m: nn.Module, label: str, where: str, at: _Point) -> _Point:
+        module = m.module if isinstance(m, TimeFolded) else m
+        row = _EXPORTS.get(type(module))
+        if row is None:
+            raise NirError(
+                f"{where}: snnrun writes no NIR node for {type(module).__name__}; the layers "
+                f"that export are {', '.join(sorted(r.name for r in TABLE if r.export))}, in "
+                "sequential, repeat and residual (connect=add) blocks"
+            )
+        step = ExportStep(
+            where, at.shape, self.dt, self.strict, at.spikes, list(at.chain), self.out.warnings
+        )
+        written = row.export(module, step)
+        for j, node in enumerate(written):
+            at = self.add(_node_name(label, row.name, j), node, at)
+        became = ", ".join(type(n).__name__ for n in written) or row.note or "nothing"
+        self.out.layers.append(f"{label} {row.name} -> {became}")
+        spikes = isinstance(module, SpikingNeuron) or (row.keeps_spikes and at.spikes)
+        return replace(at, shape=_shape_after(m, at.shape), spikes=spikes)
+
+    def graph(self, at: _Point) -> Any:
+        nodes = {**self.nodes, "output": nir.Output(output_type={"output": np.array(at.shape)})}
+        return nir.NIRGraph(nodes=nodes, edges=[*self.edges, *((s, "output") for s in at.sources)])
 
 
 def to_nir(
@@ -545,56 +690,26 @@ def to_nir(
 ) -> Exported:
     """The NIR graph of a :class:`~snnrun.net.model.SpikingNetwork` (weights as they are now).
 
-    ``in_shape`` is one sample's shape (``[C, H, W]`` or ``[F]``). A layer NIR cannot express
-    is one :class:`NirError` naming it.
+    ``in_shape`` is one sample's shape (``[C, H, W]`` or ``[F]``). Blocks export their contents
+    at any depth; a residual ``add`` becomes two branches whose edges meet at one node. A layer
+    NIR cannot express is one :class:`NirError` naming its config path.
     """
     if not dt > 0:
         raise NirError(f"dt={dt}; give a positive time step in seconds (default {DT})")
-    names = [getattr(m, "snnrun_entry", None) for m in model.layers]
-    names = [e.kind if e else type(m).__name__ for e, m in zip(names, model.layers)]
     out = Exported(graph=None)
+    writer = _Writer(tuple(in_shape), dt, strict, out)
     was_training = model.training
     model.eval()  # the shape probes must not update BatchNorm's statistics
     try:
-        nodes, shape = _export_layers(model, names, tuple(in_shape), dt, strict, out)
+        at = _Point(("input",), tuple(in_shape), False)
+        for name, m in model.layers.named_children():
+            at = writer.module(m, f"L{name}", at)
+        at = writer.summed(at)
     finally:
         model.train(was_training)
-    graph_nodes = {
-        "input": nir.Input(input_type={"input": np.array(in_shape)}),
-        **dict(nodes),
-        "output": nir.Output(output_type={"output": np.array(shape)}),
-    }
-    order = list(graph_nodes)
-    graph = nir.NIRGraph(nodes=graph_nodes, edges=list(itertools.pairwise(order)))
-    graph.metadata = {"source": "snnrun", "dt": float(dt), **(metadata or {})}
-    out.graph = graph
+    out.graph = writer.graph(at)
+    out.graph.metadata = {"source": "snnrun", "dt": float(dt), **(metadata or {})}
     return out
-
-
-def _export_layers(
-    model: nn.Module, names: list[str], shape: Shape, dt: float, strict: bool, out: Exported
-) -> tuple[list[tuple[str, Any]], Shape]:
-    """``(node name, node)`` for every layer, and the network's output shape."""
-    nodes: list[tuple[str, Any]] = []
-    spikes = False
-    for i, (kind, layer) in enumerate(zip(names, model.layers)):
-        module = layer.module if isinstance(layer, TimeFolded) else layer
-        label = f"model layer {i} ({kind})"
-        row = _EXPORTS.get(type(module))
-        if row is None:
-            raise NirError(
-                f"{label}: NIR has no node for {type(module).__name__}; the layers "
-                f"that export are {', '.join(sorted(r.name for r in TABLE if r.export))}"
-            )
-        step = ExportStep(label, shape, dt, strict, spikes, [n for _, n in nodes], out.warnings)
-        written = row.export(module, step)
-        for j, node in enumerate(written):
-            nodes.append((f"L{i}_{row.name}" + (f"_{j}" if j else ""), node))
-        became = ", ".join(type(n).__name__ for n in written) or row.note or "nothing"
-        out.layers.append(f"L{i} {row.name} -> {became}")
-        spikes = isinstance(module, SpikingNeuron) or (row.keeps_spikes and spikes)
-        shape = _shape_after(layer, shape)
-    return nodes, shape
 
 
 def _shape_after(layer: nn.Module, shape: Shape) -> Shape:
@@ -604,57 +719,171 @@ def _shape_after(layer: nn.Module, shape: Shape) -> Shape:
         return tuple(layer(torch.zeros(1, 1, *shape)).shape[2:])
 
 
-def chain(graph: Any) -> list[tuple[str, Any]]:
-    """The graph's nodes from its Input to its Output, which must form one chain."""
-    kinds = {k: type(n).__name__ for k, n in graph.nodes.items()}
-    starts = [k for k, t in kinds.items() if t == "Input"]
-    if len(starts) != 1:
-        raise NirError(
-            f"the NIR graph has {len(starts)} Input nodes; snnrun reads graphs with one input"
-        )
-    after: dict[str, list[str]] = {}
-    before: dict[str, int] = {}
-    for a, b in graph.edges:
-        after.setdefault(a, []).append(b)
-        before[b] = before.get(b, 0) + 1
-    order, node = [], starts[0]
-    while kinds[node] != "Output":
-        nxt = after.get(node, [])
-        if len(nxt) != 1 or before.get(nxt[0], 0) != 1 or nxt[0] in order:
+# --- whole networks: import ---------------------------------------------------------------------
+def _cycle(after: dict[str, list[str]], start: str) -> list[str]:
+    """A cycle reachable from ``start``, as its nodes in order; ``[]`` when there is none."""
+    path, on_path, done = [start], {start}, set()
+    stack = [iter(after.get(start, []))]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+            on_path.discard(node := path.pop())
+            done.add(node)
+        elif child in on_path:
+            return path[path.index(child) :]
+        elif child not in done:
+            stack.append(iter(after.get(child, [])))
+            path.append(child)
+            on_path.add(child)
+    return []
+
+
+def _kind(module: nn.Module) -> str:
+    """The layer type an imported module would have in a config."""
+    if isinstance(module, SpikingNeuron):
+        return "neuron"
+    inner = module.module if isinstance(module, TimeFolded) else module
+    row = _EXPORTS.get(type(inner))
+    return row.name if row else type(inner).__name__.lower()
+
+
+class _Reader:
+    """A NIR graph as snnrun layers: chains, and forks whose two branches merge again at one
+    node (a residual ``add``; one branch may be a direct edge), nested at any depth."""
+
+    def __init__(self, graph: Any, dt: float, neuron_groups: dict[str, Any], path: str) -> None:
+        self.nodes, self.dt, self.groups, self.path = graph.nodes, dt, neuron_groups, path
+        self.kinds = {k: type(n).__name__ for k, n in graph.nodes.items()}
+        self.after: dict[str, list[str]] = {}
+        self.before: dict[str, list[str]] = {}
+        for a, b in graph.edges:
+            for end in (a, b):
+                if end not in self.nodes:
+                    raise NirError(f"a NIR edge ({a!r}, {b!r}) names no node {end!r}")
+            self.after.setdefault(a, []).append(b)
+            self.before.setdefault(b, []).append(a)
+        starts = [k for k, t in self.kinds.items() if t == "Input"]
+        if len(starts) != 1:
             raise NirError(
-                f"NIR node {node!r} ({kinds[node]}) branches, merges or loops; snnrun "
-                "builds feed-forward chains (no recurrence or skip connections)"
+                f"the NIR graph has {len(starts)} Input nodes; snnrun reads graphs with one input"
             )
-        node = nxt[0]
-        order.append(node)
-    return [(k, graph.nodes[k]) for k in order[:-1]]
+        self.start = starts[0]
+        loop = _cycle(self.after, self.start)
+        if loop:
+            names = " -> ".join(repr(n) for n in [*loop, loop[0]])
+            raise NirError(
+                f"the NIR graph loops ({names}: a recurrent connection); snnrun reads "
+                "feed-forward graphs: chains, and branches that merge again (residual blocks)"
+            )
+
+    def name(self, node: str) -> str:
+        return f"NIR node {node!r} ({self.kinds[node]})"
+
+    def line(self, node: str, shape: Shape) -> tuple[list[nn.Module], Shape, str | None]:
+        """The layers after ``node`` up to the Output (``None``), or up to a node where branches
+        merge (its name: the join of the caller's fork)."""
+        layers: list[nn.Module] = []
+        while self.kinds[node] != "Output":
+            nxt = self.after.get(node, [])
+            if len(nxt) == 1 and len(self.before[nxt[0]]) > 1:
+                return layers, shape, nxt[0]
+            if len(nxt) == 2:
+                residual, node = self.residual(node, shape)
+                layers.append(residual)
+                shape = residual.out_shape
+            elif len(nxt) == 1:
+                node = nxt[0]
+            else:
+                raise NirError(
+                    f"{self.name(node)} feeds {len(nxt)} nodes; snnrun reads chains, and forks "
+                    "into two branches that merge again (residual blocks)"
+                    if nxt
+                    else f"{self.name(node)} leads nowhere (no edge out, and it is no Output)"
+                )
+            if self.kinds[node] != "Output":
+                more, shape = self.read(node, shape)
+                layers += more
+        return layers, shape, None
+
+    def branch(self, first: str, shape: Shape) -> tuple[list[nn.Module], Shape, str | None]:
+        """One branch of a fork, from its ``first`` node to the node where it merges."""
+        if len(self.before[first]) > 1:  # a direct edge: the identity
+            return [], shape, first
+        layers, shape = self.read(first, shape)
+        more, shape, end = self.line(first, shape)
+        return layers + more, shape, end
+
+    def residual(self, fork: str, shape: Shape) -> tuple[Residual, str]:
+        """The two branches from ``fork`` as ``Residual(body, shortcut, "add")`` (a direct
+        edge is the shortcut, else the first edge is the body), and the node they merge at."""
+        (a, a_shape, a_end), (b, b_shape, b_end) = (
+            self.branch(first, shape) for first in self.after[fork]
+        )
+        if a_end is None or a_end != b_end:
+            ends = ", ".join("the Output" if e is None else repr(e) for e in (a_end, b_end))
+            raise NirError(
+                f"the two branches from {self.name(fork)} end at {ends}; snnrun reads "
+                "branches that merge again at one node (residual blocks)"
+            )
+        if len(self.before[a_end]) != 2:
+            raise NirError(
+                f"{self.name(a_end)} sums {len(self.before[a_end])} inputs; snnrun reads merges "
+                "of the two branches of one fork (residual blocks)"
+            )
+        if a_shape != b_shape:
+            raise NirError(
+                f"the branches from {self.name(fork)} give {list(a_shape)} and {list(b_shape)}; "
+                f"{self.name(a_end)} sums them, so they must match"
+            )
+        body, shortcut = (b, a) if b and not a else (a, b)
+        residual = Residual(Block(body, a_shape), Block(shortcut, a_shape), "add")
+        residual.snnrun_entry = Entry("residual", f"{self.path}:{fork}..{a_end}", a_shape)
+        return residual, a_end
+
+    def read(self, name: str, shape: Shape) -> tuple[list[nn.Module], Shape]:
+        """The snnrun layer(s) of one node, each marked with an :class:`Entry` naming it."""
+        node, label = self.nodes[name], self.name(name)
+        row = _IMPORTS.get(self.kinds[name])
+        if row is None:
+            raise NirError(
+                f"{label} has no snnrun layer; snnrun reads {', '.join(sorted(_IMPORTS))}"
+            )
+        nxt = self.after.get(name, [])
+        following = self.nodes[nxt[0]] if len(nxt) == 1 else None
+        if not isinstance(getattr(node, "metadata", None), dict):
+            node.metadata = {}
+        modules = row.load(node, ImportStep(label, shape, self.dt, self.groups, following))
+        for module in modules:
+            shape = _checked_shape(module, shape, label)
+            module.snnrun_entry = Entry(_kind(module), f"{self.path}:{name}", shape)
+        return modules, shape
 
 
 def from_nir(
-    graph: Any, in_shape: Shape, neuron_groups: dict[str, Any], dt: float | None = None
+    graph: Any,
+    in_shape: Shape,
+    neuron_groups: dict[str, Any],
+    dt: float | None = None,
+    path: str = "nir",
 ) -> list[nn.Module]:
-    """snnrun layers for a NIR graph (a feed-forward chain), given one sample's shape and the
-    run's ``neuron`` / ``surrogate`` groups (backend, step mode, surrogate of the neurons).
+    """snnrun layers for a NIR graph, given one sample's shape and the run's ``neuron`` /
+    ``surrogate`` groups (backend, step mode, surrogate of the neurons).
 
-    ``dt`` defaults to the graph's own ``metadata["dt"]`` (snnrun writes it), else :data:`DT`.
+    The graph is a chain in which a node may fork into two branches that merge again at one
+    node (NIR sums its inputs): a :class:`~snnrun.net.blocks.Residual` ``add``, at any depth.
+    Cycles, several inputs and other shapes are one :class:`NirError`. ``dt`` defaults to the
+    graph's own ``metadata["dt"]`` (snnrun writes it), else :data:`DT`. Every module is marked
+    with an :class:`Entry` whose path is ``path:<node name>``.
     """
     dt = float(dt if dt is not None else (graph.metadata or {}).get("dt", DT))
-    steps = chain(graph)
-    layers: list[nn.Module] = []
-    shape = tuple(in_shape)
-    for i, (name, node) in enumerate(steps):
-        kind = type(node).__name__
-        label = f"NIR node {name!r} ({kind})"
-        row = _IMPORTS.get(kind)
-        if row is None:
-            known = ", ".join(sorted(_IMPORTS))
-            raise NirError(f"{label} has no snnrun layer; snnrun reads {known}")
-        following = steps[i + 1][1] if i + 1 < len(steps) else None
-        if not isinstance(getattr(node, "metadata", None), dict):
-            node.metadata = {}
-        for module in row.load(node, ImportStep(label, shape, dt, neuron_groups, following)):
-            layers.append(module)
-            shape = _checked_shape(module, shape, label)
+    reader = _Reader(graph, dt, neuron_groups, path)
+    layers, _, stop = reader.line(reader.start, tuple(in_shape))
+    if stop is not None:
+        raise NirError(
+            f"{reader.name(stop)} sums {len(reader.before[stop])} inputs that do not branch "
+            "from one node before it; snnrun reads merges of the two branches of one fork"
+        )
     return layers
 
 
@@ -695,7 +924,7 @@ def _nir_layers(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Mo
             f"NIR file {path} changed since the run was built from it (its sha256 is not the "
             "run's); put back the file the run was trained on"
         )
-    return nn.Sequential(*from_nir(read(path), in_shape, ctx.neuron_groups, dt))
+    return nn.Sequential(*from_nir(read(path), in_shape, ctx.neuron_groups, dt, ctx.path))
 
 
 def pin_files(model_conf: dict[str, Any]) -> None:

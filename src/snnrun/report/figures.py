@@ -32,6 +32,8 @@ SIZES = {  # inches; pixels = inches x DPI
     "spike_counts": (6.0, 4.0),
 }
 MAX_CHANNELS = 16  # channel columns in the first-layer grid (the first ones of a wider layer)
+MAX_LAYER_TICKS = 20  # layer labels on the per-layer axis; a deeper net's are thinned
+MAX_LEGEND = 10  # layers named in the per-epoch legend; a deeper net's are coloured in order
 PANEL = 1.0  # inches per channel image in the grid
 SPIKE_COLOR, TARGET_COLOR = "tab:blue", "tab:orange"
 SPIKE_CMAP = ListedColormap(["white", "black"])  # 0 / 1
@@ -205,6 +207,9 @@ def plot_firing_rates(
 ) -> Figure:
     """Per-layer firing rates: a box per layer over a batch (``{layer: [N] rates}``, one rate per
     sample), beside the rates per epoch (``{layer: [(epoch, rate)]}``, the test pass means).
+    Layers are labels (``L3``, ``L4.body.2``) in network order; a deep net's axis names some
+    (:data:`MAX_LAYER_TICKS`, first and last among them) and its legend the first and last
+    (:data:`MAX_LEGEND`).
 
     Without ``batch_rates`` only the per-epoch panel is drawn; without ``epoch_rates`` that
     panel holds a note instead.
@@ -222,27 +227,48 @@ def plot_firing_rates(
 def _epoch_lines(ax: Any, rates: dict[str, list[tuple[int, float]]]) -> None:
     ax.set_title("per epoch (test pass)", fontsize=10)
     if not rates:
-        ax.text(0.5, 0.5, "no firing_rate/L<i> in metrics.jsonl\n(trained with monitor=none)",
+        ax.text(0.5, 0.5, "no firing_rate/<layer> in metrics.jsonl\n(trained with monitor=none)",
                 ha="center", va="center", transform=ax.transAxes, color="grey")  # fmt: skip
         ax.set_xticks([])
         ax.set_yticks([])
         return
-    for name, points in rates.items():
-        ax.plot(*zip(*points), "o-", ms=4, label=name)
+    n, many = len(rates), len(rates) > MAX_LEGEND  # many: colours in order, first and last named
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, n)) if many else [None] * n
+    for i, (name, points) in enumerate(rates.items()):
+        named = not many or i in (0, n - 1)
+        ax.plot(*zip(*points), "o-", ms=4, color=colors[i], label=name if named else "_")
     _epoch_axis(ax, [e for points in rates.values() for e, _ in points])
     ax.set_ylabel("firing rate (spikes / neuron / step)")
-    ax.legend(fontsize=8, title="neuron layer", title_fontsize=8)
+    title = f"neuron layer ({n}, first to last)" if many else "neuron layer"
+    ax.legend(fontsize=8, title=title, title_fontsize=8)
     ax.grid(alpha=0.3)
 
 
 def _batch_boxes(ax: Any, rates: dict[str, np.ndarray]) -> None:
     names = list(rates)
-    ax.boxplot([rates[n] for n in names], tick_labels=names, showmeans=True)
-    ax.set_xlabel("neuron layer (index in model.layers)")
+    ax.boxplot([rates[n] for n in names], showmeans=True)
+    named = _layer_ticks(ax, names)
+    more = f"; {named} of {len(names)} named" if named < len(names) else ""
+    ax.set_xlabel(f"neuron layer (L<i> = model.layers[i]{more})")
     ax.set_ylabel("firing rate (spikes / neuron / step)")
     n = len(next(iter(rates.values())))
     ax.set_title(f"over one test batch ({n} samples; triangle = mean)", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
+
+
+def _layer_ticks(ax: Any, names: list[str]) -> int:
+    """Layer labels under boxes 1..n: every k-th counted back from the last (the first always
+    named), at most :data:`MAX_LAYER_TICKS`, turned 45 degrees when many or long. Returns how
+    many are named."""
+    step = -(-len(names) // MAX_LAYER_TICKS)
+    ticks = list(range(len(names) - 1, -1, -step))[::-1]
+    ticks[0] = 0  # it was below step: the gap to the next stays at least step
+    ax.set_xticks([i + 1 for i in ticks], [names[i] for i in ticks])
+    if len(ticks) > 8 or max(map(len, names)) * len(ticks) > 60:
+        ax.tick_params(axis="x", labelsize=7)
+        for label in ax.get_xticklabels():
+            label.set(rotation=45, ha="right", rotation_mode="anchor")
+    return len(ticks)
 
 
 # --- the spike-count animation -------------------------------------------------------------------

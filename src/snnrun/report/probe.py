@@ -1,5 +1,5 @@
-"""Probing a network on test samples: spikes ``[T, N, ...]`` of every neuron layer, the output
-layer's charge H before reset, predictions (what ``snnrun viz`` draws)."""
+"""Probing a network on test samples: spikes ``[T, N, ...]`` of every neuron layer at any depth,
+the last neuron layer's charge H before reset, predictions (what ``snnrun viz`` draws)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ class Probe:
     """One test batch through the network; the chosen sample is row 0 of the batch.
 
     ``inputs`` is the encoded batch ``[T, N, ...]``, ``output`` the network's ``[T, N, classes]``;
-    ``spikes`` maps each neuron layer's index in ``model.layers`` to its ``[T, N, ...]`` spikes;
-    ``charge`` is the last neuron layer's ``H`` (the membrane before each step's reset) and
+    ``spikes`` maps each neuron layer's label (``model.neurons()``: ``L3``, ``L4.body.2``,
+    ``L7.neuron``), in the network's order, to its ``[T, N, ...]`` spikes; ``charge`` is the
+    last neuron layer's ``H`` (the membrane before each step's reset), shaped as its spikes, and
     ``threshold`` its ``v_threshold``.
     """
 
@@ -30,9 +31,19 @@ class Probe:
     target: int
     predicted: int
     output: torch.Tensor
-    spikes: dict[int, torch.Tensor]
+    spikes: dict[str, torch.Tensor]
     charge: torch.Tensor
     threshold: float
+
+    @property
+    def first(self) -> str:
+        """The first neuron layer's label."""
+        return next(iter(self.spikes))
+
+    @property
+    def last(self) -> str:
+        """The last neuron layer's label (the one whose charge is kept)."""
+        return list(self.spikes)[-1]
 
 
 def encode_batch(config: dict[str, Any], dataset: Any, indices: list[int]) -> tuple[Any, Any]:
@@ -77,26 +88,29 @@ def probe(run: Any, dataset: Any, sample: int, device: torch.device) -> Probe:
     )
 
 
-def _recording(model: torch.nn.Module, x_seq: torch.Tensor) -> tuple[Any, dict, Any, float]:
-    """``model(x_seq)`` with every neuron layer's spikes kept, ``[T, N, ...]`` each by layer
-    index, and the last neuron layer's charge ``H`` and threshold (on the CPU, float32)."""
+def _recording(model: Any, x_seq: torch.Tensor) -> tuple[Any, dict, Any, float]:
+    """``model(x_seq)`` with every neuron layer's spikes kept, ``[T, N, ...]`` each by label, and
+    the last neuron layer's charge ``H`` and threshold (on the CPU, float32)."""
     import torch
 
-    from snnrun.net.neuron import SpikingNeuron, reset_states
+    from snnrun.net.neuron import reset_states
 
-    neurons = {i: m for i, m in enumerate(model.layers) if isinstance(m, SpikingNeuron)}
-    last = neurons[max(neurons)]
+    neurons = dict(model.neurons())
+    if not neurons:
+        raise SnnrunError("the network has no neuron layer: viz draws spikes; add a {type: neuron}")
+    last_label, last = list(neurons.items())[-1]
+    recorded: dict[str, list[torch.Tensor]] = {label: [] for label in neurons}
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(_recorder(recorded[label])) for label, m in neurons.items()]
+    hooks.append(last.register_forward_hook(_charge_recorder(calls)))
     stored = last.store_v_seq
-    recorded: dict[int, list[torch.Tensor]] = {i: [] for i in neurons}
-    last_inputs: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(_recorder(recorded[i], last_inputs if m is last else None))
-             for i, m in neurons.items()]  # fmt: skip
     try:
         last.store_v_seq = True
         with torch.no_grad():
             out = model(x_seq).float().cpu()
-            spikes = {i: torch.cat(recorded[i]).float().cpu() for i in neurons}
-            charge = _charge(last, torch.cat(last_inputs), last.v_seq)
+            spikes = {label: torch.cat(parts).float().cpu() for label, parts in recorded.items()}
+            x, v_after = (torch.cat(parts) for parts in zip(*calls))
+            charge = _charge(last, x, v_after).reshape(spikes[last_label].shape)
     finally:
         for h in hooks:
             h.remove()
@@ -105,27 +119,39 @@ def _recording(model: torch.nn.Module, x_seq: torch.Tensor) -> tuple[Any, dict, 
     return out, spikes, charge.float().cpu(), last.dynamics.v_threshold
 
 
-def _recorder(spikes: list[torch.Tensor], inputs: list[torch.Tensor] | None) -> Callable[..., None]:
-    """A forward hook keeping a neuron layer's spikes, and its inputs when ``inputs`` is a list
-    (one call per step in step mode 's', ``[1, N, ...]`` each)."""
+def _recorder(spikes: list[torch.Tensor]) -> Callable[..., None]:
+    """A forward hook keeping a neuron layer's spikes, one part per call (``[T, N, ...]``; one
+    step ``[1, N, ...]`` per call in step mode 's' or inside a ``recurrent`` entry)."""
 
     def hook(module: torch.nn.Module, args: Any, out: torch.Tensor) -> None:
         spikes.append(out.detach())
-        if inputs is not None:
-            inputs.append(args[0].detach())
+
+    return hook
+
+
+def _charge_recorder(calls: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[..., None]:
+    """A forward hook keeping, per call, a neuron's input ``X`` and its potential after the
+    reset ``V`` over the call's steps, ``[t, ...]`` each. The layer's ``v_seq`` holds the last
+    call's steps in step mode 'm' (a neuron fed ``[1, N, ...]`` per step inside a
+    ``recurrent`` entry) and every call's so far in step mode 's': the tail is this call's."""
+
+    def hook(module: Any, args: Any, out: torch.Tensor) -> None:
+        x = args[0] if module.step_mode == "m" else args[0].unsqueeze(0)
+        v_after = module.v_seq[-x.shape[0] :].reshape(x.shape)
+        calls.append((x.detach(), v_after.detach()))
 
     return hook
 
 
 def _charge(neuron: Any, x: torch.Tensor, v_after: torch.Tensor) -> torch.Tensor:
-    """``H[t]``, the membrane before step t's reset, ``[T, N, ...]``: the layer's own charge
+    """``H[t]``, the membrane before step t's reset, ``[T, ...]``: the layer's own charge
     equation (:func:`snnrun.net.dynamics.charge`) on its inputs ``x`` and ``V[t-1]``, the potential
-    after the previous step's reset (``V[-1] = V_rest``). A spiking neuron's ``H`` is at or
-    above the threshold, where ``V`` after a hard reset reads ``V_reset``."""
+    after the previous step's reset (``V[-1] = V_rest``; the state carries over between calls
+    within one forward). A spiking neuron's ``H`` is at or above the threshold, where ``V`` after
+    a hard reset reads ``V_reset``."""
     import torch
 
     from snnrun.net.dynamics import charge
 
-    v_after = v_after.reshape(x.shape)
     v_before = torch.cat([torch.full_like(v_after[:1], neuron.dynamics.v_rest), v_after[:-1]])
     return charge(neuron.dynamics, v_before, x, neuron.decay())

@@ -32,14 +32,20 @@ def counted_from_one(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _epoch_rates(metrics: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    """``{"L<i>": [(epoch, rate), ...]}`` from the ``firing_rate/L<i>`` keys of the records
-    (counted from 1 already)."""
+    """``{label: [(epoch, rate), ...]}`` from the ``firing_rate/<label>`` keys of the records
+    (counted from 1 already), in network order (``L2``, ``L4.body.2``, ``L10``)."""
     rates: dict[str, list[tuple[int, float]]] = {}
     for record in metrics:
         for key, value in record.items():
             if key.startswith("firing_rate/"):
                 rates.setdefault(key.split("/", 1)[1], []).append((record["epoch"], value))
-    return dict(sorted(rates.items(), key=lambda kv: (len(kv[0]), kv[0])))  # L2 before L10
+    return dict(sorted(rates.items(), key=lambda kv: layer_order(kv[0])))
+
+
+def layer_order(label: str) -> tuple[Any, ...]:
+    """A sort key putting labels in network order: numbers compare as numbers (``L2`` before
+    ``L10``) and a block before its contents (``L4`` before ``L4.body.2``)."""
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", label)))
 
 
 def render_cheap(rundir: RunDir, metrics: list[dict[str, Any]], fmt: str) -> dict[str, Path]:
@@ -70,7 +76,6 @@ class Renderer:
         predicted = prediction_text(p.output[:, 0].mean(0), p.predicted)
         self.about = f"test sample {sample}: true {p.target}, {predicted}"
         self.title = f"{self.head} · {self.about}"
-        self.first, self.last = min(p.spikes), max(p.spikes)
 
     def jobs(self) -> dict[str, Callable[[], Path]]:
         return {
@@ -95,27 +100,27 @@ class Renderer:
         return self._save(F.plot_curves(self.metrics, title), "curves")
 
     def output_layer(self) -> Path:
-        """Layer ``last``'s spikes and charge ``H`` for the sample, ``[T, K]`` each."""
+        """The last neuron layer's spikes and charge ``H`` for the sample, ``[T, K]`` each."""
         from snnrun.report import figures as F
 
-        p, i = self.probe, self.last
-        spikes, h = p.spikes[i][:, 0].flatten(1).numpy(), p.charge[:, 0].flatten(1).numpy()
+        p, label = self.probe, self.probe.last
+        spikes, h = p.spikes[label][:, 0].flatten(1).numpy(), p.charge[:, 0].flatten(1).numpy()
         target = p.target if spikes.shape[1] == p.output.shape[-1] else None
-        fig = F.plot_output_layer(
-            spikes, h, p.threshold, target, f"{self.title}\noutput layer (L{i})"
-        )
+        title = f"{self.title}\noutput layer ({label})"
+        fig = F.plot_output_layer(spikes, h, p.threshold, target, title)
         return self._save(fig, "output_layer")
 
     def first_layer(self, cumulative: bool) -> Path:
-        """Layer ``first``'s spikes ``[T, C, H, W]`` for the sample (or ``[T, K]`` when flat)."""
+        """The first neuron layer's spikes ``[T, C, H, W]`` for the sample (``[T, K]`` when it is
+        not a channel image)."""
         from snnrun.report import figures as F
 
-        p, i = self.probe, self.first
-        maps = p.spikes[i][:, 0]
+        p, label = self.probe, self.probe.first
+        maps = p.spikes[label][:, 0]
         maps = maps.cumsum(0) if cumulative else maps
         what = "cumulative spike count" if cumulative else "spikes"
         name = "first_layer_cumsum" if cumulative else "first_layer_spikes"
-        title = f"{self.head}\n{self.about}\nfirst neuron layer (L{i}): {what}"
+        title = f"{self.head}\n{self.about}\nfirst neuron layer ({label}): {what}"
         vmax = float(maps.shape[0]) if cumulative else 1.0
         cmap = "magma" if cumulative else F.SPIKE_CMAP
         if maps.dim() != 4:
@@ -127,7 +132,7 @@ class Renderer:
     def firing_rates(self) -> Path:
         from snnrun.report import figures as F
 
-        batch = {f"L{i}": s.transpose(0, 1).flatten(1).mean(1).numpy() for i, s in
+        batch = {label: s.transpose(0, 1).flatten(1).mean(1).numpy() for label, s in
                  self.probe.spikes.items()}  # fmt: skip
         title = f"firing rates · {self.head}"
         fig = F.plot_firing_rates(batch, _epoch_rates(self.metrics), title)
