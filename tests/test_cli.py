@@ -13,24 +13,38 @@ from conftest import SNNRUN, TINY, assert_one_line_error, cli, run_snnrun
 TINY_FC = [o for o in TINY if not o.startswith("model.")] + ["model=fc"]
 
 
+# fc, then a SEW IAND block whose neuron asks for Triton, then a recurrent neuron as the output
+NESTED_FC = (
+    "model.layers=[{type:flatten},{type:linear,out_features:10,bias:false},{type:neuron},"
+    "{type:residual,connect:iand,body:[{type:neuron,backend:triton}]},"
+    "{type:recurrent,layers:[{type:linear,bias:false}]}]"
+)
+
+
 def test_compile_true_trains_end_to_end(tmp_path: Path) -> None:
-    """``compile=true`` (documented in the README) trains through the real command, and the
-    checkpoint holds the plain network's weights (no ``_orig_mod.`` prefix). In the same run:
-    ``neuron.backend=triton`` on a CPU records the torch backend that runs, and the start prints
-    the run dir and a compact layer summary instead of the module repr."""
-    args = [*TINY_FC, "compile=true", "T=2", "dataset.train_limit=64", "dataset.test_limit=32",
-            "neuron.backend=triton", "hydra.run.dir=run"]  # fmt: skip
+    """``compile=true`` (documented in the README) trains a nested network through the real
+    command, and the checkpoint holds the plain network's weights (no ``_orig_mod.`` prefix).
+    In the same run: ``neuron.backend=triton`` on a CPU records the torch backend that runs, in
+    the group and in nested entries, and the start prints the run dir and a compact layer
+    summary instead of the module repr."""
+    args = [*TINY_FC, NESTED_FC, "compile=true", "T=2", "dataset.train_limit=64",
+            "dataset.test_limit=32", "neuron.backend=triton", "hydra.run.dir=run"]  # fmt: skip
     proc = run_snnrun(args, cwd=tmp_path, env={"TRITON_INTERPRET": None})
     run = load_run(tmp_path / "run")
     assert len(run.metrics) == 1 and run.metrics[0]["train_loss"] > 0
     assert not any("_orig_mod" in k for k in run.model.state_dict())
     assert run.config["neuron"]["backend"] == "torch"
+    assert run.config["model"]["layers"][3]["body"][0]["backend"] == "torch"
+    assert {m.backend for _, m in run.model.neurons()} == {"torch"}
     assert "falling back to the torch backend on cpu; config.yaml records" in proc.stdout
     assert f"run dir: {tmp_path / 'run'}" in proc.stdout.replace("\n", "")
     assert "SpikingNetwork(" not in proc.stdout
     summary = (tmp_path / "run" / "summary.md").read_text()  # saved too, with totals
-    assert "| L1 linear | [2, N, 10] | 7,840 |" in summary and "parameters: 7,840" in summary
-    assert "activations per sample at T=2: 0.01 MiB" in summary  # (784 + 10 + 10) x 2 x 4 B
+    assert "| L1 linear | [2, N, 10] | 7,840 |" in summary and "parameters: 7,940" in summary
+    assert "| L3.body.0 neuron | [2, N, 10] | 0 |" in summary
+    assert "| L4.projection.0 linear | [2, N, 10] | 100 |" in summary
+    # (784 + 10 + 10 + 10 + 10 + 10) x 2 steps x 4 B: the residual's own row is not counted again
+    assert "activations per sample at T=2: 0.01 MiB" in summary
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("L")]
     assert rows[1][:4] == ["L1", "linear", "[2,", "N,"] and rows[1][5] == "7,840"
     assert rows[2][6:] == ["if", "v_th=1", "hard", "atan,", "torch"]

@@ -29,14 +29,21 @@ NETWORKS = {
     "spiking_resnet": (["model=resnet_cnn", "model.channels=4"], ["L3.0.0.body.2", "L3.0.1"]),
     "sew_add": (["model=sew_cnn", "model.channels=4"], ["L3.0.0.body.5", "L4.shortcut.2"]),
     "sew_and": (["model=sew_cnn", "model.channels=4", "model.connect=and"], ["L4.body.2", "L2"]),
-    "sew_iand": (["model=sew_cnn", "model.channels=4", "model.connect=iand"], ["L4.body.5"]),
+    "sew_iand": (
+        ["model=sew_cnn", "model.channels=4", "model.connect=iand"],
+        ["L4.shortcut.0", "L4.body.5"],
+    ),
     "vgg": (["model=vgg_cnn", "model.channels=4", "model.convs=2"], ["L0.0.2", "L2.1.2"]),
     "spikformer": (
-        ["model=spikformer", "model.embed_dim=16", "model.heads=2", "model.depths=1"],
-        ["L16.0.0.body.0", "L16.0.0.body.0.attn_neuron", "L16.0.1.body.5"],
+        ["model=spikformer", "model.embed_dim=16", "model.heads=2", "model.depths=2"],
+        ["L16.1.0.body.0", "L16.0.0.body.0.attn_neuron", "L16.1.1.body.5"],
     ),
     "recurrent": (
         ["model=rsnn", "model.hidden=16", "dataset=shd"],
+        ["L2.projection.0", "L2.neuron", "L4"],
+    ),
+    "recurrent_stepwise": (  # every neuron fed one step at a time
+        ["model=rsnn", "model.hidden=16", "dataset=shd", "neuron.step_mode=s"],
         ["L2.projection.0", "L2.neuron", "L4"],
     ),
     "user_module": (
@@ -90,7 +97,7 @@ def test_network_trains_resumes_exactly_reports_nested_rates_and_renders(
     name: str, setup: Path, monkeypatch, capsys
 ) -> None:
     """2 epochs straight equal 1 epoch, then a resume to 2; nested neurons have rates; viz
-    draws the run."""
+    draws the run and eval re-measures it."""
     args = args_for(name, setup)
     whole, split = setup / "whole", setup / "split"
     train_in_process(monkeypatch, *args, "epochs=2", f"hydra.run.dir={whole}")
@@ -105,6 +112,9 @@ def test_network_trains_resumes_exactly_reports_nested_rates_and_renders(
     capsys.readouterr()
     train_in_process(monkeypatch, "viz", str(whole))
     assert "wrote 6 figures" in capsys.readouterr().out
+    train_in_process(monkeypatch, "eval", str(whole))
+    rates_line = next(x for x in capsys.readouterr().out.splitlines() if "firing rates:" in x)
+    assert f" {rated[0]}:" in rates_line
 
 
 def test_a_killed_sew_run_resumes_exactly(setup: Path) -> None:

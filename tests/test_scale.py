@@ -39,15 +39,20 @@ def torchrun(args: list[str], cwd: Path, check: bool = True) -> subprocess.Compl
 
 def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path) -> None:
     """Each rank takes half of every global batch; DDP averages the gradients: the same
-    training as one process up to float summation order."""
-    args = [*FC, "epochs=2", "batch_size=64"]
+    training as one process up to float summation order, for a nested network (a SEW block
+    and a recurrent output neuron)."""
+    nested = ("model.layers=[{type:flatten},{type:linear,out_features:10,bias:false},"
+              "{type:neuron},{type:residual,connect:iand,body:[{type:neuron}]},"
+              "{type:recurrent,layers:[{type:linear,bias:false}]}]")  # fmt: skip
+    args = [*FC, nested, "epochs=2", "batch_size=64"]
     run_snnrun([*args, f"hydra.run.dir={tmp_path / 'one'}"], cwd=tmp_path)
     torchrun([*args, f"hydra.run.dir={tmp_path / 'two'}"], cwd=tmp_path)
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     for a, b in zip(one, two, strict=True):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-5
         assert abs(a["test_acc"] - b["test_acc"]) <= 1 / 128
-        assert abs(a["firing_rate/L2"] - b["firing_rate/L2"]) < 1e-3  # over the whole test set
+        for layer in ("L2", "L3.body.0", "L4.neuron"):  # over the whole test set
+            assert abs(a[f"firing_rate/{layer}"] - b[f"firing_rate/{layer}"]) < 1e-3
     payload = RunDir(tmp_path / "two").load_checkpoint("latest")
     assert len(payload["rng"]) == 2  # every rank's random state
 
