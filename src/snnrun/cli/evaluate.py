@@ -162,7 +162,7 @@ def evaluate(opts: EvalOptions) -> Evaluation:
     conf = eval_config(payload["config"], opts)
     check_values(conf)
     device = resolve_device(opts.device)
-    splits = build_splits(conf["dataset"])
+    splits = build_splits({**conf["dataset"], "augment": None})  # measured as it is
     dataset = splits.test if opts.split == "test" else splits.train
     _same_shape(payload["data"], _sample_shape(dataset, splits), splits.num_classes, conf)
     model = build_network(conf, payload["data"])
@@ -199,7 +199,9 @@ def evaluate(opts: EvalOptions) -> Evaluation:
         "samples": len(dataset),
         "acc": result["acc"],
         "loss": result["loss"],
-        "per_class": _per_class(confusion, CLASS_NAMES.get(conf["dataset"]["name"])),
+        "per_class": _per_class(
+            confusion, splits.class_names or CLASS_NAMES.get(conf["dataset"]["name"])
+        ),
         "confusion": confusion.tolist(),
         "recorded_test_acc": recorded.get("test_acc"),
         "recorded_test_loss": recorded.get("test_loss"),

@@ -1,17 +1,20 @@
 """Datasets: a registry of builders returning train/test splits, and their loaders.
 
 Every builder returns a :class:`Splits` of two :class:`SampleSet`: static samples (images
-``[C, H, W]``, float32 pixels in ``[0, 1]``) or sequences ``[T, ...]`` (event frames, see
+``[C, H, W]``, float32 pixels in ``[0, 1]``, or normalised per channel where the dataset says so:
+CIFAR, ImageFolder, :mod:`snnrun.data.images`) or sequences ``[T, ...]`` (event frames, see
 :mod:`snnrun.data.events.datasets`), with int64 labels. ``train_limit`` / ``test_limit`` keep the
 first N samples. Loaders shuffle by a permutation seeded with (seed, epoch), so a resumed run
-sees the same order; under torchrun each rank loads its share of every global batch.
+sees the same order; under torchrun each rank loads its share of every global batch. A static
+dataset's training split gets the ``augment`` group (``dataset.augment``, :mod:`.augment`), whose
+draws are keyed by (seed, epoch, sample index) through the loader's :class:`Batch`.
 """
 
 from __future__ import annotations
 
 import gzip
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,18 +26,46 @@ from torch.utils.data import DataLoader, Dataset
 from snnrun.core.distributed import ShardedBatches, World
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.registry import Registry
+from snnrun.data.augment import ImageAugment, build_augment, sample_seed
 
 
 class DatasetError(SnnrunError, RuntimeError):
     """Missing or unreadable dataset files."""
 
 
+@dataclass(frozen=True)
+class Normalize:
+    """Per-channel normalisation of images ``[N, C, H, W]``: ``x' = (x - mean_c) / std_c``."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
+        return (x - mean) / torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
+
+
+class Batch(list):
+    """One batch's sample indices from a training loader, with the key of the epoch's
+    augmentation draws ``(seed, epoch)`` (a list, so it travels to loader workers as one)."""
+
+    def __init__(self, indices: list[int], seed: int, epoch: int) -> None:
+        super().__init__(indices)
+        self.seed, self.epoch = seed, epoch
+
+
+Transform = Callable[[torch.Tensor], torch.Tensor] | ImageAugment
+
+
 class SampleSet(Dataset):
     """Samples with int64 ``labels``; ``__getitems__`` fetches a whole batch at once.
 
     A batch is ``(x, y)``: ``x`` float32 ``[N, *shape]`` (stored values times ``scale``, then
-    ``transform`` when set, e.g. augmentation on the training split), ``y`` int64 ``[N]``;
-    ``dataset[i]`` is one sample as stored, without ``transform``.
+    ``transform`` when set, e.g. augmentation on the training split, then ``normalize`` when
+    set), ``y`` int64 ``[N]``; ``dataset[i]`` is one sample as stored and normalised, without
+    ``transform``. An :class:`~snnrun.data.augment.ImageAugment` transform draws from sample
+    ``i``'s own generator, seeded by (seed, epoch, i) of the :class:`Batch` asking for it ((0, 0)
+    for a plain list); any other transform is called as ``transform(x)``.
     Subclasses say where the stored samples live (:meth:`fetch`).
     """
 
@@ -42,9 +73,11 @@ class SampleSet(Dataset):
         self,
         labels: torch.Tensor,
         scale: float = 1.0,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        transform: Transform | None = None,
+        normalize: Normalize | None = None,
     ) -> None:
         self.labels, self.scale, self.transform = labels, scale, transform
+        self.normalize = normalize
 
     def fetch(self, index: torch.Tensor) -> torch.Tensor:
         """The stored samples at ``index`` (any dtype)."""
@@ -59,29 +92,41 @@ class SampleSet(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample ``i`` as stored, never augmented (the loaders use :meth:`__getitems__`)."""
-        return self._floats(torch.tensor([i]))[0], self.labels[i]
+        return self._normalized(self._floats(torch.tensor([i])))[0], self.labels[i]
 
     def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(idx, dtype=torch.long)
         x = self._floats(index)
-        if self.transform is not None:
+        if isinstance(self.transform, ImageAugment):
+            seed, epoch = (idx.seed, idx.epoch) if isinstance(idx, Batch) else (0, 0)
+            x = self.transform(x, [sample_seed(seed, epoch, i) for i in index.tolist()])
+        elif self.transform is not None:
             x = self.transform(x)
-        return x, self.labels[index]
+        return self._normalized(x), self.labels[index]
 
     def _floats(self, index: torch.Tensor) -> torch.Tensor:
         x = self.fetch(index).float()
         return x.mul_(self.scale) if self.scale != 1.0 else x
 
+    def _normalized(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalize(x) if self.normalize is not None else x
+
 
 class TensorDataset(SampleSet):
     """Samples held in memory: uint8 images ``[N, C, H, W]`` become pixels in [0, 1]."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, scale: float | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        scale: float | None = None,
+        normalize: Normalize | None = None,
+    ) -> None:
         if len(images) != len(labels):
             raise DatasetError(f"{len(images)} images but {len(labels)} labels")
         if scale is None:
             scale = 1 / 255 if images.dtype == torch.uint8 else 1.0
-        super().__init__(labels, scale)
+        super().__init__(labels, scale, normalize=normalize)
         self.images = images
 
     def fetch(self, index: torch.Tensor) -> torch.Tensor:
@@ -90,7 +135,7 @@ class TensorDataset(SampleSet):
     def head(self, n: int | None) -> TensorDataset:
         if n is None or n >= len(self):
             return self
-        return TensorDataset(self.images[:n], self.labels[:n], self.scale)
+        return TensorDataset(self.images[:n], self.labels[:n], self.scale, self.normalize)
 
 
 class ArrayFileDataset(SampleSet):
@@ -131,9 +176,9 @@ class IndexedSet(SampleSet):
         self,
         parent: SampleSet,
         index: torch.Tensor,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        transform: Transform | None = None,
     ) -> None:
-        super().__init__(parent.labels[index], parent.scale, transform)
+        super().__init__(parent.labels[index], parent.scale, transform, parent.normalize)
         self.parent, self.index = parent, index
 
     def fetch(self, index: torch.Tensor) -> torch.Tensor:
@@ -159,6 +204,7 @@ class Splits:
     num_classes: int
     sequence: bool = False
     val: SampleSet | None = None  # dataset.val_fraction of the training set, when > 0
+    class_names: list[str] | None = None  # in label order, where the data names its classes
 
 
 DatasetBuilder = Callable[[dict[str, Any]], Splits]
@@ -166,8 +212,10 @@ DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 
 
 def build_splits(cfg: dict[str, Any]) -> Splits:
-    """The dataset named ``cfg['name']``, cut to ``train_limit`` / ``test_limit``; with
-    ``val_fraction`` > 0 a validation split is held out of the (cut) training set."""
+    """The dataset named ``cfg['name']``, cut to ``train_limit`` / ``test_limit``; a static
+    dataset's training split gets ``cfg['augment']`` (the ``augment`` group, interpolated into
+    the dataset's config); with ``val_fraction`` > 0 a validation split is held out of the (cut)
+    training set, never augmented."""
     cfg = dict(cfg)
     fraction = cfg.pop("val_fraction", 0) or 0
     for key in ("train_limit", "test_limit"):
@@ -179,6 +227,10 @@ def build_splits(cfg: dict[str, Any]) -> Splits:
     splits = DATASETS.get(cfg["name"])(cfg)
     splits.train = splits.train.head(cfg.get("train_limit"))
     splits.test = splits.test.head(cfg.get("test_limit"))
+    if not splits.sequence:  # an event dataset's builder reads its own dataset.augment
+        norm = splits.train.normalize
+        mean = norm.mean if norm is not None else None
+        splits.train.transform = build_augment(cfg.get("augment"), splits.sample_shape, mean)
     if fraction:
         splits.train, splits.val = hold_out(splits.train, fraction)
     return splits
@@ -205,6 +257,15 @@ def _identity(batch):
     return batch
 
 
+class KeyedBatches(ShardedBatches):
+    """:class:`ShardedBatches` whose batches are :class:`Batch` es: each carries (seed, epoch),
+    the key of its samples' augmentation draws."""
+
+    def __iter__(self) -> Iterator[Batch]:
+        for share in super().__iter__():
+            yield Batch(share, self.seed, self.epoch)
+
+
 def make_loader(
     dataset: SampleSet,
     batch_size: int,
@@ -214,8 +275,9 @@ def make_loader(
     world: World | None = None,
 ) -> DataLoader:
     """A loader over whole-batch fetches of this rank's share of each global batch; the order
-    is a seeded permutation per epoch (``loader.batch_sampler.set_epoch``)."""
-    batches = ShardedBatches(len(dataset), batch_size, shuffle, seed, world or World())
+    is a seeded permutation per epoch (``loader.batch_sampler.set_epoch``), and the batches key
+    the augmentation draws by (seed, epoch, sample index)."""
+    batches = KeyedBatches(len(dataset), batch_size, shuffle, seed, world or World())
     return DataLoader(dataset, batch_sampler=batches, collate_fn=_identity, num_workers=num_workers)
 
 
@@ -327,7 +389,8 @@ def _read_idx(folder: Path, stem: str, ndim: int) -> np.ndarray:
 # Class names by dataset, in label order (datasets whose labels are their names, the digits of
 # digits/mnist/nmnist, have none): Fashion-MNIST's README; DVS128 Gesture's gesture_mapping.csv
 # (label = its class - 1, as tonic's DVSGesture.classes); CIFAR-10's names, the CIFAR10-DVS
-# folders' labels (tonic's CIFAR10DVS.classes).
+# folders' labels (tonic's CIFAR10DVS.classes); CIFAR-10's and CIFAR-100's (fine labels) as their
+# batches.meta / meta files list them. ImageFolder's come from its folders (Splits.class_names).
 CLASS_NAMES: dict[str, list[str]] = {
     "fmnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                "Sneaker", "Bag", "Ankle boot"],
@@ -337,4 +400,20 @@ CLASS_NAMES: dict[str, list[str]] = {
                    "other gestures"],
     "cifar10dvs": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"],
+    "cifar100": ["apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle",
+                 "bicycle", "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can",
+                 "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud",
+                 "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin",
+                 "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo",
+                 "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man",
+                 "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree",
+                 "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+                 "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray",
+                 "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper",
+                 "snail", "snake", "spider", "squirrel", "streetcar", "sunflower",
+                 "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+                 "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf",
+                 "woman", "worm"],
 }  # fmt: skip

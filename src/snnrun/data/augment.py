@@ -1,0 +1,133 @@
+"""Augmentation of static images on the training split: the ``augment`` config group.
+
+Steps, in the order of the CIFAR recipes (DeVries & Taylor 2017; Cubuk et al. 2019), on pixels
+``[N, C, H, W]`` in [0, 1] before the dataset's normalisation:
+
+- ``crop_padding: p``: zero-pad by ``p`` pixels, crop back to ``H x W`` at offsets
+  ``(i, j)`` uniform in ``[0, 2p]^2`` (torchvision's ``RandomCrop(H, padding=p)``).
+- ``flip``: mirror left-right with probability 1/2.
+- ``autoaugment``: torchvision's ``AutoAugment`` with its CIFAR10 policy, on the image as uint8.
+- ``cutout: L``: one ``L x L`` square (clipped at the border) centred uniformly in the image is
+  set to the dataset's mean colour, 0 after normalisation, as Cutout sets it (16 on CIFAR-10,
+  8 on CIFAR-100 in the paper).
+
+Every sample draws from its own generator, seeded with :func:`sample_seed` ``(seed, epoch, i)``
+(``i``: its index in the split): the draws depend on nothing else, so two runs of one seed, a
+resumed run and an unbroken one, any ``num_workers`` and any number of ranks see the same
+images; torch's global generators are never touched. Mixup is absent: the losses
+(:mod:`snnrun.engine.losses`) take class indices, not soft targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from snnrun.core.errors import SnnrunError
+
+KEYS = ("name", "crop_padding", "flip", "autoaugment", "cutout")
+Step = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+_MASK = (1 << 64) - 1
+
+
+def _mix(z: int) -> int:
+    """splitmix64's finaliser: a 64-bit integer → a well-spread 64-bit integer."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample ``index``'s draws in ``epoch`` of a run seeded ``seed``."""
+    return _mix(_mix(_mix(seed & _MASK) ^ epoch) ^ index)
+
+
+def random_crop(img: torch.Tensor, g: torch.Generator, padding: int) -> torch.Tensor:
+    H, W = img.shape[-2:]
+    i, j = torch.randint(0, 2 * padding + 1, (2,), generator=g).tolist()
+    return F.pad(img, (padding,) * 4)[..., i : i + H, j : j + W]
+
+
+def flip(img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return img.flip(-1) if torch.rand((), generator=g) < 0.5 else img
+
+
+def autoaugment(img: torch.Tensor, g: torch.Generator, policy: Any) -> torch.Tensor:
+    """torchvision's AutoAugment ``policy`` on ``round(255 x)``; its draws come from the CPU
+    generator, seeded here from ``g`` and restored afterwards."""
+    pixels = img.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    inner = int(torch.randint(0, 2**62, (), generator=g))
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(inner)
+        out = policy(pixels)
+    return out.float().div_(255)
+
+
+def cutout(img: torch.Tensor, g: torch.Generator, length: int, fill: torch.Tensor) -> torch.Tensor:
+    H, W = img.shape[-2:]
+    y = int(torch.randint(0, H, (), generator=g))
+    x = int(torch.randint(0, W, (), generator=g))
+    half = length // 2
+    img = img.clone()
+    img[..., max(0, y - half) : y + half, max(0, x - half) : x + half] = fill
+    return img
+
+
+class ImageAugment:
+    """The enabled steps, applied per sample: ``augment(x [N, C, H, W], seeds [N]) -> x'``
+    (picklable, for loader workers started by spawn)."""
+
+    def __init__(self, steps: list[Step]) -> None:
+        self.steps = steps
+
+    def __call__(self, x: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        out = []
+        for img, seed in zip(x, seeds):
+            g = torch.Generator().manual_seed(seed)
+            for step in self.steps:
+                img = step(img, g)
+            out.append(img)
+        return torch.stack(out) if out else x
+
+
+def build_augment(
+    cfg: dict[str, Any] | None, shape: tuple[int, ...], mean: Sequence[float] | None = None
+) -> ImageAugment | None:
+    """The ``augment`` group's steps for samples ``shape`` (``[C, H, W]``); None when all are
+    off. ``mean``: the dataset's normalisation mean, Cutout's fill (0 without one)."""
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(KEYS))
+    if unknown:
+        raise SnnrunError(f"unknown augment key(s) {unknown}; known: {', '.join(KEYS[1:])}")
+    padding, length = _count(cfg, "crop_padding"), _count(cfg, "cutout")
+    flips, auto = bool(cfg.get("flip")), bool(cfg.get("autoaugment"))
+    if not (padding or length or flips or auto):
+        return None
+    if len(shape) != 3:
+        raise SnnrunError(f"augment={cfg.get('name')} needs images [C, H, W]; this dataset's "
+                          f"samples are {list(shape)}: use augment=none")  # fmt: skip
+    if auto and shape[0] != 3:
+        raise SnnrunError(f"augment.autoaugment needs RGB images [3, H, W], not {list(shape)}; "
+                          "set augment.autoaugment=false")  # fmt: skip
+    steps: list[Step] = [partial(random_crop, padding=padding)] if padding else []
+    steps += [flip] if flips else []
+    if auto:
+        from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
+        steps.append(partial(autoaugment, policy=AutoAugment(AutoAugmentPolicy.CIFAR10)))
+    if length:
+        fill = torch.tensor(list(mean) if mean is not None else [0.0] * shape[0])
+        steps.append(partial(cutout, length=length, fill=fill.view(-1, 1, 1)))
+    return ImageAugment(steps)
+
+
+def _count(cfg: dict[str, Any], key: str) -> int:
+    value = cfg.get(key) or 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SnnrunError(f"augment.{key} must be a whole number >= 0 (0: off), got {value!r}")
+    return value
