@@ -35,7 +35,9 @@ def test_each_choice_composes_and_resolves(group: str, option: str) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for key in ("T", "epochs", "batch_size", "seed", "device", "resume"):
         assert key in resolved
-    if group not in ("experiment", "hparams_search"):  # global overlays
+    if group == "logger":  # several loggers merge: each says which it is in use
+        assert resolved[group]["use"] == ({} if option == "none" else {option: True})
+    elif group not in ("experiment", "hparams_search"):  # global overlays
         assert resolved[group]["name" if group != "neuron" else "kind"] is not None
 
 

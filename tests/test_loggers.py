@@ -132,6 +132,9 @@ def test_logger_keys_are_checked_up_front() -> None:
         check_logger_conf({"name": "none", "project": "p"})
     with pytest.raises(SnnrunError, match=r"logger\.checkpoints='some'; use one of latest_best"):
         check_logger_conf({"name": "wandb", "checkpoints": "some"})
+    with pytest.raises(SnnrunError, match=r"logger=csv\+tensorboard has no key 'project'"):
+        check_logger_conf({"use": {"csv": True, "tensorboard": True}, "project": "p"})
+    check_logger_conf({"use": {"wandb": True, "csv": True}, "project": "p"})  # wandb's key
 
 
 def test_unknown_logger_key_fails_before_the_run_dir_exists(tmp_path, monkeypatch, capsys) -> None:
@@ -165,8 +168,9 @@ def test_progress_off_a_terminal_prints_lines_with_an_eta(capsys) -> None:
 
 def test_csv_and_tensorboard_loggers_through_the_command(tmp_path, monkeypatch) -> None:
     """``logger=csv``: metrics.csv holds every record of metrics.jsonl (a resume keeps them
-    in one table); ``logger=tensorboard``: the event files hold each epoch's scalars and the
-    per-step loss against global_step, and viz.every_n_epochs' figures."""
+    in one table); ``logger=[wandb,tensorboard]``: both at once; the event files hold each
+    epoch's scalars and the per-step loss against global_step, and viz.every_n_epochs'
+    figures; W&B has the run too, and a resume continues both."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     small = ["model=fc", "dataset.train_limit=64", "batch_size=32", "log_every=1"]
@@ -182,13 +186,17 @@ def test_csv_and_tensorboard_loggers_through_the_command(tmp_path, monkeypatch) 
     assert [float(r["test_acc"]) for r in rows] == [r["test_acc"] for r in records]
 
     run_dir = tmp_path / "tb"
-    train_in_process(monkeypatch, *fc, "logger=tensorboard", "viz.every_n_epochs=1",
+    train_in_process(monkeypatch, *fc, "logger=[wandb,tensorboard]", "viz.every_n_epochs=1",
                      f"hydra.run.dir={run_dir}")  # fmt: skip
+    config = RunDir(run_dir).read_config()["logger"]
+    assert config["use"] == {"wandb": True, "tensorboard": True} and config["mode"] == "offline"
+    monkeypatch.setattr(sys, "argv", ["snnrun", f"resume={run_dir}", "epochs=2"])
+    main()
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
-    record = RunDir(run_dir).read_metrics()[0]
-    (test_acc,) = events.Scalars("test_acc")
-    assert test_acc.step == record["global_step"] == 2 and test_acc.value == pytest.approx(
-        record["test_acc"]
-    )
-    assert [e.step for e in events.Scalars("train_step/loss")] == [1, 2]
+    records = RunDir(run_dir).read_metrics()
+    assert [(e.step, e.value) for e in events.Scalars("test_acc")] == [
+        (r["global_step"], pytest.approx(r["test_acc"])) for r in records
+    ]
+    assert [e.step for e in events.Scalars("train_step/loss")] == [1, 2, 3, 4]
     assert "figures/curves" in events.Tags()["images"]
+    assert logged_epochs(run_dir / "wandb") == {0, 1}  # W&B has both epochs, in one run

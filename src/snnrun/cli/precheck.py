@@ -20,6 +20,14 @@ OPEN_SECTIONS = ("model", "neuron", "surrogate", "dataset", "encoder", "loss", "
                  "scheduler", "logger")  # fmt: skip
 
 
+def spell_out_init_from(argv: list[str]) -> None:
+    """``init_from=<run dir>`` is short for ``init_from.path=<run dir>`` (``init_from`` is a
+    section: ``init_from.strict``, ``init_from.which``); rewritten in place, before Hydra."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("init_from="):
+            argv[i] = "init_from.path=" + arg.split("=", 1)[1]
+
+
 def _first_job(args: list[str]) -> list[str]:
     """The overrides of a sweep's first job (``lr=0.1,0.05`` → ``lr=0.1``)."""
     first = []
@@ -93,8 +101,10 @@ def _check_value_types(overrides: list[str], cfg: DictConfig) -> None:
 
 def _check_values(cfg: DictConfig) -> None:
     """The run-level checks of :func:`run.check_values` (``T=0``, ``batch_size=0``...) and the
-    logger's keys (``+logger.notes=x``) before Hydra creates the run dir."""
+    logger's keys (``+logger.notes=x``) and ``init_from``'s source before Hydra creates the run
+    dir."""
     from snnrun.run.build import check_values
+    from snnrun.run.init_from import check_init_from
     from snnrun.run.loggers import check_logger_conf
 
     try:
@@ -103,6 +113,7 @@ def _check_values(cfg: DictConfig) -> None:
         return  # an interpolation only a run resolves: the run checks it
     check_values(conf)  # type: ignore[arg-type]
     check_logger_conf(conf["logger"])  # type: ignore[index]
+    check_init_from(conf)  # type: ignore[arg-type]
 
 
 def _make_dir(path: Path) -> None:

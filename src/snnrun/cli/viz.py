@@ -72,13 +72,13 @@ def parse_args(args: list[str]) -> VizOptions:
 def log_to_wandb(run: Any, written: dict[str, Path]) -> bool:
     """Log the PNG/GIF figures to the run's W&B run, when it was trained with ``logger=wandb``
     (W&B images take no SVG/PDF: with those formats only the GIF goes)."""
-    from snnrun.run.loggers import build_logger
+    from snnrun.run.loggers import build_logger, logger_names
 
     cfg, wandb_id = run.config.get("logger", {}), run.rundir.read_wandb_id()
     images = {k: v for k, v in written.items() if v.suffix in (".png", ".gif")}
-    if cfg.get("name") != "wandb" or not wandb_id or not images:
+    if "wandb" not in logger_names(cfg) or not wandb_id or not images:
         return False
-    logger = build_logger(cfg)
+    logger = build_logger(cfg, names=["wandb"])
     run.rundir.claim()  # refused while the run trains: one writer per W&B run
     try:
         run_id = run.rundir.read_info()["run_id"]

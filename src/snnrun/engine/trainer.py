@@ -23,6 +23,7 @@ from snnrun.core.distributed import active
 from snnrun.core.errors import SnnrunError
 from snnrun.core.progress import console, print_epoch, progress_bar
 from snnrun.core.stop import check_stop
+from snnrun.engine.profile import StepProfiler
 from snnrun.engine.testing import LossStep, Totals, test_pass
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class Trainer:
             else None
         )
         self.patience, self.min_delta = stopping.get("patience", 5), stopping.get("min_delta", 0.0)
+        self.profiler: StepProfiler | None = None  # debug=profile: set by the session
 
     def fit(self, epochs: int, state: TrainState, on_epoch_end: EpochHook) -> TrainState:
         run = self.run
@@ -117,6 +119,15 @@ class Trainer:
             return state
         if state.best_value is None and state.history:  # a checkpoint from before the key
             state.best_value = self.best.best_of(state.history)
+        try:
+            self._epochs(epochs, state, on_epoch_end)
+        finally:
+            if self.profiler is not None:
+                self.profiler.finish()
+        return state
+
+    def _epochs(self, epochs: int, state: TrainState, on_epoch_end: EpochHook) -> None:
+        run = self.run
         for epoch in range(state.epoch, epochs):
             start = time.perf_counter()
             if run.device.type == "cuda":
@@ -165,7 +176,6 @@ class Trainer:
                 console.print(f"early stop: {self.stopping.monitor} did not improve by more "  # type: ignore[union-attr]
                               f"than {self.min_delta} in {self.patience} epochs")  # fmt: skip
                 break
-        return state
 
     def _watch_for_stop(self, record: dict[str, Any], state: TrainState) -> None:
         """``early_stopping``: count the epochs without an improvement of more than
@@ -189,6 +199,8 @@ class Trainer:
             task = bar.add_task(label, total=len(loader.dataset), loss="")
             for x, y in loader:
                 loss, correct = self.train_step(x, y.to(self.run.device, non_blocking=True))
+                if self.profiler is not None:
+                    self.profiler.step()
                 totals.add(loss, correct, len(y))
                 state.global_step += 1
                 if self.run.logger.wants_steps and state.global_step % self.log_every == 0:

@@ -136,6 +136,12 @@ def build_run(conf: dict[str, Any], world: World | None = None) -> Run:
     record_backend_that_runs(conf, device)
     seed_everything(conf["seed"])
     splits = build_splits(conf["dataset"])
+    augment = (conf.get("augment") or {}).get("name", "none")
+    if splits.sequence and augment != "none":
+        raise SnnrunError(
+            f"augment={augment} is for static images; event datasets take dataset.augment.flip / "
+            "crop_padding / event_drop"
+        )
     model = build_model(conf["model"], neuron_groups(conf), splits.sample_shape, splits.num_classes)
     place(model, device)
     optimizer = _built(conf, "optimizer", build_optimizer, conf["optimizer"], model.parameters())
@@ -155,7 +161,7 @@ def build_run(conf: dict[str, Any], world: World | None = None) -> Run:
         optimizer=optimizer,
         scheduler=scheduler,
         precision=build_precision(conf["precision"], device),
-        logger=logger if world.is_main else build_logger({"name": "none"}),
+        logger=logger if world.is_main else RunLogger(),
         encoder=encoder,
         loss=loss,
         monitors=monitors,

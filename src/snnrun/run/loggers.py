@@ -1,4 +1,9 @@
-"""Where a run's numbers go besides ``metrics.jsonl``: the logger registry (``wandb``, ``none``).
+"""Where a run's numbers go besides ``metrics.jsonl``: the logger registry (``wandb``, ``csv``,
+``tensorboard``, ``none``), one or several at once.
+
+Each ``conf/logger/<name>.yaml`` says ``use: {<name>: true}`` beside its options, so that
+``logger=[wandb,tensorboard]`` composes ``use: {wandb: true, tensorboard: true}`` and the options
+of both; :func:`build_logger` then gives a :class:`Loggers` that passes every call to each.
 
 ``logger=wandb`` logs the resolved config, the per-step train loss and the per-epoch metrics
 against a ``global_step`` metric that checkpoints restore (W&B's own step restarts at 0 for a
@@ -344,22 +349,86 @@ class TensorBoardLogger(RunLogger):
         self.writer.close()
 
 
+class Loggers(RunLogger):
+    """Several loggers at once: every call goes to each, in the order chosen; the state a
+    checkpoint keeps is each one's, by name."""
+
+    def __init__(self, loggers: dict[str, RunLogger]) -> None:
+        self.loggers = loggers
+        self.wants_steps = any(logger.wants_steps for logger in loggers.values())
+
+    def start(self, rundir, run_id, config, state, history) -> None:  # type: ignore[override]
+        for name, logger in self.loggers.items():
+            own = None if state is None else state.get(name, {})
+            logger.start(rundir, run_id, config, own, history)
+
+    def log_step(self, global_step: int, metrics: dict[str, float]) -> None:
+        for logger in self.loggers.values():
+            logger.log_step(global_step, metrics)
+
+    def log_epoch(self, global_step: int, metrics: dict[str, float]) -> None:
+        for logger in self.loggers.values():
+            logger.log_epoch(global_step, metrics)
+
+    def log_checkpoint(self, rundir: RunDir, epoch: int, is_best: bool) -> None:
+        for logger in self.loggers.values():
+            logger.log_checkpoint(rundir, epoch, is_best)
+
+    def log_figures(self, figures: dict[str, Any], global_step: int | None = None) -> None:
+        for logger in self.loggers.values():
+            logger.log_figures(figures, global_step)
+
+    def finish(self) -> None:
+        """Finish every logger, even when one fails (the first failure is raised after)."""
+        failure: BaseException | None = None
+        for logger in self.loggers.values():
+            try:
+                logger.finish()
+            except Exception as e:  # each logger raises its own kinds
+                failure = failure or e
+        if failure is not None:
+            raise failure
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: logger.state_dict() for name, logger in self.loggers.items()}
+
+
+def logger_names(cfg: dict[str, Any]) -> list[str]:
+    """The loggers a ``logger`` section selects: its ``use`` keys that are true, or the
+    ``name`` of a config saved before several loggers could be chosen."""
+    if "use" in cfg:
+        return [name for name, on in (cfg["use"] or {}).items() if on]
+    name = cfg.get("name")
+    return [name] if name and name != "none" else []
+
+
 def check_logger_conf(conf: dict[str, Any]) -> None:
     """Refuse, as one line, a logger section its builder would refuse: an unknown key (for
     example ``+logger.notes=x``) or a bad value. Nothing is written."""
     build_logger(conf)
 
 
-def build_logger(cfg: dict[str, Any]) -> RunLogger:
-    """The configured logger (not started); unknown keys are one line naming the known."""
-    options = dict(cfg)
-    name = options.pop("name")
-    cls = LOGGERS.get(name)
-    known = [p for p in inspect.signature(cls).parameters if cls is not RunLogger]
-    unknown = [k for k in options if k not in known]
+def build_logger(cfg: dict[str, Any], names: list[str] | None = None) -> RunLogger:
+    """The selected loggers (not started; ``names``: only these), each given the options its
+    class takes; a key that none of them takes is one line naming the known."""
+    names = logger_names(cfg) if names is None else names
+    options = {k: v for k, v in cfg.items() if k not in ("use", "name")}
+    keys = {name: _keys(LOGGERS.get(name)) for name in names}
+    unknown = [k for k in options if not any(k in known for known in keys.values())]
     if unknown:
+        known = list(dict.fromkeys(k for ks in keys.values() for k in ks))
         raise SnnrunError(
-            f"logger={name} has no key {unknown[0]!r} (its keys: {', '.join(known) or 'none'}); "
-            f"drop logger.{unknown[0]}"
+            f"logger={'+'.join(names) or 'none'} has no key {unknown[0]!r} (its keys: "
+            f"{', '.join(known) or 'none'}); drop logger.{unknown[0]}"
         )
-    return cls(**options)
+    loggers = {
+        name: LOGGERS.get(name)(**{k: v for k, v in options.items() if k in keys[name]})
+        for name in names
+    }
+    if len(loggers) == 1:
+        return next(iter(loggers.values()))
+    return Loggers(loggers) if loggers else RunLogger()
+
+
+def _keys(cls: type[RunLogger]) -> list[str]:
+    return [] if cls is RunLogger else list(inspect.signature(cls).parameters)

@@ -32,6 +32,7 @@ GROUPS = (
     "neuron",
     "surrogate",
     "dataset",
+    "augment",
     "encoder",
     "loss",
     "optimizer",

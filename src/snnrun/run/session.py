@@ -19,11 +19,13 @@ from snnrun.core.progress import console
 from snnrun.core.stop import Stopped, graceful_stop
 from snnrun.core.version import __version__
 from snnrun.engine.optim import follow_horizon
+from snnrun.engine.profile import StepProfiler
 from snnrun.engine.trainer import Trainer, TrainState
 from snnrun.net.summary import markdown, summary_table, totals
 from snnrun.run.build import Run, build_run, data_identity, refuse_existing_run, resolve_paths
 from snnrun.run.checkpoint import VERSION as CHECKPOINT_VERSION
 from snnrun.run.checkpoint import Checkpoint, capture_rng, restore_rng
+from snnrun.run.init_from import apply_init_from
 from snnrun.run.loggers import RunLogger
 from snnrun.run.provenance import provenance
 from snnrun.run.resume import auto_resume
@@ -146,10 +148,11 @@ def _fit(
     state, logger_state = TrainState(), None
     if checkpoint is None:
         run_id = broadcast(new_run_id())
+        origin = apply_init_from(conf.get("init_from"), run.model)
         if main:
-            made = provenance(run.device, world)
-            rundir.write_info({"run_id": run_id, "snnrun_version": __version__, "data": data,
-                               "provenance": made})  # fmt: skip
+            info = {"run_id": run_id, "snnrun_version": __version__, "data": data,
+                    "provenance": provenance(run.device, world)}  # fmt: skip
+            rundir.write_info({**info, "init_from": origin} if origin else info)
     else:
         run_id = checkpoint["run_id"]
         _check_same_data(checkpoint["data"], data, conf)
@@ -164,7 +167,14 @@ def _fit(
         rundir.write_config(conf)
     _describe(run, rundir, main)
 
+    debug = conf.get("debug") or {}
+    keep_checkpoints = debug.get("checkpoint", True)
+
     def on_epoch_end(st: TrainState, record: dict[str, Any], is_best: bool) -> None:
+        if not keep_checkpoints:  # debug.checkpoint=false: the record only (on every rank)
+            if main:
+                rundir.append_metrics(record)
+            return
         payload = checkpoint_payload(run, st, overrides, run_id, data)  # every rank's RNG
         if main:
             rundir.save_epoch(payload, record, is_best)
@@ -173,6 +183,8 @@ def _fit(
 
     net = _compiled(run.model) if conf["compile"] else run.model  # checkpoints keep .model
     trainer = Trainer(run, _data_parallel(net, run, conf), net)
+    if debug.get("profile_steps") and main:
+        trainer.profiler = StepProfiler(rundir.path / "profile", debug["profile_steps"], run.device)
     run.logger.start(rundir, run_id, conf, logger_state, state.history)
     try:
         trainer.fit(conf["epochs"], state, on_epoch_end)
