@@ -2,7 +2,8 @@
 
 - ``snnrun [overrides]`` trains (Hydra composes ``conf/`` into one config; :func:`run.train`);
   ``snnrun -m a=1,2`` sweeps (one run dir per job); ``snnrun resume=<run dir>`` continues a run.
-- ``snnrun viz|eval|export <run dir> [key=value ...]``: tools reading a run dir (:data:`VERBS`).
+- ``snnrun viz|eval|export <run dir> [key=value ...]``: tools reading a run dir (:data:`VERBS`);
+  ``snnrun runs [folder]``: the past runs with their status.
 
 Mistakes a user can fix (unknown config names, bad values, paths, shapes, corrupt checkpoints,
 a full disk) end as one line ``snnrun: error: ...``, exit 2, nothing half-written; in a sweep a
@@ -24,7 +25,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from snnrun.cli.options import os_error
-from snnrun.cli.precheck import check_overrides
+from snnrun.cli.precheck import check_overrides, spell_out_init_from
 from snnrun.core import distributed
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.stop import Stopped
@@ -50,6 +51,7 @@ VERBS = {
     "viz": "snnrun.cli.viz:main",
     "eval": "snnrun.cli.evaluate:main",
     "export": "snnrun.cli.export:main",
+    "runs": "snnrun.cli.runs:main",
 }
 
 
@@ -122,10 +124,12 @@ def _resume(target: str, overrides: list[str]) -> None:
 
 
 def _run_verb(verb: str, args: list[str]) -> None:
-    """``snnrun <verb> ...``: the verb's ``main``; no arguments or ``-h`` print its usage."""
+    """``snnrun <verb> ...``: the verb's ``main``; ``-h`` prints its usage, and so does no
+    argument unless the verb needs none (``ARGS_OPTIONAL``: ``snnrun runs``)."""
     module_name, function = VERBS[verb].split(":")
     module = importlib.import_module(module_name)
-    if not args or args[0] in ("-h", "--help"):
+    bare = not args and not getattr(module, "ARGS_OPTIONAL", False)
+    if bare or (args and args[0] in ("-h", "--help")):
         print(f"usage: {module.USAGE}")
         return
     getattr(module, function)(args)
@@ -135,6 +139,7 @@ def main() -> None:
     """Console entry point."""
     from snnrun.core.stop import stop_on_sigterm
 
+    spell_out_init_from(sys.argv)
     args = sys.argv[1:]
     try:
         try:

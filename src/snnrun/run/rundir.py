@@ -19,11 +19,15 @@
 - ``eval/``: ``snnrun eval`` results (``<timestamp>.json`` and a confusion matrix each);
 - ``export/``: ``snnrun export`` output (``model.nir``);
 - ``failed.txt``: why a sweep job failed (cleared when it trains again);
+- ``ended.json``: how a run that trained ended before its planned epochs (``stopped``,
+  ``diverged``, ``failed``; :meth:`RunDir.mark_ended`), read by ``snnrun runs``
+  (:meth:`RunDir.status`);
 - ``.hydra/``: Hydra's record of the first start (``config.yaml`` above is the truth).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import io
@@ -62,6 +66,11 @@ FIGURES = "figures"
 SUMMARY = "summary.md"
 EVALS = "eval"
 EXPORTS = "export"
+ENDED = "ended.json"
+HYDRA_DIR = ".hydra"
+# a run's status (:meth:`RunDir.status`), and those an end record (``ended.json``) can name
+STATUSES = ("running", "finished", "stopped", "failed", "diverged")
+ENDS = ("stopped", "failed", "diverged")
 
 
 class RunDirError(SnnrunError):
@@ -330,6 +339,127 @@ class RunDir:
 
     def clear_failure(self) -> None:
         (self.path / FAILED).unlink(missing_ok=True)
+
+    # --- how the run stands -------------------------------------------------------------------
+    def held(self) -> tuple[bool, str]:
+        """(whether a live process holds ``run.lock``, its pid as the file says). Probed by
+        taking a shared ``flock`` without waiting and dropping it at once: a training owner
+        (exclusive) is never disturbed; a process claiming the dir in those microseconds
+        would be told it is in use."""
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDONLY)
+        except OSError:  # no lock file (or unreadable): nobody trains here
+            return False, ""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, os.pread(fd, 64, 0).decode(errors="replace").strip()
+        finally:
+            os.close(fd)  # closing drops a shared lock taken above
+        return False, ""
+
+    def mark_ended(self, status: str, why: str) -> None:
+        """Record that the run ended before its planned epochs: ``status`` ``stopped``
+        (SIGTERM, Ctrl-C), ``diverged`` (non-finite loss or parameters) or ``failed`` (a
+        crash), its one-line ``why``, the epochs done and the time. Written while an error
+        propagates, so a failed write is ignored (that error matters more)."""
+        if status not in ENDS:
+            raise ValueError(f"status={status!r}; use one of {', '.join(ENDS)}")
+        with contextlib.suppress(OSError, RunDirError):  # RunDirError: a corrupt metrics file
+            record = {"status": status, "why": why, "epochs": len(self.read_metrics()),
+                      "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+            text = (json.dumps(record) + "\n").encode()
+            atomic_write_bytes(self.path / ENDED, lambda f: f.write(text))
+
+    def ended(self, epochs: int) -> dict[str, Any] | None:
+        """The end record, when it still tells how the run stands: written at ``epochs``
+        epochs (the dir's count now) and after the last resume started; else None."""
+        try:
+            record = json.loads((self.path / ENDED).read_text())
+        except (OSError, ValueError):  # none, or unreadable: no record
+            return None
+        if not isinstance(record, dict) or record.get("status") not in ENDS:
+            return None
+        resumes = self._info_as_is().get("resumes") or [{}]
+        if record.get("epochs") != epochs or str(record.get("time")) < resumes[-1].get("time", ""):
+            return None
+        return record
+
+    def status(self, planned: int | None, history: list[dict[str, Any]]) -> tuple[str, str]:
+        """(status, note) of the run with ``planned`` epochs and its records ``history``:
+
+        - ``running``: a live process holds ``run.lock`` (note: its pid);
+        - ``finished``: every planned epoch done;
+        - ``stopped``: an early stop (the last record says ``early_stop``; it cannot be
+          continued) or a stop by SIGTERM / Ctrl-C (an end record; ``resume=`` continues it);
+        - ``diverged``: the loss or a parameter became NaN/inf (an end record);
+        - ``failed``: none of these: a crash or a killed process (note: a sweep job's
+          ``failed.txt`` or the end record's reason, when there is one).
+        """
+        running, pid = self.held()
+        if running:
+            return "running", f"pid {pid}" if pid else ""
+        if planned is not None and len(history) >= planned:
+            return "finished", ""
+        if history and history[-1].get("early_stop"):
+            return "stopped", "early stop"
+        record = self.ended(len(history))
+        if record is not None:
+            return record["status"], str(record.get("why", ""))
+        failure = self.failure()
+        return "failed", failure.splitlines()[0] if failure else "killed or crashed (no end record)"
+
+    def is_run(self) -> bool:
+        """Whether snnrun started a run here: its lock, records or checkpoints, or a sweep
+        job's ``failed.txt`` (a run killed while building leaves only ``run.lock``)."""
+        return self.has_files() or any((self.path / n).is_file() for n in (LOCK, FAILED))
+
+    def known_config(self) -> dict[str, Any]:
+        """``config.yaml``, else Hydra's ``.hydra/config.yaml`` (a run that ended before writing
+        its own), else ``{}``; an unreadable file counts as missing."""
+        for path in (self.path / CONFIG, self.path / HYDRA_DIR / CONFIG):
+            try:
+                conf = yaml.safe_load(path.read_text())
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(conf, dict):
+                return conf
+        return {}
+
+    def started(self) -> float:
+        """When the run started (seconds since the epoch): ``run.json``'s ``started`` when it
+        has one, else the time Hydra wrote ``.hydra/``, else ``config.yaml``'s (its last start)."""
+        started = self._info_as_is().get("started")
+        if isinstance(started, str):
+            with contextlib.suppress(ValueError):
+                return time.mktime(time.strptime(started, "%Y-%m-%d %H:%M:%S"))
+        for path in (self.path / HYDRA_DIR / "hydra.yaml", self.path / CONFIG, self.path):
+            with contextlib.suppress(OSError):
+                return path.stat().st_mtime
+        return 0.0
+
+    def overrides(self) -> list[str]:
+        """The ``key=value`` overrides the run was started with (one per key, the last given),
+        without ``hydra.*`` (where it ran): ``.hydra/overrides.yaml``, else the command in
+        ``run.json``."""
+        path = self.path / HYDRA_DIR / "overrides.yaml"
+        try:
+            found = yaml.safe_load(path.read_text()) if path.is_file() else None
+        except (OSError, yaml.YAMLError):
+            found = None
+        if not isinstance(found, list):
+            command = (self._info_as_is().get("provenance") or {}).get("command") or []
+            found = [a for a in command[1:] if "=" in a and not a.startswith("-")]
+        last = {str(o).split("=")[0]: str(o) for o in found}  # a key given twice: the last
+        return [o for key, o in last.items() if not key.lstrip("+~").startswith("hydra.")]
+
+    def _info_as_is(self) -> dict[str, Any]:
+        """``run.json`` as it is, ``{}`` when missing or unreadable (never rebuilt here)."""
+        try:
+            info = json.loads((self.path / INFO).read_text())
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
 
     # --- W&B ----------------------------------------------------------------------------------
     def read_wandb_id(self) -> str | None:

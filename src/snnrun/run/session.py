@@ -20,7 +20,7 @@ from snnrun.core.stop import Stopped, graceful_stop
 from snnrun.core.version import __version__
 from snnrun.engine.optim import follow_horizon
 from snnrun.engine.profile import StepProfiler
-from snnrun.engine.trainer import Trainer, TrainState
+from snnrun.engine.trainer import DivergedError, Trainer, TrainState
 from snnrun.net.summary import markdown, summary_table, totals
 from snnrun.run.build import Run, build_run, data_identity, refuse_existing_run, resolve_paths
 from snnrun.run.checkpoint import VERSION as CHECKPOINT_VERSION
@@ -67,11 +67,25 @@ def train(
         unstarted = not rundir.holds_run()
         if unstarted and fresh and world.is_main and not _in_sweep():
             _discard_unstarted(rundir)
+        elif world.is_main:
+            _record_end(rundir, e)
         if unstarted and isinstance(e, Stopped):
             raise Stopped(e.signum, None, trained=False, again=not _in_sweep()) from None
         raise
     finally:
         rundir.release()
+
+
+def _record_end(rundir: RunDir, error: BaseException) -> None:
+    """How a run that trained ended early, for ``snnrun runs`` (``ended.json``): stopped
+    (SIGTERM, Ctrl-C), diverged, or failed (a crash); a user error (a refused resume) leaves
+    the run as it stood, and a killed process writes nothing (``runs`` calls it failed)."""
+    if isinstance(error, (Stopped, KeyboardInterrupt)):
+        rundir.mark_ended("stopped", one_line(error))
+    elif isinstance(error, DivergedError):
+        rundir.mark_ended("diverged", one_line(error))
+    elif isinstance(error, Exception) and not isinstance(error, SnnrunError):
+        rundir.mark_ended("failed", f"{type(error).__name__}: {one_line(error)}")
 
 
 def _in_sweep() -> bool:
