@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
-	$(BIN)/python -m pip install -q -e ".[dev,triton,peers,cluster,optuna,tensorboard]"
+	$(BIN)/python -m pip install -q -e ".[dev,triton,peers,cluster,optuna,tensorboard,onnx]"
 	touch $(STAMP)
 
 run: install

@@ -340,7 +340,7 @@ def test_export_elsewhere_and_whole_or_not_at_all(
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["format=onnx"], "format='onnx'; use nir"),
+        (["format=tflite"], "format='tflite'; use nir or onnx"),
         ([], "export needs format=nir"),
         (["format=nir", "dt=0"], "dt='0'; use a positive number"),
         (["format=nir", "level=3"], "export has no key 'level'"),

@@ -1,6 +1,12 @@
-"""``snnrun export <run dir> format=nir [which=best] [dt=1e-4] [strict=false] [out=<dir>]``:
+"""``snnrun export <run dir> format=nir|onnx [which=best] [dt=1e-4] [strict=false] [out=<dir>]``:
 the trained network as a NIR graph, ``<run dir>/export/model.nir`` (``<out>/model.nir``; read
-it with ``nir.read``).
+it with ``nir.read``), or as ONNX, ``<run dir>/export/model.onnx``.
+
+``format=onnx`` (the ``onnx`` extra: ``pip install 'snnrun[onnx]'``) traces the network at the
+run's ``T`` with ``torch.export`` and the dynamo exporter, input ``x_seq [T, batch, ...]`` (the
+batch dynamic where the network allows), and checks the file with onnxruntime against PyTorch
+on one test batch before it is kept: see :mod:`snnrun.run.onnx`. ``dt`` and ``strict`` are
+NIR's.
 
 The mapping and what it cannot carry are in :mod:`snnrun.nir.graph` and ``docs/nir.md``; a layer
 NIR cannot express ends as one line naming it. Lossy mappings (a subtractive reset) are written
@@ -21,10 +27,10 @@ from snnrun.cli.options import Option, boolean, choice, folder, positive_float, 
 from snnrun.core.errors import SnnrunError
 
 USAGE = (
-    "snnrun export <run dir> format=nir [which=best|latest] [dt=<seconds per step>] "
+    "snnrun export <run dir> format=nir|onnx [which=best|latest] [dt=<seconds per step>] "
     "[strict=false|true] [out=<dir>]"
 )
-FORMATS = ("nir",)
+FORMATS = ("nir", "onnx")
 
 
 @dataclass
@@ -47,16 +53,19 @@ OPTIONS = {
 
 
 def parse_args(args: list[str]) -> ExportOptions:
-    """``<run dir> format=nir [key=value ...]`` → options; anything else is one line."""
+    """``<run dir> format=nir|onnx [key=value ...]`` → options; anything else is one line."""
     opts = verb_options("export", args, USAGE, ExportOptions, OPTIONS)
     if opts.fmt is None:
-        raise SnnrunError(f"export needs format=nir (the one format today); usage: {USAGE}")
+        raise SnnrunError(f"export needs format=nir or format=onnx; usage: {USAGE}")
     return opts
 
 
 def main(args: list[str]) -> None:
-    """``snnrun export <run dir> format=nir [key=value ...]``."""
+    """``snnrun export <run dir> format=nir|onnx [key=value ...]``."""
     opts = parse_args(args)
+    if opts.fmt == "onnx":
+        _onnx(opts)
+        return
     import nir
 
     from snnrun.api import load_run
@@ -88,6 +97,48 @@ def main(args: list[str]) -> None:
         f"wrote {target} ({run.which} weights, epoch {run.epoch}, dt={opts.dt:g} s)",
         highlight=False,
     )
+
+
+def _onnx(opts: ExportOptions) -> None:
+    """``format=onnx``: ``model.onnx``, kept only when onnxruntime matches PyTorch."""
+    from snnrun.run.onnx import require_onnx
+
+    require_onnx()  # before the run loads: the missing extra is the first thing to hear
+    from snnrun.api import load_run
+    from snnrun.cli.options import cannot_write
+    from snnrun.core.progress import console
+    from snnrun.run.onnx import OnnxExport, export_onnx
+
+    run = load_run(opts.path, opts.which, "cpu")
+    folder = opts.out or run.rundir.exports
+    target = folder / "model.onnx"
+    done: list[OnnxExport] = []
+    try:
+        _write_whole(target, lambda path: done.append(export_onnx(run, path)))
+    except OSError as e:
+        raise cannot_write(e, folder, "the ONNX file") from None
+    (result,) = done
+    if result.switched:
+        console.print(
+            f"note: {', '.join(result.switched)} run the triton backend, which ONNX cannot "
+            "express: exported with the reference loop (the same equations), checked below",
+            highlight=False,
+        )
+    same = "spikes equal" if result.spikes else "outputs agree"
+    console.print(
+        f"onnxruntime matches PyTorch on {result.samples} test samples: {same} "
+        f"(max difference {result.max_diff:.3g})",
+        highlight=False,
+    )
+    console.print(
+        f"wrote {target} ({run.which} weights, epoch {run.epoch}; input x_seq "
+        f"{_dims(result.inputs)} -> output {_dims(result.outputs)})",
+        highlight=False,
+    )
+
+
+def _dims(shape: list[int | str]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def _write_whole(target: Path, write: Callable[[Path], None]) -> None:
