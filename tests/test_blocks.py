@@ -228,8 +228,8 @@ def test_errors_name_the_path_of_the_failing_entry() -> None:
         net([{"type": "residual", "body": [conv(2)], "connect": "iand"}, *HEAD])
     with pytest.raises(ModelBuildError, match=r"unknown connect 'or'; known: add, and, iand"):
         net([{"type": "residual", "body": [conv(2)], "connect": "or"}, *HEAD])
-    with pytest.raises(ModelBuildError, match=r"times must be a positive integer, got 0"):
-        net([{"type": "repeat", "times": 0, "layers": [conv(2)]}, *HEAD])
+    with pytest.raises(ModelBuildError, match=r"times must be a non-negative integer, got -1"):
+        net([{"type": "repeat", "times": -1, "layers": [conv(2)]}, *HEAD])
     with pytest.raises(ModelBuildError, match=r"projection maps .* must keep the shape"):
         net(
             [

@@ -15,6 +15,7 @@ __all__ = ["__version__", "load_run"]
 # the integer quotient, e.g. Spikformer's first stem width E/8 as "${div:${model.embed_dim},8}".
 OmegaConf.register_new_resolver("mul", lambda *xs: math.prod(xs), replace=True)
 OmegaConf.register_new_resolver("div", lambda a, b: a // b, replace=True)
+OmegaConf.register_new_resolver("sub", lambda a, b: a - b, replace=True)  # blocks - 1
 
 
 def load_run(path, which="best", device="cpu"):

@@ -6,7 +6,7 @@ shape (``out_shape``) so that the builder never runs it on a dummy input.
 
 - ``{type: sequential, layers: [...]}``: the layers in order.
 - ``{type: repeat, times: n, layers: [...]}``: ``n`` copies of the layers, each with its own
-  parameters (built ``n`` times from the config).
+  parameters (built ``n`` times from the config); ``times: 0`` is the identity.
 - ``{type: residual, body: [...], shortcut: [...], connect: add}``:
   ``y = connect(body(x), shortcut(x))``; ``shortcut`` defaults to the identity. The connects
   (:data:`CONNECTS`) are SEW-ResNet's (Fang et al., NeurIPS 2021, eq. 8-10) with ``A = body(x)``
@@ -110,9 +110,9 @@ def _sequential(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Mo
 def _repeat(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
     _only(options, "repeat", ("times", "layers"))
     times = options.get("times")
-    if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+    if not isinstance(times, int) or isinstance(times, bool) or times < 0:
         raise ModelBuildError(
-            f"{ctx.path} (repeat): times must be a positive integer, got {times!r}"
+            f"{ctx.path} (repeat): times must be a non-negative integer, got {times!r}"
         )
     copies, shape = [], in_shape
     for _ in range(times):
