@@ -188,7 +188,7 @@ def refuse_uncounted(model: nn.Module) -> None:
     """A layer that multiplies its input by a weight matrix or kernel but is not in
     :data:`SYNAPTIC` would be skipped silently: refuse it as one line instead."""
     for name, module in model.named_modules():
-        if isinstance(module, (SYNAPTIC, _NORMS)):
+        if isinstance(module, (SYNAPTIC, _NORMS, SpikingNeuron)):  # psn's [T, T]: a neuron update
             continue
         weight = module._parameters.get("weight")
         if isinstance(module, nn.modules.conv._ConvNd) or (weight is not None and weight.ndim >= 2):

@@ -109,7 +109,6 @@ class Trainer:
         self.profiler: StepProfiler | None = None  # debug=profile: set by the session
 
     def fit(self, epochs: int, state: TrainState, on_epoch_end: EpochHook) -> TrainState:
-        run = self.run
         if state.stopped_early:
             console.print(
                 f"the run stopped early after epoch {state.epoch} (early_stopping: no "

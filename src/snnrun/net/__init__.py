@@ -9,7 +9,7 @@ to ``torch`` where the kernels cannot run). :func:`make_neuron` is public: a use
 
 import importlib
 
-from snnrun.net import neuron_loop  # noqa: F401  (registers "torch")
+from snnrun.net import neuron_loop, state_neurons  # noqa: F401  (register "torch"; alif, synaptic, psn)
 from snnrun.net.custom import make_neuron
 
 importlib.import_module("snnrun.kernels")  # registers "triton" (kernels/ lies outside src/)

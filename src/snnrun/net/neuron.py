@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from snnrun.core.registry import Registry
-from snnrun.net.dynamics import BACKENDS, Decay, Dynamics
+from snnrun.net.dynamics import BACKENDS, Decay, Dynamics, charge
 from snnrun.net.surrogate import Surrogate, build_surrogate
 
 NEURONS: Registry[type[SpikingNeuron]] = Registry("neuron")
-_COMMON = ("v_threshold", "surrogate", "backend", "step_mode", "store_v_seq")
+COMMON_OPTIONS = ("v_threshold", "surrogate", "backend", "step_mode", "store_v_seq")
 
 
 class Stateful(nn.Module):
@@ -35,7 +35,7 @@ class SpikingNeuron(Stateful):
     """Base layer: runs the backend over time and keeps the membrane state."""
 
     # Config keys this kind accepts (besides ``kind``).
-    OPTIONS: tuple[str, ...] = (*_COMMON, "v_reset", "detach_reset")
+    OPTIONS: tuple[str, ...] = (*COMMON_OPTIONS, "v_reset", "detach_reset")
 
     def __init__(
         self,
@@ -75,6 +75,17 @@ class SpikingNeuron(Stateful):
             self._keep_v_seq(v_seq)
         return spikes[0] if self.step_mode == "s" else spikes
 
+    def reset_kind(self) -> str:
+        """``hard``, ``soft`` or ``subtract`` (``leaky``: decided by the previous membrane)."""
+        d = self.dynamics
+        return "subtract" if d.kind == "leaky" else ("hard" if d.hard_reset else "soft")
+
+    def charge_seq(self, x: torch.Tensor, v_after: torch.Tensor) -> torch.Tensor:
+        """``H[t]``, the membrane before step t's reset, ``[T, ...]``, from the inputs ``x`` and
+        ``V`` after each step (``V[-1] = V_rest``): the layer's own charge equation."""
+        v_before = torch.cat([torch.full_like(v_after[:1], self.dynamics.v_rest), v_after[:-1]])
+        return charge(self.dynamics, v_before, x, self.decay())
+
     def _keep_v_seq(self, v_seq: torch.Tensor) -> None:
         if self.step_mode == "m" or self.v_seq is None:
             self.v_seq = v_seq
@@ -104,7 +115,7 @@ class IFNeuron(SpikingNeuron):
     """Integrate-and-fire: ``H[t] = V[t-1] + X[t]``."""
 
     def __init__(self, **kw: Any) -> None:
-        super().__init__(_dynamics("if", kw), **_layer_options(kw))
+        super().__init__(make_dynamics("if", kw), **layer_options(kw))
 
 
 @NEURONS.register("lif")
@@ -116,7 +127,7 @@ class LIFNeuron(SpikingNeuron):
     def __init__(self, tau: float = 2.0, **kw: Any) -> None:
         if tau <= 1.0:
             raise ValueError(f"lif needs tau > 1, got {tau}")
-        super().__init__(_dynamics("lif", kw), **_layer_options(kw))
+        super().__init__(make_dynamics("lif", kw), **layer_options(kw))
         self.tau = float(tau)
 
     def decay(self) -> Decay:
@@ -138,7 +149,7 @@ class PLIFNeuron(SpikingNeuron):
     def __init__(self, init_tau: float = 2.0, **kw: Any) -> None:
         if init_tau <= 1.0:
             raise ValueError(f"plif needs init_tau > 1, got {init_tau}")
-        super().__init__(_dynamics("lif", kw), **_layer_options(kw))
+        super().__init__(make_dynamics("lif", kw), **layer_options(kw))
         self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
 
     def decay(self) -> Decay:
@@ -153,11 +164,11 @@ class PLIFNeuron(SpikingNeuron):
 class LeakyNeuron(SpikingNeuron):
     """snnTorch ``Leaky``: ``U[t] = beta U[t-1] + X[t] - U_thr R[t]``, beta clamped to [0, 1]."""
 
-    OPTIONS = (*_COMMON, "beta", "learn_beta")
+    OPTIONS = (*COMMON_OPTIONS, "beta", "learn_beta")
 
     def __init__(self, beta: float = 0.5, learn_beta: bool = False, **kw: Any) -> None:
         kw = {**kw, "v_reset": None, "detach_reset": True}
-        super().__init__(_dynamics("leaky", kw), **_layer_options(kw))
+        super().__init__(make_dynamics("leaky", kw), **layer_options(kw))
         beta_t = torch.tensor(float(beta))
         self.learn_beta = learn_beta
         if learn_beta:
@@ -176,11 +187,11 @@ _LAYER_KEYS = ("backend", "step_mode", "store_v_seq")
 _DYNAMICS_KEYS = ("v_threshold", "v_reset", "detach_reset", "decay_input", "surrogate")
 
 
-def _layer_options(kw: dict[str, Any]) -> dict[str, Any]:
+def layer_options(kw: dict[str, Any]) -> dict[str, Any]:
     return {k: kw[k] for k in _LAYER_KEYS if k in kw}
 
 
-def _dynamics(kind: str, kw: dict[str, Any]) -> Dynamics:
+def make_dynamics(kind: str, kw: dict[str, Any]) -> Dynamics:
     unknown = set(kw) - set(_LAYER_KEYS) - set(_DYNAMICS_KEYS)
     if unknown:
         raise TypeError(f"{kind} neuron got unknown option(s): {', '.join(sorted(unknown))}")

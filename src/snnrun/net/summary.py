@@ -41,7 +41,7 @@ def _neuron(layer: nn.Module) -> str:
     if not isinstance(layer, SpikingNeuron):
         return ""
     d = layer.dynamics
-    reset = "subtract" if d.kind == "leaky" else ("hard" if d.hard_reset else "soft")
+    reset = layer.reset_kind()
     decay = " ".join(p.split(" (")[0] for p in layer._decay_repr() if not p.startswith("decay_"))
     kind = type(layer).__name__.removesuffix("Neuron").lower()
     parts = [kind, decay, f"v_th={d.v_threshold:g}", reset, d.surrogate.name]

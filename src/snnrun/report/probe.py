@@ -145,13 +145,7 @@ def _charge_recorder(calls: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable
 
 def _charge(neuron: Any, x: torch.Tensor, v_after: torch.Tensor) -> torch.Tensor:
     """``H[t]``, the membrane before step t's reset, ``[T, ...]``: the layer's own charge
-    equation (:func:`snnrun.net.dynamics.charge`) on its inputs ``x`` and ``V[t-1]``, the potential
-    after the previous step's reset (``V[-1] = V_rest``; the state carries over between calls
-    within one forward). A spiking neuron's ``H`` is at or above the threshold, where ``V`` after
-    a hard reset reads ``V_reset``."""
-    import torch
-
-    from snnrun.net.dynamics import charge
-
-    v_before = torch.cat([torch.full_like(v_after[:1], neuron.dynamics.v_rest), v_after[:-1]])
-    return charge(neuron.dynamics, v_before, x, neuron.decay())
+    (``charge_seq``) on its inputs ``x`` and the potentials after each step's reset (the state
+    carries over between calls within one forward). A spiking neuron's ``H`` is at or above the
+    threshold, where ``V`` after a hard reset reads ``V_reset``."""
+    return neuron.charge_seq(x, v_after)

@@ -1,0 +1,214 @@
+"""Neurons beyond one membrane: ``alif`` (adaptive threshold), ``synaptic`` (a synaptic current
+before the membrane) and ``psn`` (parallel: no state, no reset).
+
+``alif`` and ``synaptic`` are each defined once, by their one-step function :meth:`step`, which
+both backends run (:mod:`snnrun.net.state_loop`: the ``autograd`` reference loop, the ``torch``
+chunked-recompute node; ``triton`` runs the ``torch`` one). ``psn`` is one matrix product over
+the time axis.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from snnrun.core.errors import SnnrunError
+from snnrun.net.dynamics import Decay, charge
+from snnrun.net.neuron import (
+    COMMON_OPTIONS,
+    NEURONS,
+    SpikingNeuron,
+    layer_options,
+    make_dynamics,
+)
+from snnrun.net.state_loop import State, run_states
+
+
+class StateNeuron(SpikingNeuron):
+    """A neuron whose state is a tuple (its last entry the membrane ``V``), stepped by
+    :meth:`step`; ``self.v`` is that ``V``."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.state: State | None = None
+
+    def initial_state(self, x: torch.Tensor) -> State:
+        raise NotImplementedError
+
+    def params(self) -> list[Any]:
+        raise NotImplementedError
+
+    def step(self, x: torch.Tensor, state: State, params: list[Any]) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_seq = x.unsqueeze(0) if self.step_mode == "s" else x
+        state = getattr(self, "state", None) or self.initial_state(x_seq[0])
+        spikes, self.state, v_seq = run_states(self.backend, x_seq, state, self.params(), self.step)
+        self.v = self.state[-1]
+        if self.store_v_seq:
+            self._keep_v_seq(v_seq)
+        return spikes[0] if self.step_mode == "s" else spikes
+
+
+@NEURONS.register("alif")
+class ALIFNeuron(StateNeuron):
+    """LIF with an adaptive threshold: the ALIF neuron of the LSNN (Bellec et al., NeurIPS 2018;
+    e-prop, Nat. Commun. 2020, Methods, "ALIF")::
+
+        H[t]     = the LIF charge of V[t-1] and X[t] (k = 1/tau, decay_input)
+        a[t]     = rho a[t-1] + S[t-1],  rho = exp(-1/tau_adapt),  a[0] = 0
+        theta[t] = v_th + beta_a a[t]          (the paper's A = v_th + beta a)
+        S[t]     = Heaviside(H[t] - theta[t])  (surrogate gradient, through a too)
+        V[t]     = H[t] - v_th S[t]            (soft: v_reset null, e-prop's reset)
+                 | H[t] (1 - S[t]) + V_reset S[t]   (hard)
+
+    ``tau_adapt`` and ``tau`` are in steps. The state is ``(a[t+1], V[t])``.
+    """
+
+    OPTIONS = (*SpikingNeuron.OPTIONS, "tau", "decay_input", "tau_adapt", "beta_a")
+
+    def __init__(self, tau: float = 20.0, tau_adapt: float = 200.0, beta_a: float = 1.8, **kw: Any):
+        if tau <= 1.0 or tau_adapt <= 0.0:
+            raise ValueError(f"alif needs tau > 1 and tau_adapt > 0, got {tau}, {tau_adapt}")
+        super().__init__(make_dynamics("lif", kw), **layer_options(kw))
+        self.tau, self.tau_adapt, self.beta_a = float(tau), float(tau_adapt), float(beta_a)
+        self.rho = math.exp(-1.0 / self.tau_adapt)
+
+    def decay(self) -> Decay:
+        return 1.0 / self.tau
+
+    def initial_state(self, x: torch.Tensor) -> State:
+        return torch.zeros_like(x), torch.full_like(x, self.dynamics.v_rest)
+
+    def params(self) -> list[Any]:
+        return [1.0 / self.tau]
+
+    def step(self, x: torch.Tensor, state: State, params: list[Any]) -> tuple[torch.Tensor, State]:
+        a, v = state
+        dyn = self.dynamics
+        h = charge(dyn, v, x, params[0])
+        s = dyn.surrogate(h - (dyn.v_threshold + self.beta_a * a))
+        s_r = s.detach() if dyn.detach_reset else s
+        v = h * (1.0 - s_r) + dyn.v_reset * s_r if dyn.hard_reset else h - dyn.v_threshold * s_r
+        return s, (self.rho * a + s, v)
+
+    def _decay_repr(self) -> list[str]:
+        return [f"tau={self.tau:g}", f"tau_adapt={self.tau_adapt:g}", f"beta_a={self.beta_a:g}"]
+
+
+@NEURONS.register("synaptic")
+class SynapticNeuron(StateNeuron):
+    """snnTorch 1.0's ``Synaptic`` (current-based LIF; NIR's ``CubaLIF``)::
+
+        I[t] = alpha I[t-1] + X[t]
+        V[t] = beta V[t-1] + I[t] - V_th R[t],  R[t] = Heaviside(V[t-1] - V_th) (detached)
+        S[t] = Heaviside(V[t] - V_th)
+
+    ``alpha`` and ``beta`` clamped to [0, 1] (learned with ``learn_alpha`` / ``learn_beta``);
+    the reset subtracts the threshold, decided by the previous membrane, as ``leaky`` does.
+    The state is ``(I[t], V[t])``.
+    """
+
+    OPTIONS = (*COMMON_OPTIONS, "alpha", "beta", "learn_alpha", "learn_beta")
+
+    def __init__(
+        self,
+        alpha: float = 0.9,
+        beta: float = 0.8,
+        learn_alpha: bool = False,
+        learn_beta: bool = False,
+        **kw: Any,
+    ) -> None:
+        kw = {**kw, "v_reset": None, "detach_reset": True}
+        super().__init__(make_dynamics("leaky", kw), **layer_options(kw))
+        self.learn_alpha, self.learn_beta = learn_alpha, learn_beta
+        for name, value, learn in (("alpha", alpha, learn_alpha), ("beta", beta, learn_beta)):
+            tensor = torch.tensor(float(value))
+            if learn:
+                setattr(self, name, nn.Parameter(tensor))
+            else:
+                self.register_buffer(name, tensor)
+        self.current_seq: torch.Tensor | None = None
+
+    def decay(self) -> Decay:
+        return self.beta.clamp(0.0, 1.0)
+
+    def initial_state(self, x: torch.Tensor) -> State:
+        return torch.zeros_like(x), torch.zeros_like(x)
+
+    def params(self) -> list[Any]:
+        return [self.alpha.clamp(0.0, 1.0), self.beta.clamp(0.0, 1.0)]
+
+    def step(self, x: torch.Tensor, state: State, params: list[Any]) -> tuple[torch.Tensor, State]:
+        i, v = state
+        alpha, beta = params
+        i = alpha * i + x
+        h = charge(self.dynamics, v, i, beta)  # leaky's: beta V + I - V_th R
+        return self.dynamics.surrogate(h - self.dynamics.v_threshold), (i, h)
+
+    def _decay_repr(self) -> list[str]:
+        learned = {True: " (learned)", False: ""}
+        return [
+            f"alpha={self.alpha.item():g}{learned[self.learn_alpha]}",
+            f"beta={self.beta.item():g}{learned[self.learn_beta]}",
+        ]
+
+    def charge_seq(self, x: torch.Tensor, v_after: torch.Tensor) -> torch.Tensor:
+        """``V[t]`` before its spike is the state itself (the reset comes in the next step)."""
+        return v_after
+
+
+@NEURONS.register("psn")
+class PSNNeuron(SpikingNeuron):
+    """The parallel spiking neuron (PSN; Fang et al., NeurIPS 2023; SpikingJelly 2.0's ``PSN``)::
+
+        H = W X + b    over the time axis: W [T, T], b [T] learned, X [T, N*...]
+        S = Heaviside(H)  (the surrogate's gradient)
+
+    No state and no reset: every step in one matrix product. ``W`` starts Kaiming-uniform
+    (``a = sqrt(5)``) and ``b`` at -1 (a threshold of 1), as in SpikingJelly. ``causal=true``
+    masks ``W`` to its lower triangle, so that ``H[t]`` reads only ``X[0..t]``. T is fixed when
+    the layer is built (the run's ``T``); another T is one line.
+    """
+
+    OPTIONS = ("T", "causal", "surrogate", "backend", "step_mode", "store_v_seq")
+
+    def __init__(self, T: int = 4, causal: bool = False, **kw: Any) -> None:
+        if kw.get("step_mode", "m") != "m":
+            raise ValueError("psn computes all T steps at once: it needs step_mode=m")
+        if not isinstance(T, int) or T < 1:
+            raise ValueError(f"psn needs T >= 1 steps, got {T!r}")
+        super().__init__(make_dynamics("if", {"v_threshold": 0.0, **kw}), **layer_options(kw))
+        self.T, self.causal = T, bool(causal)
+        self.weight = nn.Parameter(torch.empty(T, T))
+        self.bias = nn.Parameter(torch.full((T, 1), -1.0))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.register_buffer("mask", torch.ones(T, T).tril() if causal else torch.ones(T, T))
+
+    def charge_seq(self, x: torch.Tensor, v_after: torch.Tensor | None = None) -> torch.Tensor:
+        """``H = W X + b``, ``[T, N, ...]``."""
+        if x.shape[0] != self.T:
+            raise SnnrunError(
+                f"psn was built for T={self.T} steps and gets {x.shape[0]}; run it at T={self.T}"
+            )
+        h = torch.addmm(self.bias.to(x.dtype), (self.weight * self.mask).to(x.dtype), x.flatten(1))
+        return h.view(x.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.charge_seq(x)
+        if self.store_v_seq:
+            self.v_seq = h
+        return self.dynamics.surrogate(h)
+
+    def reset_kind(self) -> str:
+        return "none"
+
+    def _decay_repr(self) -> list[str]:
+        return [f"T={self.T}", "causal" if self.causal else ""]
+
+    def extra_repr(self) -> str:
+        return f"T={self.T}, causal={self.causal}, surrogate={self.dynamics.surrogate!r}"

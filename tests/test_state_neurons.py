@@ -1,0 +1,164 @@
+"""alif, synaptic and psn against handwritten references and the peers (float64), the chunked
+torch backend against the reference loop, and each through the command."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_events import write_shd
+from test_train import without_timing
+
+from snnrun.core.errors import SnnrunError
+from snnrun.net.neuron import build_neuron
+from snnrun.net.state_loop import CHUNK
+from snnrun.net.state_neurons import ALIFNeuron, PSNNeuron, SynapticNeuron
+
+from conftest import TINY, assert_one_line_error, cli, read_metrics, train_in_process
+
+ATAN = {"name": "atan", "alpha": 2.0}
+T = 2 * CHUNK + 3  # three chunks, the last one short
+
+
+def neuron(kind: str, backend: str = "torch", **options) -> torch.nn.Module:
+    return build_neuron({"kind": kind, "backend": backend, **options}, ATAN).double()
+
+
+def alif_reference(x_seq, tau, tau_adapt, beta_a, v_th=1.0, v_reset=None):
+    """The ALIF equations (Bellec et al.), written out: LIF charge, adaptive threshold."""
+    rho = math.exp(-1.0 / tau_adapt)
+    v = torch.zeros_like(x_seq[0]) if v_reset is None else torch.full_like(x_seq[0], v_reset)
+    a, s_prev, out = torch.zeros_like(v), torch.zeros_like(v), []
+    for x in x_seq:
+        a = rho * a + s_prev
+        h = v + (x - (v - (v_reset or 0.0))) / tau
+        s = (h >= v_th + beta_a * a).to(x.dtype)
+        v = h - v_th * s if v_reset is None else h * (1 - s) + v_reset * s
+        out.append(s)
+        s_prev = s
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("v_reset", [None, 0.0])
+def test_alif_equals_the_equations(v_reset) -> None:
+    x = torch.rand(T, 3, 7, dtype=torch.float64) * 1.5
+    layer = neuron("alif", tau=3.0, tau_adapt=6.0, beta_a=0.7, v_reset=v_reset)
+    expected = alif_reference(x, 3.0, 6.0, 0.7, v_reset=v_reset)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    plain = alif_reference(x, 3.0, 6.0, 0.0, v_reset=v_reset)  # without adaptation
+    assert expected.sum() < plain.sum() and expected.sum() > 0  # adaptation lowers the rate
+
+
+def test_synaptic_equals_snntorch() -> None:
+    """snnTorch 1.0's Synaptic step by step (its spikes as float64), spikes and membrane."""
+    snn = pytest.importorskip("snntorch")
+    step = lambda h: (h > 0).to(h.dtype)  # noqa: E731  (snnTorch's own spikes are float32)
+    ref = snn.Synaptic(alpha=0.7, beta=0.85, threshold=1.0, spike_grad=step)
+    layer = neuron("synaptic", alpha=0.7, beta=0.85, v_threshold=1.0, store_v_seq=True)
+    x = torch.rand(T, 2, 6, dtype=torch.float64) * 0.8
+    syn, mem = ref.init_synaptic()
+    spikes, mems = [], []
+    for x_t in x:
+        s, syn, mem = ref(x_t, syn, mem)
+        spikes.append(s)
+        mems.append(mem)
+    torch.testing.assert_close(layer(x), torch.stack(spikes), rtol=0, atol=0)
+    torch.testing.assert_close(layer.v_seq, torch.stack(mems), rtol=0, atol=1e-12)
+    assert 0 < torch.stack(spikes).mean() < 1
+
+
+def test_psn_equals_spikingjelly_and_causal_masks_the_future() -> None:
+    sj = pytest.importorskip("spikingjelly.activation_based.neuron")
+    torch.manual_seed(0)
+    ref = sj.PSN(T=T).double()
+    layer = neuron("psn", T=T)
+    layer.weight.data.copy_(ref.weight.data)
+    layer.bias.data.copy_(ref.bias.data)
+    x = torch.rand(T, 3, 5, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), ref(x), rtol=0, atol=0)
+    causal = neuron("psn", T=T, causal=True)
+    y = causal(x)
+    x_late = x.clone()
+    x_late[-1] += 10.0  # only the last step's input changes
+    assert torch.equal(causal(x_late)[:-1], y[:-1])
+    assert not torch.equal(layer(x_late)[:-1], layer(x)[:-1])
+
+
+@pytest.mark.parametrize("kind", ["alif", "synaptic"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_chunked_torch_backend_equals_the_reference_loop(kind: str, dtype: torch.dtype) -> None:
+    """Values equal; gradients of the input, the initial... and the learned decays equal the
+    autograd reference up to summation order, across several chunks."""
+    options = ({"tau": 3.0, "tau_adapt": 5.0, "beta_a": 0.4, "v_reset": None}
+               if kind == "alif" else {"learn_alpha": True, "learn_beta": True})  # fmt: skip
+    results = {}
+    for backend in ("autograd", "torch"):
+        layer = neuron(kind, backend, **options).to(dtype)
+        torch.manual_seed(1)
+        x = (torch.rand(T, 2, 9) * 1.5).to(dtype).requires_grad_()
+        out = layer(x)
+        (out * torch.linspace(1, 2, T).view(T, 1, 1).to(dtype)).sum().backward()
+        grads = [x.grad, *(p.grad for p in layer.parameters())]
+        results[backend] = (out.detach(), grads)
+    (ref_out, ref_grads), (out, grads) = results["autograd"], results["torch"]
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
+    assert 0 < ref_out.float().mean() < 1
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=tol, atol=tol)
+    assert ref_grads[0].abs().sum() > 0
+
+
+def test_psn_refuses_another_t_and_single_steps_as_one_line() -> None:
+    layer = neuron("psn", T=4)
+    with pytest.raises(SnnrunError, match=r"psn was built for T=4 steps and gets 6; run it at T=4"):
+        layer(torch.rand(6, 2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="psn computes all T steps at once: it needs step_mode=m"):
+        neuron("psn", T=4, step_mode="s")
+    assert isinstance(neuron("alif"), ALIFNeuron) and isinstance(neuron("synaptic"), SynapticNeuron)
+    assert isinstance(layer, PSNNeuron)
+
+
+SMALL = [*TINY, "dataset.train_limit=64", "dataset.test_limit=32", "batch_size=32", "T=4"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["neuron=synaptic", "neuron.learn_beta=true"],
+        ["neuron=psn", "neuron.causal=true"],
+        ["neuron=alif", "neuron.tau=4", "neuron.tau_adapt=20", "neuron.beta_a=0.2"],
+    ],
+    ids=["synaptic", "psn", "alif"],
+)
+def test_each_neuron_trains_and_resumes_exactly_through_the_command(
+    args: list[str], tmp_path: Path, monkeypatch
+) -> None:
+    train_in_process(monkeypatch, *SMALL, *args, "epochs=2", f"hydra.run.dir={tmp_path / 'a'}")
+    train_in_process(monkeypatch, *SMALL, *args, "epochs=1", f"hydra.run.dir={tmp_path / 'b'}")
+    train_in_process(monkeypatch, f"resume={tmp_path / 'b'}", "epochs=2")
+    whole = without_timing(read_metrics(tmp_path / "a"))
+    assert without_timing(read_metrics(tmp_path / "b")) == whole
+    assert "firing_rate/L2" in whole[-1]  # counted as a neuron layer
+
+
+def test_a_recurrent_alif_network_on_shd_and_psn_at_another_t(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The recurrent entry with alif neurons (an LSNN layer) trains on SHD in its real layout;
+    eval of a psn run at another T is one line."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("test", 10)):
+        samples = [(np.sort(rng.uniform(0, 1.0, 80)), rng.integers(0, 700, 80)) for _ in range(n)]
+        write_shd(tmp_path / "SHD" / f"shd_{split}.h5", samples, [i % 20 for i in range(n)])
+    base = [a for a in SMALL if not a.startswith(("model.", "dataset."))]
+    train_in_process(monkeypatch, *base, "model=rsnn", "model.hidden=16", "dataset=shd",
+                     f"dataset.root={tmp_path}", "dataset.duration_ms=1000", "neuron=alif",
+                     f"hydra.run.dir={tmp_path / 'shd'}")  # fmt: skip
+    assert "firing_rate/L2.neuron" in read_metrics(tmp_path / "shd")[0]
+    train_in_process(monkeypatch, *SMALL, "neuron=psn", f"hydra.run.dir={tmp_path / 'psn'}")
+    code, err = cli(monkeypatch, capsys, "eval", str(tmp_path / "psn"), "T=6")
+    assert_one_line_error(code, err, "psn was built for T=4 steps and gets 6")
