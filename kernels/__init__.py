@@ -33,6 +33,8 @@ import torch
 from snnrun.kernels.neuron_op import triton_neuron
 from snnrun.net.dynamics import BACKENDS, BackendResult, Decay, Dynamics
 from snnrun.net.neuron_loop import handwritten_loop
+from snnrun.net.state_loop import FUSED, Fused
+from snnrun.net.state_neurons import ALIFNeuron, SynapticNeuron
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -79,5 +81,22 @@ def triton_backend(
         return handwritten_loop(x_seq, v, decay, dyn, store_v_seq)
     return triton_neuron(x_seq, v, decay, dyn, store_v_seq)
 
+
+def _states(kind: int) -> Fused:
+    """alif (0) / synaptic (1) through :mod:`.state_kernels` (imported on the first launch);
+    None where the kernels cannot run (:func:`fallback_reason`): the torch loop runs then."""
+
+    def fused(owner, x_seq, state, params, store_v_seq):  # the state_loop.Fused signature
+        if _falls_back(x_seq.device.type):
+            return None
+        from snnrun.kernels.state_kernels import fused_states
+
+        return fused_states(kind, owner, x_seq, state, params, store_v_seq)
+
+    return fused
+
+
+FUSED[ALIFNeuron.step] = _states(0)
+FUSED[SynapticNeuron.step] = _states(1)
 
 __all__ = ["HAVE_TRITON", "INTERPRET", "triton_backend", "triton_neuron"]

@@ -12,7 +12,11 @@ Both backends read that definition:
   ``T / CHUNK`` states rather than with every intermediate of every step. The values are the
   reference's; the gradients equal them up to float summation order.
 
-``triton`` runs the ``torch`` loop for these kinds (no fused kernel yet; one note per process).
+``triton``: the fused kernels registered in :data:`FUSED` for the layer's step function
+(``snnrun.kernels`` fills it for ``alif`` and ``synaptic``; float32 states, see
+``kernels/state_kernels.py``); where they cannot run (no CUDA device, no Triton: one warning from
+``snnrun.kernels``) or for a step without kernels (a subclass that redefines ``step``: one note per
+class), the ``torch`` loop.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ import torch
 CHUNK = 8  # steps between saved states (the Triton kernels' checkpoint interval too)
 State = tuple[torch.Tensor, ...]
 Step = Callable[[torch.Tensor, State, Sequence[Any]], tuple[torch.Tensor, State]]
+StatesResult = tuple[torch.Tensor, State, torch.Tensor | None]
+# (layer, x_seq, state, params, store_v_seq) -> the result, or None where the kernels cannot run
+Fused = Callable[[Any, torch.Tensor, State, Sequence[Any], bool], StatesResult | None]
+FUSED: dict[Callable, Fused] = {}  # a step function (ALIFNeuron.step) -> its fused kernels
 _noted: set[str] = set()
 
 
@@ -113,18 +121,41 @@ def _zeros_for(grads: list[torch.Tensor | None], like: State) -> list[torch.Tens
 
 
 def run_states(
-    backend: str, x_seq: torch.Tensor, state: State, params: Sequence[Any], step: Step
-) -> tuple[torch.Tensor, State, torch.Tensor]:
-    """``(spikes, last state, V after each step)`` through ``backend``."""
+    backend: str,
+    x_seq: torch.Tensor,
+    state: State,
+    params: Sequence[Any],
+    step: Step,
+    store_v_seq: bool = True,
+) -> StatesResult:
+    """``(spikes, last state, V after each step)`` through ``backend``; ``V`` is None when
+    ``store_v_seq`` is False (the fused kernels then skip writing it)."""
+    if backend == "triton":
+        result = _fused(x_seq, state, params, step, store_v_seq)
+        if result is not None:
+            return result
     if backend == "autograd":
-        return reference_states(x_seq, state, params, step)
-    if backend == "triton" and "triton" not in _noted:
-        _noted.add("triton")
+        spikes, last, vs = reference_states(x_seq, state, params, step)
+    else:
+        spikes, vs, *rest = _ChunkedLoop.apply(step, len(state), x_seq, *state, *params)
+        last = tuple(rest)
+    return spikes, last, vs if store_v_seq else None
+
+
+def _fused(
+    x_seq: torch.Tensor, state: State, params: Sequence[Any], step: Step, store_v_seq: bool
+) -> StatesResult | None:
+    """The fused kernels of ``step``'s function, or None (the torch loop runs)."""
+    fused = FUSED.get(getattr(step, "__func__", step))
+    if fused is not None:
+        return fused(getattr(step, "__self__", None), x_seq, state, params, store_v_seq)
+    name = getattr(step, "__qualname__", repr(step))
+    if name not in _noted:
+        _noted.add(name)
         warnings.warn(
-            "neuron.backend=triton has no fused kernel for alif/synaptic yet; their layers run "
-            "the torch backend (the same values)",
+            f"neuron.backend=triton has no fused kernel for {name}; it runs the torch backend "
+            "(the same values)",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    spikes, vs, *last = _ChunkedLoop.apply(step, len(state), x_seq, *state, *params)
-    return spikes, tuple(last), vs
+    return None

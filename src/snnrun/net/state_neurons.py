@@ -2,8 +2,9 @@
 before the membrane) and ``psn`` (parallel: no state, no reset).
 
 ``alif`` and ``synaptic`` are each defined once, by their one-step function :meth:`step`, which
-both backends run (:mod:`snnrun.net.state_loop`: the ``autograd`` reference loop, the ``torch``
-chunked-recompute node; ``triton`` runs the ``torch`` one). ``psn`` is one matrix product over
+the backends run (:mod:`snnrun.net.state_loop`: the ``autograd`` reference loop, the ``torch``
+chunked-recompute node; ``triton``: fused kernels with the same chunked design,
+``kernels/state_kernels.py``, tested against the reference). ``psn`` is one matrix product over
 the time axis.
 """
 
@@ -47,7 +48,9 @@ class StateNeuron(SpikingNeuron):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_seq = x.unsqueeze(0) if self.step_mode == "s" else x
         state = getattr(self, "state", None) or self.initial_state(x_seq[0])
-        spikes, self.state, v_seq = run_states(self.backend, x_seq, state, self.params(), self.step)
+        spikes, self.state, v_seq = run_states(
+            self.backend, x_seq, state, self.params(), self.step, self.store_v_seq
+        )
         self.v = self.state[-1]
         if self.store_v_seq:
             self._keep_v_seq(v_seq)
