@@ -178,15 +178,9 @@ def _lif(tau: Any = 2e-4) -> nir.LIF:
 def test_import_refuses_what_snnrun_cannot_build() -> None:
     groups = neuron_groups(_conf([]))
     w = np.eye(4, dtype=np.float32)
-    cuba = nir.CubaLIF(
-        tau_syn=np.ones(4),
-        tau_mem=np.ones(4),
-        r=np.ones(4),
-        v_leak=np.zeros(4),
-        v_threshold=np.ones(4),
-    )
+    li = nir.LI(tau=np.ones(4), r=np.ones(4), v_leak=np.zeros(4))
     cases = [
-        (_graph(nir.Linear(weight=w), cuba), r"'n1' \(CubaLIF\) has no snnrun layer"),
+        (_graph(nir.Linear(weight=w), li), r"'n1' \(LI\) has no snnrun layer"),
         (
             _graph(nir.Linear(weight=w), _lif(np.array([2e-4, 2e-4, 3e-4, 2e-4]))),
             "tau differs between neurons",

@@ -14,13 +14,18 @@ length ``dt`` (default :data:`DT` = 1e-4 s, the value snnTorch and SpikingJelly 
   ``tau_steps = 1 / sigmoid(w)``.
 - snnTorch's Leaky (``leaky``), as snnTorch writes it: ``tau = dt / (1 - beta)``, ``R = tau/dt``,
   ``v_leak = v_reset = 0``.
+- snnTorch's Synaptic (``synaptic``) as NIR's CubaLIF, as snnTorch writes it:
+  ``tau_syn = dt / (1 - alpha)``, ``tau_mem = dt / (1 - beta)``, ``w_in = tau_syn/dt``,
+  ``R = tau_mem/dt`` (unit input gains), ``v_leak = v_reset = 0``. ``alif`` and ``psn`` are
+  refused: NIR has no adaptive-threshold or parallel (all-steps-at-once) neuron.
 
-NIR has no subtractive ("soft") reset: such neurons (``v_reset: null``, ``leaky``) are written
-as NIR's reset-to-``v_reset`` node with ``snnrun_reset: subtract`` in the node's metadata, read
-back exactly by snnrun, and with a warning (``strict=True``: refused). BatchNorm is folded into
-the convolution before it; dropout is the identity at inference and is left out; ``voting`` is a
-``Linear`` of ``1/k`` blocks; a max pool over spikes is ``SumPool2d`` then ``Threshold(0.5)``
-(exact on 0/1 inputs). Every node written by snnrun names its row in ``metadata["snnrun_layer"]``.
+NIR has no subtractive ("soft") reset: such neurons (``v_reset: null``, ``leaky``,
+``synaptic``) are written as NIR's reset-to-``v_reset`` node with ``snnrun_reset: subtract`` in
+the node's metadata, read back exactly by snnrun, and with a warning (``strict=True``: refused).
+BatchNorm is folded into the convolution before it; dropout is the identity at inference and is
+left out; ``voting`` is a ``Linear`` of ``1/k`` blocks; a max pool over spikes is ``SumPool2d``
+then ``Threshold(0.5)`` (exact on 0/1 inputs). Every node written by snnrun names its row in
+``metadata["snnrun_layer"]``.
 
 Blocks. ``sequential`` and ``repeat`` blocks export their contents in order, at any depth; a
 ``residual`` with ``connect: add`` is a fork: the body's and the shortcut's last nodes (an
@@ -61,6 +66,7 @@ from snnrun.net.layers import (
     walk_entries,
 )
 from snnrun.net.neuron import IFNeuron, LeakyNeuron, LIFNeuron, PLIFNeuron, SpikingNeuron
+from snnrun.net.state_neurons import ALIFNeuron, PSNNeuron, SynapticNeuron
 
 DT = 1e-4  # seconds per step, as snnTorch and SpikingJelly write NIR
 LAYER_KEY = "snnrun_layer"  # node metadata: the snnrun row that wrote the node
@@ -91,6 +97,11 @@ def _meta(name: str, **extra: Any) -> dict[str, Any]:
 
 def _full(shape: Shape, value: float) -> np.ndarray:
     return np.full(shape, value, dtype=np.float32)
+
+
+def _full64(shape: Shape, value: float) -> np.ndarray:
+    """float64: a time constant from which ``1 - dt/tau`` gives a float32 decay back exactly."""
+    return np.full(shape, value, dtype=np.float64)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -236,7 +247,10 @@ def _reset(m: SpikingNeuron, s: ExportStep, kind: str) -> tuple[float, dict[str,
     d = m.dynamics
     if d.hard_reset:
         return d.v_reset, _meta(kind)
-    why = "snnTorch's Leaky resets by subtraction" if kind == "leaky" else "v_reset=null"
+    why = {
+        "leaky": "snnTorch's Leaky resets by subtraction",
+        "synaptic": "synaptic (snnTorch's Synaptic) resets by subtraction",
+    }.get(kind, "v_reset=null")
     if s.strict:
         raise NirError(
             f"{s.label}: {why} but NIR's neurons reset to v_reset, so strict=true writes "
@@ -305,6 +319,42 @@ def _leaky_to(m: LeakyNeuron, s: ExportStep) -> list[Any]:
             metadata=meta,
         )
     ]
+
+
+def _synaptic_to(m: SynapticNeuron, s: ExportStep) -> list[Any]:
+    """snnTorch's own mapping to CubaLIF: ``tau_syn = dt/(1-alpha)``, ``tau_mem = dt/(1-beta)``,
+    ``w_in = tau_syn/dt``, ``R = tau_mem/dt``; learned alpha / beta as they are now (clamped)."""
+    alpha, beta = (float(p.detach()) for p in m.params())
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if value >= 1.0:
+            raise NirError(
+                f"{s.label}: synaptic with {name}=1 does not decay (no finite NIR time "
+                f"constant); give {name} < 1"
+            )
+    _, meta = _reset(m, s, "synaptic")
+    meta.update(learn_alpha=int(m.learn_alpha), learn_beta=int(m.learn_beta))
+    tau_syn, tau_mem = s.dt / (1.0 - alpha), s.dt / (1.0 - beta)
+    return [
+        nir.CubaLIF(
+            tau_syn=_full64(s.shape, tau_syn),
+            tau_mem=_full64(s.shape, tau_mem),
+            r=_full64(s.shape, tau_mem / s.dt),
+            v_leak=_full64(s.shape, 0.0),
+            v_threshold=_full64(s.shape, m.dynamics.v_threshold),
+            v_reset=_full64(s.shape, 0.0),
+            w_in=_full64(s.shape, tau_syn / s.dt),
+            metadata=meta,
+        )
+    ]
+
+
+# refused with their reason: neurons NIR has no node for
+_NO_NODE: dict[type[nn.Module], str] = {
+    ALIFNeuron: "alif (adaptive threshold) has no NIR node: NIR's neurons fire at a fixed "
+    "threshold, none that rises with each spike",
+    PSNNeuron: "psn (parallel spiking neuron) has no NIR node: its charge is one matrix product "
+    "over all T steps, and NIR's neurons step in time",
+}
 
 
 # --- import: NIR nodes → snnrun layers ------------------------------------------------------------
@@ -503,6 +553,51 @@ def _lif_from(node: Any, s: ImportStep) -> list[nn.Module]:
     return [_neuron({"kind": "lif", "tau": _f32(tau_steps), **options}, s)]
 
 
+def _unit(gain: float) -> float:
+    """1 for a gain within float rounding of it (``tau/dt x dt/tau``)."""
+    return 1.0 if np.isclose(gain, 1.0, rtol=1e-6) else gain
+
+
+def _synaptic_from(node: Any, s: ImportStep) -> list[nn.Module]:
+    """snnTorch's reading: ``alpha = 1 - dt/tau_syn``, ``beta = 1 - dt/tau_mem``, and snnTorch's
+    Synaptic's subtractive reset (NIR's reset to ``v_reset = 0`` is not expressible). Input gains
+    ``g = (w_in dt/tau_syn)(R dt/tau_mem) != 1`` divide the threshold: the same spikes."""
+    decays = {}
+    for name in ("tau_syn", "tau_mem"):
+        tau = _scalar(node, name, s)
+        if not (math.isfinite(tau) and tau >= s.dt * (1 - 1e-6)):  # float32's dt is < dt
+            raise NirError(
+                f"{s.label}: {name}/dt = {tau / s.dt:g} steps; snnrun's synaptic needs a finite "
+                "time constant of at least one step dt"
+            )
+        decays[name] = max(0.0, 1.0 - s.dt / tau)
+    v_leak, v_reset = _scalar(node, "v_leak", s), _scalar(node, "v_reset", s)
+    if v_leak != 0.0 or v_reset != 0.0:
+        raise NirError(
+            f"{s.label}: v_leak={v_leak:g}, v_reset={v_reset:g}; snnrun's synaptic leaks towards "
+            "0 and resets by subtracting the threshold (snnTorch's Synaptic): it reads "
+            "CubaLIF with v_leak = v_reset = 0"
+        )
+    gain = _unit(_scalar(node, "w_in", s) * s.dt / _scalar(node, "tau_syn", s)) * _unit(
+        _scalar(node, "r", s) * s.dt / _scalar(node, "tau_mem", s)
+    )
+    if not (math.isfinite(gain) and gain > 0):
+        raise NirError(
+            f"{s.label}: input gain w_in R dt^2/(tau_syn tau_mem) = {gain:g}; "
+            "snnrun's synaptic needs a positive one"
+        )
+    meta = node.metadata
+    options = {
+        "kind": "synaptic",
+        "alpha": _f32(decays["tau_syn"]),
+        "beta": _f32(decays["tau_mem"]),
+        "v_threshold": _f32(_scalar(node, "v_threshold", s) / gain),
+        "learn_alpha": bool(meta.get("learn_alpha", 0)),
+        "learn_beta": bool(meta.get("learn_beta", 0)),
+    }
+    return [_neuron(options, s)]
+
+
 # --- the table ------------------------------------------------------------------------------------
 Exporter = Callable[[Any, ExportStep], list[Any]]
 Importer = Callable[[Any, ImportStep], list[nn.Module]]
@@ -547,6 +642,14 @@ TABLE: tuple[Row, ...] = (
     Row("lif", LIFNeuron, ("LIF",), _lif_to, _lif_from),
     Row("plif", PLIFNeuron, ("LIF",), _plif_to, _lif_from, note="learned tau written as tau"),
     Row("leaky", LeakyNeuron, ("LIF",), _leaky_to, _lif_from, note="snnTorch's beta <-> tau"),
+    Row(
+        "synaptic",
+        SynapticNeuron,
+        ("CubaLIF",),
+        _synaptic_to,
+        _synaptic_from,
+        note="snnTorch's alpha, beta <-> tau_syn, tau_mem",
+    ),
 )
 _EXPORTS = {row.layer: row for row in TABLE if row.export is not None}
 # a node is read by the first row that loads its type; the loader picks by the node's metadata
@@ -659,6 +762,9 @@ class _Writer:
     def leaf(self, m: nn.Module, label: str, where: str, at: _Point) -> _Point:
         module = m.module if isinstance(m, TimeFolded) else m
         row = _EXPORTS.get(type(module))
+        if type(module) in _NO_NODE:
+            neurons = ", ".join(r.name for r in TABLE if r.export and _is_neuron(r.layer))
+            raise NirError(f"{where}: {_NO_NODE[type(module)]}; neurons that export: {neurons}")
         if row is None:
             raise NirError(
                 f"{where}: snnrun writes no NIR node for {type(module).__name__}; the layers "
@@ -710,6 +816,10 @@ def to_nir(
     out.graph = writer.graph(at)
     out.graph.metadata = {"source": "snnrun", "dt": float(dt), **(metadata or {})}
     return out
+
+
+def _is_neuron(layer: type[nn.Module] | None) -> bool:
+    return layer is not None and issubclass(layer, SpikingNeuron)
 
 
 def _shape_after(layer: nn.Module, shape: Shape) -> Shape:
