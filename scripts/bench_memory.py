@@ -2,10 +2,11 @@
 """Memory and time over T: forward+backward of one neuron layer, and of the csnn end to end.
 
 Every row runs in a fresh Python process (``--row``), so one row's allocator cannot lend memory
-to the next. Peak memory is the process's peak RSS (``ru_maxrss``) during one forward+backward
-minus the peak before it (the input, the weights and the libraries already loaded): on a CPU the
-allocator's own counters are not exposed, and the profiler's ``profile_memory`` misses what a
-custom autograd node keeps on its context. On CUDA the row uses ``max_memory_allocated`` instead.
+to the next. Peak memory on a CPU is the process's peak RSS during one forward+backward minus
+its RSS before it, after handing freed memory back to the system (``malloc_trim``) and resetting
+the kernel's peak counter (``/proc/self/clear_refs``, then ``VmHWM``), so the setup's own
+transients are not counted and everything the step allocates is, including what a custom
+autograd node keeps on its context (Linux only). On CUDA the row uses ``max_memory_allocated``.
 The time is the median of three forward+backward passes after one warm-up, in the same process.
 
 Rows, one layer ``x [T, N]`` (N = 32768, mean 0.5, std 0.8: many spikes):
@@ -27,8 +28,9 @@ input) with each backend.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -136,6 +138,23 @@ def _csnn_case(row: str, T: int, device: torch.device):
     return step
 
 
+def _status_kib(key: str) -> int:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``: now, ``VmHWM``: the peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def _reset_peak_rss() -> int:
+    """Hand freed memory back (``malloc_trim``), reset the peak RSS (``clear_refs`` 5) and
+    return the RSS now (KiB): what the setup's own transients used is not counted."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kib("VmRSS")
+
+
 def measure(row: str, T: int) -> dict[str, float]:
     """One row at one T, in this process: peak memory (MiB) and median time (ms)."""
     device = torch.device("cuda" if "triton" in row and torch.cuda.is_available() else "cpu")
@@ -148,9 +167,9 @@ def measure(row: str, T: int) -> dict[str, float]:
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        base = _reset_peak_rss()
         step()
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        peak = (_status_kib("VmHWM") - base) / 1024
     times = []
     for _ in range(3):
         start = time.perf_counter()

@@ -162,3 +162,43 @@ def test_a_recurrent_alif_network_on_shd_and_psn_at_another_t(
     train_in_process(monkeypatch, *SMALL, "neuron=psn", f"hydra.run.dir={tmp_path / 'psn'}")
     code, err = cli(monkeypatch, capsys, "eval", str(tmp_path / "psn"), "T=6")
     assert_one_line_error(code, err, "psn was built for T=4 steps and gets 6")
+
+
+class _AtanSpike(torch.autograd.Function):
+    """snnTorch's ATan surrogate (``alpha/2 / (1 + (pi/2 alpha x)^2)``, alpha 2) keeping the
+    input's dtype: snnTorch's own returns float32 spikes, which would end float64 there."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * 1.0 / (1 + (math.pi / 2 * 2.0 * x) ** 2)
+
+
+@pytest.mark.parametrize("backend", ["autograd", "torch"])
+def test_synaptic_gradients_equal_snntorch_bptt(backend: str) -> None:
+    """snnTorch's Synaptic unrolled with autograd (learned alpha and beta) against snnrun's
+    synaptic: gradients of the input, alpha and beta within 1e-6 in float64."""
+    snn = pytest.importorskip("snntorch")
+    ref = snn.Synaptic(alpha=0.7, beta=0.85, learn_alpha=True, learn_beta=True,
+                       spike_grad=_AtanSpike.apply).double()  # fmt: skip
+    layer = neuron("synaptic", backend, alpha=0.7, beta=0.85, learn_alpha=True, learn_beta=True)
+    x = (torch.rand(T, 2, 6, dtype=torch.float64) * 0.8).requires_grad_()
+    weights = torch.rand(T, 2, 6, dtype=torch.float64)
+    syn, mem = ref.init_synaptic()
+    spikes = []
+    for x_t in x:
+        s, syn, mem = ref(x_t, syn, mem)
+        spikes.append(s)
+    (torch.stack(spikes) * weights).sum().backward()
+    expected = [x.grad.clone(), ref.alpha.grad, ref.beta.grad]
+    x.grad = None
+    (layer(x) * weights).sum().backward()
+    got = [x.grad, layer.alpha.grad, layer.beta.grad]
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-6)
+    assert expected[1].abs() > 0 and expected[2].abs() > 0
