@@ -374,3 +374,13 @@ def test_the_readme_network_example_builds_and_runs(tmp_path: Path, monkeypatch)
     } <= kinds
     assert model(torch.rand(2, 2, 3, 8, 8)).shape == (2, 2, 10)
     sys.modules.pop("my_pkg", None)
+
+
+def test_spike_connects_accept_a_body_that_ends_in_spikes_at_any_depth() -> None:
+    """A body ending with a recurrent entry or a nested block that ends with a neuron gives
+    spikes too; one ending with a conv does not."""
+    nested = {"type": "sequential", "layers": [conv(2), NEURON]}
+    net([conv(2), BN, NEURON, {"type": "residual", "body": [nested], "connect": "and"}, *HEAD])
+    with pytest.raises(ModelBuildError, match="connect=and acts on spikes"):
+        net([conv(2), BN, NEURON, {"type": "residual", "body": [{"type": "sequential",
+             "layers": [NEURON, conv(2)]}], "connect": "and"}, *HEAD])  # fmt: skip

@@ -202,3 +202,21 @@ def test_synaptic_gradients_equal_snntorch_bptt(backend: str) -> None:
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=0, atol=1e-6)
     assert expected[1].abs() > 0 and expected[2].abs() > 0
+
+
+def test_options_these_neurons_do_not_have_are_refused() -> None:
+    """psn's threshold is its learned bias and it has no reset; synaptic's reset is fixed; a
+    psn cannot be a recurrent entry's neuron (it needs all T steps at once)."""
+    from snnrun.net.layers import ModelBuildError
+    from snnrun.net.model import build_model
+
+    with pytest.raises(TypeError, match="psn takes no v_threshold"):
+        neuron("psn", T=4, v_threshold=5.0)
+    with pytest.raises(TypeError, match="synaptic takes no v_reset"):
+        neuron("synaptic", v_reset=0.0)
+    with pytest.raises(TypeError, match="T"):
+        neuron("psn")  # T is the run's: conf/neuron/psn.yaml says T: ${T}
+    groups = {"neuron": {"kind": "lif", "backend": "torch"}, "surrogate": ATAN}
+    recurrent = {"type": "recurrent", "kind": "psn", "T": 4, "layers": [{"type": "linear"}]}
+    with pytest.raises(ModelBuildError, match=r"model\.layers\[0\] \(recurrent\): psn computes"):
+        build_model({"layers": [recurrent]}, groups, (3,), 3)

@@ -113,7 +113,8 @@ def _check_values(cfg: DictConfig) -> None:
         return  # an interpolation only a run resolves: the run checks it
     check_values(conf)  # type: ignore[arg-type]
     check_logger_conf(conf["logger"])  # type: ignore[index]
-    check_init_from(conf)  # type: ignore[arg-type]
+    if conf.get("resume") != "auto":  # a resume never re-applies it: its source may be gone
+        check_init_from(conf)  # type: ignore[arg-type]
 
 
 def _make_dir(path: Path) -> None:

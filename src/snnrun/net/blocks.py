@@ -91,6 +91,18 @@ class Recurrent(Stateful):
         return torch.cat(out)
 
 
+def ends_in_spikes(block: nn.Module) -> bool:
+    """Whether a block's output is spikes by construction: it ends with a neuron, a recurrent
+    entry, or a block (or an ``and``/``iand`` residual) that does."""
+    if isinstance(block, (SpikingNeuron, Recurrent)):
+        return True
+    if isinstance(block, Residual):
+        return block.connect in SPIKE_CONNECTS
+    if isinstance(block, Block):
+        return len(block) > 0 and ends_in_spikes(block[-1])
+    return False
+
+
 def _only(options: dict[str, Any], kind: str, allowed: tuple[str, ...]) -> None:
     unknown = set(options) - set(allowed)
     if unknown:
@@ -136,7 +148,7 @@ def _residual(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Modu
             f"gives [T, N, {', '.join(map(str, shortcut.out_shape))}]; make the shortcut match "
             "(e.g. a strided 1x1 conv2d + batchnorm2d)"
         )
-    if connect in SPIKE_CONNECTS and not (len(body) and isinstance(body[-1], SpikingNeuron)):
+    if connect in SPIKE_CONNECTS and not ends_in_spikes(body):
         raise ModelBuildError(
             f"{label}: connect={connect} acts on spikes, so the body must end with a "
             "{type: neuron} entry; or use connect=add"
@@ -173,4 +185,11 @@ def _recurrent(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Mod
             f" to [T, N, {', '.join(map(str, projection.out_shape))}]; it must keep the shape "
             "(out_features / out_channels equal to the input's, padding that keeps the size)"
         )
-    return Recurrent(ctx.neuron(options), projection)
+    if options.get("kind", ctx.neuron_groups["neuron"]["kind"]) == "psn":
+        raise ModelBuildError(
+            f"{ctx.path} (recurrent): psn computes all T steps at once and cannot be fed its own "
+            "spikes step by step; pick a neuron with a state (kind: lif, leaky, alif, ...)"
+        )
+    recurrent = Recurrent(ctx.neuron(options), projection)
+    recurrent.out_shape = tuple(in_shape)  # never run on a dummy input at build time
+    return recurrent

@@ -90,7 +90,8 @@ def build_entry(entry: Any, in_shape: Shape, ctx: Context) -> tuple[list[nn.Modu
     shape = in_shape
     for part in parts:
         shape = output_shape(part, shape, label)
-        part.snnrun_entry = Entry(kind, ctx.path, shape)
+        if len(parts) == 1 or not isinstance(getattr(part, "snnrun_entry", None), Entry):
+            part.snnrun_entry = Entry(kind, ctx.path, shape)  # a spliced part keeps its own
     return parts, shape
 
 
@@ -107,7 +108,7 @@ def output_shape(module: nn.Module, in_shape: Shape, label: str) -> Shape:
     try:
         with torch.no_grad():
             out = module(torch.zeros(1, 2, *in_shape))
-    except (RuntimeError, ValueError, IndexError) as e:
+    except (RuntimeError, ValueError, IndexError, TypeError, AttributeError, KeyError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelBuildError(
             f"{label} cannot take input of shape [T, N, {', '.join(map(str, in_shape))}]: "

@@ -183,16 +183,16 @@ class LeakyNeuron(SpikingNeuron):
         return [f"beta={self.beta.item():g}" + (" (learned)" if self.learn_beta else "")]
 
 
-_LAYER_KEYS = ("backend", "step_mode", "store_v_seq")
+LAYER_KEYS = ("backend", "step_mode", "store_v_seq")
 _DYNAMICS_KEYS = ("v_threshold", "v_reset", "detach_reset", "decay_input", "surrogate")
 
 
 def layer_options(kw: dict[str, Any]) -> dict[str, Any]:
-    return {k: kw[k] for k in _LAYER_KEYS if k in kw}
+    return {k: kw[k] for k in LAYER_KEYS if k in kw}
 
 
 def make_dynamics(kind: str, kw: dict[str, Any]) -> Dynamics:
-    unknown = set(kw) - set(_LAYER_KEYS) - set(_DYNAMICS_KEYS)
+    unknown = set(kw) - set(LAYER_KEYS) - set(_DYNAMICS_KEYS)
     if unknown:
         raise TypeError(f"{kind} neuron got unknown option(s): {', '.join(sorted(unknown))}")
     fields = {k: kw[k] for k in _DYNAMICS_KEYS if k in kw}

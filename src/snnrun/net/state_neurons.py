@@ -20,6 +20,7 @@ from snnrun.core.errors import SnnrunError
 from snnrun.net.dynamics import Decay, charge
 from snnrun.net.neuron import (
     COMMON_OPTIONS,
+    LAYER_KEYS,
     NEURONS,
     SpikingNeuron,
     layer_options,
@@ -126,6 +127,9 @@ class SynapticNeuron(StateNeuron):
         learn_beta: bool = False,
         **kw: Any,
     ) -> None:
+        fixed = {"v_reset", "detach_reset", "decay_input"} & set(kw)
+        if fixed:  # its reset subtracts the threshold, decided by the previous membrane
+            raise TypeError(f"synaptic takes no {', '.join(sorted(fixed))}")
         kw = {**kw, "v_reset": None, "detach_reset": True}
         super().__init__(make_dynamics("leaky", kw), **layer_options(kw))
         self.learn_alpha, self.learn_beta = learn_alpha, learn_beta
@@ -135,7 +139,6 @@ class SynapticNeuron(StateNeuron):
                 setattr(self, name, nn.Parameter(tensor))
             else:
                 self.register_buffer(name, tensor)
-        self.current_seq: torch.Tensor | None = None
 
     def decay(self) -> Decay:
         return self.beta.clamp(0.0, 1.0)
@@ -180,11 +183,14 @@ class PSNNeuron(SpikingNeuron):
 
     OPTIONS = ("T", "causal", "surrogate", "backend", "step_mode", "store_v_seq")
 
-    def __init__(self, T: int = 4, causal: bool = False, **kw: Any) -> None:
+    def __init__(self, T: int, causal: bool = False, **kw: Any) -> None:
         if kw.get("step_mode", "m") != "m":
             raise ValueError("psn computes all T steps at once: it needs step_mode=m")
         if not isinstance(T, int) or T < 1:
-            raise ValueError(f"psn needs T >= 1 steps, got {T!r}")
+            raise ValueError(f"psn needs T >= 1 steps (T: ${{T}}, the run's), got {T!r}")
+        unknown = set(kw) - {"surrogate", *LAYER_KEYS}
+        if unknown:  # its threshold is the learned bias; it has no reset
+            raise TypeError(f"psn takes no {', '.join(sorted(unknown))}")
         super().__init__(make_dynamics("if", {"v_threshold": 0.0, **kw}), **layer_options(kw))
         self.T, self.causal = T, bool(causal)
         self.weight = nn.Parameter(torch.empty(T, T))
@@ -196,7 +202,8 @@ class PSNNeuron(SpikingNeuron):
         """``H = W X + b``, ``[T, N, ...]``."""
         if x.shape[0] != self.T:
             raise SnnrunError(
-                f"psn was built for T={self.T} steps and gets {x.shape[0]}; run it at T={self.T}"
+                f"psn was built for T={self.T} steps and gets {x.shape[0]}; run it at T={self.T} "
+                "(a psn entry of your own takes the run's T as T: ${{T}})"
             )
         h = torch.addmm(self.bias.to(x.dtype), (self.weight * self.mask).to(x.dtype), x.flatten(1))
         return h.view(x.shape)

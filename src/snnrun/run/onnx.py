@@ -119,9 +119,15 @@ def run_onnx(path: Path, x_seq: torch.Tensor) -> np.ndarray:
     """The ONNX file at ``path`` on ``x_seq`` through onnxruntime (CPU): ``[T, N, classes]``."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (name,) = [i.name for i in session.get_inputs()]
-    return session.run(None, {name: x_seq.contiguous().cpu().numpy()})[0]
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (name,) = [i.name for i in session.get_inputs()]
+        return session.run(None, {name: x_seq.contiguous().cpu().numpy()})[0]
+    except Exception as e:  # onnxruntime raises its own kinds (an op or opset it lacks)
+        raise SnnrunError(
+            f"onnxruntime cannot run the exported graph ({one_line(e, 300)}); the file was not "
+            "kept: export format=nir, or report the op"
+        ) from None
 
 
 def compare(got: np.ndarray, want: torch.Tensor) -> tuple[bool, float]:

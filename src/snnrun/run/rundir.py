@@ -133,7 +133,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_soon(fd)
         except BlockingIOError:
             owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
@@ -468,6 +468,18 @@ class RunDir:
 
     def write_wandb_id(self, run_id: str) -> None:
         (self.path / WANDB_ID).write_text(run_id + "\n")
+
+
+def _lock_soon(fd: int, tries: int = 10) -> None:
+    """``flock(LOCK_EX)`` without waiting for an owner, but over ~100 ms: ``snnrun runs`` probes
+    the lock with a brief shared hold (:meth:`RunDir.held`), which must not refuse a start."""
+    for _ in range(tries - 1):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.01)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _note(text: str) -> None:

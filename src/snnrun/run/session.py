@@ -6,6 +6,7 @@ The run dir (:class:`~snnrun.run.rundir.RunDir`) is claimed for the whole run, f
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ def _discard_unstarted(rundir: RunDir) -> None:
     holding anything else stays."""
     import shutil
 
-    for name in (*RUN_FILES, ".hydra", "wandb", "tensorboard"):
+    for name in (*RUN_FILES, ".hydra", "wandb", "tensorboard", "profile"):
         path = rundir.path / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -162,9 +163,10 @@ def _fit(
     state, logger_state = TrainState(), None
     if checkpoint is None:
         run_id = broadcast(new_run_id())
-        origin = apply_init_from(conf.get("init_from"), run.model)
+        origin = _init_from(conf, run, main)
         if main:
             info = {"run_id": run_id, "snnrun_version": __version__, "data": data,
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                     "provenance": provenance(run.device, world)}  # fmt: skip
             rundir.write_info({**info, "init_from": origin} if origin else info)
     else:
@@ -206,6 +208,21 @@ def _fit(
         run.logger.finish()
     _report(state, rundir.path)
     return state.best_acc
+
+
+def _init_from(conf: dict[str, Any], run: Run, main: bool) -> dict[str, Any] | None:
+    """``init_from``: rank 0 loads the weights (DDP then copies them to every rank); a refusal
+    reaches every rank, so none waits for the others."""
+    origin, error = None, None
+    if main:
+        try:
+            origin = apply_init_from(conf.get("init_from"), run.model)
+        except SnnrunError as e:
+            error = str(e)
+    error = broadcast(error)
+    if error:
+        raise SnnrunError(error)
+    return origin
 
 
 def _compiled(model: torch.nn.Module) -> torch.nn.Module:
