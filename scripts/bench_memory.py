@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Memory and time over T: forward+backward of one neuron layer, and of the csnn end to end.
 
-Every row runs in a fresh Python process (``--row``), so one row's allocator cannot lend memory
-to the next. Peak memory on a CPU is the process's peak RSS during one forward+backward minus
-its RSS before it, after handing freed memory back to the system (``malloc_trim``) and resetting
-the kernel's peak counter (``/proc/self/clear_refs``, then ``VmHWM``), so the setup's own
-transients are not counted and everything the step allocates is, including what a custom
-autograd node keeps on its context (Linux only). On CUDA the row uses ``max_memory_allocated``.
+Every row runs in a fresh Python process (``--row``). Peak memory on a CPU comes from the
+allocator, through ``torch.profiler`` with ``profile_memory``: its memory events carry the c10
+allocator's running total, and the peak is that total's maximum during one forward+backward
+minus the total before it (every tensor counts, whoever keeps it: a custom autograd node's
+context too; glibc's own caching, which makes RSS deltas noisy, does not). On CUDA the row uses
+``max_memory_allocated``.
 The time is the median of three forward+backward passes after one warm-up, in the same process.
 
 Rows, one layer ``x [T, N]`` (N = 32768, mean 0.5, std 0.8: many spikes):
@@ -28,17 +28,17 @@ input) with each backend.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 N = 32768
 ATAN = {"name": "atan", "alpha": 2.0}
@@ -138,21 +138,19 @@ def _csnn_case(row: str, T: int, device: torch.device):
     return step
 
 
-def _status_kib(key: str) -> int:
-    """A ``/proc/self/status`` field in KiB (``VmRSS``: now, ``VmHWM``: the peak)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {key} in /proc/self/status")
-
-
-def _reset_peak_rss() -> int:
-    """Hand freed memory back (``malloc_trim``), reset the peak RSS (``clear_refs`` 5) and
-    return the RSS now (KiB): what the setup's own transients used is not counted."""
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status_kib("VmRSS")
+def _cpu_peak(step: Callable[[], None]) -> float:
+    """Bytes the CPU allocator holds at its peak during ``step`` beyond what it held before:
+    the running ``Total Allocated`` of the profiler's memory events (every allocation and free
+    of the c10 allocator, whoever keeps the tensor)."""
+    with tempfile.TemporaryDirectory() as folder:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+        trace = Path(folder) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    memory = [e["args"] for e in events if e.get("name") == "[memory]"]
+    before = memory[0]["Total Allocated"] - memory[0]["Bytes"]
+    return max(m["Total Allocated"] for m in memory) - before
 
 
 def measure(row: str, T: int) -> dict[str, float]:
@@ -167,9 +165,7 @@ def measure(row: str, T: int) -> dict[str, float]:
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        base = _reset_peak_rss()
-        step()
-        peak = (_status_kib("VmHWM") - base) / 1024
+        peak = _cpu_peak(step) / 2**20
     times = []
     for _ in range(3):
         start = time.perf_counter()
