@@ -113,13 +113,14 @@ ROWS = {
         Row(
             "fmnist_spikformer",
             "no published Fashion-MNIST figure (Spikformer reports CIFAR and ImageNet)",
-            ["experiment=fmnist_csnn", f"dataset.root={DATA / 'fashion-mnist'}",
-             "model=spikformer", "model.embed_dim=64", "model.heads=4", "model.depths=1",
-             "neuron=lif", "neuron.detach_reset=true", "optimizer=adam", "optimizer.lr=0.001",
-             "loss=ce_rate", "precision=fp32", "dataset.train_limit=20000", "epochs=4",
-             "scheduler.T_max=4", "logger=none"],
+            ["dataset=fmnist", f"dataset.root={DATA / 'fashion-mnist'}", "model=spikformer",
+             "model.embed_dim=64", "model.heads=4", "model.depths=1", "neuron=lif",
+             "neuron.detach_reset=true", "surrogate=atan", "encoder=direct", "loss=ce_rate",
+             "optimizer=adam", "optimizer.lr=0.001", "scheduler=cosine", "precision=fp32",
+             "T=4", "batch_size=128", "dataset.train_limit=20000", "epochs=2",
+             "scheduler.T_max=2", "logger=none"],
             reduced="a small Spikformer (embed 64, 4 heads, 1 block; 7x7 tokens) on 20000 of the "
-            "60000 training images, 4 epochs of Adam 1e-3, T=4, LIF tau 2 with detach_reset "
+            "60000 training images, 2 epochs of Adam 1e-3, T=4, LIF tau 2 with detach_reset "
             "(Spikformer's neuron), fp32; the full 10000-image test set",
         ),
     ]
