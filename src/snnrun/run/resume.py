@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from snnrun.core.compose import compose_config, flatten
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.run.checkpoint import Checkpoint
+from snnrun.run.loggers import logger_names
 from snnrun.run.rundir import RunDir, find_run_dir
 
 GROUPS = (
@@ -122,6 +123,8 @@ def _apply(cfg: DictConfig, key: str, value: Any) -> None:
         node = OmegaConf.select(cfg, section)
         keys = ", ".join(map(str, node.keys())) if isinstance(node, DictConfig) else "none"
         name = OmegaConf.select(cfg, f"{section}.name", default=None)
+        if section == "logger" and isinstance(node, DictConfig):  # names in use: {wandb: true}
+            name = "+".join(logger_names(OmegaConf.to_container(node))) or "none"
         which = f"{section}={name}" if name else section
         raise ResumeError(
             f"cannot set {key} on resume: this run's {which} has no {key.rsplit('.', 1)[1]!r} "
