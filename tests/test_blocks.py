@@ -194,12 +194,17 @@ def test_step_by_step_equals_multi_step_on_nested_blocks() -> None:
     torch.testing.assert_close(stepped(x), multi, rtol=0, atol=0)
 
 
-def test_static_head_stops_at_the_first_block_with_a_neuron() -> None:
+def test_static_head_stops_at_the_first_neuron_inside_a_leading_block() -> None:
+    """A zoo network's stem is a leading ``sequential``: its conv still runs once for direct
+    input (counted by a hook), with outputs equal to running it every step."""
     layers = [conv(2), BN, {"type": "sequential", "layers": [conv(2), NEURON]}, *HEAD]
     model = net(layers)
-    assert model.static_head == 2
+    assert model.static_head == 3  # conv, BN and the block's own conv
+    calls = []
+    model.layers[2][0].register_forward_hook(lambda m, a, out: calls.append(a[0].shape[0]))
     x = torch.rand(1, 2, 2, 6, 6, dtype=torch.float64)
     out = model(x.expand(4, *x.shape[1:]))  # direct input: the head runs once
+    assert calls == [1]  # one call, on one step [1, N, ...]
     torch.testing.assert_close(out, model(x.repeat(4, 1, 1, 1, 1)), rtol=0, atol=0)
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from snnrun.net import attention, blocks, custom  # noqa: F401  (register their entries)
+from snnrun.net.blocks import Block
 from snnrun.net.layers import Context, Entry, ModelBuildError, Shape, build_layers
 from snnrun.net.neuron import SpikingNeuron, reset_states
 
@@ -31,20 +32,25 @@ class SpikingNetwork(nn.Module):
     """A stack of layers over ``[T, N, ...]``; output ``[T, N, classes]``.
 
     Each forward starts from fresh states. When the input is the same at every step (a
-    direct-encoded image, expanded over T with stride 0), the top-level layers before the first
-    one that depends on time (holds a neuron, or is a user module) run once and their output is
-    broadcast over T: the same outputs and gradients, T times less work for the first
-    convolution (BatchNorm there updates its running variance from N instead of T*N copies of
-    the same values). A network with ``step_mode='s'`` neurons is fed one step at a time
-    instead, every layer keeping its state between steps.
+    direct-encoded image, expanded over T with stride 0), the layers before the first one that
+    depends on time (holds a neuron, or is a user module; looking inside a leading
+    ``sequential`` such as a zoo network's stem) run once and their output is broadcast over T:
+    the same outputs and gradients, T times less work for the first convolution (BatchNorm there
+    updates its running variance from N instead of T*N copies of the same values). A network
+    with ``step_mode='s'`` neurons is fed one step at a time instead, every layer keeping its
+    state between steps.
     """
 
     def __init__(self, layers: Sequence[nn.Module]) -> None:
         super().__init__()
         self.layers = nn.Sequential(*layers)
-        timed = [i for i, m in enumerate(layers) if _depends_on_time(m)]
-        self.static_head = timed[0] if timed else len(layers)
+        self.head, self.tail = split_static(list(self.layers))
         self.step_by_step = any(m.step_mode == "s" for _, m in self.neurons())
+
+    @property
+    def static_head(self) -> int:
+        """How many layers run once for direct input (a leading block's own counted inside)."""
+        return len(self.head)
 
     def entries(self) -> list[tuple[str, nn.Module, Entry]]:
         """``(label, module, entry)`` for every module built from a config entry, in config
@@ -67,12 +73,28 @@ class SpikingNetwork(nn.Module):
         reset_states(self)
         if self.step_by_step:
             return torch.cat([self.layers(x_seq[t : t + 1]) for t in range(x_seq.shape[0])])
-        start = 0
-        if x_seq.shape[0] > 1 and x_seq.stride(0) == 0:
-            head = self.layers[: self.static_head](x_seq[:1])
-            x_seq = head.expand(x_seq.shape[0], *head.shape[1:])
-            start = self.static_head
-        return self.layers[start:](x_seq)
+        if x_seq.shape[0] == 1 or x_seq.stride(0) != 0 or not self.head:
+            return self.layers(x_seq)
+        head = x_seq[:1]
+        for layer in self.head:
+            head = layer(head)
+        out = head.expand(x_seq.shape[0], *head.shape[1:])
+        for layer in self.tail:
+            out = layer(out)
+        return out
+
+
+def split_static(layers: list[nn.Module]) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(head, tail): the leading layers that do not depend on time, looking inside a leading
+    ``sequential`` / ``repeat`` block (a zoo network's stem), and the layers after them."""
+    for i, layer in enumerate(layers):
+        if not _depends_on_time(layer):
+            continue
+        if type(layer) is Block:
+            inner_head, inner_tail = split_static(list(layer))
+            return layers[:i] + inner_head, inner_tail + layers[i + 1 :]
+        return layers[:i], layers[i:]
+    return layers, []
 
 
 def _depends_on_time(module: nn.Module) -> bool:
