@@ -11,6 +11,7 @@ the console. Without torchrun everything here is a no-op for a world of one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,8 +66,12 @@ def init() -> World:
 
 def shutdown() -> None:
     """Leave the process group before the interpreter exits (gloo's threads outliving it end
-    the process with SIGABRT: "terminate called without an active exception")."""
+    the process with SIGABRT: "terminate called without an active exception"), after a barrier,
+    so that no rank tears the group down while another still has a collective in flight."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            with contextlib.suppress(RuntimeError):  # every rank done with its collectives
+                dist.barrier()
         dist.destroy_process_group()
 
 
