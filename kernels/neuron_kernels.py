@@ -1,20 +1,17 @@
 # Kernels branch on constexprs with if-statements (not ternaries): the most portable Triton form.
-# ruff: noqa: SIM102, SIM108
+# ruff: noqa: SIM108
 """Fused Triton kernels for the multi-step neuron update (if, lif/plif, leaky) and its gradient.
 
 Layout: ``x`` is ``[T, N]`` row-major (the layer's ``[T, ...]`` flattened; non-contiguous inputs
 are made contiguous once by the caller). One program owns ``BLOCK`` neurons for all ``T`` steps
 and keeps their membrane in float32 registers; ``N`` is masked at the tail.
 
-Equations (see :mod:`snnrun.net.dynamics`), with ``k`` the decay (``1/tau``, PLIF ``sigmoid(w)``,
-leaky ``beta``) and ``V_r = V_reset`` for hard reset, 0 otherwise::
-
-    if    H[t] = V[t-1] + X[t]
-    lif   H[t] = V[t-1] + (X[t] - (V[t-1] - V_r)) k        (decay_input)
-          H[t] = V[t-1] - (V[t-1] - V_r) k + X[t]          (otherwise)
-    leaky H[t] = k V[t-1] + X[t] - V_th [V[t-1] >= V_th]   (reset term detached)
-    S[t] = [H[t] - V_th >= 0]
-    V[t] = H[t] (1 - S[t]) + V_reset S[t]  (hard) | H[t] - V_th S[t]  (soft) | H[t]  (leaky)
+The equations are not written here: :data:`charge`, :data:`reset` and the derivatives are the
+``eq_*`` functions of :mod:`snnrun.net.dynamics` (the ones the torch backends run), compiled by
+:func:`snnrun.kernels.dialect.jit_copy`. With ``k`` the decay (``1/tau``, PLIF ``sigmoid(w)``,
+leaky ``beta``), ``H[t] = charge(V[t-1], X[t])``, ``S[t] = [H[t] - V_th >= 0]``,
+``V[t] = reset(H[t], S[t])``. A launch's scalars come from one place,
+:class:`snnrun.kernels.neuron_op.KernelArgs`, whose fields are the kernels' last parameters.
 
 Forward (:func:`neuron_fwd_kernel`) reads ``X`` and writes ``S`` (and ``V`` when ``STORE_V``), and
 every ``CHUNK`` steps writes the float32 membrane entering the chunk, ``V[c*CHUNK - 1]``, into the
@@ -26,12 +23,8 @@ the checkpoint, recomputes the chunk's ``H`` (and ``dH/dk`` when the decay is le
 ``sg = g'(x_t)``::
 
     grad_h[t]   = grad_s[t] sg + grad_v[t] dV/dH[t]
-                  dV/dH = (1 - S) + (V_reset - H) sg [not detach]   (hard)
-                          1 - V_th sg [not detach]                  (soft);  1  (leaky)
-    grad_x[t]   = b grad_h[t]      b = dH/dX:    if 1, lif k (decay_input) or 1, leaky 1
-    grad_v[t-1] = a grad_h[t]      a = dH/dV[t-1]: if 1, lif 1 - k, leaky k
-    grad_k     += grad_h[t] dH/dk  dH/dk: lif X - (V[t-1] - V_r) (decay_input) or -(V[t-1] - V_r),
-                                          leaky V[t-1]
+    grad_x[t]   = dH/dX grad_h[t]        grad_v[t-1] = dH/dV[t-1] grad_h[t]
+    grad_k     += grad_h[t] dH/dk        (when the decay is learned)
 
 starting from ``grad_v[T-1] = grad_v_last`` and ending with ``grad_v_init = grad_v[-1]``.
 ``grad_k`` is summed per program into ``gdec[pid]`` (float32); the caller sums those partials in
@@ -52,15 +45,25 @@ import torch
 import triton
 import triton.language as tl
 
+from snnrun.kernels.dialect import jit_copy
+from snnrun.kernels.neuron_op import KernelArgs
 from snnrun.kernels.surrogate_jit import surrogate_grad
+from snnrun.net import dynamics
 
-KIND_IF, KIND_LIF, KIND_LEAKY = 0, 1, 2
 CHUNK = 8  # steps between float32 checkpoints (a power of two: the backward tile height)
 POISON = False  # tests: fill every output with NaN before the launch (to see each one written)
 
+# The equations of snnrun.net.dynamics, compiled (state_kernels.py reuses charge and reset).
+charge = jit_copy(dynamics.eq_charge, "charge")
+reset = jit_copy(dynamics.eq_reset, "reset")
+dv_dh = jit_copy(dynamics.eq_dv_dh, "dv_dh")
+dh_dv = jit_copy(dynamics.eq_dh_dv, "dh_dv")
+dh_dx = jit_copy(dynamics.eq_dh_dx, "dh_dx")
+dh_dk = jit_copy(dynamics.eq_dh_dk, "dh_dk")
+
 
 @triton.jit
-def _decay(dec_ptr, decay_value, DECAY_PTR: tl.constexpr):
+def decay_of(dec_ptr, decay_value, DECAY_PTR: tl.constexpr):
     """The decay as float32: loaded from ``dec_ptr`` (a learned tensor) or the runtime float."""
     if DECAY_PTR:
         k = tl.load(dec_ptr).to(tl.float32)
@@ -70,92 +73,13 @@ def _decay(dec_ptr, decay_value, DECAY_PTR: tl.constexpr):
 
 
 @triton.jit
-def _v_rest(v_reset, HARD: tl.constexpr):
+def v_rest(v_reset, HARD: tl.constexpr):
     """``V_r`` of the lif charge: ``V_reset`` for hard reset, 0 for soft."""
     if HARD:
         v_r = v_reset
     else:
         v_r = 0.0
     return v_r
-
-
-@triton.jit
-def _dh_dv(k, KIND: tl.constexpr):
-    """``a = dH[t]/dV[t-1]``: if 1, lif ``1 - k``, leaky ``k`` (its reset term is detached)."""
-    if KIND == 0:
-        a = 1.0
-    elif KIND == 1:
-        a = 1.0 - k
-    else:
-        a = k
-    return a
-
-
-@triton.jit
-def _dh_dx(k, KIND: tl.constexpr, DECAY_INPUT: tl.constexpr):
-    """``b = dH[t]/dX[t]``: ``k`` for lif with decay_input, else 1."""
-    b = 1.0
-    if KIND == 1:
-        if DECAY_INPUT:
-            b = k
-    return b
-
-
-@triton.jit
-def _charge(v, x, k, v_th, v_r, KIND: tl.constexpr, DECAY_INPUT: tl.constexpr):
-    """``H[t]`` from ``V[t-1]`` and ``X[t]``, in the same operation order as ``reference_loop``."""
-    if KIND == 0:
-        h = v + x
-    elif KIND == 1:
-        if DECAY_INPUT:
-            h = v + (x - (v - v_r)) * k
-        else:
-            h = v - (v - v_r) * k + x
-    else:
-        h = k * v + x - v_th * tl.where(v >= v_th, 1.0, 0.0)
-    return h
-
-
-@triton.jit
-def _reset(h, s, v_th, v_reset, KIND: tl.constexpr, HARD: tl.constexpr):
-    """``V[t]`` from ``H[t]`` and ``S[t]``."""
-    if KIND == 2:
-        v = h
-    elif HARD:
-        v = h * (1.0 - s) + v_reset * s
-    else:
-        v = h - v_th * s
-    return v
-
-
-@triton.jit
-def _dh_dk(v, x, v_r, KIND: tl.constexpr, DECAY_INPUT: tl.constexpr):
-    """``dH[t]/dk`` at ``V[t-1] = v``, ``X[t] = x``."""
-    if KIND == 2:
-        d = v
-    elif DECAY_INPUT:
-        d = x - (v - v_r)
-    else:
-        d = v_r - v
-    return d
-
-
-@triton.jit
-def _dv_dh(h, s, sg, v_th, v_reset, KIND: tl.constexpr, HARD: tl.constexpr, DETACH: tl.constexpr):
-    """``dV[t]/dH[t]`` through the reset (the spike's part uses the surrogate ``sg``)."""
-    if KIND == 2:
-        d = tl.zeros_like(h) + 1.0
-    elif HARD:
-        if DETACH:
-            d = 1.0 - s
-        else:
-            d = (1.0 - s) + (v_reset - h) * sg
-    else:
-        if DETACH:
-            d = tl.zeros_like(h) + 1.0
-        else:
-            d = 1.0 - v_th * sg
-    return d
 
 
 @triton.jit
@@ -169,22 +93,19 @@ def neuron_fwd_kernel(
     vseq_ptr,  # [T, N] out, input dtype (written when STORE_V)
     N,
     T,
-    v_th,
-    v_reset,
-    decay_value,
-    KIND: tl.constexpr,
-    HARD: tl.constexpr,
-    DECAY_INPUT: tl.constexpr,
     DECAY_PTR: tl.constexpr,
     STORE_V: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
-):
+    v_th, v_reset, decay_value, alpha,  # KernelArgs (alpha, DETACH, SG: the backward's)
+    KIND: tl.constexpr, HARD: tl.constexpr, DETACH: tl.constexpr, DECAY_INPUT: tl.constexpr,
+    SG: tl.constexpr,
+):  # fmt: skip
     """Spikes, final membrane and chunk checkpoints for ``BLOCK`` neurons over all T steps."""
     cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = cols < N
-    k = _decay(dec_ptr, decay_value, DECAY_PTR)
-    v_r = _v_rest(v_reset, HARD)
+    k = decay_of(dec_ptr, decay_value, DECAY_PTR)
+    v_r = v_rest(v_reset, HARD)
     v = tl.load(v0_ptr + cols, mask=live, other=0.0)
     for c in range(tl.cdiv(T, CHUNK)):
         t0 = c * CHUNK
@@ -194,9 +115,9 @@ def neuron_fwd_kernel(
             step = t0 + j < T
             m = live & step
             x = tl.load(x_ptr + base + j * N, mask=m, other=0.0).to(tl.float32)
-            h = _charge(v, x, k, v_th, v_r, KIND, DECAY_INPUT)
+            h = charge(v, x, k, v_th, v_r, KIND, DECAY_INPUT)
             s = tl.where(h - v_th >= 0.0, 1.0, 0.0)
-            v = tl.where(step, _reset(h, s, v_th, v_reset, KIND, HARD), v)
+            v = tl.where(step, reset(h, s, v_th, v_reset, KIND, HARD), v)
             tl.store(s_ptr + base + j * N, s.to(s_ptr.dtype.element_ty), mask=m)
             if STORE_V:
                 tl.store(vseq_ptr + base + j * N, v.to(vseq_ptr.dtype.element_ty), mask=m)
@@ -215,28 +136,22 @@ def neuron_bwd_kernel(
     gdec_ptr,  # [programs] out partial sums of grad of the decay, float32 (when NEED_DGRAD)
     N,
     T,
-    v_th,
-    v_reset,
-    decay_value,
-    alpha,
-    KIND: tl.constexpr,
-    HARD: tl.constexpr,
-    DETACH: tl.constexpr,
-    DECAY_INPUT: tl.constexpr,
     DECAY_PTR: tl.constexpr,
     NEED_DGRAD: tl.constexpr,
-    SG: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
-):
+    v_th, v_reset, decay_value, alpha,  # KernelArgs
+    KIND: tl.constexpr, HARD: tl.constexpr, DETACH: tl.constexpr, DECAY_INPUT: tl.constexpr,
+    SG: tl.constexpr,
+):  # fmt: skip
     """Gradients of x, v_init (and the decay) for ``BLOCK`` neurons, chunk by chunk backwards."""
     pid = tl.program_id(0)
     cols = pid * BLOCK + tl.arange(0, BLOCK)
     live = cols < N
-    k = _decay(dec_ptr, decay_value, DECAY_PTR)
-    v_r = _v_rest(v_reset, HARD)
-    a = _dh_dv(k, KIND)
-    b = _dh_dx(k, KIND, DECAY_INPUT)
+    k = decay_of(dec_ptr, decay_value, DECAY_PTR)
+    v_r = v_rest(v_reset, HARD)
+    a = dh_dv(k, KIND)
+    b = dh_dx(k, KIND, DECAY_INPUT)
     rows = tl.arange(0, CHUNK)[:, None]
     gv = tl.load(gvl_ptr + cols, mask=live, other=0.0)
     gk = tl.zeros([BLOCK], tl.float32)
@@ -252,11 +167,11 @@ def neuron_bwd_kernel(
         for j in tl.static_range(CHUNK):
             m = live & (t0 + j < T)
             x = tl.load(x_ptr + base + j * N, mask=m, other=0.0).to(tl.float32)
-            h = _charge(v, x, k, v_th, v_r, KIND, DECAY_INPUT)
+            h = charge(v, x, k, v_th, v_r, KIND, DECAY_INPUT)
             hs = tl.where(rows == j, h[None, :], hs)
             if NEED_DGRAD:
-                ds = tl.where(rows == j, _dh_dk(v, x, v_r, KIND, DECAY_INPUT)[None, :], ds)
-            v = _reset(h, tl.where(h - v_th >= 0.0, 1.0, 0.0), v_th, v_reset, KIND, HARD)
+                ds = tl.where(rows == j, dh_dk(v, x, v_r, KIND, DECAY_INPUT)[None, :], ds)
+            v = reset(h, tl.where(h - v_th >= 0.0, 1.0, 0.0), v_th, v_reset, KIND, HARD)
         # Walk the chunk backwards.
         for jj in tl.static_range(CHUNK):
             j = CHUNK - 1 - jj
@@ -267,7 +182,7 @@ def neuron_bwd_kernel(
             sg = surrogate_grad(z, alpha, SG)
             s = tl.where(z >= 0.0, 1.0, 0.0)
             gs = tl.load(gs_ptr + base + j * N, mask=m, other=0.0).to(tl.float32)
-            gh = gs * sg + gv * _dv_dh(h, s, sg, v_th, v_reset, KIND, HARD, DETACH)
+            gh = gs * sg + gv * dv_dh(h, s, sg, v_th, v_reset, KIND, HARD, DETACH)
             tl.store(gx_ptr + base + j * N, (b * gh).to(gx_ptr.dtype.element_ty), mask=m)
             if NEED_DGRAD:
                 dk = tl.sum(tl.where(rows == j, ds, 0.0), axis=0)
@@ -317,12 +232,7 @@ def forward(
     x: torch.Tensor,
     v_init: torch.Tensor,
     decay: torch.Tensor | None,
-    decay_value: float,
-    kind: int,
-    v_threshold: float,
-    v_reset: float,
-    hard_reset: bool,
-    decay_input: bool,
+    args: KernelArgs,
     store_v_seq: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward on ``x`` [T, N] contiguous, ``v_init`` [N] float32.
@@ -341,10 +251,9 @@ def forward(
     block = fwd_block(n, x.device)
     with _on_device(x):
         neuron_fwd_kernel[(triton.cdiv(n, block),)](
-            x, v_init, dec, spikes, v_last, ckpt, v_seq if store_v_seq else spikes,
-            n, t, float(v_threshold), float(v_reset), float(decay_value),
-            KIND=kind, HARD=hard_reset, DECAY_INPUT=decay_input, DECAY_PTR=dec_ptr,
-            STORE_V=store_v_seq, CHUNK=CHUNK, BLOCK=block, num_warps=4,
+            x, v_init, dec, spikes, v_last, ckpt, v_seq if store_v_seq else spikes, n, t,
+            DECAY_PTR=dec_ptr, STORE_V=store_v_seq, CHUNK=CHUNK, BLOCK=block, num_warps=4,
+            **args.kwargs(),
         )  # fmt: skip
     return spikes, v_last, v_seq, ckpt
 
@@ -355,15 +264,7 @@ def backward(
     x: torch.Tensor,
     ckpt: torch.Tensor,
     decay: torch.Tensor | None,
-    decay_value: float,
-    kind: int,
-    v_threshold: float,
-    v_reset: float,
-    hard_reset: bool,
-    detach_reset: bool,
-    decay_input: bool,
-    surrogate: int,
-    alpha: float,
+    args: KernelArgs,
     need_decay_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward: ``(grad_x [T, N] x.dtype, grad_v_init [N] f32, grad_decay [] f32)``.
@@ -384,11 +285,9 @@ def backward(
     dec, dec_ptr = _decay_args(decay, grad_v0)
     with _on_device(x):
         neuron_bwd_kernel[(programs,)](
-            grad_s, grad_v_last, x, ckpt, dec, grad_x, grad_v0, partials,
-            n, t, float(v_threshold), float(v_reset), float(decay_value), float(alpha),
-            KIND=kind, HARD=hard_reset, DETACH=detach_reset, DECAY_INPUT=decay_input,
-            DECAY_PTR=dec_ptr, NEED_DGRAD=need_decay_grad, SG=surrogate, CHUNK=CHUNK,
-            BLOCK=block, num_warps=4,
+            grad_s, grad_v_last, x, ckpt, dec, grad_x, grad_v0, partials, n, t,
+            DECAY_PTR=dec_ptr, NEED_DGRAD=need_decay_grad, CHUNK=CHUNK, BLOCK=block,
+            num_warps=4, **args.kwargs(),
         )  # fmt: skip
     return grad_x, grad_v0, partials.sum()
 

@@ -3,9 +3,9 @@
 Two ops in the ``snnrun`` namespace, both opaque to ``torch.compile`` (so a compiled model keeps
 the neuron as one node and never breaks its graph there):
 
-- ``snnrun::neuron_forward(x [T, N], v_init [N] f32, decay?, ...)`` →
+- ``snnrun::neuron_forward(x [T, N], v_init [N] f32, decay?, floats, flags, store_v_seq)`` →
   ``(spikes [T, N], v_last [N] f32, v_seq [T, N] or [0], ckpt [ceil(T/8), N] f32)``
-- ``snnrun::neuron_backward(grad_s, grad_v_last, x, ckpt, decay?, ...)`` →
+- ``snnrun::neuron_backward(grad_s, grad_v_last, x, ckpt, decay?, floats, flags, ...)`` →
   ``(grad_x [T, N], grad_v_init [N] f32, grad_decay [] f32)``
 
 ``register_fake`` gives both their shapes for tracing; ``register_autograd`` ties them together
@@ -20,6 +20,7 @@ This module needs only torch; the Triton kernels (:mod:`snnrun.kernels.neuron_ke
 imported on the first launch.
 """
 
+from dataclasses import asdict, astuple, dataclass
 from typing import Optional
 
 import torch
@@ -27,8 +28,49 @@ from torch import Tensor
 
 from snnrun.net.dynamics import BackendResult, Decay, Dynamics
 
-KIND_CODES = {"if": 0, "lif": 1, "leaky": 2}
 CHUNK = 8  # = neuron_kernels.CHUNK (kept here so that tracing needs no Triton import)
+
+
+@dataclass(frozen=True)
+class KernelArgs:
+    """A layer's scalars for both kernels, built in one place (:meth:`of`); the field names are
+    the kernels' parameter names, so a launch passes ``**asdict(args)``.
+
+    The floats are runtime values (changing them does not recompile); the upper-case fields are
+    compile-time constants: the kind code, hard reset, detach_reset, decay_input, the surrogate's
+    code. The custom ops carry them as two lists (:meth:`pack`, :meth:`unpack`).
+    """
+
+    v_th: float
+    v_reset: float
+    decay_value: float
+    alpha: float
+    KIND: int
+    HARD: bool
+    DETACH: bool
+    DECAY_INPUT: bool
+    SG: int
+
+    @classmethod
+    def of(cls, dyn: Dynamics, decay_value: float = 0.0) -> "KernelArgs":
+        return cls(
+            float(dyn.v_threshold), float(dyn.v_reset or 0.0), float(decay_value),
+            float(dyn.surrogate.value), dyn.code, dyn.hard_reset, dyn.detach_reset,
+            dyn.decay_input, dyn.surrogate.spec.code,
+        )  # fmt: skip
+
+    def pack(self) -> tuple[list[float], list[int]]:
+        """``(floats, flags)`` for the custom ops' schemas."""
+        values = astuple(self)
+        return [float(v) for v in values[:4]], [int(v) for v in values[4:]]
+
+    @classmethod
+    def unpack(cls, floats: list[float], flags: list[int]) -> "KernelArgs":
+        kind, hard, detach, decay_input, sg = flags
+        return cls(*floats, kind, bool(hard), bool(detach), bool(decay_input), sg)
+
+    def kwargs(self) -> dict[str, float | int | bool]:
+        return asdict(self)
 
 
 def _kernels():  # the Triton module, imported on first launch
@@ -42,28 +84,17 @@ def neuron_forward(
     x: Tensor,
     v_init: Tensor,
     decay: Optional[Tensor],  # noqa: UP045 - torch.library parses this annotation
-    decay_value: float,
-    kind: int,
-    v_threshold: float,
-    v_reset: float,
-    hard_reset: bool,
-    detach_reset: bool,
-    decay_input: bool,
-    surrogate: int,
-    alpha: float,
+    floats: list[float],
+    flags: list[int],
     store_v_seq: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Multi-step neuron forward on ``x`` [T, N]; see the module docstring for the outputs."""
-    del detach_reset, surrogate, alpha  # backward-only; in the schema for setup_context
-    return _kernels().forward(
-        x.contiguous(), v_init.contiguous().float(), decay, decay_value, kind,
-        v_threshold, v_reset, hard_reset, decay_input, store_v_seq,
-    )  # fmt: skip
+    args = KernelArgs.unpack(floats, flags)
+    return _kernels().forward(x.contiguous(), v_init.contiguous().float(), decay, args, store_v_seq)
 
 
 @neuron_forward.register_fake
-def _(x, v_init, decay, decay_value, kind, v_threshold, v_reset, hard_reset, detach_reset,
-      decay_input, surrogate, alpha, store_v_seq):  # fmt: skip
+def _(x, v_init, decay, floats, flags, store_v_seq):
     t, n = x.shape
     v_seq = x.new_empty(x.shape) if store_v_seq else x.new_empty(0)
     ckpt = x.new_empty(((t + CHUNK - 1) // CHUNK, n), dtype=torch.float32)
@@ -77,28 +108,19 @@ def neuron_backward(
     x: Tensor,
     ckpt: Tensor,
     decay: Optional[Tensor],  # noqa: UP045 - torch.library parses this annotation
-    decay_value: float,
-    kind: int,
-    v_threshold: float,
-    v_reset: float,
-    hard_reset: bool,
-    detach_reset: bool,
-    decay_input: bool,
-    surrogate: int,
-    alpha: float,
+    floats: list[float],
+    flags: list[int],
     need_decay_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients ``(grad_x [T, N], grad_v_init [N] f32, grad_decay [] f32)``."""
     return _kernels().backward(
         grad_s.to(x.dtype).contiguous(), grad_v_last.float().contiguous(), x.contiguous(),
-        ckpt.contiguous(), decay, decay_value, kind, v_threshold, v_reset, hard_reset,
-        detach_reset, decay_input, surrogate, alpha, need_decay_grad,
+        ckpt.contiguous(), decay, KernelArgs.unpack(floats, flags), need_decay_grad,
     )  # fmt: skip
 
 
 @neuron_backward.register_fake
-def _(grad_s, grad_v_last, x, ckpt, decay, decay_value, kind, v_threshold, v_reset, hard_reset,
-      detach_reset, decay_input, surrogate, alpha, need_decay_grad):  # fmt: skip
+def _(grad_s, grad_v_last, x, ckpt, decay, floats, flags, need_decay_grad):
     n = x.shape[1]
     return (
         x.new_empty(x.shape),
@@ -107,26 +129,22 @@ def _(grad_s, grad_v_last, x, ckpt, decay, decay_value, kind, v_threshold, v_res
     )
 
 
-_PARAMS = ("decay_value", "kind", "v_threshold", "v_reset", "hard_reset", "detach_reset",
-           "decay_input", "surrogate", "alpha")  # fmt: skip
-
-
 def _setup_context(ctx, inputs, output) -> None:
-    x, _, decay, *params, _store = inputs
+    x, _, decay, floats, flags, _store = inputs
     _, _, v_seq, ckpt = output
     ctx.mark_non_differentiable(v_seq, ckpt)
     ctx.save_for_backward(x, ckpt, decay)
-    ctx.params = dict(zip(_PARAMS, params, strict=True))
+    ctx.floats, ctx.flags = floats, flags
 
 
 def _backward(ctx, grad_s, grad_v_last, _grad_v_seq, _grad_ckpt):
     x, ckpt, decay = ctx.saved_tensors
     need_decay_grad = decay is not None and ctx.needs_input_grad[2]
     grad_x, grad_v0, grad_decay = torch.ops.snnrun.neuron_backward(
-        grad_s, grad_v_last, x, ckpt, decay, need_decay_grad=need_decay_grad, **ctx.params
+        grad_s, grad_v_last, x, ckpt, decay, ctx.floats, ctx.flags, need_decay_grad
     )
     grad_decay = grad_decay.to(decay.dtype).reshape(decay.shape) if need_decay_grad else None
-    return (grad_x, grad_v0, grad_decay) + (None,) * (len(_PARAMS) + 1)
+    return grad_x, grad_v0, grad_decay, None, None, None
 
 
 torch.library.register_autograd("snnrun::neuron_forward", _backward, setup_context=_setup_context)
@@ -144,11 +162,10 @@ def triton_neuron(
     x = x_seq.reshape(t, -1).contiguous()
     v0 = v.reshape(-1).to(torch.float32)
     decay_t, decay_value = _split_decay(decay, x)
+    floats, flags = KernelArgs.of(dyn, decay_value).pack()
     spikes, v_last, v_seq, _ = torch.ops.snnrun.neuron_forward(
-        x, v0, decay_t, decay_value, KIND_CODES[dyn.kind], float(dyn.v_threshold),
-        float(dyn.v_reset or 0.0), dyn.hard_reset, dyn.detach_reset, dyn.decay_input,
-        dyn.surrogate.spec.code, float(dyn.surrogate.value), store_v_seq,
-    )  # fmt: skip
+        x, v0, decay_t, floats, flags, store_v_seq
+    )
     shape = x_seq.shape
     return (
         spikes.view(shape),

@@ -1,5 +1,3 @@
-# Kernels branch on constexprs with if-statements (not ternaries): the most portable Triton form.
-# ruff: noqa: SIM108
 """Fused Triton kernels for the two-state neurons ``alif`` and ``synaptic``, and their gradient.
 
 The design of :mod:`snnrun.kernels.neuron_kernels`: ``x`` is ``[T, N]`` row-major, one program
@@ -41,7 +39,16 @@ import torch
 import triton
 import triton.language as tl
 
-from snnrun.kernels.neuron_kernels import CHUNK, _empty, _on_device, bwd_block, fwd_block
+from snnrun.kernels.neuron_kernels import (
+    CHUNK,
+    _empty,
+    _on_device,
+    bwd_block,
+    charge,
+    fwd_block,
+    reset,
+    v_rest,
+)
 from snnrun.kernels.surrogate_jit import surrogate_grad
 from snnrun.net.state_loop import State
 
@@ -82,24 +89,15 @@ def _params(par_ptr, p0, p1, KIND: tl.constexpr):
 def _step(q, v, x, c0, c1, v_th, v_reset, beta_a,
           KIND: tl.constexpr, HARD: tl.constexpr, DECAY_INPUT: tl.constexpr):  # fmt: skip
     """One step: ``(H, z, q', V')`` from ``(q, V)`` = ``(a, V)`` or ``(I, V)`` and ``X``."""
-    if KIND == 0:
-        v_r = 0.0
-        if HARD:
-            v_r = v_reset
-        if DECAY_INPUT:
-            h = v + (x - (v - v_r)) * c0
-        else:
-            h = v - (v - v_r) * c0 + x
+    if KIND == 0:  # alif: the lif charge and reset (kind code 1) with an adaptive threshold
+        h = charge(v, x, c0, v_th, v_rest(v_reset, HARD), 1, DECAY_INPUT)
         z = h - (v_th + beta_a * q)
         s = tl.where(z >= 0.0, 1.0, 0.0)
-        if HARD:
-            v_new = h * (1.0 - s) + v_reset * s
-        else:
-            v_new = h - v_th * s
+        v_new = reset(h, s, v_th, v_reset, 1, HARD)
         q_new = c1 * q + s
-    else:
+    else:  # synaptic: a current I, then the leaky charge (kind code 2) of V with I as input
         q_new = c0 * q + x
-        h = c1 * v + q_new - v_th * tl.where(v >= v_th, 1.0, 0.0)
+        h = charge(v, q_new, c1, v_th, 0.0, 2, False)
         z = h - v_th
         v_new = h
     return h, z, q_new, v_new

@@ -1,11 +1,8 @@
 """The registered surrogate formulas compiled for Triton: ``surrogate_grad(x, alpha, SG)``.
 
 Each surrogate in :data:`snnrun.net.surrogate.SURROGATES` is ONE Python function written in the
-``tl`` dialect (see :mod:`snnrun.net.surrogate`). This module does not re-type them: it rebuilds
-each function from the same code object with the global ``tl`` bound to ``triton.language`` instead
-of the torch shim, and wraps the copy with ``triton.jit``. ``JITFunction`` reads the source through
-``inspect`` (the file and line of the original), and keeps the text from the first line that starts
-with ``def`` on, which drops the ``@surrogate(...)`` registration line above it.
+``tl`` dialect (see :mod:`snnrun.net.dialect`). This module does not re-type them: it compiles
+each with :func:`snnrun.kernels.dialect.jit_copy`.
 
 The kernels pick the formula at compile time: ``SG`` is the surrogate's stable ``code`` (a
 constexpr), and :func:`surrogate_grad` is a constexpr if-chain over the codes, so a kernel
@@ -19,24 +16,16 @@ Importing this module imports Triton; :mod:`snnrun.kernels` imports it lazily.
 
 from __future__ import annotations
 
-import types
-
 import triton
 import triton.language as tl
 
+from snnrun.kernels.dialect import jit_copy
 from snnrun.net.surrogate import SURROGATES
 
 
-def jit_copy(name: str) -> triton.runtime.JITFunction:
-    """``triton.jit`` of the registered formula ``name`` with ``tl`` rebound to triton.language."""
-    formula = SURROGATES.get(name).formula
-    scope = {"tl": tl, "__name__": __name__, "__builtins__": __builtins__}
-    copy = types.FunctionType(
-        formula.__code__, scope, formula.__name__, formula.__defaults__, formula.__closure__
-    )
-    copy.__qualname__ = f"sg_{formula.__name__}"
-    copy.__doc__ = formula.__doc__
-    return triton.jit(copy)
+def _jit(name: str) -> triton.runtime.JITFunction:
+    """The registered formula ``name``, compiled."""
+    return jit_copy(SURROGATES.get(name).formula, f"sg_{name}")
 
 
 def _code(name: str) -> tl.constexpr:
@@ -44,14 +33,14 @@ def _code(name: str) -> tl.constexpr:
 
 
 # The jitted copies, under fixed names (the dispatch below calls them by these names).
-sg_atan = jit_copy("atan")
-sg_sigmoid = jit_copy("sigmoid")
-sg_fast_sigmoid = jit_copy("fast_sigmoid")
-sg_piecewise_quadratic = jit_copy("piecewise_quadratic")
-sg_erf = jit_copy("erf")
-sg_soft_sign = jit_copy("soft_sign")
-sg_triangle = jit_copy("triangle")
-sg_rectangle = jit_copy("rectangle")
+sg_atan = _jit("atan")
+sg_sigmoid = _jit("sigmoid")
+sg_fast_sigmoid = _jit("fast_sigmoid")
+sg_piecewise_quadratic = _jit("piecewise_quadratic")
+sg_erf = _jit("erf")
+sg_soft_sign = _jit("soft_sign")
+sg_triangle = _jit("triangle")
+sg_rectangle = _jit("rectangle")
 
 # Their registry codes, as compile-time constants for the if-chain.
 SG_ATAN = _code("atan")

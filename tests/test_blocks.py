@@ -368,7 +368,7 @@ def test_the_readme_network_example_builds_and_runs(tmp_path: Path, monkeypatch)
     (package / "__init__.py").write_text(textwrap.dedent(MY_LAYERS).replace("Dense", "MyLayer"))
     monkeypatch.syspath_prepend(str(tmp_path))
     model = build_model(example, groups(kind="lif", tau=2.0), (3, 8, 8), 10)
-    kinds = {e.kind for _, _, e in model.entries()}
+    kinds = {e.type for _, _, e in model.entries()}
     assert {
         "sequential",
         "repeat",

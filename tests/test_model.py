@@ -55,7 +55,7 @@ def test_csnn_matches_the_tutorial_structure() -> None:
     ]
     assert [(m.in_features, m.out_features) for m in linears] == [(6272, 2048), (2048, 10)]
     assert all(m.bias is None for m in linears)
-    assert [e.kind for _, _, e in model.entries()].count("neuron") == 4
+    assert [e.type for _, _, e in model.entries()].count("neuron") == 4
 
 
 def test_plif_net_structure_at_full_width() -> None:

@@ -230,9 +230,9 @@ def test_imported_parts_carry_entries(tmp_path: Path) -> None:
     from, so summaries and monitors label them."""
     _, back = _round_trip(_build(NETS["strided_shortcut"]), tmp_path)
     residual = next(m for m in back.layers if isinstance(m, Residual))
-    assert residual.snnrun_entry.kind == "residual"
+    assert residual.snnrun_entry.type == "residual"
     assert residual.snnrun_entry.path == "nir:L2_if..L4_if"
-    kinds = [m.snnrun_entry.kind for m in residual.shortcut]
+    kinds = [m.snnrun_entry.type for m in residual.shortcut]
     assert (
         kinds == ["conv2d"] and residual.shortcut[0].snnrun_entry.path == "nir:L3.shortcut.0_conv2d"
     )
@@ -476,7 +476,7 @@ def test_export_command_on_a_residual_run(
     )
     rebuilt = build_network(conf, run.data).eval()  # type: ignore[arg-type]
     first = rebuilt.entries()[0][2]  # a spliced part keeps the entry its NIR node gave it
-    assert first.kind == "conv2d" and first.path.startswith("model.layers[0]:")
+    assert first.type == "conv2d" and first.path.startswith("model.layers[0]:")
     assert len(_residuals(rebuilt)) == 2
     x = torch.rand(1, 8, 1, 28, 28).expand(4, 8, 1, 28, 28) * 2  # direct encoding: static head
     ours, theirs = _spikes(run.model, x), _spikes(rebuilt, x)

@@ -13,9 +13,10 @@ from test_events import write_shd
 from test_train import without_timing
 
 from snnrun.core.errors import SnnrunError
-from snnrun.net.neuron import build_neuron
+from snnrun.net.dynamics import charge, fire_and_reset
+from snnrun.net.neuron import NEURONS, build_neuron, layer_options, make_dynamics
 from snnrun.net.state_loop import CHUNK
-from snnrun.net.state_neurons import ALIFNeuron, PSNNeuron, SynapticNeuron
+from snnrun.net.state_neurons import ALIFNeuron, PSNNeuron, StateNeuron, SynapticNeuron
 
 from conftest import TINY, assert_one_line_error, cli, read_metrics, train_in_process
 
@@ -220,3 +221,53 @@ def test_options_these_neurons_do_not_have_are_refused() -> None:
     recurrent = {"type": "recurrent", "kind": "psn", "T": 4, "layers": [{"type": "linear"}]}
     with pytest.raises(ModelBuildError, match=r"model\.layers\[0\] \(recurrent\): psn computes"):
         build_model({"layers": [recurrent]}, groups, (3,), 3)
+
+
+class _TraceLIF(StateNeuron):
+    """A neuron no file of snnrun knows: LIF whose spikes leave a trace that inhibits it,
+    ``u[t] = 0.5 u[t-1] + S[t-1]``, ``H = V + k (X - V) - w u``, soft reset."""
+
+    OPTIONS = (*StateNeuron.OPTIONS, "tau", "w")
+
+    def __init__(self, tau: float = 2.0, w: float = 0.3, **kw) -> None:
+        super().__init__(make_dynamics("lif", {**kw, "v_reset": None}), **layer_options(kw))
+        self.k, self.w = 1.0 / tau, w
+
+    def initial_state(self, x: torch.Tensor):
+        return torch.zeros_like(x), torch.zeros_like(x)
+
+    def params(self) -> list:
+        return [self.k]
+
+    def step(self, x, state, params):
+        u, v = state
+        h = charge(self.dynamics, v, x, params[0]) - self.w * u
+        s, v = fire_and_reset(self.dynamics, h)
+        return s, (0.5 * u + s, v)
+
+
+@pytest.mark.filterwarnings("ignore:no fused kernel")
+def test_a_neuron_with_new_dynamics_is_its_definition_and_its_yaml(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """docs/architecture.md's recipe: a registered step function and a neuron YAML (here in a
+    user config folder) train through the command on every backend, with equal results."""
+    monkeypatch.setitem(NEURONS._entries, "trace_lif", _TraceLIF)
+    (tmp_path / "conf" / "neuron").mkdir(parents=True)
+    (tmp_path / "conf" / "neuron" / "trace_lif.yaml").write_text(
+        "kind: trace_lif\ntau: 2.0\nw: 0.3\nv_threshold: 1.0\nbackend: torch\nstep_mode: m\n"
+        "store_v_seq: false\n"
+    )
+    runs = {}
+    for backend in ("autograd", "torch", "triton"):
+        rundir = tmp_path / backend
+        train_in_process(
+            monkeypatch, *SMALL, f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+            "neuron=trace_lif", f"neuron.backend={backend}", f"hydra.run.dir={rundir}",
+        )  # fmt: skip
+        runs[backend] = without_timing(read_metrics(rundir))
+    assert runs["autograd"][-1]["firing_rate/L2"] > 0
+    for backend in ("torch", "triton"):  # triton: no kernels for this step, the torch loop runs
+        for got, want in zip(runs[backend], runs["autograd"], strict=True):
+            assert got.keys() == want.keys()
+            assert all(got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6) for k in want)

@@ -171,7 +171,7 @@ def test_resnet_matches_spikingjelly(name: str, connect: str) -> None:
     count = sum(p.numel() for p in ours.parameters())
     assert count == sum(p.numel() for p in theirs.parameters()) == COUNTS[name]
     assert len(ours.neurons()) == NEURONS[name]  # SEW: a neuron on each downsampling shortcut
-    residuals = {m.connect for _, m, e in ours.entries() if e.kind == "residual"}
+    residuals = {m.connect for _, m, e in ours.entries() if e.type == "residual"}
     assert residuals == {connect}
     randomize(ours, seed=len(name) + len(connect))
     copy_by_order(ours, theirs)
@@ -262,7 +262,7 @@ def test_dvs_net_has_the_authors_parameters() -> None:
     count = sum(p.numel() for p in ours.parameters())
     assert count == sum(p.numel() for p in theirs.parameters())
     copy_by_order(ours, theirs)
-    shapes = [entry.shape for _, _, entry in ours.entries() if entry.kind == "maxpool2d"]
+    shapes = [entry.shape for _, _, entry in ours.entries() if entry.type == "maxpool2d"]
     assert shapes[-1] == (32, 1, 1) and len(shapes) == 7
 
 

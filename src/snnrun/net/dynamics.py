@@ -1,3 +1,5 @@
+# The tl-dialect equations branch on compile-time codes with if-statements (Triton compiles them).
+# ruff: noqa: SIM102, SIM108
 """Neuron dynamics shared by every backend, and the PyTorch reference time loop.
 
 One step of a neuron layer (SpikingJelly's charge → fire → reset), elementwise over ``[N, ...]``:
@@ -15,11 +17,13 @@ One step of a neuron layer (SpikingJelly's charge → fire → reset), elementwi
   ``V[t] = H[t] - V_th S[t]``; ``detach_reset`` cuts the gradient through that ``S``.
   ``leaky`` keeps ``V[t] = H[t]`` (its reset happens in the next charge).
 
-The equations live here once: :func:`charge` and :func:`fire_and_reset` (the reference loop,
-autograd through them), :func:`next_v` and the derivatives :func:`dv_dh`, :func:`dh_dk` (what
-the handwritten backward of :mod:`snnrun.net.neuron_loop` reads). A backend is a function with
-the :data:`Backend` signature, registered in :data:`BACKENDS`; the neuron layer picks one when it
-is built.
+The equations are written here once, in the math dialect of :mod:`snnrun.net.dialect`
+(``eq_charge``, ``eq_reset`` and the derivatives ``eq_dv_dh``, ``eq_dh_dv``, ``eq_dh_dx``,
+``eq_dh_dk``), with the kind as a compile-time code (``Dynamics.code``: 0 if, 1 lif, 2 leaky). The
+reference loop (autograd through :func:`charge` and :func:`fire_and_reset`), the handwritten
+backward of :mod:`snnrun.net.neuron_loop` and the Triton kernels (``kernels/neuron_kernels.py``
+compiles these very functions) all run them. A backend is a function with the :data:`Backend`
+signature, registered in :data:`BACKENDS`; the neuron layer picks one when it is built.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from snnrun.core.registry import Registry
+from snnrun.net.dialect import tl
 from snnrun.net.surrogate import Surrogate
 
 KINDS = ("if", "lif", "leaky")
@@ -56,6 +61,11 @@ class Dynamics:
         return self.v_reset is not None and self.kind != "leaky"
 
     @property
+    def code(self) -> int:
+        """The kind as the equations' compile-time ``KIND``: 0 if, 1 lif, 2 leaky."""
+        return KINDS.index(self.kind)
+
+    @property
     def v_rest(self) -> float:
         """The initial membrane ``V[-1]``: ``V_reset`` for hard reset, else 0."""
         return self.v_reset if self.hard_reset else 0.0
@@ -69,38 +79,103 @@ Backend = Callable[[torch.Tensor, torch.Tensor, Decay, Dynamics, bool], BackendR
 BACKENDS: Registry[Backend] = Registry("neuron backend")
 
 
+# --- the equations, in the tl dialect: KIND 0 if, 1 lif, 2 leaky; k the decay; V_r = v_rest --
+def eq_charge(v, x, k, v_th, v_r, KIND: tl.constexpr, DECAY_INPUT: tl.constexpr):
+    """``H[t]`` from ``V[t-1] = v`` and ``X[t] = x``."""
+    if KIND == 0:
+        h = v + x
+    elif KIND == 1:
+        if DECAY_INPUT:
+            h = v + (x - (v - v_r)) * k
+        else:
+            h = v - (v - v_r) * k + x
+    else:
+        h = k * v + x
+        h = tl.where(v >= v_th, h - v_th, h)  # leaky's reset, decided by V[t-1]: no gradient
+    return h
+
+
+def eq_reset(h, s, v_th, v_reset, KIND: tl.constexpr, HARD: tl.constexpr):
+    """``V[t]`` from ``H[t]`` and the spike ``S[t]`` (0 or 1, as a float)."""
+    if KIND == 2:
+        v = h
+    elif HARD:
+        v = h * (1.0 - s) + v_reset * s
+    else:
+        v = h - v_th * s
+    return v
+
+
+def eq_dv_dh(h, s, sg, v_th, v_reset, KIND: tl.constexpr, HARD: tl.constexpr,
+             DETACH: tl.constexpr):  # fmt: skip
+    """``dV[t]/dH[t]`` through the reset (the spike's part by ``sg = g'(H - V_th)``)."""
+    if KIND == 2:
+        d = tl.zeros_like(h) + 1.0
+    elif HARD:
+        if DETACH:
+            d = 1.0 - s
+        else:
+            d = (1.0 - s) + (v_reset - h) * sg
+    else:
+        if DETACH:
+            d = tl.zeros_like(h) + 1.0
+        else:
+            d = 1.0 - v_th * sg
+    return d
+
+
+def eq_dh_dv(k, KIND: tl.constexpr):
+    """``dH[t]/dV[t-1]``: if 1, lif ``1 - k``, leaky ``k`` (its reset term is detached)."""
+    if KIND == 0:
+        a = 1.0
+    elif KIND == 1:
+        a = 1.0 - k
+    else:
+        a = k
+    return a
+
+
+def eq_dh_dx(k, KIND: tl.constexpr, DECAY_INPUT: tl.constexpr):
+    """``dH[t]/dX[t]``: ``k`` for lif with decay_input, else 1."""
+    b = 1.0
+    if KIND == 1:
+        if DECAY_INPUT:
+            b = k
+    return b
+
+
+def eq_dh_dk(v, x, v_r, KIND: tl.constexpr, DECAY_INPUT: tl.constexpr):
+    """``dH[t]/dk`` at ``V[t-1] = v``, ``X[t] = x`` (for a learned decay)."""
+    if KIND == 2:
+        d = v
+    elif DECAY_INPUT:
+        d = x - (v - v_r)
+    else:
+        d = v_r - v
+    return d
+
+
+# --- the equations for one layer's Dynamics, on torch tensors ---------------------------------
 def charge(dyn: Dynamics, v: torch.Tensor, x: torch.Tensor, decay: Decay) -> torch.Tensor:
     """``H[t]`` from ``V[t-1]`` and ``X[t]`` (see the module docstring)."""
-    if dyn.kind == "if":
-        return v + x
-    if dyn.kind == "lif":
-        v_r = dyn.v_rest
-        if dyn.decay_input:
-            return v + (x - (v - v_r)) * decay
-        return v - (v - v_r) * decay + x
-    reset = (v >= dyn.v_threshold).to(v.dtype)  # leaky: previous spike, no gradient
-    return decay * v + x - dyn.v_threshold * reset
+    return eq_charge(v, x, decay, dyn.v_threshold, dyn.v_rest, dyn.code, dyn.decay_input)
+
+
+def reset(dyn: Dynamics, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``V[t]`` from ``H[t]`` and the float spike ``S[t]`` (autograd flows through ``s``)."""
+    return eq_reset(h, s, dyn.v_threshold, dyn.v_reset, dyn.code, dyn.hard_reset)
 
 
 def fire_and_reset(dyn: Dynamics, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(S[t], V[t])`` from ``H[t]``."""
     s = dyn.surrogate(h - dyn.v_threshold)
-    if dyn.kind == "leaky":
-        return s, h
-    s_r = s.detach() if dyn.detach_reset else s
-    if dyn.hard_reset:
-        return s, h * (1.0 - s_r) + dyn.v_reset * s_r
-    return s, h - dyn.v_threshold * s_r
+    return s, reset(dyn, h, s.detach() if dyn.detach_reset else s)
 
 
 # --- the handwritten backward's view of the same step (boolean spikes, derivatives) -------
 def next_v(dyn: Dynamics, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``V[t]`` from ``H[t]`` and the boolean spike ``S[t]`` (values as the reference's)."""
-    if dyn.kind == "leaky":
-        return h
-    if dyn.hard_reset:
-        return torch.where(s, dyn.v_reset, h)
-    return h - dyn.v_threshold * s.to(h.dtype)
+    return h if dyn.kind == "leaky" else reset(dyn, h, s.to(h.dtype))
 
 
 def v_after(dyn: Dynamics, h: torch.Tensor) -> torch.Tensor:
@@ -109,22 +184,26 @@ def v_after(dyn: Dynamics, h: torch.Tensor) -> torch.Tensor:
 
 
 def dv_dh(dyn: Dynamics, h: torch.Tensor, s: torch.Tensor, sg: torch.Tensor) -> torch.Tensor | None:
-    """``dV[t]/dH[t]`` through the reset; None where it is 1."""
+    """``dV[t]/dH[t]`` for the boolean spike ``s``; None where it is 1."""
     if dyn.kind == "leaky" or (not dyn.hard_reset and dyn.detach_reset):
         return None
-    if dyn.hard_reset:
-        keep = (~s).to(h.dtype)
-        return keep if dyn.detach_reset else keep.addcmul_(dyn.v_reset - h, sg)
-    return 1.0 - dyn.v_threshold * sg
+    return eq_dv_dh(h, s.to(h.dtype), sg, dyn.v_threshold, dyn.v_reset, dyn.code,
+                    dyn.hard_reset, dyn.detach_reset)  # fmt: skip
+
+
+def dh_dv(dyn: Dynamics, decay: Decay) -> Decay:
+    """``dH[t]/dV[t-1]`` (a float or the decay tensor)."""
+    return eq_dh_dv(decay, dyn.code)
+
+
+def dh_dx(dyn: Dynamics, decay: Decay) -> Decay:
+    """``dH[t]/dX[t]`` (a float or the decay tensor)."""
+    return eq_dh_dx(decay, dyn.code, dyn.decay_input)
 
 
 def dh_dk(dyn: Dynamics, v_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``dH[t]/dk`` for a learned decay."""
-    if dyn.kind == "leaky":
-        return v_prev
-    if dyn.decay_input:
-        return x - (v_prev - dyn.v_rest)
-    return dyn.v_rest - v_prev
+    return eq_dh_dk(v_prev, x, dyn.v_rest, dyn.code, dyn.decay_input)
 
 
 @BACKENDS.register("autograd")

@@ -50,7 +50,7 @@ class Context:
 class Entry:
     """What the builder records on every module it built from a config entry."""
 
-    kind: str  # the entry's ``type``
+    type: str  # the entry's ``type``: which layer builder made it
     path: str  # its config path
     shape: Shape  # its per-sample output shape
 
@@ -76,10 +76,10 @@ def build_entry(entry: Any, in_shape: Shape, ctx: Context) -> tuple[list[nn.Modu
     if not isinstance(entry, Mapping):
         raise ModelBuildError(f"{ctx.path} must be a mapping like {{type: linear, ...}}: {entry!r}")
     options = dict(entry)
-    kind = options.pop("type", None)
-    label = f"{ctx.path} ({kind})"
+    layer_type = options.pop("type", None)
+    label = f"{ctx.path} ({layer_type})"
     try:
-        module = LAYERS.get(kind)(options, in_shape, ctx)
+        module = LAYERS.get(layer_type)(options, in_shape, ctx)
     except ModelBuildError:
         raise
     except UnknownNameError as e:
@@ -91,7 +91,7 @@ def build_entry(entry: Any, in_shape: Shape, ctx: Context) -> tuple[list[nn.Modu
     for part in parts:
         shape = output_shape(part, shape, label)
         if len(parts) == 1 or not isinstance(getattr(part, "snnrun_entry", None), Entry):
-            part.snnrun_entry = Entry(kind, ctx.path, shape)  # a spliced part keeps its own
+            part.snnrun_entry = Entry(layer_type, ctx.path, shape)  # a spliced part keeps its own
     return parts, shape
 
 

@@ -101,7 +101,7 @@ def _depends_on_time(module: nn.Module) -> bool:
     """A neuron inside, or a user module (which may keep state of its own)."""
     for m in module.modules():
         entry = getattr(m, "snnrun_entry", None)
-        if isinstance(m, SpikingNeuron) or (entry is not None and entry.kind == "module"):
+        if isinstance(m, SpikingNeuron) or (entry is not None and entry.type == "module"):
             return True
     return False
 

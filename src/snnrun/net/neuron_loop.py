@@ -30,6 +30,8 @@ from snnrun.net.dynamics import (
     Dynamics,
     charge,
     dh_dk,
+    dh_dv,
+    dh_dx,
     dv_dh,
     next_v,
     v_after,
@@ -46,10 +48,7 @@ class _NeuronLoop(torch.autograd.Function):
         v = v_init
         for t in range(x_seq.shape[0]):
             h = h_seq[t]
-            if dyn.kind == "if":
-                torch.add(v, x_seq[t], out=h)
-            else:
-                h.copy_(charge(dyn, v, x_seq[t], k))
+            h.copy_(charge(dyn, v, x_seq[t], k))
             s = h >= dyn.v_threshold
             spikes[t].copy_(s)
             v = next_v(dyn, h, s)
@@ -72,6 +71,7 @@ class _NeuronLoop(torch.autograd.Function):
         acc = torch.promote_types(decay_t.dtype, torch.float32) if want_k else None
         g_k = decay_t.new_zeros(decay_t.shape, dtype=acc) if want_k else None
         g_v = g_v_last
+        a, b = dh_dv(dyn, k), dh_dx(dyn, k)  # dH/dV[t-1], dH/dX
         for t in range(h_seq.shape[0] - 1, -1, -1):
             if g_v_seq is not None:
                 g_v = g_v_seq[t] if g_v is None else g_v + g_v_seq[t]
@@ -83,13 +83,18 @@ class _NeuronLoop(torch.autograd.Function):
                 through_reset = dv_dh(dyn, h, s, sg)
                 g_h = g_h.add_(g_v) if through_reset is None else g_h.addcmul_(g_v, through_reset)
             if g_x is not None:
-                g_x[t] = g_h * k if dyn.kind == "lif" and dyn.decay_input else g_h
+                g_x[t] = _times(g_h, b)
             if want_k:
                 v_prev = v_init if t == 0 else v_after(dyn, h_seq[t - 1])
                 g_k += (g_h * dh_dk(dyn, v_prev, x_seq[t])).sum_to_size(decay_t.shape).to(acc)
-            g_v = g_h if dyn.kind == "if" else g_h * (1.0 - k if dyn.kind == "lif" else k)
+            g_v = _times(g_h, a)
         g_decay = g_k.to(decay_t.dtype) if want_k else None
         return g_x, g_v, g_decay, None, None, None
+
+
+def _times(g: torch.Tensor, factor: Decay) -> torch.Tensor:
+    """``g * factor``, skipping the product where the factor is the number 1."""
+    return g if not isinstance(factor, torch.Tensor) and factor == 1.0 else g * factor
 
 
 @BACKENDS.register("torch")

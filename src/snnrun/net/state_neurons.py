@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from snnrun.core.errors import SnnrunError
-from snnrun.net.dynamics import Decay, charge
+from snnrun.net.dynamics import Decay, charge, reset
 from snnrun.net.neuron import (
     COMMON_OPTIONS,
     LAYER_KEYS,
@@ -96,8 +96,7 @@ class ALIFNeuron(StateNeuron):
         dyn = self.dynamics
         h = charge(dyn, v, x, params[0])
         s = dyn.surrogate(h - (dyn.v_threshold + self.beta_a * a))
-        s_r = s.detach() if dyn.detach_reset else s
-        v = h * (1.0 - s_r) + dyn.v_reset * s_r if dyn.hard_reset else h - dyn.v_threshold * s_r
+        v = reset(dyn, h, s.detach() if dyn.detach_reset else s)
         return s, (self.rho * a + s, v)
 
     def _decay_repr(self) -> list[str]:

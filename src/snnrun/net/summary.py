@@ -29,8 +29,8 @@ def layer_rows(model: SpikingNetwork, T: int) -> list[tuple[str, str, str, str]]
     for name, layer, entry in model.entries():
         out = "[" + ", ".join(map(str, (T, "N", *entry.shape))) + "]"
         params = sum(p.numel() for p in layer.parameters())
-        kind = entry.kind + (f"({layer.connect})" if isinstance(layer, Residual) else "")
-        rows.append((f"{name} {kind}", out, f"{params:,}", _neuron(layer)))
+        what = entry.type + (f"({layer.connect})" if isinstance(layer, Residual) else "")
+        rows.append((f"{name} {what}", out, f"{params:,}", _neuron(layer)))
     return rows
 
 

@@ -1,12 +1,10 @@
 """Surrogate gradients of the spike: forward is Heaviside, backward a smooth g'(x).
 
 ``S = Heaviside(x)`` with ``x = H - V_th`` (a spike when ``H >= V_th``); the backward pass uses
-``dS/dx ≈ g'(x)``. Every surrogate is ONE formula below, written in a small math dialect that both
-backends provide: arithmetic plus ``tl.exp``, ``tl.abs``, ``tl.sigmoid``, ``tl.where`` and
-``tl.maximum``. The torch backend calls the formula on tensors with ``tl`` bound to torch
-(:class:`_TorchMath`); the Triton kernels compile the very same function with ``tl`` bound to
-``triton.language`` (see ``snnrun.kernels.surrogate_jit``). Formulas use literal numbers only, so
-that Triton accepts them, and take their parameter as a runtime value.
+``dS/dx ≈ g'(x)``. Every surrogate is ONE formula below, written in the math dialect of
+:mod:`snnrun.net.dialect`: the torch backends call it on tensors, the Triton kernels compile the
+very same function (``snnrun.kernels.surrogate_jit``). Formulas take their parameter as a
+runtime value.
 """
 
 from __future__ import annotations
@@ -17,19 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from snnrun.core.registry import Registry
-
-
-class _TorchMath:
-    """The ``tl`` dialect on torch tensors."""
-
-    exp = staticmethod(torch.exp)
-    abs = staticmethod(torch.abs)
-    sigmoid = staticmethod(torch.sigmoid)
-    where = staticmethod(torch.where)
-    maximum = staticmethod(torch.maximum)
-
-
-tl = _TorchMath  # the formulas below read this global; the Triton side rebinds it
+from snnrun.net.dialect import tl
 
 
 @dataclass(frozen=True)

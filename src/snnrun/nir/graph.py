@@ -691,7 +691,7 @@ def _where(m: nn.Module, label: str) -> str:
     """A module as errors name it: its entry's config path and type, ``model.layers[3].body[1]
     (neuron)`` (a module built from no entry: its label and class)."""
     entry = getattr(m, "snnrun_entry", None)
-    return f"{entry.path} ({entry.kind})" if entry else f"{label} ({type(m).__name__})"
+    return f"{entry.path} ({entry.type})" if entry else f"{label} ({type(m).__name__})"
 
 
 class _Writer:
@@ -720,7 +720,7 @@ class _Writer:
     def module(self, m: nn.Module, label: str, at: _Point) -> _Point:
         where = _where(m, label)
         entry = getattr(m, "snnrun_entry", None)
-        if entry is not None and entry.kind == "module":
+        if entry is not None and entry.type == "module":
             raise NirError(
                 f"{where}: a user module ({type(m).__name__}) has no NIR mapping; export "
                 "covers snnrun's own layer entries (docs/nir.md lists them)"
@@ -849,7 +849,7 @@ def _cycle(after: dict[str, list[str]], start: str) -> list[str]:
     return []
 
 
-def _kind(module: nn.Module) -> str:
+def _layer_type(module: nn.Module) -> str:
     """The layer type an imported module would have in a config."""
     if isinstance(module, SpikingNeuron):
         return "neuron"
@@ -966,7 +966,7 @@ class _Reader:
         modules = row.load(node, ImportStep(label, shape, self.dt, self.groups, following))
         for module in modules:
             shape = _checked_shape(module, shape, label)
-            module.snnrun_entry = Entry(_kind(module), f"{self.path}:{name}", shape)
+            module.snnrun_entry = Entry(_layer_type(module), f"{self.path}:{name}", shape)
         return modules, shape
 
 

@@ -270,5 +270,5 @@ def _describe(name: str, named: dict[str, nn.Module]) -> str:
         parents = [name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1)]
         held = [named[p].snnrun_entry for p in parents if hasattr(named[p], "snnrun_entry")]
         where = f"in {held[0].path}" if held else ""
-    what = f"neuron, backend={m.backend}" if isinstance(m, SpikingNeuron) else entry.kind
+    what = f"neuron, backend={m.backend}" if isinstance(m, SpikingNeuron) else entry.type
     return ", ".join(part for part in (where, what) if part)
