@@ -60,7 +60,7 @@ CSNN_ROWS = ("csnn lif autograd", "csnn lif torch", "csnn alif torch", "csnn psn
 def _snnrun_layer(kind: str, backend: str, T: int) -> Callable[[torch.Tensor], torch.Tensor]:
     from snnrun.net.neuron import build_neuron
 
-    options = {"kind": kind, "backend": backend}
+    options = {"name": kind, "backend": backend}
     options.update({"lif": {"tau": 2.0}, "alif": {"tau": 2.0, "tau_adapt": 20.0, "beta_a": 0.2},
                     "synaptic": {}, "psn": {"T": T}}[kind])  # fmt: skip
     layer = build_neuron(options, ATAN)

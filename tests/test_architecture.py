@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from snnrun.api import load_run
 from snnrun.cli.command import main
+from snnrun.net.neuron import renamed_neuron_keys
 
-from conftest import REPO, read_metrics
+from conftest import REPO, TINY, assert_one_line_error, cli, read_metrics
 
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 FIXTURE = REPO / "tests" / "fixtures" / "run_3fa185d"  # 2 epochs of model=fc, made by 3fa185d
@@ -66,3 +69,36 @@ def test_a_run_dir_made_before_the_relayout_still_works(monkeypatch, tmp_path: P
         main()
     assert list((run_dir / "eval").glob("*.json")) and (run_dir / "figures").is_dir()
     assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1, 2]
+    assert "kind" in yaml.safe_load((FIXTURE / "config.yaml").read_text())["neuron"]
+    resumed = yaml.safe_load((run_dir / "config.yaml").read_text())  # rewritten by the resume
+    assert resumed["neuron"]["name"] == "lif" and "kind" not in resumed["neuron"]
+
+
+def test_configs_saved_with_the_neuron_kind_key_read_with_name() -> None:
+    """Checkpoints up to version 2 named the neuron with ``kind``: the key is renamed in the
+    group and in neuron-holding entries at any depth; a user module's arguments are its own."""
+    old = {
+        "neuron": {"kind": "plif", "init_tau": 2.0},
+        "model": {"layers": [
+            {"type": "neuron", "kind": "lif"},
+            {"type": "residual", "body": [{"type": "recurrent", "kind": "alif", "layers": []}]},
+            {"type": "spiking_self_attention", "neuron": {"kind": "if"}},
+            {"type": "module", "_target_": "my.Layer", "kind": "gabor"},
+        ]},
+        "dataset": {"name": "digits"},
+    }  # fmt: skip
+    new = renamed_neuron_keys(old)
+    layers = new["model"]["layers"]
+    assert new["neuron"] == {"name": "plif", "init_tau": 2.0}
+    assert layers[0] == {"type": "neuron", "name": "lif"}
+    assert layers[1]["body"][0]["name"] == "alif" and layers[2]["neuron"] == {"name": "if"}
+    assert layers[3]["kind"] == "gabor" and new["dataset"] == old["dataset"]
+    assert renamed_neuron_keys(new) == new
+
+
+def test_the_old_neuron_key_in_a_users_config_is_one_line(monkeypatch, capsys, tmp_path) -> None:
+    code, err = cli(
+        monkeypatch, capsys, *TINY, f"hydra.run.dir={tmp_path / 'r'}",
+        "+model.layers.2.kind=lif",  # as a YAML of before the rename would say
+    )  # fmt: skip
+    assert_one_line_error(code, err, "model.layers[2] (neuron)", "{type: neuron, name: lif}")

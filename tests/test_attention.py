@@ -129,7 +129,7 @@ def test_ssa_matches_the_equations(kind: str) -> None:
 
 def test_ssa_options_reach_the_neurons_and_scale() -> None:
     layer = ssa(
-        {"heads": 4, "scale": 0.25, "attn_v_threshold": 0.75, "neuron": {"kind": "if"}},
+        {"heads": 4, "scale": 0.25, "attn_v_threshold": 0.75, "neuron": {"name": "if"}},
         (8, 16),
         "neuron=lif",
         "neuron.step_mode=s",

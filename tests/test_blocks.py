@@ -19,7 +19,7 @@ from snnrun.net.blocks import Recurrent, Residual
 from snnrun.net.layers import ModelBuildError
 from snnrun.net.model import SpikingNetwork, build_model
 
-IF = {"kind": "if", "v_threshold": 1.0, "v_reset": 0.0, "detach_reset": False, "backend": "torch"}
+IF = {"name": "if", "v_threshold": 1.0, "v_reset": 0.0, "detach_reset": False, "backend": "torch"}
 ATAN = {"name": "atan", "alpha": 2.0}
 
 
@@ -133,7 +133,7 @@ def test_recurrent_leaky_equals_snntorch_rleaky(projection: str) -> None:
     shape = (6,) if projection == "linear" else (2, 5, 5)
     entry = {"type": projection, **({"kernel_size": 3} if projection == "conv2d" else {})}
     leaky = {
-        "kind": "leaky",
+        "name": "leaky",
         "beta": 0.8,
         "learn_beta": False,
         "v_threshold": 1.0,
@@ -279,7 +279,7 @@ def user_package(tmp_path: Path, monkeypatch) -> str:
 def test_a_user_module_gets_its_shape_and_the_runs_neurons(user_package: str) -> None:
     dense = {"type": "module", "_target_": f"{user_package}.Dense", "width": 5, "v_threshold": 0.5}
     layers = [{"type": "flatten"}, dense, {"type": "linear", "out_features": 3}, NEURON]
-    model = net(layers, shape=(2, 3), tau=3.0, kind="lif")
+    model = net(layers, shape=(2, 3), tau=3.0, name="lif")
     dense = model.layers[1]
     assert dense.fc.in_features == 6 and dense.spike.tau == 3.0
     assert dense.spike.dynamics.v_threshold == 0.5
@@ -339,7 +339,7 @@ def test_every_backend_agrees_on_a_nested_network(kind: str) -> None:
     results = {}
     for backend in ("autograd", "torch", "triton"):
         torch.manual_seed(0)
-        neuron = {"kind": kind, "backend": backend, "v_threshold": 0.25}
+        neuron = {"name": kind, "backend": backend, "v_threshold": 0.25}
         model = build_model({"layers": layers}, {"neuron": neuron, "surrogate": ATAN}, (2, 5, 5), 3)
         out = model(x)
         out.sum().backward()
@@ -367,7 +367,7 @@ def test_the_readme_network_example_builds_and_runs(tmp_path: Path, monkeypatch)
     package.mkdir()
     (package / "__init__.py").write_text(textwrap.dedent(MY_LAYERS).replace("Dense", "MyLayer"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    model = build_model(example, groups(kind="lif", tau=2.0), (3, 8, 8), 10)
+    model = build_model(example, groups(name="lif", tau=2.0), (3, 8, 8), 10)
     kinds = {e.type for _, _, e in model.entries()}
     assert {
         "sequential",

@@ -38,7 +38,7 @@ def test_each_choice_composes_and_resolves(group: str, option: str) -> None:
     if group == "logger":  # several loggers merge: each says which it is in use
         assert resolved[group]["use"] == ({} if option == "none" else {option: True})
     elif group not in ("experiment", "hparams_search"):  # global overlays
-        assert resolved[group]["name" if group != "neuron" else "kind"] is not None
+        assert resolved[group]["name"] is not None  # the "which one" key of every group
 
 
 def test_random_combinations_compose() -> None:

@@ -192,7 +192,7 @@ def test_dropout_mask_is_kept_across_single_steps() -> None:
     x = torch.rand(3, 2, 1, 8, 8) * 4
     outs = []
     for step_mode in ("s", "m"):
-        neuron_groups = {"neuron": {"kind": "if", "step_mode": step_mode},
+        neuron_groups = {"neuron": {"name": "if", "step_mode": step_mode},
                     "surrogate": {"name": "atan"}}  # fmt: skip
         torch.manual_seed(0)
         model = build_model({"layers": layers}, neuron_groups, (1, 8, 8), 10).train()

@@ -165,7 +165,7 @@ def test_layers_default_to_it_and_step_mode_s_carries_the_gradient(kind: str) ->
     grads = {}
     for mode in ("m", "s"):
         torch.manual_seed(0)
-        layer = build_neuron({"kind": kind, "step_mode": mode}, {"name": "atan"})
+        layer = build_neuron({"name": kind, "step_mode": mode}, {"name": "atan"})
         x = (0.4 + torch.randn(5, 4, 3)).requires_grad_()
         out = layer(x) if mode == "m" else torch.stack([layer(xt) for xt in x])
         (out * torch.linspace(-1, 1, 3)).sum().backward()

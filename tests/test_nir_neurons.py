@@ -43,7 +43,7 @@ def _groups() -> dict[str, Any]:
 
 def _synaptic_net(groups: dict[str, Any], **neuron: Any) -> SpikingNetwork:
     """``linear → synaptic → linear → synaptic`` with lively weights, in eval mode."""
-    syn = {"type": "neuron", "kind": "synaptic", "alpha": 0.7, "beta": 0.85, **neuron}
+    syn = {"type": "neuron", "name": "synaptic", "alpha": 0.7, "beta": 0.85, **neuron}
     layers = [
         {"type": "linear", "out_features": HIDDEN},
         syn,
@@ -274,7 +274,7 @@ def test_snnrun_reads_snntorchs_cubalif(tmp_path: Path) -> None:
 def test_alif_and_psn_are_refused_in_one_line(kind: str, options: dict, why: str) -> None:
     layers = [
         {"type": "linear", "out_features": 8},
-        {"type": "neuron", "kind": kind, **options},
+        {"type": "neuron", "name": kind, **options},
         {"type": "linear", "out_features": CLASSES},
     ]
     net = build_model({"layers": layers}, _groups(), (F,), CLASSES)

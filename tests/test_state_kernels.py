@@ -59,7 +59,7 @@ class Case:
         else:
             options = {"alpha": 0.6, "beta": 0.7, "learn_alpha": "alpha" in self.learn,
                        "learn_beta": "beta" in self.learn}  # fmt: skip
-        cfg = {"kind": self.kind, "backend": backend, "v_threshold": V_TH, **options, **extra}
+        cfg = {"name": self.kind, "backend": backend, "v_threshold": V_TH, **options, **extra}
         return build_neuron(cfg, {"name": self.surrogate})
 
 

@@ -25,7 +25,7 @@ T = 2 * CHUNK + 3  # three chunks, the last one short
 
 
 def neuron(kind: str, backend: str = "torch", **options) -> torch.nn.Module:
-    return build_neuron({"kind": kind, "backend": backend, **options}, ATAN).double()
+    return build_neuron({"name": kind, "backend": backend, **options}, ATAN).double()
 
 
 def alif_reference(x_seq, tau, tau_adapt, beta_a, v_th=1.0, v_reset=None):
@@ -217,8 +217,8 @@ def test_options_these_neurons_do_not_have_are_refused() -> None:
         neuron("synaptic", v_reset=0.0)
     with pytest.raises(TypeError, match="T"):
         neuron("psn")  # T is the run's: conf/neuron/psn.yaml says T: ${T}
-    groups = {"neuron": {"kind": "lif", "backend": "torch"}, "surrogate": ATAN}
-    recurrent = {"type": "recurrent", "kind": "psn", "T": 4, "layers": [{"type": "linear"}]}
+    groups = {"neuron": {"name": "lif", "backend": "torch"}, "surrogate": ATAN}
+    recurrent = {"type": "recurrent", "name": "psn", "T": 4, "layers": [{"type": "linear"}]}
     with pytest.raises(ModelBuildError, match=r"model\.layers\[0\] \(recurrent\): psn computes"):
         build_model({"layers": [recurrent]}, groups, (3,), 3)
 
@@ -246,7 +246,7 @@ class _TraceLIF(StateNeuron):
         return s, (0.5 * u + s, v)
 
 
-@pytest.mark.filterwarnings("ignore:no fused kernel")
+@pytest.mark.filterwarnings("ignore:.*no fused kernel")
 def test_a_neuron_with_new_dynamics_is_its_definition_and_its_yaml(
     tmp_path: Path, monkeypatch
 ) -> None:
@@ -255,7 +255,7 @@ def test_a_neuron_with_new_dynamics_is_its_definition_and_its_yaml(
     monkeypatch.setitem(NEURONS._entries, "trace_lif", _TraceLIF)
     (tmp_path / "conf" / "neuron").mkdir(parents=True)
     (tmp_path / "conf" / "neuron" / "trace_lif.yaml").write_text(
-        "kind: trace_lif\ntau: 2.0\nw: 0.3\nv_threshold: 1.0\nbackend: torch\nstep_mode: m\n"
+        "name: trace_lif\ntau: 2.0\nw: 0.3\nv_threshold: 1.0\nbackend: torch\nstep_mode: m\n"
         "store_v_seq: false\n"
     )
     runs = {}

@@ -22,21 +22,21 @@ PAPER = {
     "cifar10_spikformer": {
         "T": 4, "epochs": 300, "batch_size": 128, "model.name": "spikformer",
         "model.embed_dim": 384, "model.depths": 4, "model.heads": 12, "dataset.name": "cifar10",
-        "neuron.kind": "lif", "neuron.tau": 2.0, "neuron.detach_reset": True,
+        "neuron.name": "lif", "neuron.tau": 2.0, "neuron.detach_reset": True,
         "optimizer.name": "adamw", "optimizer.lr": 5e-4, "optimizer.weight_decay": 0.06,
         "scheduler.name": "cosine", "scheduler.eta_min": 1e-5, "loss.name": "ce_rate",
     },
     "cifar10_sew_resnet18": {
         "T": 4, "epochs": 320, "batch_size": 256, "model.name": "sew_resnet18",
         "model.stem": "cifar", "model.connect": "add", "dataset.name": "cifar10",
-        "neuron.kind": "if", "neuron.detach_reset": True, "optimizer.name": "sgd",
+        "neuron.name": "if", "neuron.detach_reset": True, "optimizer.name": "sgd",
         "optimizer.lr": 0.1, "optimizer.momentum": 0.9, "scheduler.name": "cosine",
         "loss.name": "ce_rate",
     },
     "cifar10dvs_sew_resnet": {
         "T": 16, "epochs": 64, "batch_size": 16, "model.name": "sew_resnet_dvs",
         "model.connect": "add", "model.classes": 10, "dataset.name": "cifar10dvs",
-        "dataset.train_ratio": 0.9, "dataset.split_by": "number", "neuron.kind": "plif",
+        "dataset.train_ratio": 0.9, "dataset.split_by": "number", "neuron.name": "plif",
         "neuron.init_tau": 2.0, "neuron.detach_reset": True, "optimizer.name": "sgd",
         "optimizer.lr": 0.01, "scheduler.name": "cosine", "scheduler.T_max": 64,
         "loss.name": "ce_rate",
@@ -44,7 +44,7 @@ PAPER = {
     "dvsgesture_sew_resnet": {
         "T": 16, "epochs": 192, "batch_size": 16, "model.name": "sew_resnet_dvs",
         "model.channels": 32, "model.blocks": 7, "model.connect": "add", "model.classes": 11,
-        "dataset.name": "dvsgesture", "dataset.split_by": "number", "neuron.kind": "plif",
+        "dataset.name": "dvsgesture", "dataset.split_by": "number", "neuron.name": "plif",
         "neuron.init_tau": 2.0, "neuron.detach_reset": True, "optimizer.name": "sgd",
         "optimizer.lr": 0.001, "optimizer.momentum": 0.9, "scheduler.name": "step",
         "scheduler.step_size": 64, "scheduler.gamma": 0.1, "loss.name": "ce_rate",

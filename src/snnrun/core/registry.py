@@ -25,8 +25,8 @@ class UnknownNameError(SnnrunError, KeyError):
 class Registry(Generic[T]):
     """A named table of builders, filled by the :meth:`register` decorator."""
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    def __init__(self, concept: str) -> None:
+        self.concept = concept  # what it holds: "layer", "neuron", "surrogate", ...
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -34,7 +34,7 @@ class Registry(Generic[T]):
 
         def add(obj: T) -> T:
             if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+                raise ValueError(f"{self.concept} {name!r} is registered twice")
             self._entries[name] = obj
             return obj
 
@@ -46,7 +46,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries))
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise UnknownNameError(f"unknown {self.concept} {name!r}; known: {known}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

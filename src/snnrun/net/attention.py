@@ -18,7 +18,7 @@ does: ``O(d^2 L)`` rather than ``O(d L^2)``.
 
 Entry options: ``heads`` (8, must divide ``C``), ``scale`` (0.125), ``attn_v_threshold`` (0.5),
 ``qkv_bias`` / ``proj_bias`` (false: the conv biases), ``neuron`` (a mapping merged over the
-run's neuron group for all five neurons, e.g. ``{kind: lif, tau: 2.0}``; ``attn_v_threshold``
+run's neuron group for all five neurons, e.g. ``{name: lif, tau: 2.0}``; ``attn_v_threshold``
 then sets ``SN_a``'s threshold). The neurons are multi-step (``step_mode='m'``) whatever the
 group says: the layer reshapes its input; in a network fed one step at a time it gets
 ``T = 1`` per call and its neurons keep their membranes between calls.
@@ -119,7 +119,7 @@ def _spiking_self_attention(options: dict[str, Any], in_shape: Shape, ctx: Conte
         )
     if not isinstance(overrides, Mapping):
         raise ModelBuildError(
-            f"{label}: neuron must be a mapping of neuron options like {{kind: lif, tau: 2.0}}, "
+            f"{label}: neuron must be a mapping of neuron options like {{name: lif, tau: 2.0}}, "
             f"got {overrides!r}"
         )
 

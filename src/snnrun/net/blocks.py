@@ -185,10 +185,10 @@ def _recurrent(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Mod
             f" to [T, N, {', '.join(map(str, projection.out_shape))}]; it must keep the shape "
             "(out_features / out_channels equal to the input's, padding that keeps the size)"
         )
-    if options.get("kind", ctx.neuron_groups["neuron"]["kind"]) == "psn":
+    if options.get("name", ctx.neuron_groups["neuron"]["name"]) == "psn":
         raise ModelBuildError(
             f"{ctx.path} (recurrent): psn computes all T steps at once and cannot be fed its own "
-            "spikes step by step; pick a neuron with a state (kind: lif, leaky, alif, ...)"
+            "spikes step by step; pick a neuron with a state (name: lif, leaky, alif, ...)"
         )
     recurrent = Recurrent(ctx.neuron(options), projection)
     recurrent.out_shape = tuple(in_shape)  # never run on a dummy input at build time

@@ -203,22 +203,53 @@ def make_dynamics(kind: str, kw: dict[str, Any]) -> Dynamics:
     return Dynamics(kind=kind, **fields)
 
 
+OLD_KEY = (
+    "the neuron key 'kind' is now 'name', as in every config group: write neuron.name=lif, "
+    "{type: neuron, name: lif}"
+)
+
+
 def build_neuron(cfg: dict[str, Any], surrogate_cfg: dict[str, Any]) -> SpikingNeuron:
-    """A neuron layer from the ``neuron`` group (``kind`` picks the class) and a surrogate."""
+    """A neuron layer from the ``neuron`` group (``name`` picks the class) and a surrogate."""
     options = dict(cfg)
-    cls = NEURONS.get(options.pop("kind"))
+    if "kind" in options:
+        raise TypeError(OLD_KEY)
+    cls = NEURONS.get(options.pop("name"))
     surrogate: Surrogate = build_surrogate(surrogate_cfg)
     return cls(surrogate=surrogate, **options)
 
 
 def merge_neuron_options(group: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
-    """A model entry's neuron settings over the group's; switching ``kind`` keeps only the
-    group keys the new kind accepts (``{type: neuron, kind: lif}`` in a ``neuron=plif`` run
+    """A model entry's neuron settings over the group's; switching ``name`` keeps only the
+    group keys the new neuron accepts (``{type: neuron, name: lif}`` in a ``neuron=plif`` run
     keeps ``v_threshold``, ``detach_reset``, ``backend``... but not ``init_tau``)."""
-    kind = entry.get("kind", group["kind"])
-    accepted = NEURONS.get(kind).OPTIONS
+    if "kind" in entry or "kind" in group:
+        raise TypeError(OLD_KEY)
+    name = entry.get("name", group["name"])
+    accepted = NEURONS.get(name).OPTIONS
     kept = {k: v for k, v in group.items() if k in accepted}
-    return {**kept, **entry, "kind": kind}
+    return {**kept, **entry, "name": name}
+
+
+def renamed_neuron_keys(conf: dict[str, Any]) -> dict[str, Any]:
+    """A run config saved before the neuron's ``kind`` key became ``name`` (checkpoint version
+    2 and earlier), with the key renamed in the ``neuron`` group and in the model's neuron,
+    recurrent and attention entries at any depth. A current config comes back unchanged."""
+
+    def renamed(node: Any, neuron_options: bool) -> Any:
+        if isinstance(node, list):
+            return [renamed(n, False) for n in node]
+        if not isinstance(node, dict):
+            return node
+        if node.get("type") == "module":  # a user's class: its arguments are its own
+            return node
+        holds_options = neuron_options or node.get("type") in ("neuron", "recurrent")
+        return {
+            ("name" if k == "kind" and holds_options else k): renamed(v, k == "neuron")
+            for k, v in node.items()
+        }
+
+    return {k: renamed(v, k == "neuron") for k, v in conf.items()}
 
 
 def reset_states(module: nn.Module) -> None:

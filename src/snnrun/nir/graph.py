@@ -242,15 +242,15 @@ def _voting_to(m: Voting, s: ExportStep) -> list[Any]:
     return [nir.Linear(weight=weight, metadata=_meta("voting", k=m.k))]
 
 
-def _reset(m: SpikingNeuron, s: ExportStep, kind: str) -> tuple[float, dict[str, Any]]:
+def _reset(m: SpikingNeuron, s: ExportStep, neuron: str) -> tuple[float, dict[str, Any]]:
     """(NIR's v_reset, metadata) for a neuron; a soft reset is warned about (or refused)."""
     d = m.dynamics
     if d.hard_reset:
-        return d.v_reset, _meta(kind)
+        return d.v_reset, _meta(neuron)
     why = {
         "leaky": "snnTorch's Leaky resets by subtraction",
         "synaptic": "synaptic (snnTorch's Synaptic) resets by subtraction",
-    }.get(kind, "v_reset=null")
+    }.get(neuron, "v_reset=null")
     if s.strict:
         raise NirError(
             f"{s.label}: {why} but NIR's neurons reset to v_reset, so strict=true writes "
@@ -263,7 +263,7 @@ def _reset(m: SpikingNeuron, s: ExportStep, kind: str) -> tuple[float, dict[str,
         f"{RESET_KEY}=subtract in the node's metadata (snnrun reads it back exactly, other "
         "tools reset to 0)"
     )
-    return 0.0, _meta(kind, **{RESET_KEY: "subtract"})
+    return 0.0, _meta(neuron, **{RESET_KEY: "subtract"})
 
 
 def _if_to(m: IFNeuron, s: ExportStep) -> list[Any]:
@@ -278,8 +278,8 @@ def _if_to(m: IFNeuron, s: ExportStep) -> list[Any]:
     ]
 
 
-def _lif_node(tau_steps: float, m: SpikingNeuron, s: ExportStep, kind: str) -> list[Any]:
-    v_reset, meta = _reset(m, s, kind)
+def _lif_node(tau_steps: float, m: SpikingNeuron, s: ExportStep, neuron: str) -> list[Any]:
+    v_reset, meta = _reset(m, s, neuron)
     r = 1.0 if m.dynamics.decay_input else tau_steps
     thr = m.dynamics.v_threshold
     return [
@@ -369,8 +369,8 @@ class ImportStep:
     following: Any = None  # the next node in the chain
 
 
-def _layer(kind: str, options: dict[str, Any], s: ImportStep) -> nn.Module:
-    return LAYERS.get(kind)(options, s.shape, Context(s.neuron_groups))
+def _layer(layer_type: str, options: dict[str, Any], s: ImportStep) -> nn.Module:
+    return LAYERS.get(layer_type)(options, s.shape, Context(s.neuron_groups))
 
 
 def _ints(v: Any) -> tuple[int, ...]:
@@ -504,7 +504,7 @@ def _if_from(node: Any, s: ImportStep) -> list[nn.Module]:
     return [
         _neuron(
             {
-                "kind": "if",
+                "name": "if",
                 "v_threshold": _f32(thr / gain),
                 "v_reset": None if soft else _f32(v_reset / gain),
             },
@@ -531,7 +531,7 @@ def _lif_from(node: Any, s: ImportStep) -> list[nn.Module]:
     meta, soft = node.metadata, node.metadata.get(RESET_KEY) == "subtract"
     if meta.get(LAYER_KEY) == "leaky" and np.isclose(r, tau_steps) and v_leak == 0.0:
         beta = float(np.float32(1.0 - k))
-        return [_neuron({"kind": "leaky", "beta": beta, "v_threshold": thr}, s)]
+        return [_neuron({"name": "leaky", "beta": beta, "v_threshold": thr}, s)]
     if not np.isclose(v_leak, 0.0 if soft else v_reset, rtol=1e-6, atol=1e-12):
         raise NirError(
             f"{s.label}: v_leak={v_leak:g} but v_reset={v_reset:g}; snnrun's LIF "
@@ -547,10 +547,10 @@ def _lif_from(node: Any, s: ImportStep) -> list[nn.Module]:
         "v_reset": None if soft else _f32(v_reset / gain),
     }
     if meta.get(LAYER_KEY) == "plif":
-        neuron = _neuron({"kind": "plif", "init_tau": tau_steps, **options}, s)
+        neuron = _neuron({"name": "plif", "init_tau": tau_steps, **options}, s)
         _set(neuron.w, np.array(-math.log(tau_steps - 1.0)))
         return [neuron]
-    return [_neuron({"kind": "lif", "tau": _f32(tau_steps), **options}, s)]
+    return [_neuron({"name": "lif", "tau": _f32(tau_steps), **options}, s)]
 
 
 def _unit(gain: float) -> float:
@@ -588,7 +588,7 @@ def _synaptic_from(node: Any, s: ImportStep) -> list[nn.Module]:
         )
     meta = node.metadata
     options = {
-        "kind": "synaptic",
+        "name": "synaptic",
         "alpha": _f32(decays["tau_syn"]),
         "beta": _f32(decays["tau_mem"]),
         "v_threshold": _f32(_scalar(node, "v_threshold", s) / gain),
@@ -607,7 +607,7 @@ Importer = Callable[[Any, ImportStep], list[nn.Module]]
 class Row:
     """One snnrun layer ↔ NIR node(s) mapping."""
 
-    name: str  # the snnrun layer type (or neuron kind)
+    name: str  # the snnrun layer type (or neuron name)
     layer: type[nn.Module] | None  # the module snnrun builds (None: import only)
     nodes: tuple[str, ...]  # the NIR node types it becomes / is read from
     export: Exporter | None

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from snnrun.core.errors import SnnrunError
+from snnrun.net.neuron import renamed_neuron_keys
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-VERSION = 2  # 1: the checkpoints written before the key existed (3fa185d and earlier)
+VERSION = 3  # 1: before the key existed (3fa185d and earlier); 2: the neuron's key was "kind"
 REQUIRED_KEYS = ("model", "optimizer", "state", "rng", "config")
 
 
@@ -54,7 +55,8 @@ class Checkpoint(TypedDict):
 
 
 def migrate(payload: dict[str, Any], path: Path) -> Checkpoint:
-    """A loaded payload as the current :class:`Checkpoint`: version 1 gains its version; a
+    """A loaded payload as the current :class:`Checkpoint`: version 1 gains its version; up to
+    version 2 the config and overrides name the neuron with ``kind`` (now ``name``); a
     checkpoint of a newer snnrun is refused as one line."""
     version = payload.setdefault("version", 1)
     if not isinstance(version, int) or version > VERSION:
@@ -62,6 +64,13 @@ def migrate(payload: dict[str, Any], path: Path) -> Checkpoint:
             f"{path} was written by a newer snnrun (checkpoint version {version}, this one reads "
             f"up to {VERSION}); upgrade snnrun to open it"
         )
+    if version < 3:
+        payload["config"] = renamed_neuron_keys(payload["config"])
+        payload["overrides"] = [
+            "neuron.name=" + o.removeprefix("neuron.kind=") if o.startswith("neuron.kind=") else o
+            for o in payload.get("overrides", [])
+        ]
+        payload["version"] = VERSION
     return payload  # type: ignore[return-value]
 
 

@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 
 from snnrun.core.errors import SnnrunError
+from snnrun.net.neuron import renamed_neuron_keys
 from snnrun.run.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -161,7 +162,7 @@ class RunDir:
         path = self.path / CONFIG
         if not path.is_file():
             raise RunDirError(f"{self.path} has no {CONFIG}; pass the folder of an snnrun run")
-        return yaml.safe_load(path.read_text())
+        return renamed_neuron_keys(yaml.safe_load(path.read_text()))
 
     def write_info(self, info: dict[str, Any]) -> None:
         text = (json.dumps(info, indent=2) + "\n").encode()
@@ -423,7 +424,7 @@ class RunDir:
             except (OSError, yaml.YAMLError):
                 continue
             if isinstance(conf, dict):
-                return conf
+                return renamed_neuron_keys(conf)
         return {}
 
     def started(self) -> float:

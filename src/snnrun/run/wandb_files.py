@@ -63,8 +63,8 @@ def _run_files(wandb_dir: Path) -> list[Path]:
     return sorted(wandb_dir.glob("*run-*/run-*.wandb"))
 
 
-def _parsed(path: Path, kind: str) -> Iterator[Any]:
-    """The ``kind`` payloads (``history``, ``artifact``) of the whole records in ``path``."""
+def _parsed(path: Path, record_type: str) -> Iterator[Any]:
+    """The ``record_type`` payloads (``history``, ``artifact``) of the whole records in ``path``."""
     from wandb.proto import wandb_internal_pb2
 
     for raw in _records(path.read_bytes()):
@@ -73,8 +73,8 @@ def _parsed(path: Path, kind: str) -> Iterator[Any]:
             record.ParseFromString(raw)
         except Exception:  # a torn last record
             return
-        if record.WhichOneof("record_type") == kind:
-            yield getattr(record, kind)
+        if record.WhichOneof("record_type") == record_type:
+            yield getattr(record, record_type)
 
 
 def _records(data: bytes, block: int = 32768) -> Iterator[bytes]:
