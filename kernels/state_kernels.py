@@ -104,6 +104,14 @@ def _step(q, v, x, c0, c1, v_th, v_reset, beta_a,
 
 
 @triton.jit
+def _checkpoint(ckpt_ptr, c, N, cols, live):
+    """The float32 states ``(q, V)`` entering chunk ``c``, from ``ckpt [ceil(T/CHUNK), 2, N]``."""
+    q = tl.load(ckpt_ptr + tl.cast(2 * c, tl.int64) * N + cols, mask=live, other=0.0)
+    v = tl.load(ckpt_ptr + tl.cast(2 * c + 1, tl.int64) * N + cols, mask=live, other=0.0)
+    return q, v
+
+
+@triton.jit
 def _row(tile, rows, j):
     """Row ``j`` of a ``[CHUNK, BLOCK]`` register tile."""
     return tl.sum(tl.where(rows == j, tile, 0.0), axis=0)
@@ -180,8 +188,7 @@ def alif_bwd_kernel(
         c = n_chunks - 1 - cc
         t0 = c * CHUNK
         base = tl.cast(t0, tl.int64) * N + cols
-        a = tl.load(ckpt_ptr + tl.cast(2 * c, tl.int64) * N + cols, mask=live, other=0.0)
-        v = tl.load(ckpt_ptr + tl.cast(2 * c + 1, tl.int64) * N + cols, mask=live, other=0.0)
+        a, v = _checkpoint(ckpt_ptr, c, N, cols, live)
         hs = tl.zeros([CHUNK, BLOCK], tl.float32)
         zs = tl.zeros([CHUNK, BLOCK], tl.float32)
         for j in tl.static_range(CHUNK):
@@ -251,8 +258,7 @@ def synaptic_bwd_kernel(
         c = n_chunks - 1 - cc
         t0 = c * CHUNK
         base = tl.cast(t0, tl.int64) * N + cols
-        i = tl.load(ckpt_ptr + tl.cast(2 * c, tl.int64) * N + cols, mask=live, other=0.0)
-        v = tl.load(ckpt_ptr + tl.cast(2 * c + 1, tl.int64) * N + cols, mask=live, other=0.0)
+        i, v = _checkpoint(ckpt_ptr, c, N, cols, live)
         hs = tl.zeros([CHUNK, BLOCK], tl.float32)
         i_prev = tl.zeros([CHUNK, BLOCK], tl.float32)
         v_prev = tl.zeros([CHUNK, BLOCK], tl.float32)

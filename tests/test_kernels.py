@@ -595,6 +595,13 @@ SM90_SCRIPT = textwrap.dedent(
         cf = dict(KIND=kind, HARD=True, DECAY_INPUT=True, STORE_V=True, CHUNK=K.CHUNK, BLOCK=256)
         triton.compile(ASTSource(S.states_fwd_kernel, sig(S.states_fwd_kernel, fwd), cf, aligned),
                        target=GPUTarget("cuda", 90, 32))
+    half = ("gs_ptr", "gvs_ptr", "x_ptr", "gx_ptr")
+    for fn, cb in ((S.alif_bwd_kernel, dict(HARD=True, DETACH=False, DECAY_INPUT=True)),
+                   (S.synaptic_bwd_kernel, dict(NEED_PGRAD=True))):
+        cb = dict(cb, HAS_GVS=True, SG=0, CHUNK=K.CHUNK, BLOCK=128)
+        types = {n: ("*bf16" if n in half else "*fp32") if n.endswith("_ptr") else
+                 "i32" if n in ("N", "T") else f32 for n in fn.arg_names if n not in cb}
+        triton.compile(ASTSource(fn, sig(fn, types), cb, aligned), target=GPUTarget("cuda", 90, 32))
     print("ok")
     """
 )
