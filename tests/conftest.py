@@ -18,9 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig, open_dict
+from torch import nn
 
 from snnrun.core.compose import compose_config
+from snnrun.net.neuron import SpikingNeuron
 from snnrun.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +46,43 @@ TINY = [
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return RunDir(run_dir).read_metrics()
+
+
+def lively(net: nn.Module, gain: float) -> nn.Module:
+    """``net`` with its conv/linear weights times ``gain`` (random weights spike more) and
+    random BatchNorm statistics that matter, in place."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_(gain)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return net
+
+
+def neuron_spikes(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every snnrun neuron layer's spikes ``[T, N, ...]`` for input ``x``, in module order."""
+    seen: list[torch.Tensor] = []
+    neurons = [m for m in net.modules() if isinstance(m, SpikingNeuron)]
+    hooks = [m.register_forward_hook(lambda m, a, out: seen.append(out)) for m in neurons]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+TIMING = {"train_samples_per_s", "test_samples_per_s", "epoch_seconds", "peak_gpu_mem_mb"}
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    """Epoch records without their wall-clock numbers (what two equal runs share)."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
 
 
 def compose(overrides: list[str]) -> DictConfig:

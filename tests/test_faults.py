@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import without_timing
 
 from snnrun.run.checkpoint import load_checkpoint
 from snnrun.run.rundir import LATEST, RunDir
 from snnrun.run.wandb_files import logged_epochs
 
-from conftest import REPO, TINY, read_metrics, run_snnrun, start, wait_for_epochs
+from conftest import REPO, TINY, read_metrics, run_snnrun, start, wait_for_epochs, without_timing
 
 FAULTS = REPO / "tests" / "faults"
 SMALL = [*TINY, "dataset.train_limit=128", "dataset.test_limit=64", "batch_size=32"]

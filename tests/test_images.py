@@ -27,14 +27,10 @@ from conftest import (
     compose,
     read_metrics,
     train_in_process,
+    without_timing,
 )
 
-TIMING = {"train_samples_per_s", "test_samples_per_s", "epoch_seconds", "peak_gpu_mem_mb"}
 FC = [o for o in TINY if not o.startswith(("model.", "dataset."))] + ["model=fc"]
-
-
-def without_timing(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
 
 
 def write_cifar(root: Path, kind: str = "cifar10", per_batch: int = 16, seed: int = 0) -> dict:

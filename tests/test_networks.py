@@ -12,9 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_events import write_shd
-from test_train import without_timing
 
-from conftest import TINY, read_metrics, run_snnrun, start, train_in_process, wait_for_epochs
+from conftest import (
+    TINY,
+    read_metrics,
+    run_snnrun,
+    start,
+    train_in_process,
+    wait_for_epochs,
+    without_timing,
+)
 
 SMALL = [
     *(a for a in TINY if not a.startswith("model.")),

@@ -40,7 +40,7 @@ from snnrun.run.build import neuron_groups
 from snnrun.run.checkpoint import load_checkpoint
 from snnrun.run.rundir import CHECKPOINTS, RunDir
 
-from conftest import TINY, compose, make_read_only, train_tiny
+from conftest import TINY, compose, lively, make_read_only, neuron_spikes, train_tiny
 from conftest import cli as run_cli
 
 T, N = 6, 16
@@ -54,30 +54,7 @@ def _net(overrides: list[str], shape: tuple[int, ...], classes: int) -> SpikingN
     """A zoo model with random weights made lively, random BN statistics, in eval mode."""
     torch.manual_seed(0)
     net = build_network(_conf(overrides), {"sample_shape": list(shape), "num_classes": classes})
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.mul_(3.0)
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return net.eval()
-
-
-def _spikes(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Every neuron layer's spikes ``[T, N, ...]``, in order."""
-    neurons = [m for m in net.modules() if isinstance(m, SpikingNeuron)]
-    seen: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda m, a, out: seen.append(out)) for m in neurons]
-    try:
-        with torch.no_grad():
-            net(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
+    return lively(net, 3.0).eval()
 
 
 def _round_trip(net: SpikingNetwork, shape: tuple[int, ...], tmp_path: Path, conf: dict):
@@ -104,7 +81,7 @@ def test_round_trip_gives_the_same_spikes(name: str, tmp_path: Path) -> None:
     net = _net(overrides, shape, classes)
     exported, back = _round_trip(net, shape, tmp_path, _conf(overrides))
     x = torch.rand(T, N, *shape) * 2.0
-    ours, theirs = _spikes(net, x), _spikes(back, x)
+    ours, theirs = neuron_spikes(net, x), neuron_spikes(back, x)
     assert len(ours) == len(theirs) > 0
     assert sum(float(s.mean()) for s in ours) > 0.05, "a silent network proves nothing"
     for i, (a, b) in enumerate(zip(ours, theirs)):
@@ -238,7 +215,7 @@ def test_export_command_and_model_nir(run_dir: Path) -> None:
     conf = _conf(["model=nir", f"model.path={path}", "neuron=if"])
     rebuilt = build_network(conf, run.data).eval()
     x = torch.rand(1, 8, 1, 28, 28).expand(4, 8, 1, 28, 28) * 2  # direct encoding: static head
-    for a, b in zip(_spikes(run.model, x), _spikes(rebuilt, x)):
+    for a, b in zip(neuron_spikes(run.model, x), neuron_spikes(rebuilt, x)):
         assert torch.equal(a, b)
 
 
@@ -382,7 +359,7 @@ def _ours(net: SpikingNetwork, x: torch.Tensor) -> tuple[list[torch.Tensor], lis
     neurons = [m for m in net.modules() if isinstance(m, SpikingNeuron)]
     for m in neurons:
         m.store_v_seq = True
-    spikes = _spikes(net, x)
+    spikes = neuron_spikes(net, x)
     return spikes, [m.v_seq for m in neurons]
 
 
@@ -442,11 +419,7 @@ def _snntorch_net(reset: str) -> nn.Module:
         )
 
     net = nn.Sequential(nn.Linear(20, 32), leaky(32), nn.Linear(32, 5), leaky(5, output=True))
-    with torch.no_grad():
-        for m in net:
-            if isinstance(m, nn.Linear):
-                m.weight.mul_(2.0)
-    return net
+    return lively(net, 2.0)
 
 
 @pytest.mark.peers

@@ -34,7 +34,7 @@ from snnrun.net.neuron import SpikingNeuron
 from snnrun.nir import graph as nir_graph
 from snnrun.run.build import neuron_groups
 
-from conftest import TINY, compose, train_in_process
+from conftest import TINY, compose, lively, neuron_spikes, train_in_process
 
 T, N = 6, 8
 SHAPE, CLASSES = (2, 8, 8), 5
@@ -121,30 +121,7 @@ def _build(layers: list[dict[str, Any]], kind: str = "if") -> SpikingNetwork:
     statistics, in eval mode."""
     torch.manual_seed(0)
     net = build_model({"layers": layers}, _groups(kind), SHAPE, CLASSES)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.mul_(3.0 if kind == "if" else 10.0)
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return net.eval()
-
-
-def _spikes(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Every neuron layer's spikes ``[T, N, ...]``, in module order."""
-    seen: list[torch.Tensor] = []
-    neurons = [m for m in net.modules() if isinstance(m, SpikingNeuron)]
-    hooks = [m.register_forward_hook(lambda m, a, out: seen.append(out)) for m in neurons]
-    try:
-        with torch.no_grad():
-            net(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
+    return lively(net, 3.0 if kind == "if" else 10.0).eval()
 
 
 def _round_trip(net: SpikingNetwork, tmp_path: Path, kind: str = "if"):
@@ -169,7 +146,7 @@ def test_residual_round_trip_gives_the_same_spikes(name: str, kind: str, tmp_pat
     net = _build(NETS[name], kind)
     exported, back = _round_trip(net, tmp_path, kind)
     x = torch.rand(T, N, *SHAPE) * 2.0
-    ours, theirs = _spikes(net, x), _spikes(back, x)
+    ours, theirs = neuron_spikes(net, x), neuron_spikes(back, x)
     assert len(ours) == len(theirs) > 0
     rates = [float(s.mean()) for s in ours]
     assert min(rates) > 0.0 and sum(rates) / len(rates) > 0.05, "silent layers prove nothing"
@@ -479,7 +456,7 @@ def test_export_command_on_a_residual_run(
     assert first.type == "conv2d" and first.path.startswith("model.layers[0]:")
     assert len(_residuals(rebuilt)) == 2
     x = torch.rand(1, 8, 1, 28, 28).expand(4, 8, 1, 28, 28) * 2  # direct encoding: static head
-    ours, theirs = _spikes(run.model, x), _spikes(rebuilt, x)
+    ours, theirs = neuron_spikes(run.model, x), neuron_spikes(rebuilt, x)
     assert len(ours) == len(theirs) == 6 and sum(float(s.mean()) for s in ours) > 0.05
     for a, b in zip(ours, theirs):
         assert torch.equal(a, b)

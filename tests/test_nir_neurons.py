@@ -27,12 +27,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from snnrun.net.model import SpikingNetwork, build_model
-from snnrun.net.neuron import SpikingNeuron
 from snnrun.net.state_neurons import SynapticNeuron
 from snnrun.nir import graph as nir_graph
 from snnrun.run.build import neuron_groups
 
-from conftest import compose
+from conftest import compose, lively, neuron_spikes
 
 T, N, F, HIDDEN, CLASSES = 18, 64, 20, 32, 5
 
@@ -51,31 +50,13 @@ def _synaptic_net(groups: dict[str, Any], **neuron: Any) -> SpikingNetwork:
         syn,
     ]
     torch.manual_seed(0)
-    net = build_model({"layers": layers}, groups, (F,), CLASSES)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.mul_(2.0)
+    net = lively(build_model({"layers": layers}, groups, (F,), CLASSES), 2.0)
     return net.eval()
 
 
 def _inputs() -> torch.Tensor:
     torch.manual_seed(1)
     return torch.rand(T, N, F) * 1.5
-
-
-def _spikes(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Every snnrun neuron layer's spikes ``[T, N, ...]``, in order."""
-    seen: list[torch.Tensor] = []
-    neurons = [m for m in net.modules() if isinstance(m, SpikingNeuron)]
-    hooks = [m.register_forward_hook(lambda m, a, out: seen.append(out)) for m in neurons]
-    try:
-        with torch.no_grad():
-            net(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
 
 
 def _write_read(graph: Any, path: Path) -> Any:
@@ -115,7 +96,7 @@ def test_synaptic_round_trip_gives_the_same_spikes(tmp_path: Path) -> None:
         assert (a.alpha.item(), a.beta.item()) == (b.alpha.item(), b.beta.item())
         assert isinstance(b.alpha, nn.Parameter) == isinstance(a.alpha, nn.Parameter)
     x = _inputs()
-    _assert_equal(_spikes(net, x), _spikes(back, x))
+    _assert_equal(neuron_spikes(net, x), neuron_spikes(back, x))
 
 
 @pytest.mark.peers
@@ -181,7 +162,7 @@ def test_snntorch_reads_snnruns_cubalif(tmp_path: Path) -> None:
     nir.write(path, nir_graph.to_nir(net, (F,)).graph)
     peer = import_from_nir(nir.read(path))
     x = _inputs()
-    ours = _spikes(net, x)
+    ours = neuron_spikes(net, x)
     for m in peer.children():
         if isinstance(m, snn.Synaptic):  # the file's numbers, in snnTorch's units
             assert (m.alpha.item(), m.beta.item(), m.threshold.item()) == pytest.approx(
@@ -222,7 +203,7 @@ def test_input_gains_divide_the_threshold_as_snntorch_does() -> None:
     assert neuron.dynamics.v_threshold == pytest.approx(0.3 * 4, rel=1e-6)
     x = _inputs()
     peer = _subtracting(import_from_nir(graph))
-    (a,), (b,) = _spikes(ours, x), _snntorch_spikes(peer, x)
+    (a,), (b,) = neuron_spikes(ours, x), _snntorch_spikes(peer, x)
     assert 0.02 < float(a.mean()) < 0.98 and torch.equal(a, b)
 
 
@@ -240,11 +221,7 @@ def _snntorch_synaptic_net() -> nn.Module:
         nn.Linear(HIDDEN, CLASSES),
         synaptic(CLASSES, output=True),
     )
-    with torch.no_grad():
-        for m in net:
-            if isinstance(m, nn.Linear):
-                m.weight.mul_(2.0)
-    return net
+    return lively(net, 2.0)
 
 
 @pytest.mark.peers
@@ -261,7 +238,7 @@ def test_snnrun_reads_snntorchs_cubalif(tmp_path: Path) -> None:
     layers = nir_graph.from_nir(_write_read(graph, tmp_path / "peer.nir"), (F,), _groups())
     ours = SpikingNetwork(layers).eval()
     x = _inputs()
-    _assert_equal(_spikes(ours, x), _snntorch_spikes(peer, x))
+    _assert_equal(neuron_spikes(ours, x), _snntorch_spikes(peer, x))
 
 
 @pytest.mark.parametrize(

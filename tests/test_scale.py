@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import without_timing
 
 from snnrun.run.rundir import RunDir
 
@@ -23,6 +22,7 @@ from conftest import (
     run_snnrun,
     start,
     wait_for_epochs,
+    without_timing,
 )
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")

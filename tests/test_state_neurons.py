@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from test_events import write_shd
-from test_train import without_timing
 
 from snnrun.core.errors import SnnrunError
 from snnrun.net.dynamics import charge, fire_and_reset
@@ -18,7 +17,14 @@ from snnrun.net.neuron import NEURONS, build_neuron, layer_options, make_dynamic
 from snnrun.net.state_loop import CHUNK
 from snnrun.net.state_neurons import ALIFNeuron, PSNNeuron, StateNeuron, SynapticNeuron
 
-from conftest import TINY, assert_one_line_error, cli, read_metrics, train_in_process
+from conftest import (
+    TINY,
+    assert_one_line_error,
+    cli,
+    read_metrics,
+    train_in_process,
+    without_timing,
+)
 
 ATAN = {"name": "atan", "alpha": 2.0}
 T = 2 * CHUNK + 3  # three chunks, the last one short

@@ -25,9 +25,9 @@ from conftest import (
     start,
     train_in_process,
     wait_for_epochs,
+    without_timing,
 )
 
-TIMING = {"train_samples_per_s", "test_samples_per_s", "epoch_seconds", "peak_gpu_mem_mb"}
 METRIC_KEYS = {
     "epoch",
     "train_loss",
@@ -40,10 +40,6 @@ METRIC_KEYS = {
     "epoch_seconds",
     "lr",
 }
-
-
-def without_timing(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
 
 
 def test_tiny_run_writes_metrics_and_checkpoints(monkeypatch, tmp_path) -> None:
