@@ -162,12 +162,22 @@ def test_recipes_anneal_over_the_run_they_are_given(name) -> None:
 
 
 def test_checkpoints_carry_their_schema_version(work, tmp_path) -> None:
-    """A checkpoint says which schema wrote it; one without the key (3fa185d and before) reads
-    as version 1; one from a newer snnrun is one line naming the fix."""
-    assert load_checkpoint(work / BEST)["version"] == VERSION
-    fixture = REPO / "tests" / "fixtures" / "run_3fa185d" / LATEST
-    assert load_checkpoint(fixture)["version"] == 1
-    newer = {**load_checkpoint(work / BEST), "version": VERSION + 1}
+    """A checkpoint says which schema wrote it; an older one (3fa185d's has no key: version 1;
+    version 2 named the neuron with ``kind``) is migrated to the current schema on load; one
+    from a newer snnrun is one line naming the fix."""
+    current = load_checkpoint(work / BEST)
+    assert current["version"] == VERSION == 3
+    fixture = load_checkpoint(REPO / "tests" / "fixtures" / "run_3fa185d" / LATEST)
+    assert fixture["version"] == VERSION and fixture["config"]["neuron"]["name"] == "lif"
+    neuron = dict(current["config"]["neuron"])
+    neuron["kind"] = neuron.pop("name")
+    old = {**current, "version": 2, "config": {**current["config"], "neuron": neuron},
+           "overrides": ["neuron.kind=lif", "epochs=2"]}  # fmt: skip
+    save_checkpoint(old, tmp_path / LATEST)
+    migrated = load_checkpoint(tmp_path / LATEST)
+    assert migrated["config"] == current["config"]
+    assert migrated["overrides"] == ["neuron.name=lif", "epochs=2"]
+    newer = {**current, "version": VERSION + 1}
     save_checkpoint(newer, tmp_path / BEST)
     with pytest.raises(SnnrunError, match=r"written by a newer snnrun.*upgrade snnrun"):
         load_checkpoint(tmp_path / BEST)

@@ -95,28 +95,28 @@ def _prefixed(opts: EvalOptions, key: str, value: str) -> bool:
 
 def eval_config(config: dict[str, Any], opts: EvalOptions) -> dict[str, Any]:
     """The run's saved config with the eval overrides applied."""
-    conf = copy.deepcopy(config)
-    if opts.dataset is not None and opts.dataset != conf["dataset"]["name"]:
+    config = copy.deepcopy(config)
+    if opts.dataset is not None and opts.dataset != config["dataset"]["name"]:
         from omegaconf import OmegaConf
 
         from snnrun.core.compose import compose_config
 
         composed = compose_config([f"dataset={opts.dataset}"])
-        conf["dataset"] = OmegaConf.to_container(composed.dataset, resolve=True)
+        config["dataset"] = OmegaConf.to_container(composed.dataset, resolve=True)
     for key, value in opts.overrides.items():
         *parents, leaf = key.split(".")
-        node = conf
+        node = config
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return conf
+    return config
 
 
-def _same_shape(saved: dict[str, Any], shape: tuple[int, ...], classes: int, conf: dict) -> None:
+def _same_shape(saved: dict[str, Any], shape: tuple[int, ...], classes: int, config: dict) -> None:
     """The data must fit the trained network: same sample shape and class count."""
     want, want_classes = tuple(saved["sample_shape"]), saved["num_classes"]
     if shape != want or classes != want_classes:
-        name = conf["dataset"]["name"]
+        name = config["dataset"]["name"]
         raise SnnrunError(
             f"dataset {name} gives samples {list(shape)} in {classes} classes but the run's "
             f"network takes {list(want)} in {want_classes} classes: these overrides change the "
@@ -159,13 +159,13 @@ def evaluate(opts: EvalOptions) -> Evaluation:
     rundir, named = find_run_dir(opts.path)
     which = named if opts.path.is_file() else opts.which
     payload = rundir.load_checkpoint(which)
-    conf = eval_config(payload["config"], opts)
-    check_values(conf)
+    config = eval_config(payload["config"], opts)
+    check_values(config)
     device = resolve_device(opts.device)
-    splits = build_splits({**conf["dataset"], "augment": None})  # measured as it is
+    splits = build_splits({**config["dataset"], "augment": None})  # measured as it is
     dataset = splits.test if opts.split == "test" else splits.train
-    _same_shape(payload["data"], _sample_shape(dataset, splits), splits.num_classes, conf)
-    model = build_network(conf, payload["data"])
+    _same_shape(payload["data"], _sample_shape(dataset, splits), splits.num_classes, config)
+    model = build_network(config, payload["data"])
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as e:
@@ -174,14 +174,18 @@ def evaluate(opts: EvalOptions) -> Evaluation:
             f"{one_line(e, 300)}"
         ) from None
     place(model, device).eval()
-    monitor = dict(conf.get("monitor") or {"name": "none"})
+    monitor = dict(config.get("monitor") or {"name": "none"})
     monitor["counters"] = list(dict.fromkeys([*monitor.get("counters", []), "firing_rate"]))
-    loss = _Counting(build_loss(conf["loss"]), splits.num_classes)
-    loader = make_loader(dataset, conf["batch_size"], False, conf["seed"], conf["num_workers"])
-    encoder = build_encoder(conf["encoder"], splits.sequence)
-    step = LossStep(device, encoder, loss, build_precision(conf["precision"], device), conf["T"])
-    random_input = _draws_at_random(encoder, dataset, conf["T"])
-    torch.manual_seed(conf["seed"])  # a poisson encoder draws the same spikes each time
+    loss = _Counting(build_loss(config["loss"]), splits.num_classes)
+    loader = make_loader(
+        dataset, config["batch_size"], False, config["seed"], config["num_workers"]
+    )
+    encoder = build_encoder(config["encoder"], splits.sequence)
+    step = LossStep(
+        device, encoder, loss, build_precision(config["precision"], device), config["T"]
+    )
+    random_input = _draws_at_random(encoder, dataset, config["T"])
+    torch.manual_seed(config["seed"])  # a poisson encoder draws the same spikes each time
     monitors = build_monitors(monitor, model)
     result = test_pass(model, loader, step, monitors, f"eval {opts.split}")
     confusion = loss.confusion.cpu()
@@ -191,16 +195,16 @@ def evaluate(opts: EvalOptions) -> Evaluation:
         "which": which,
         "epoch": payload["state"]["epoch"],  # epochs trained: 1 after the first
         "split": opts.split,
-        "dataset": conf["dataset"],
-        "T": conf["T"],
-        "encoder": conf["encoder"]["name"],
+        "dataset": config["dataset"],
+        "T": config["T"],
+        "encoder": config["encoder"]["name"],
         "device": str(device),
         "overrides": {**({"dataset": opts.dataset} if opts.dataset else {}), **opts.overrides},
         "samples": len(dataset),
         "acc": result["acc"],
         "loss": result["loss"],
         "per_class": _per_class(
-            confusion, splits.class_names or CLASS_NAMES.get(conf["dataset"]["name"])
+            confusion, splits.class_names or CLASS_NAMES.get(config["dataset"]["name"])
         ),
         "confusion": confusion.tolist(),
         "recorded_test_acc": recorded.get("test_acc"),

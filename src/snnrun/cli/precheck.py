@@ -108,13 +108,13 @@ def _check_values(cfg: DictConfig) -> None:
     from snnrun.run.loggers import check_logger_conf
 
     try:
-        conf = OmegaConf.to_container(cfg, resolve=True)
+        config = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException:
         return  # an interpolation only a run resolves: the run checks it
-    check_values(conf)  # type: ignore[arg-type]
-    check_logger_conf(conf["logger"])  # type: ignore[index]
-    if conf.get("resume") != "auto":  # a resume never re-applies it: its source may be gone
-        check_init_from(conf)  # type: ignore[arg-type]
+    check_values(config)  # type: ignore[arg-type]
+    check_logger_conf(config["logger"])  # type: ignore[index]
+    if config.get("resume") != "auto":  # a resume never re-applies it: its source may be gone
+        check_init_from(config)  # type: ignore[arg-type]
 
 
 def _make_dir(path: Path) -> None:

@@ -43,9 +43,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from snnrun.cli.options import Option, choice, text, verb_options
-from snnrun.core.compose import flatten
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.progress import console
+from snnrun.run.resume import ABSENT as NO_VALUE
+from snnrun.run.resume import config_diff
 from snnrun.run.rundir import STATUSES, RunDir, RunDirError
 
 USAGE = (
@@ -138,15 +139,15 @@ def find_runs(root: Path) -> list[RunDir]:
 def read_row(rundir: RunDir) -> Row:
     """The run's row, read from its dir (a corrupt ``metrics.jsonl`` raises
     :class:`~snnrun.run.rundir.RunDirError`)."""
-    conf, history = rundir.known_config(), rundir.read_metrics()
-    planned = conf.get("epochs")
+    config, history = rundir.known_config(), rundir.read_metrics()
+    planned = config.get("epochs")
     status, note = rundir.status(planned if isinstance(planned, int) else None, history)
     accs = [r["test_acc"] for r in history if isinstance(r.get("test_acc"), (int, float))]
     return Row(
         path=rundir.path,
         started=rundir.started(),
-        model=str((conf.get("model") or {}).get("name", "-")),
-        dataset=str((conf.get("dataset") or {}).get("name", "-")),
+        model=str((config.get("model") or {}).get("name", "-")),
+        dataset=str((config.get("dataset") or {}).get("name", "-")),
         status=status,
         note=note,
         done=len(history),
@@ -236,18 +237,15 @@ def _acc(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def config_diff(a: RunDir, b: RunDir) -> list[tuple[str, str, str]]:
-    """(key, value in ``a``, value in ``b``) for each flattened config key whose values
-    differ, in the order of ``a``'s config, then ``b``'s own keys."""
-    fa, fb = (flatten(r.read_config(), lists=True) for r in (a, b))
-    keys = dict.fromkeys([*fa, *fb])
-    missing = object()
-    return [(k, _value(fa.get(k, missing), missing), _value(fb.get(k, missing), missing))
-            for k in keys if fa.get(k, missing) != fb.get(k, missing)]  # fmt: skip
+def run_diff(a: RunDir, b: RunDir) -> list[tuple[str, str, str]]:
+    """(key, value in ``a``, value in ``b``) for each flattened config key (list items too)
+    whose values differ, in the order of ``a``'s config, then ``b``'s own keys."""
+    diff = config_diff(a.read_config(), b.read_config(), lists=True)
+    return [(k, _shown(was), _shown(now)) for k, was, now in diff]
 
 
-def _value(value: Any, missing: object) -> str:
-    if value is missing:
+def _shown(value: Any) -> str:
+    if value is NO_VALUE:
         return ABSENT
     return "null" if value is None else str(value)
 
@@ -259,7 +257,7 @@ def print_diff(paths: list[str]) -> None:
         if not rundir.path.is_dir():
             raise SnnrunError(f"{rundir.path} is no run dir (it does not exist or is a file); "
                               "compare two run dirs: snnrun runs <run dir> <run dir>")  # fmt: skip
-    diff = config_diff(a, b)
+    diff = run_diff(a, b)
     if not diff:
         console.print(f"the configs of {escape(str(a.path))} and {escape(str(b.path))} are "
                       "the same", highlight=False)  # fmt: skip

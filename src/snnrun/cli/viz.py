@@ -74,11 +74,11 @@ def log_to_wandb(run: Any, written: dict[str, Path]) -> bool:
     (W&B images take no SVG/PDF: with those formats only the GIF goes)."""
     from snnrun.run.loggers import build_logger, logger_names
 
-    cfg, wandb_id = run.config.get("logger", {}), run.rundir.read_wandb_id()
+    options, wandb_id = run.config.get("logger", {}), run.rundir.read_wandb_id()
     images = {k: v for k, v in written.items() if v.suffix in (".png", ".gif")}
-    if "wandb" not in logger_names(cfg) or not wandb_id or not images:
+    if "wandb" not in logger_names(options) or not wandb_id or not images:
         return False
-    logger = build_logger(cfg, names=["wandb"])
+    logger = build_logger(options, names=["wandb"])
     run.rundir.claim()  # refused while the run trains: one writer per W&B run
     try:
         run_id = run.rundir.read_info()["run_id"]

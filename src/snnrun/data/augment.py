@@ -96,20 +96,20 @@ class ImageAugment:
 
 
 def build_augment(
-    cfg: dict[str, Any] | None, shape: tuple[int, ...], mean: Sequence[float] | None = None
+    options: dict[str, Any] | None, shape: tuple[int, ...], mean: Sequence[float] | None = None
 ) -> ImageAugment | None:
     """The ``augment`` group's steps for samples ``shape`` (``[C, H, W]``); None when all are
     off. ``mean``: the dataset's normalisation mean, Cutout's fill (0 without one)."""
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(KEYS))
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(KEYS))
     if unknown:
         raise SnnrunError(f"unknown augment key(s) {unknown}; known: {', '.join(KEYS[1:])}")
-    padding, length = _count(cfg, "crop_padding"), _count(cfg, "cutout")
-    flips, auto = bool(cfg.get("flip")), bool(cfg.get("autoaugment"))
+    padding, length = _count(options, "crop_padding"), _count(options, "cutout")
+    flips, auto = bool(options.get("flip")), bool(options.get("autoaugment"))
     if not (padding or length or flips or auto):
         return None
     if len(shape) != 3:
-        raise SnnrunError(f"augment={cfg.get('name')} needs images [C, H, W]; this dataset's "
+        raise SnnrunError(f"augment={options.get('name')} needs images [C, H, W]; this dataset's "
                           f"samples are {list(shape)}: use augment=none")  # fmt: skip
     if auto and shape[0] != 3:
         raise SnnrunError(f"augment.autoaugment needs RGB images [3, H, W], not {list(shape)}; "
@@ -126,8 +126,8 @@ def build_augment(
     return ImageAugment(steps)
 
 
-def _count(cfg: dict[str, Any], key: str) -> int:
-    value = cfg.get(key) or 0
+def _count(options: dict[str, Any], key: str) -> int:
+    value = options.get(key) or 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise SnnrunError(f"augment.{key} must be a whole number >= 0 (0: off), got {value!r}")
     return value

@@ -114,10 +114,10 @@ def none() -> Encoder:
     return encode
 
 
-def build_encoder(cfg: dict[str, Any], sequence: bool | None = None) -> Encoder:
-    """The encoder ``cfg['name']``; ``sequence`` (the dataset's kind, None = unchecked) must
+def build_encoder(options: dict[str, Any], sequence: bool | None = None) -> Encoder:
+    """The encoder ``options['name']``; ``sequence`` (the dataset's kind, None = unchecked) must
     match what it takes."""
-    options = dict(cfg)
+    options = dict(options)
     name = options.pop("name")
     builder = ENCODERS.get(name)
     takes = getattr(builder, "sequence", False)

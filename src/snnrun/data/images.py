@@ -40,11 +40,11 @@ from snnrun.data.sets import (
 )
 
 
-def normalization(cfg: dict[str, Any], channels: int = 3) -> Normalize | None:
+def normalization(options: dict[str, Any], channels: int = 3) -> Normalize | None:
     """``Normalize(mean, std)`` from the config (None with ``normalize: false``)."""
-    if not cfg.get("normalize", True):
+    if not options.get("normalize", True):
         return None
-    mean, std = cfg.get("mean"), cfg.get("std")
+    mean, std = options.get("mean"), options.get("std")
     for key, values in (("mean", mean), ("std", std)):
         if not isinstance(values, (list, tuple)) or len(values) != channels:
             raise DatasetError(f"dataset.{key} must list {channels} numbers (one per channel), "
@@ -69,17 +69,17 @@ class Cifar:
 def _cifar(spec: Cifar) -> DatasetBuilder:
     """A builder for one CIFAR dataset."""
 
-    def build(cfg: dict[str, Any]) -> Splits:
+    def build(options: dict[str, Any]) -> Splits:
         import torchvision
 
         layout = getattr(torchvision.datasets, spec.torchvision_cls)
         train_files = [f for f, _ in layout.train_list]
         test_files = [f for f, _ in layout.test_list]
-        root = Path(cfg["root"]).expanduser()
+        root = Path(options["root"]).expanduser()
         folder = _find_cifar(root, layout.base_folder, train_files + test_files)
         if folder is None:
-            folder = _download_cifar(spec, layout, root, cfg, train_files + test_files)
-        norm = normalization(cfg)
+            folder = _download_cifar(spec, layout, root, options, train_files + test_files)
+        norm = normalization(options)
         train = TensorDataset(*_read_batches(folder, train_files, spec), normalize=norm)
         test = TensorDataset(*_read_batches(folder, test_files, spec), normalize=norm)
         return Splits(train, test, (3, 32, 32), spec.classes, class_names=CLASS_NAMES[spec.key])
@@ -102,11 +102,11 @@ def _find_cifar(root: Path, base_folder: str, files: list[str]) -> Path | None:
 
 
 def _download_cifar(
-    spec: Cifar, layout: Any, root: Path, cfg: dict[str, Any], files: list[str]
+    spec: Cifar, layout: Any, root: Path, options: dict[str, Any], files: list[str]
 ) -> Path:
     """torchvision's download into ``root``; one line naming the folder and files otherwise."""
     reason = "dataset.download is false"
-    if cfg.get("download", True):
+    if options.get("download", True):
         try:
             layout(str(root), train=True, download=True)
             return root / layout.base_folder
@@ -218,10 +218,10 @@ class ImageFileSet(SampleSet):
 
 
 @DATASETS.register("imagefolder")
-def imagefolder(cfg: dict[str, Any]) -> Splits:
+def imagefolder(options: dict[str, Any]) -> Splits:
     """``root/train/<class>/*`` for training, ``root/val/<class>/*`` for testing."""
-    root = Path(cfg["root"]).expanduser()
-    size, crop = cfg.get("size"), cfg.get("crop")
+    root = Path(options["root"]).expanduser()
+    size, crop = options.get("size"), options.get("crop")
     if size is not None and (not isinstance(size, int) or size < 1):
         raise DatasetError(f"dataset.size must be a positive integer or null, got {size!r}")
     if not isinstance(crop, int) or crop < 1:
@@ -230,7 +230,7 @@ def imagefolder(cfg: dict[str, Any]) -> Splits:
     train_classes, train = _listing(root, "train")
     val_classes, val = _listing(root, "val")
     _same_classes(root, train_classes, val_classes)
-    norm = normalization(cfg)
+    norm = normalization(options)
     sets = [ImageFileSet([p for p, _ in s], torch.tensor([c for _, c in s], dtype=torch.long),
                          size, crop, norm) for s in (train, val)]  # fmt: skip
     return Splits(sets[0], sets[1], (3, crop, crop), len(train_classes), class_names=train_classes)

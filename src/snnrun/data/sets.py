@@ -211,26 +211,26 @@ DatasetBuilder = Callable[[dict[str, Any]], Splits]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 
 
-def build_splits(cfg: dict[str, Any]) -> Splits:
-    """The dataset named ``cfg['name']``, cut to ``train_limit`` / ``test_limit``; a static
-    dataset's training split gets ``cfg['augment']`` (the ``augment`` group, interpolated into
+def build_splits(options: dict[str, Any]) -> Splits:
+    """The dataset named ``options['name']``, cut to ``train_limit`` / ``test_limit``; a static
+    dataset's training split gets ``options['augment']`` (the ``augment`` group, interpolated into
     the dataset's config); with ``val_fraction`` > 0 a validation split is held out of the (cut)
     training set, never augmented."""
-    cfg = dict(cfg)
-    fraction = cfg.pop("val_fraction", 0) or 0
+    options = dict(options)
+    fraction = options.pop("val_fraction", 0) or 0
     for key in ("train_limit", "test_limit"):
-        n = cfg.get(key)
+        n = options.get(key)
         if n is not None and n <= 0:
             raise DatasetError(f"dataset.{key} must be a positive number or null, got {n}")
     if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
         raise DatasetError(f"dataset.val_fraction must be in [0, 1), got {fraction!r}")
-    splits = DATASETS.get(cfg["name"])(cfg)
-    splits.train = splits.train.head(cfg.get("train_limit"))
-    splits.test = splits.test.head(cfg.get("test_limit"))
+    splits = DATASETS.get(options["name"])(options)
+    splits.train = splits.train.head(options.get("train_limit"))
+    splits.test = splits.test.head(options.get("test_limit"))
     if not splits.sequence:  # an event dataset's builder reads its own dataset.augment
         norm = splits.train.normalize
         mean = norm.mean if norm is not None else None
-        splits.train.transform = build_augment(cfg.get("augment"), splits.sample_shape, mean)
+        splits.train.transform = build_augment(options.get("augment"), splits.sample_shape, mean)
     if fraction:
         splits.train, splits.val = hold_out(splits.train, fraction)
     return splits
@@ -282,7 +282,7 @@ def make_loader(
 
 
 @DATASETS.register("digits")
-def digits(cfg: dict[str, Any]) -> Splits:
+def digits(options: dict[str, Any]) -> Splits:
     """scikit-learn's 1797 real 8x8 handwritten digits, upsampled to 1x28x28; no download.
 
     Fixed stratified split: 20% test (360 images), ``random_state=0``.
@@ -314,8 +314,8 @@ _IDX_FILES = {
 def _idx_dataset(name: str, torchvision_cls: str, folder: str) -> DatasetBuilder:
     """A builder for an MNIST-format dataset (4 IDX files, optionally gzipped)."""
 
-    def build(cfg: dict[str, Any]) -> Splits:
-        root = Path(cfg["root"]).expanduser()
+    def build(options: dict[str, Any]) -> Splits:
+        root = Path(options["root"]).expanduser()
         where = _find_idx_folder(root, torchvision_cls, folder)
         if where is None:
             where = _download(root, torchvision_cls, name)

@@ -52,6 +52,6 @@ class CECount(RateLoss):
         return F.cross_entropy(logits, y.repeat(T))
 
 
-def build_loss(cfg: dict[str, Any]) -> RateLoss:
-    options = dict(cfg)
+def build_loss(options: dict[str, Any]) -> RateLoss:
+    options = dict(options)
     return LOSSES.get(options.pop("name"))(**options)

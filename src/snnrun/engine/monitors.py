@@ -275,9 +275,9 @@ def _coverage(conv: nn.Module, size: tuple[int, ...], device: torch.device) -> t
     return _COVERAGE[key]
 
 
-def build_monitors(cfg: dict[str, Any], model: nn.Module) -> list[Monitor]:
+def build_monitors(options: dict[str, Any], model: nn.Module) -> list[Monitor]:
     """The ``monitor`` group: ``counters`` names registered monitors; the rest are options."""
-    options = {k: v for k, v in cfg.items() if k != "name"}
+    options = {k: v for k, v in options.items() if k != "name"}
     return [MONITORS.get(name)(model, **options) for name in options.pop("counters", [])]
 
 

@@ -33,9 +33,9 @@ def _none(optimizer: torch.optim.Optimizer):
     return None
 
 
-def build_optimizer(cfg: dict[str, Any], params: Iterable[torch.nn.Parameter]):
+def build_optimizer(options: dict[str, Any], params: Iterable[torch.nn.Parameter]):
     """The optimizer; ``clip_grad_norm`` is the trainer's (checked here: positive or null)."""
-    options = dict(cfg)
+    options = dict(options)
     name = options.pop("name")
     clip = options.pop("clip_grad_norm", None)
     if clip is not None and (
@@ -47,13 +47,13 @@ def build_optimizer(cfg: dict[str, Any], params: Iterable[torch.nn.Parameter]):
     return OPTIMIZERS.get(name)(params, **options)
 
 
-def build_scheduler(cfg: dict[str, Any], optimizer: torch.optim.Optimizer):
+def build_scheduler(options: dict[str, Any], optimizer: torch.optim.Optimizer):
     """The scheduler, or None for ``scheduler=none``."""
-    options = dict(cfg)
+    options = dict(options)
     return SCHEDULERS.get(options.pop("name"))(optimizer, **options)
 
 
-def follow_horizon(scheduler: Any, cfg: dict[str, Any]) -> dict[str, Any] | None:
+def follow_horizon(scheduler: Any, options: dict[str, Any]) -> dict[str, Any] | None:
     """After a restore: a cosine schedule whose ``T_max`` changed on resume (``epochs=N``)
     continues on the new horizon, at its closed-form learning rate for the current epoch.
 
@@ -62,11 +62,11 @@ def follow_horizon(scheduler: Any, cfg: dict[str, Any]) -> dict[str, Any] | None
     """
     if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
         return None
-    if scheduler.T_max == cfg["T_max"]:
+    if scheduler.T_max == options["T_max"]:
         return None
     groups = scheduler.optimizer.param_groups
     old_T, old_lr = scheduler.T_max, groups[0]["lr"]
-    scheduler.T_max = cfg["T_max"]
+    scheduler.T_max = options["T_max"]
     progress = (1 + math.cos(math.pi * scheduler.last_epoch / scheduler.T_max)) / 2
     for group, base_lr in zip(groups, scheduler.base_lrs):
         group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * progress

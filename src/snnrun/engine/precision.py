@@ -42,17 +42,17 @@ PRECISIONS.register("amp_fp16")((torch.float16, True))
 PRECISIONS.register("amp_bf16")((torch.bfloat16, False))
 
 
-def build_precision(cfg: dict[str, Any], device: torch.device) -> Precision:
-    dtype, scaled = PRECISIONS.get(cfg["name"])
+def build_precision(options: dict[str, Any], device: torch.device) -> Precision:
+    dtype, scaled = PRECISIONS.get(options["name"])
     if dtype is not None:
-        _check_autocast(device.type, dtype, cfg["name"])
+        _check_autocast(device.type, dtype, options["name"])
     if dtype == torch.float16 and device.type == "cpu":
         console.print(  # one line, on rank 0 only (the other ranks' console is quiet)
             "[yellow]warning:[/] precision=amp_fp16 on cpu runs emulated float16 kernels "
             "(several times slower than fp32 here); precision=fp32 or amp_bf16 is faster on cpu"
         )
     scaler = torch.amp.GradScaler(device.type) if scaled else None
-    return Precision(cfg["name"], dtype, device.type, scaler)
+    return Precision(options["name"], dtype, device.type, scaler)
 
 
 def _check_autocast(device_type: str, dtype: torch.dtype, name: str) -> None:

@@ -54,10 +54,10 @@ class Watch:
     sections): ``monitor`` (``auto``: ``val_acc`` with a validation split, else ``test_acc``)
     and ``mode`` (``max`` or ``min``); a bad one is one line naming the section."""
 
-    def __init__(self, section: str, cfg: dict[str, Any], has_val: bool) -> None:
-        monitor = cfg.get("monitor") or "auto"
+    def __init__(self, section: str, options: dict[str, Any], has_val: bool) -> None:
+        monitor = options.get("monitor") or "auto"
         self.monitor = ("val_acc" if has_val else "test_acc") if monitor == "auto" else monitor
-        self.mode = cfg.get("mode", "max")
+        self.mode = options.get("mode", "max")
         known = RECORD_KEYS + (VAL_KEYS if has_val else ())
         if self.monitor not in known:
             hint = " (val_* needs dataset.val_fraction > 0)" if self.monitor in VAL_KEYS else ""
@@ -91,15 +91,17 @@ class Trainer:
         unwrapped so that ranks with unequal test shares never wait on each other."""
         self.run, self.net = run, net
         self.eval_net = eval_net if eval_net is not None else net  # a compiled net has no bool()
-        self.step = LossStep(run.device, run.encoder, run.loss, run.precision, run.conf["T"])
-        self.log_every = run.conf["log_every"]
-        self.clip = run.conf["optimizer"].get("clip_grad_norm")  # max total gradient norm
+        self.step = LossStep(run.device, run.encoder, run.loss, run.precision, run.config["T"])
+        self.log_every = run.config["log_every"]
+        self.clip = run.config["optimizer"].get("clip_grad_norm")  # max total gradient norm
         self.clipped = (
             [p for g in run.optimizer.param_groups for p in g["params"]] if self.clip else []
         )
         self.collective = active()
-        self.best = Watch("checkpoint", run.conf.get("checkpoint", {}), run.val_loader is not None)
-        stopping = run.conf.get("early_stopping") or {}
+        self.best = Watch(
+            "checkpoint", run.config.get("checkpoint", {}), run.val_loader is not None
+        )
+        stopping = run.config.get("early_stopping") or {}
         self.stopping = (
             Watch("early_stopping", stopping, run.val_loader is not None)
             if stopping.get("monitor")

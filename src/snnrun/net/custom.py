@@ -41,7 +41,8 @@ def make_neuron(**options: Any) -> SpikingNeuron:
     if ctx is None:
         raise SnnrunError(
             "make_neuron() is called while snnrun builds a {type: module} entry (in its "
-            "__init__); outside a build, use snnrun.net.neuron.build_neuron(cfg, surrogate_cfg)"
+            "__init__); outside a build, use "
+            "snnrun.net.neuron.build_neuron(options, surrogate_options)"
         )
     return ctx.neuron(options)
 

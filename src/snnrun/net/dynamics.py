@@ -174,13 +174,13 @@ def fire_and_reset(dyn: Dynamics, h: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 # --- the handwritten backward's view of the same step (boolean spikes, derivatives) -------
 def next_v(dyn: Dynamics, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """``V[t]`` from ``H[t]`` and the boolean spike ``S[t]`` (values as the reference's)."""
-    return h if dyn.kind == "leaky" else reset(dyn, h, s.to(h.dtype))
+    """``V[t]`` from ``H[t]`` and the spike ``S[t]`` (0/1 in ``h``'s dtype; no graph)."""
+    return h if dyn.kind == "leaky" else reset(dyn, h, s)
 
 
 def v_after(dyn: Dynamics, h: torch.Tensor) -> torch.Tensor:
     """``V[t]`` from ``H[t]`` alone (the spike is ``H[t] >= V_th``)."""
-    return next_v(dyn, h, h >= dyn.v_threshold)
+    return next_v(dyn, h, (h >= dyn.v_threshold).to(h.dtype))
 
 
 def dv_dh(dyn: Dynamics, h: torch.Tensor, s: torch.Tensor, sg: torch.Tensor) -> torch.Tensor | None:

@@ -107,14 +107,14 @@ def _depends_on_time(module: nn.Module) -> bool:
 
 
 def build_model(
-    model_cfg: dict[str, Any],
+    model_options: dict[str, Any],
     neuron_groups: dict[str, Any],
     in_shape: Shape,
     num_classes: int,
 ) -> SpikingNetwork:
-    """The network for ``model_cfg['layers']``; ``neuron_groups``: the run's ``neuron`` and
+    """The network for ``model_options['layers']``; ``neuron_groups``: the run's ``neuron`` and
     ``surrogate`` groups, which every neuron entry falls back to."""
-    layers, shape = build_layers(model_cfg["layers"], tuple(in_shape), Context(neuron_groups))
+    layers, shape = build_layers(model_options["layers"], tuple(in_shape), Context(neuron_groups))
     if shape != (num_classes,):
         raise ModelBuildError(
             f"model output per sample is {list(shape)} but the dataset has {num_classes} classes: "

@@ -209,13 +209,13 @@ OLD_KEY = (
 )
 
 
-def build_neuron(cfg: dict[str, Any], surrogate_cfg: dict[str, Any]) -> SpikingNeuron:
+def build_neuron(options: dict[str, Any], surrogate_options: dict[str, Any]) -> SpikingNeuron:
     """A neuron layer from the ``neuron`` group (``name`` picks the class) and a surrogate."""
-    options = dict(cfg)
+    options = dict(options)
     if "kind" in options:
         raise TypeError(OLD_KEY)
     cls = NEURONS.get(options.pop("name"))
-    surrogate: Surrogate = build_surrogate(surrogate_cfg)
+    surrogate: Surrogate = build_surrogate(surrogate_options)
     return cls(surrogate=surrogate, **options)
 
 
@@ -231,7 +231,7 @@ def merge_neuron_options(group: dict[str, Any], entry: dict[str, Any]) -> dict[s
     return {**kept, **entry, "name": name}
 
 
-def renamed_neuron_keys(conf: dict[str, Any]) -> dict[str, Any]:
+def renamed_neuron_keys(config: dict[str, Any]) -> dict[str, Any]:
     """A run config saved before the neuron's ``kind`` key became ``name`` (checkpoint version
     2 and earlier), with the key renamed in the ``neuron`` group and in the model's neuron,
     recurrent and attention entries at any depth. A current config comes back unchanged."""
@@ -249,7 +249,7 @@ def renamed_neuron_keys(conf: dict[str, Any]) -> dict[str, Any]:
             for k, v in node.items()
         }
 
-    return {k: renamed(v, k == "neuron") for k, v in conf.items()}
+    return {k: renamed(v, k == "neuron") for k, v in config.items()}
 
 
 def reset_states(module: nn.Module) -> None:

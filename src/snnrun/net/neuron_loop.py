@@ -49,9 +49,8 @@ class _NeuronLoop(torch.autograd.Function):
         for t in range(x_seq.shape[0]):
             h = h_seq[t]
             h.copy_(charge(dyn, v, x_seq[t], k))
-            s = h >= dyn.v_threshold
-            spikes[t].copy_(s)
-            v = next_v(dyn, h, s)
+            spikes[t].copy_(h >= dyn.v_threshold)
+            v = next_v(dyn, h, spikes[t])
             if v_seq is not None:
                 v_seq[t].copy_(v)
         ctx.learns_k = decay_t is not None and decay_t.requires_grad

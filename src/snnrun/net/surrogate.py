@@ -135,8 +135,8 @@ class Surrogate:
         return f"{self.name}({self.spec.param}={self.value:g})"
 
 
-def build_surrogate(cfg) -> Surrogate:
+def build_surrogate(options) -> Surrogate:
     """From the ``surrogate`` config group: ``{name: atan, alpha: 2.0}``."""
-    spec = SURROGATES.get(cfg["name"])
-    value = cfg.get(spec.param, spec.default)
+    spec = SURROGATES.get(options["name"])
+    value = options.get(spec.param, spec.default)
     return Surrogate(spec.name, float(value))

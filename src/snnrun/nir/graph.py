@@ -1037,11 +1037,11 @@ def _nir_layers(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Mo
     return nn.Sequential(*from_nir(read(path), in_shape, ctx.neuron_groups, dt, ctx.path))
 
 
-def pin_files(model_conf: dict[str, Any]) -> None:
+def pin_files(model_options: dict[str, Any]) -> None:
     """Make every ``nir`` entry's path absolute and record the file's SHA-256 in the entry
     (once, at a fresh start), so that a resume, ``eval`` or ``load_run`` run from any folder
     rebuilds from the same file, and an edited file is refused rather than used."""
-    for entry in walk_entries(model_conf.get("layers")):
+    for entry in walk_entries(model_options.get("layers")):
         if entry.get("type") == "nir" and entry.get("path"):
             entry["path"] = os.path.abspath(os.path.expanduser(entry["path"]))
             if not entry.get("sha256") and Path(entry["path"]).is_file():

@@ -40,7 +40,7 @@ from snnrun.run.rundir import RunDir
 class Run:
     """Everything one run is made of, built from its config."""
 
-    conf: dict[str, Any]
+    config: dict[str, Any]
     device: torch.device
     splits: Splits
     model: SpikingNetwork
@@ -79,23 +79,23 @@ def refuse_existing_run(run_dir: Path) -> None:
         )
 
 
-def check_values(conf: dict[str, Any]) -> None:
+def check_values(config: dict[str, Any]) -> None:
     """Types and ranges the groups cannot check themselves; non-finite numbers anywhere."""
     for key in ("T", "batch_size", "log_every", "seed", "num_workers"):
         low = 0 if key in ("seed", "num_workers") else 1
-        if not isinstance(conf[key], int) or isinstance(conf[key], bool) or conf[key] < low:
+        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < low:
             kind = "non-negative" if low == 0 else "positive"
-            raise SnnrunError(f"{key} must be a {kind} integer, got {conf[key]!r}")
-    if not isinstance(conf["epochs"], int) or conf["epochs"] < 0:
-        raise SnnrunError(f"epochs must be a non-negative integer, got {conf['epochs']!r}")
-    for key, value in flatten(conf, lists=True).items():
+            raise SnnrunError(f"{key} must be a {kind} integer, got {config[key]!r}")
+    if not isinstance(config["epochs"], int) or config["epochs"] < 0:
+        raise SnnrunError(f"epochs must be a non-negative integer, got {config['epochs']!r}")
+    for key, value in flatten(config, lists=True).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise SnnrunError(f"{key}={value} is not a finite number; give it a real value")
 
 
-def neuron_groups(conf: dict[str, Any]) -> dict[str, Any]:
+def neuron_groups(config: dict[str, Any]) -> dict[str, Any]:
     """The groups every neuron layer falls back to."""
-    return {"neuron": conf["neuron"], "surrogate": conf["surrogate"]}
+    return {"neuron": config["neuron"], "surrogate": config["surrogate"]}
 
 
 def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -107,13 +107,13 @@ def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return model
 
 
-def record_backend_that_runs(conf: dict[str, Any], device: torch.device) -> None:
+def record_backend_that_runs(config: dict[str, Any], device: torch.device) -> None:
     """``neuron.backend=triton`` where the kernels cannot run (a CPU, no Triton): the torch
     backend runs, so the config (``config.yaml``, the model print) says torch, with one note."""
     from snnrun.kernels import fallback_reason
 
     reason = fallback_reason(device.type)
-    entries = [conf["neuron"], *walk_entries(conf["model"].get("layers"))]
+    entries = [config["neuron"], *walk_entries(config["model"].get("layers"))]
     switched = [e for e in entries if e.get("backend") == "triton"]
     if reason is None or not switched:
         return
@@ -122,45 +122,49 @@ def record_backend_that_runs(conf: dict[str, Any], device: torch.device) -> None
     console.print(f"[yellow]note:[/] {reason}; config.yaml records neuron.backend=torch")
 
 
-def build_run(conf: dict[str, Any], world: World | None = None) -> Run:
+def build_run(config: dict[str, Any], world: World | None = None) -> Run:
     """Build every piece; a bad value in any group is one :class:`SnnrunError`.
 
     Every rank builds the same network from the same seed; then each rank draws from its own
     stream (``seed + rank``: encoders, dropout, augmentation).
     """
-    check_values(conf)
+    check_values(config)
     world = world or World()
-    device = resolve_device(conf["device"], world.local_rank)
-    if conf["sync_bn"] and device.type != "cuda":
+    device = resolve_device(config["device"], world.local_rank)
+    if config["sync_bn"] and device.type != "cuda":
         raise SnnrunError("sync_bn=true needs CUDA (SyncBatchNorm has no CPU kernel); drop it")
-    record_backend_that_runs(conf, device)
-    seed_everything(conf["seed"])
-    splits = build_splits(conf["dataset"])
-    augment = (conf.get("augment") or {}).get("name", "none")
+    record_backend_that_runs(config, device)
+    seed_everything(config["seed"])
+    splits = build_splits(config["dataset"])
+    augment = (config.get("augment") or {}).get("name", "none")
     if splits.sequence and augment != "none":
         raise SnnrunError(
             f"augment={augment} is for static images; event datasets take dataset.augment.flip / "
             "crop_padding / event_drop"
         )
-    model = build_model(conf["model"], neuron_groups(conf), splits.sample_shape, splits.num_classes)
+    model = build_model(
+        config["model"], neuron_groups(config), splits.sample_shape, splits.num_classes
+    )
     place(model, device)
-    optimizer = _built(conf, "optimizer", build_optimizer, conf["optimizer"], model.parameters())
-    scheduler = _built(conf, "scheduler", build_scheduler, conf["scheduler"], optimizer)
-    logger = _built(conf, "logger", build_logger, conf["logger"])
-    encoder = _built(conf, "encoder", build_encoder, conf["encoder"], splits.sequence)
-    loss = _built(conf, "loss", build_loss, conf["loss"])
-    monitors = _built(conf, "monitor", build_monitors, conf["monitor"], model)
+    optimizer = _built(
+        config, "optimizer", build_optimizer, config["optimizer"], model.parameters()
+    )
+    scheduler = _built(config, "scheduler", build_scheduler, config["scheduler"], optimizer)
+    logger = _built(config, "logger", build_logger, config["logger"])
+    encoder = _built(config, "encoder", build_encoder, config["encoder"], splits.sequence)
+    loss = _built(config, "loss", build_loss, config["loss"])
+    monitors = _built(config, "monitor", build_monitors, config["monitor"], model)
     if world.rank:
-        seed_everything(conf["seed"] + world.rank)
-    batch, seed, workers = conf["batch_size"], conf["seed"], conf["num_workers"]
+        seed_everything(config["seed"] + world.rank)
+    batch, seed, workers = config["batch_size"], config["seed"], config["num_workers"]
     return Run(
-        conf=conf,
+        config=config,
         device=device,
         splits=splits,
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
-        precision=build_precision(conf["precision"], device),
+        precision=build_precision(config["precision"], device),
         logger=logger if world.is_main else RunLogger(),
         encoder=encoder,
         loss=loss,
@@ -174,12 +178,12 @@ def build_run(conf: dict[str, Any], world: World | None = None) -> Run:
     )
 
 
-def _built(conf: dict[str, Any], section: str, build: Any, *args: Any) -> Any:
+def _built(config: dict[str, Any], section: str, build: Any, *args: Any) -> Any:
     """``build(*args)``; a bad value in ``section`` is one line naming the section."""
     try:
         return build(*args)
     except (TypeError, ValueError) as e:
-        raise SnnrunError(f"bad {section} config {conf[section]}: {one_line(e)}") from None
+        raise SnnrunError(f"bad {section} config {config[section]}: {one_line(e)}") from None
 
 
 def resolve_paths(cfg: DictConfig) -> dict[str, Any]:
@@ -192,9 +196,9 @@ def resolve_paths(cfg: DictConfig) -> dict[str, Any]:
             value = OmegaConf.select(cfg, key)
             if value:
                 OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(value)))
-    conf: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    pin_files(conf["model"])
-    return conf
+    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    pin_files(config["model"])
+    return config
 
 
 def data_identity(splits: Splits) -> dict[str, Any]:

@@ -22,9 +22,9 @@ from snnrun.run.checkpoint import Checkpoint, load_checkpoint
 from snnrun.run.rundir import CHECKPOINTS, RunDir
 
 
-def check_init_from(conf: dict[str, Any]) -> None:
+def check_init_from(config: dict[str, Any]) -> None:
     """Refuse, as one line and before anything is written, a source that is not there."""
-    source = conf.get("init_from") or {}
+    source = config.get("init_from") or {}
     if source.get("path"):
         _source_path(source)
 

@@ -393,26 +393,26 @@ class Loggers(RunLogger):
         return {name: logger.state_dict() for name, logger in self.loggers.items()}
 
 
-def logger_names(cfg: dict[str, Any]) -> list[str]:
+def logger_names(options: dict[str, Any]) -> list[str]:
     """The loggers a ``logger`` section selects: its ``use`` keys that are true, or the
     ``name`` of a config saved before several loggers could be chosen."""
-    if "use" in cfg:
-        return [name for name, on in (cfg["use"] or {}).items() if on]
-    name = cfg.get("name")
+    if "use" in options:
+        return [name for name, on in (options["use"] or {}).items() if on]
+    name = options.get("name")
     return [name] if name and name != "none" else []
 
 
-def check_logger_conf(conf: dict[str, Any]) -> None:
+def check_logger_conf(options: dict[str, Any]) -> None:
     """Refuse, as one line, a logger section its builder would refuse: an unknown key (for
     example ``+logger.notes=x``) or a bad value. Nothing is written."""
-    build_logger(conf)
+    build_logger(options)
 
 
-def build_logger(cfg: dict[str, Any], names: list[str] | None = None) -> RunLogger:
+def build_logger(options: dict[str, Any], names: list[str] | None = None) -> RunLogger:
     """The selected loggers (not started; ``names``: only these), each given the options its
     class takes; a key that none of them takes is one line naming the known."""
-    names = logger_names(cfg) if names is None else names
-    options = {k: v for k, v in cfg.items() if k not in ("use", "name")}
+    names = logger_names(options) if names is None else names
+    options = {k: v for k, v in options.items() if k not in ("use", "name")}
     keys = {name: _keys(LOGGERS.get(name)) for name in names}
     unknown = [k for k in options if not any(k in known for known in keys.values())]
     if unknown:

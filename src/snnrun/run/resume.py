@@ -175,7 +175,7 @@ def _parse(overrides: list[str]) -> list[tuple[str, Any]]:
     return result
 
 
-def auto_resume(rundir: RunDir, conf: dict[str, Any]) -> Checkpoint | None:
+def auto_resume(rundir: RunDir, config: dict[str, Any]) -> Checkpoint | None:
     """``resume=auto``: the dir's latest checkpoint when it holds a run of this config (keys a
     resume may change aside, and keys added to conf/ since the run started); None when it holds
     no run."""
@@ -184,8 +184,8 @@ def auto_resume(rundir: RunDir, conf: dict[str, Any]) -> Checkpoint | None:
     if not rundir.holds_run():
         return None
     payload = rundir.load_checkpoint("latest")
-    differs = config_diff(payload["config"], conf, skip=_resumable)
-    differs = [(k, was, now) for k, was, now in differs if was is not _ABSENT]
+    differs = config_diff(payload["config"], config, skip=_resumable)
+    differs = [(k, was, now) for k, was, now in differs if was is not ABSENT]
     if differs:
         k, was, now = differs[0]
         raise ResumeError(
@@ -211,23 +211,27 @@ def _report_drift(saved: DictConfig, current: DictConfig, overridden: set[str]) 
         )
 
 
-_ABSENT = object()  # a key one side of a diff does not have
+ABSENT = object()  # a key one side of a diff does not have
 
 
 def _shown(value: Any) -> str:
-    return "None" if value is _ABSENT else repr(value)
+    return "None" if value is ABSENT else repr(value)
 
 
 def config_diff(
-    saved: dict[str, Any], now: dict[str, Any], skip: Callable[[str], bool] = lambda k: False
+    saved: dict[str, Any],
+    now: dict[str, Any],
+    skip: Callable[[str], bool] = lambda k: False,
+    lists: bool = False,
 ) -> list[tuple[str, Any, Any]]:
     """The one config diff: ``(dotted key, saved value, value now)`` for every leaf that
-    differs (``_ABSENT`` where a side lacks it), ``resume`` and keys ``skip`` names aside."""
-    flat_saved, flat_now = flatten(saved), flatten(now)
+    differs (``ABSENT`` where a side lacks it), ``resume`` and keys ``skip`` names aside, in the
+    order of ``saved``'s keys, then ``now``'s own; ``lists``: list items are leaves too."""
+    flat_saved, flat_now = flatten(saved, lists=lists), flatten(now, lists=lists)
     return [
-        (k, flat_saved.get(k, _ABSENT), flat_now.get(k, _ABSENT))
-        for k in sorted(set(flat_saved) | set(flat_now))
-        if k != "resume" and not skip(k) and flat_saved.get(k, _ABSENT) != flat_now.get(k, _ABSENT)
+        (k, flat_saved.get(k, ABSENT), flat_now.get(k, ABSENT))
+        for k in dict.fromkeys([*flat_saved, *flat_now])
+        if k != "resume" and not skip(k) and flat_saved.get(k, ABSENT) != flat_now.get(k, ABSENT)
     ]
 
 

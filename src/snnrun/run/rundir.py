@@ -154,8 +154,8 @@ class RunDir:
             self._lock_fd = None
 
     # --- config and identity ------------------------------------------------------------------
-    def write_config(self, conf: dict[str, Any]) -> None:
-        text = yaml.safe_dump(conf, sort_keys=False, default_flow_style=None).encode()
+    def write_config(self, config: dict[str, Any]) -> None:
+        text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None).encode()
         atomic_write_bytes(self.path / CONFIG, lambda f: f.write(text))
 
     def read_config(self) -> dict[str, Any]:
@@ -420,11 +420,11 @@ class RunDir:
         its own), else ``{}``; an unreadable file counts as missing."""
         for path in (self.path / CONFIG, self.path / HYDRA_DIR / CONFIG):
             try:
-                conf = yaml.safe_load(path.read_text())
+                config = yaml.safe_load(path.read_text())
             except (OSError, yaml.YAMLError):
                 continue
-            if isinstance(conf, dict):
-                return renamed_neuron_keys(conf)
+            if isinstance(config, dict):
+                return renamed_neuron_keys(config)
         return {}
 
     def started(self) -> float:

@@ -54,16 +54,16 @@ def train(
     in one dir; a fresh run refuses a dir that already holds a run, unless ``resume=auto``
     finds a run of the same config there and continues it (a requeued job).
     """
-    conf = resolve_paths(cfg)
+    config = resolve_paths(cfg)
     world = init_distributed()
     rundir = RunDir(run_dir)
-    if checkpoint is None and conf.get("resume") == "auto":
-        checkpoint = auto_resume(rundir, conf)
+    if checkpoint is None and config.get("resume") == "auto":
+        checkpoint = auto_resume(rundir, config)
     fresh = checkpoint is None
     checkpoint = _claim(rundir, checkpoint, world)
     try:
         with graceful_stop(rundir.path):
-            return _fit(conf, rundir, overrides, checkpoint, world)
+            return _fit(config, rundir, overrides, checkpoint, world)
     except BaseException as e:
         unstarted = not rundir.holds_run()
         if unstarted and fresh and world.is_main and not _in_sweep():
@@ -134,21 +134,21 @@ def _claim(rundir: RunDir, checkpoint: Checkpoint | None, world: World) -> Any:
     return checkpoint
 
 
-def _check_same_data(saved: dict[str, Any], now: dict[str, Any], conf: dict[str, Any]) -> None:
+def _check_same_data(saved: dict[str, Any], now: dict[str, Any], config: dict[str, Any]) -> None:
     differs = [k for k in saved if k != "name" and saved.get(k) != now.get(k)]
-    if differs and not conf.get("allow_new_data"):
+    if differs and not config.get("allow_new_data"):
         details = ", ".join(
             f"{k} {saved[k]} -> {now.get(k)}" for k in differs if k != "fingerprint"
         )
         raise SnnrunError(
             f"the data under this run changed ({details or 'different samples'}; "
-            f"dataset.root={conf['dataset'].get('root')}); point dataset.root at the run's data, "
+            f"dataset.root={config['dataset'].get('root')}); point dataset.root at the run's data, "
             "or add allow_new_data=true to continue on other data on purpose"
         )
 
 
 def _fit(
-    conf: dict[str, Any],
+    config: dict[str, Any],
     rundir: RunDir,
     overrides: list[str],
     checkpoint: Checkpoint | None,
@@ -158,12 +158,12 @@ def _fit(
     main = world.is_main
     console.quiet = not main
     console.print(f"run dir: {rundir.path}", highlight=False)
-    run = build_run(conf, world)
-    data = {"name": conf["dataset"]["name"], **data_identity(run.splits)}
+    run = build_run(config, world)
+    data = {"name": config["dataset"]["name"], **data_identity(run.splits)}
     state, logger_state = TrainState(), None
     if checkpoint is None:
         run_id = broadcast(new_run_id())
-        origin = _init_from(conf, run, main)
+        origin = _init_from(config, run, main)
         if main:
             info = {"run_id": run_id, "snnrun_version": __version__, "data": data,
                     "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -171,19 +171,19 @@ def _fit(
             rundir.write_info({**info, "init_from": origin} if origin else info)
     else:
         run_id = checkpoint["run_id"]
-        _check_same_data(checkpoint["data"], data, conf)
+        _check_same_data(checkpoint["data"], data, config)
         state, logger_state, change = _restore(checkpoint, run)
         if main:
             rundir.rewrite_metrics(state.history)
             made = provenance(run.device, world)  # each resume says what it ran with
-            rundir.record_resume({"epochs": conf["epochs"], **(change or {}), "provenance": made})
+            rundir.record_resume({"epochs": config["epochs"], **(change or {}), "provenance": made})
         console.print(f"resuming {rundir.path} at epoch {state.epoch} "
                       f"(best test_acc {state.best_acc:.4f})")  # fmt: skip
     if main:
-        rundir.write_config(conf)
+        rundir.write_config(config)
     _describe(run, rundir, main)
 
-    debug = conf.get("debug") or {}
+    debug = config.get("debug") or {}
     keep_checkpoints = debug.get("checkpoint", True)
 
     def on_epoch_end(st: TrainState, record: dict[str, Any], is_best: bool) -> None:
@@ -195,28 +195,28 @@ def _fit(
         if main:
             rundir.save_epoch(payload, record, is_best)
             run.logger.log_checkpoint(rundir, record["epoch"], is_best)
-            _render_during_training(conf["viz"], rundir, st, run.logger)
+            _render_during_training(config["viz"], rundir, st, run.logger)
 
-    net = _compiled(run.model) if conf["compile"] else run.model  # checkpoints keep .model
-    trainer = Trainer(run, _data_parallel(net, run, conf), net)
+    net = _compiled(run.model) if config["compile"] else run.model  # checkpoints keep .model
+    trainer = Trainer(run, _data_parallel(net, run, config), net)
     if debug.get("profile_steps") and main:
         trainer.profiler = StepProfiler(rundir.path / "profile", debug["profile_steps"], run.device)
-    run.logger.start(rundir, run_id, conf, logger_state, state.history)
+    run.logger.start(rundir, run_id, config, logger_state, state.history)
     try:
-        trainer.fit(conf["epochs"], state, on_epoch_end)
+        trainer.fit(config["epochs"], state, on_epoch_end)
     finally:
         run.logger.finish()
     _report(state, rundir.path)
     return state.best_acc
 
 
-def _init_from(conf: dict[str, Any], run: Run, main: bool) -> dict[str, Any] | None:
+def _init_from(config: dict[str, Any], run: Run, main: bool) -> dict[str, Any] | None:
     """``init_from``: rank 0 loads the weights (DDP then copies them to every rank); a refusal
     reaches every rank, so none waits for the others."""
     origin, error = None, None
     if main:
         try:
-            origin = apply_init_from(conf.get("init_from"), run.model)
+            origin = apply_init_from(config.get("init_from"), run.model)
         except SnnrunError as e:
             error = str(e)
     error = broadcast(error)
@@ -229,19 +229,19 @@ def _compiled(model: torch.nn.Module) -> torch.nn.Module:
     """``compile=true``: ``torch.compile`` the network. Every stateless layer runs through the
     one ``TimeFolded.forward`` and each neuron layer breaks the graph, so dynamo compiles that
     code once per layer and mode: the default limit of 8 would drop most layers to eager."""
-    config = torch._dynamo.config
-    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, limit, max(getattr(config, limit), 256))
+    dynamo = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo, limit, max(getattr(dynamo, limit), 256))
     return torch.compile(model)
 
 
-def _data_parallel(net: torch.nn.Module, run: Run, conf: dict[str, Any]) -> torch.nn.Module:
+def _data_parallel(net: torch.nn.Module, run: Run, config: dict[str, Any]) -> torch.nn.Module:
     """Under torchrun: DistributedDataParallel (gradients averaged over ranks every step)."""
     if run.world.size == 1:
         return net
     from torch.nn.parallel import DistributedDataParallel
 
-    if conf["sync_bn"]:
+    if config["sync_bn"]:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     cuda = run.device.type == "cuda"
     return DistributedDataParallel(net, device_ids=[run.device.index] if cuda else None)
@@ -277,7 +277,7 @@ def checkpoint_payload(
         "state": vars(state),
         "rng": gather(capture_rng()),  # one entry per rank
         "logger": run.logger.state_dict(),
-        "config": run.conf,
+        "config": run.config,
         "overrides": overrides,
     }
 
@@ -293,7 +293,7 @@ def _restore(
         run.optimizer.load_state_dict(payload["optimizer"])
         if run.scheduler is not None and payload.get("scheduler") is not None:
             run.scheduler.load_state_dict(payload["scheduler"])
-            change = follow_horizon(run.scheduler, run.conf["scheduler"])
+            change = follow_horizon(run.scheduler, run.config["scheduler"])
         if run.precision.scaler is not None and payload.get("scaler") is not None:
             run.precision.scaler.load_state_dict(payload["scaler"])
         state = TrainState(**payload["state"])
@@ -321,17 +321,17 @@ def _restore_rng(states: list[dict[str, Any]] | dict[str, Any], run: Run) -> Non
 
 def _describe(run: Run, rundir: RunDir, main: bool) -> None:
     """The model summary, printed (a table, then one line) and saved as ``summary.md``."""
-    conf, splits = run.conf, run.splits
-    sizes = totals(run.model, conf["T"])
+    config, splits = run.config, run.splits
+    sizes = totals(run.model, config["T"])
     params, memory = sizes["parameters"], sizes["activation_bytes_per_sample"] / 2**20
     if main:
-        rundir.write_summary(markdown(run.model, conf["T"]))
-    console.print(summary_table(run.model, conf["T"]), highlight=False)
+        rundir.write_summary(markdown(run.model, config["T"]))
+    console.print(summary_table(run.model, config["T"]), highlight=False)
     console.print(
-        f"model={conf['model']['name']} ({params:,} parameters, ~{memory:.2f} MiB of "
-        f"activations per sample)  dataset={conf['dataset']['name']} "
+        f"model={config['model']['name']} ({params:,} parameters, ~{memory:.2f} MiB of "
+        f"activations per sample)  dataset={config['dataset']['name']} "
         f"({len(splits.train)} train / {len(splits.test)} test, input {list(splits.sample_shape)})"
-        f"  T={conf['T']}  device={run.device}  precision={conf['precision']['name']}",
+        f"  T={config['T']}  device={run.device}  precision={config['precision']['name']}",
         highlight=False,
     )
 

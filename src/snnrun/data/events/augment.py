@@ -47,19 +47,19 @@ def event_drop(q: float) -> Augment:
     return drop
 
 
-def build_augment(cfg: dict[str, Any], size: tuple[int, ...]) -> Augment | None:
+def build_augment(options: dict[str, Any], size: tuple[int, ...]) -> Augment | None:
     """The enabled augmentations of ``dataset.augment`` in order drop → crop → flip; None if off."""
-    unknown = set(cfg) - set(KEYS)
+    unknown = set(options) - set(KEYS)
     if unknown:
         known = ", ".join(KEYS)
         raise SnnrunError(f"unknown dataset.augment key(s) {sorted(unknown)}; known: {known}")
     steps: list[Augment] = []
-    q = float(cfg.get("event_drop") or 0.0)
+    q = float(options.get("event_drop") or 0.0)
     if not 0.0 <= q < 1.0:
         raise SnnrunError(f"dataset.augment.event_drop must be in [0, 1), got {q}")
     if q > 0:
         steps.append(event_drop(q))
-    padding, flips = int(cfg.get("crop_padding") or 0), bool(cfg.get("flip"))
+    padding, flips = int(options.get("crop_padding") or 0), bool(options.get("flip"))
     if (padding or flips) and len(size) != 3:
         raise SnnrunError("dataset.augment crop_padding and flip need frames [C, H, W]; "
                           f"this dataset's samples are {list(size)}")  # fmt: skip

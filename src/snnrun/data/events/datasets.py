@@ -57,22 +57,22 @@ class EventDataset:
     source: str  # where to get the files
 
 
-def build_event_splits(spec: EventDataset, cfg: dict[str, Any]) -> Splits:
+def build_event_splits(spec: EventDataset, options: dict[str, Any]) -> Splits:
     """Find (or download), check labels, integrate, cache; the training split gets the
     augmentation."""
-    T, integrate = _integration(spec, cfg)
-    root = Path(cfg["root"]).expanduser().resolve()
-    layout = spec.find(root, cfg) or _download(spec, root, cfg)
+    T, integrate = _integration(spec, options)
+    root = Path(options["root"]).expanduser().resolve()
+    layout = spec.find(root, options) or _download(spec, root, options)
     _check_labels(spec, [*layout.train, *layout.test])
-    cache = Path(cfg.get("cache_dir") or root / FOLDER).expanduser().resolve()
-    workers = int(cfg.get("workers") or 0)
+    cache = Path(options.get("cache_dir") or root / FOLDER).expanduser().resolve()
+    workers = int(options.get("workers") or 0)
     sets = []
     for split, recordings in (("train", layout.train), ("test", layout.test)):
-        recordings = recordings[: cfg.get(f"{split}_limit") or None]
+        recordings = recordings[: options.get(f"{split}_limit") or None]
         entry = cached(cache, root, f"{spec.name}-{split}", asdict(integrate), recordings,
                        integrate, (T, *spec.size), workers)  # fmt: skip
         sets.append(ArrayFileDataset(entry.path, entry.labels))
-    sets[0].transform = build_augment(cfg.get("augment") or {}, spec.size)
+    sets[0].transform = build_augment(options.get("augment") or {}, spec.size)
     return Splits(sets[0], sets[1], spec.size, spec.classes, sequence=True)
 
 
@@ -86,28 +86,28 @@ def _check_labels(spec: EventDataset, recordings: list[Recording]) -> None:
         )
 
 
-def _integration(spec: EventDataset, cfg: dict[str, Any]) -> tuple[int, Integrate]:
-    T = cfg.get("T")
+def _integration(spec: EventDataset, options: dict[str, Any]) -> tuple[int, Integrate]:
+    T = options.get("T")
     if not isinstance(T, int) or T < 1:
         raise DatasetError(f"dataset.T must be a positive integer (the top-level T), got {T!r}")
     if len(spec.size) == 1:
-        duration = cfg.get("duration_ms")
+        duration = options.get("duration_ms")
         if not isinstance(duration, (int, float)) or duration <= 0:
             raise DatasetError(f"dataset.duration_ms must be a positive number, got {duration!r}")
         return T, Integrate(spec.size, T, "time", round(duration * 1000))
-    split_by = cfg.get("split_by", "number")
+    split_by = options.get("split_by", "number")
     if split_by not in frames.SPLITS:
         raise DatasetError(f"dataset.split_by must be number or time, got {split_by!r}")
     return T, Integrate(spec.size, T, split_by)
 
 
-def _download(spec: EventDataset, root: Path, cfg: dict[str, Any]) -> layouts.Layout:
+def _download(spec: EventDataset, root: Path, options: dict[str, Any]) -> layouts.Layout:
     """Download through tonic into ``root``; one line naming the layout when that fails."""
     reason = "dataset.download is false"
-    if cfg.get("download", True):
+    if options.get("download", True):
         try:
             spec.download(root)
-            found = spec.find(root, cfg)
+            found = spec.find(root, options)
             if found is not None:
                 return found
             reason = "tonic wrote no recordings"
@@ -137,12 +137,12 @@ SPECS = {
     spec.name: spec
     for spec in (
         EventDataset(
-            "nmnist", (2, 34, 34), 10, lambda root, cfg: layouts.nmnist(root),
+            "nmnist", (2, 34, 34), 10, lambda root, options: layouts.nmnist(root),
             _tonic("NMNIST", **_SPLITS), "NMNIST/{Train,Test}/<digit>/*.bin",
             "tonic or garrickorchard.com/datasets/n-mnist: Train.zip, Test.zip",
         ),
         EventDataset(
-            "dvsgesture", (2, 128, 128), 11, lambda root, cfg: layouts.dvsgesture(root),
+            "dvsgesture", (2, 128, 128), 11, lambda root, options: layouts.dvsgesture(root),
             _tonic("DVSGesture", **_SPLITS),
             "DVSGesture/ibmGesture{Train,Test}/user*/<label>.npy (tonic) or "
             "DvsGesture/user*.aedat with *_labels.csv (IBM)",
@@ -150,12 +150,12 @@ SPECS = {
         ),
         EventDataset(
             "cifar10dvs", (2, 128, 128), 10,
-            lambda root, cfg: layouts.cifar10dvs(root, float(cfg.get("train_ratio", 0.9))),
+            lambda root, options: layouts.cifar10dvs(root, float(options.get("train_ratio", 0.9))),
             _tonic("CIFAR10DVS"), "CIFAR10DVS/<class>/*.aedat4 (tonic) or *.aedat (original)",
             "tonic or figshare.com/articles/dataset/CIFAR10-DVS_New/4724671",
         ),
         EventDataset(
-            "shd", (700,), 20, lambda root, cfg: layouts.shd(root), _tonic("SHD", **_SPLITS),
+            "shd", (700,), 20, lambda root, options: layouts.shd(root), _tonic("SHD", **_SPLITS),
             "SHD/shd_train.h5 and SHD/shd_test.h5",
             "tonic or zenkelab.org/datasets: shd_train.h5.zip, shd_test.h5.zip (unzipped)",
         ),
@@ -164,7 +164,7 @@ SPECS = {
 
 
 def _register(spec: EventDataset) -> None:
-    DATASETS.register(spec.name)(lambda cfg: build_event_splits(spec, cfg))
+    DATASETS.register(spec.name)(lambda options: build_event_splits(spec, options))
 
 
 for _spec in SPECS.values():
