@@ -325,3 +325,19 @@ def test_spikformer_trains_and_reports_attention_rates(tmp_path: Path, monkeypat
     attention = {f"L16.0.0.body.0.{n}_neuron" for n in ("q", "k", "v", "attn", "proj")}
     assert attention <= rates, sorted(rates)
     assert record["synops/ac"] > 0
+
+
+def test_a_triton_attention_neuron_on_a_cpu_is_recorded_as_the_torch_backend(monkeypatch) -> None:
+    """The attention entry's own ``neuron:`` options are visited with the nested entries: where
+    the kernels cannot run, config.yaml records the backend that runs there too."""
+    import snnrun.kernels as kernels
+    from snnrun.run.build import record_backend_that_runs
+
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    attention = {"type": "spiking_self_attention", "neuron": {"name": "lif", "backend": "triton"}}
+    config = {
+        "neuron": {"name": "if", "backend": "torch"},
+        "model": {"layers": [{"type": "sequential", "layers": [attention]}]},
+    }
+    record_backend_that_runs(config, torch.device("cpu"))
+    assert attention["neuron"] == {"name": "lif", "backend": "torch"}

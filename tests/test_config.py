@@ -94,3 +94,13 @@ def test_the_plain_command_is_a_small_run_that_learns_quickly() -> None:
     assert sum(p.numel() for p in model.parameters()) < 300_000
     recipe = OmegaConf.to_container(compose(["experiment=fmnist_csnn"]), resolve=True)
     assert recipe["model"]["channels"] == 128
+
+
+def test_deleting_a_key_a_recipe_sets_passes_the_precheck() -> None:
+    """``~optimizer.momentum`` after a recipe's sgd section, beside a value override: the
+    pre-check composes it as Hydra does (it was a traceback from the value-type check)."""
+    from snnrun.cli.precheck import check_overrides
+
+    args = ["experiment=fmnist_csnn", "optimizer=adam", "~optimizer.momentum", "epochs=0"]
+    check_overrides(args)
+    assert "momentum" not in compose(args).optimizer and compose(args).optimizer.name == "adam"

@@ -86,7 +86,10 @@ def _check_value_types(overrides: list[str], cfg: DictConfig) -> None:
     if not values:
         return
     value_lines = {o.input_line for o in values}
-    defaults = compose_config([o for o in overrides if o not in value_lines])
+    try:
+        defaults = compose_config([o for o in overrides if o not in value_lines])
+    except Exception:  # the rest composes only with the values: no defaults to judge them by
+        return
     for o in values:
         key, value = o.key_or_group, o.value()
         default = OmegaConf.select(defaults, key, default=None)

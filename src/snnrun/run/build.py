@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,7 @@ def record_backend_that_runs(config: dict[str, Any], device: torch.device) -> No
 
     reason = fallback_reason(device.type)
     entries = [config["neuron"], *walk_entries(config["model"].get("layers"))]
+    entries += [e["neuron"] for e in entries[1:] if isinstance(e.get("neuron"), Mapping)]
     switched = [e for e in entries if e.get("backend") == "triton"]
     if reason is None or not switched:
         return
