@@ -277,3 +277,19 @@ def test_a_neuron_with_new_dynamics_is_its_definition_and_its_yaml(
         for got, want in zip(runs[backend], runs["autograd"], strict=True):
             assert got.keys() == want.keys()
             assert all(got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6) for k in want)
+
+
+def test_alifs_drawn_charge_reaches_the_base_threshold_where_it_spikes() -> None:
+    """The output figure draws ``charge_seq`` against ``v_threshold``: for alif that is the
+    charge less the adaptive rise of the threshold, so spikes sit exactly where it is reached
+    (the raw charge ``H`` of a spiking neuron with a raised threshold lies far above it)."""
+    layer = neuron("alif", tau=4.0, tau_adapt=20.0, beta_a=0.5, store_v_seq=True)
+    torch.manual_seed(0)
+    x = torch.rand(T, 3, 40, dtype=torch.float64) * 4.0
+    with torch.no_grad():
+        spikes = layer(x)
+    drawn = layer.charge_seq(x, layer.v_seq)
+    assert spikes.sum() > 20
+    assert (drawn[spikes == 1] >= 1.0 - 1e-12).all() and (drawn[spikes == 0] < 1.0 + 1e-12).all()
+    raw = super(ALIFNeuron, layer).charge_seq(x, layer.v_seq)  # H itself
+    assert ((raw >= 1.0) & (spikes == 0)).any()  # H alone would mark silent cells as spiking

@@ -102,6 +102,18 @@ class ALIFNeuron(StateNeuron):
     def _decay_repr(self) -> list[str]:
         return [f"tau={self.tau:g}", f"tau_adapt={self.tau_adapt:g}", f"beta_a={self.beta_a:g}"]
 
+    def charge_seq(self, x: torch.Tensor, v_after: torch.Tensor) -> torch.Tensor:
+        """What the output figure draws against ``v_threshold``: ``H[t] - beta_a a[t]``, the
+        charge less the adaptation's rise of the threshold, so that a spike is where it reaches
+        ``v_threshold`` (``a`` re-run from 0, as at the start of every batch), ``[T, ...]``."""
+        h = super().charge_seq(x, v_after)
+        a, shown = torch.zeros_like(h[0]), torch.empty_like(h)
+        for t in range(h.shape[0]):
+            shown[t] = h[t] - self.beta_a * a
+            spiked = h[t] - (self.dynamics.v_threshold + self.beta_a * a) >= 0
+            a = self.rho * a + spiked.to(h.dtype)
+        return shown
+
 
 @NEURONS.register("synaptic")
 class SynapticNeuron(StateNeuron):
