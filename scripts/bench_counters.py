@@ -16,8 +16,8 @@ import time
 import torch
 
 import snnrun
-from snnrun.data.encoders import build_encoder
-from snnrun.engine.monitors import FiringRates, SynapticOps, monitoring
+from snnrun.data.encoder import build_encoder
+from snnrun.engine.monitor import FiringRates, SynapticOps, monitoring
 
 
 def batches(run: snnrun.api.LoadedRun, n: int, size: int, root: str | None) -> list:

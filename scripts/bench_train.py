@@ -123,7 +123,7 @@ def snnrun_conf(net: str, args: argparse.Namespace, *extra: str) -> dict:
 
 def batches(net: str, args: argparse.Namespace) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The same in-memory batches for every row: the first images of the real training set."""
-    from snnrun.data.sets import build_splits
+    from snnrun.data.dataset import build_splits
 
     conf = snnrun_conf(net, args)
     train = build_splits(conf["dataset"]).train

@@ -174,7 +174,7 @@ def run_row(row: Row, runs: Path) -> None:
 
 def accuracy(model: torch.nn.Module, dataset, encoder, loss, T: int, batch: int = 500) -> float:
     """Fraction of ``dataset`` classified right by ``model``: the product's one test pass."""
-    from snnrun.data.sets import make_loader
+    from snnrun.data.dataset import make_loader
     from snnrun.engine.precision import build_precision
     from snnrun.engine.testing import LossStep, test_pass
 
@@ -187,8 +187,8 @@ def evaluate_snntorch(path: Path) -> dict:
     """The latest checkpoint on the training split (the tutorial's figure) and the full test
     set; appended to ``<run dir>.eval.jsonl``."""
     import snnrun
-    from snnrun.data.encoders import build_encoder
-    from snnrun.engine.losses import build_loss
+    from snnrun.data.encoder import build_encoder
+    from snnrun.engine.loss import build_loss
 
     run = snnrun.load_run(path, which="latest")
     conf = run.config

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from snnrun.core.errors import SnnrunError
-from snnrun.engine.monitors import FiringRates, SynapticOps, monitoring, spike_fed
+from snnrun.engine.monitor import FiringRates, SynapticOps, monitoring, spike_fed
 from snnrun.net import make_neuron
 from snnrun.net.blocks import Recurrent, Residual
 from snnrun.net.layers import ModelBuildError

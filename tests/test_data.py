@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from snnrun.data.sets import DATASETS, DatasetError, build_splits, make_loader
+from snnrun.data.dataset import DATASETS, DatasetError, build_splits, make_loader
 
 from conftest import SHARED_DATA, needs_shared
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from snnrun.data.encoders import build_encoder
+from snnrun.data.encoder import build_encoder
 
 from conftest import TINY, assert_one_line_error, cli, read_metrics, train_in_process
 

@@ -22,7 +22,7 @@ from snnrun.api import load_run
 from snnrun.cli import command as cli
 from snnrun.cli import evaluate
 from snnrun.core.errors import SnnrunError
-from snnrun.data.sets import CLASS_NAMES
+from snnrun.data.dataset import CLASS_NAMES
 from snnrun.run.checkpoint import load_checkpoint
 from snnrun.run.rundir import CHECKPOINTS, RunDir
 

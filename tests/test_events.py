@@ -19,12 +19,12 @@ import torch
 from snnrun.cli.command import main
 from snnrun.core.errors import SnnrunError
 from snnrun.core.stop import Stopped, graceful_stop
-from snnrun.data.encoders import build_encoder
+from snnrun.data.dataset import DatasetError, build_splits, make_loader
+from snnrun.data.encoder import build_encoder
 from snnrun.data.events import frames
 from snnrun.data.events.augment import build_augment
 from snnrun.data.events.cache import FOLDER
 from snnrun.data.events.readers import EVENT, Recording, events, read_aedat3
-from snnrun.data.sets import DatasetError, build_splits, make_loader
 
 from conftest import TINY, needs_shared, run_snnrun, start
 

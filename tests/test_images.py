@@ -18,7 +18,7 @@ from snnrun.cli.command import main
 from snnrun.core.distributed import World
 from snnrun.core.errors import SnnrunError
 from snnrun.data.augment import build_augment, sample_seed
-from snnrun.data.sets import CLASS_NAMES, Batch, DatasetError, build_splits, make_loader
+from snnrun.data.dataset import CLASS_NAMES, Batch, DatasetError, build_splits, make_loader
 
 from conftest import (
     TINY,

@@ -18,7 +18,7 @@ from rich.progress import TimeRemainingColumn
 from snnrun.cli.command import main
 from snnrun.core.errors import SnnrunError
 from snnrun.core.progress import progress_bar
-from snnrun.run.loggers import WandbLogger, check_logger_conf
+from snnrun.run.logger import WandbLogger, check_logger_conf
 from snnrun.run.rundir import RunDir
 from snnrun.run.wandb_files import artifact_epochs, artifact_records, logged_epochs
 

@@ -15,8 +15,8 @@ from torch import nn
 import snnrun
 from snnrun.cli.command import main
 from snnrun.core.errors import SnnrunError
-from snnrun.data.encoders import build_encoder
-from snnrun.engine.monitors import FiringRates, SynapticOps, monitoring, spike_fed
+from snnrun.data.encoder import build_encoder
+from snnrun.engine.monitor import FiringRates, SynapticOps, monitoring, spike_fed
 from snnrun.net.layers import TimeFolded
 from snnrun.net.model import SpikingNetwork, build_model
 from snnrun.net.neuron import IFNeuron
@@ -57,7 +57,7 @@ def test_run_dir_holds_config_and_identity(trained) -> None:
 
 def test_load_run_rebuilds_the_network_without_data(trained, monkeypatch) -> None:
     """The best checkpoint's network, rebuilt from the run dir alone, reproduces its test acc."""
-    from snnrun.data.sets import DATASETS
+    from snnrun.data.dataset import DATASETS
 
     monkeypatch.setattr(DATASETS, "get", lambda *a: pytest.fail("loaded data"))
     run = snnrun.load_run(trained)

@@ -144,7 +144,7 @@ def test_figures_go_to_the_runs_wandb_run(run_dir: Path, monkeypatch: pytest.Mon
         def finish(self) -> None:
             calls.append(("finish",))
 
-    monkeypatch.setattr("snnrun.run.loggers.build_logger", lambda cfg, names=None: FakeLogger())
+    monkeypatch.setattr("snnrun.run.logger.build_logger", lambda cfg, names=None: FakeLogger())
     from snnrun.api import load_run
 
     run = load_run(run_dir)

@@ -44,7 +44,7 @@ class LoadedRun:
 
     def splits(self, **dataset_overrides: Any):
         """The run's dataset splits (``dataset_overrides`` e.g. ``root=...``)."""
-        from snnrun.data.sets import build_splits
+        from snnrun.data.dataset import build_splits
 
         return build_splits({**self.config["dataset"], **dataset_overrides})
 

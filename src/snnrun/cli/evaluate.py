@@ -15,7 +15,7 @@ run's own data gives the accuracy and loss the run recorded. An encoder that dra
 random (``poisson``) draws anew, seeded by the run's seed (the same each eval, not the training
 run's draw): its accuracy differs from the record by sampling noise, and the output says so.
 Printed: accuracy, loss, per-class correct/total (with the class names of
-:data:`snnrun.data.sets.CLASS_NAMES`) and the monitors' firing rates (and SynOps when the run
+:data:`snnrun.data.dataset.CLASS_NAMES`) and the monitors' firing rates (and SynOps when the run
 counted them). Written: ``eval/<timestamp>.json`` and ``eval/<timestamp>_confusion.<format>``.
 Epochs count from 1: ``epoch`` is the number of epochs the weights trained, as ``load_run`` has it.
 """
@@ -147,10 +147,10 @@ def evaluate(opts: EvalOptions) -> Evaluation:
     import torch
 
     from snnrun.api import build_network
-    from snnrun.data.encoders import build_encoder
-    from snnrun.data.sets import CLASS_NAMES, build_splits, make_loader
-    from snnrun.engine.losses import build_loss
-    from snnrun.engine.monitors import build_monitors
+    from snnrun.data.dataset import CLASS_NAMES, build_splits, make_loader
+    from snnrun.data.encoder import build_encoder
+    from snnrun.engine.loss import build_loss
+    from snnrun.engine.monitor import build_monitors
     from snnrun.engine.precision import build_precision
     from snnrun.engine.testing import LossStep, test_pass
     from snnrun.run.build import check_values, place, resolve_device

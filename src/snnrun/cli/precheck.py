@@ -108,7 +108,7 @@ def _check_values(cfg: DictConfig) -> None:
     dir."""
     from snnrun.run.build import check_values
     from snnrun.run.init_from import check_init_from
-    from snnrun.run.loggers import check_logger_conf
+    from snnrun.run.logger import check_logger_conf
 
     try:
         config = OmegaConf.to_container(cfg, resolve=True)

@@ -72,7 +72,7 @@ def parse_args(args: list[str]) -> VizOptions:
 def log_to_wandb(run: Any, written: dict[str, Path]) -> bool:
     """Log the PNG/GIF figures to the run's W&B run, when it was trained with ``logger=wandb``
     (W&B images take no SVG/PDF: with those formats only the GIF goes)."""
-    from snnrun.run.loggers import build_logger, logger_names
+    from snnrun.run.logger import build_logger, logger_names
 
     options, wandb_id = run.config.get("logger", {}), run.rundir.read_wandb_id()
     images = {k: v for k, v in written.items() if v.suffix in (".png", ".gif")}

@@ -15,7 +15,7 @@ Every sample draws from its own generator, seeded with :func:`sample_seed` ``(se
 (``i``: its index in the split): the draws depend on nothing else, so two runs of one seed, a
 resumed run and an unbroken one, any ``num_workers`` and any number of ranks see the same
 images; torch's global generators are never touched. Mixup is absent: the losses
-(:mod:`snnrun.engine.losses`) take class indices, not soft targets.
+(:mod:`snnrun.engine.loss`) take class indices, not soft targets.
 """
 
 from __future__ import annotations

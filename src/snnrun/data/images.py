@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from snnrun.core.errors import one_line
-from snnrun.data.sets import (
+from snnrun.data.dataset import (
     CLASS_NAMES,
     DATASETS,
     DatasetBuilder,

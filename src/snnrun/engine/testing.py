@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 from snnrun.core.distributed import sum_over_ranks
 from snnrun.core.progress import progress_bar
 from snnrun.core.stop import check_stop
-from snnrun.engine.losses import RateLoss
-from snnrun.engine.monitors import Monitor, monitoring
+from snnrun.engine.loss import RateLoss
+from snnrun.engine.monitor import Monitor, monitoring
 from snnrun.engine.precision import Precision
 
 

@@ -54,7 +54,7 @@ def encode_batch(config: dict[str, Any], dataset: Any, indices: list[int]) -> tu
     """
     import torch
 
-    from snnrun.data.encoders import build_encoder
+    from snnrun.data.encoder import build_encoder
 
     items = [dataset[i] for i in indices]
     x = torch.stack([torch.as_tensor(s) for s, _ in items])
@@ -66,7 +66,7 @@ def probe(run: Any, dataset: Any, sample: int, device: torch.device) -> Probe:
     """Run ``sample`` and the next test samples (one batch) with every neuron layer recording."""
     import torch
 
-    from snnrun.engine.losses import build_loss
+    from snnrun.engine.loss import build_loss
 
     n = len(dataset)
     if not 0 <= sample < n:

@@ -23,17 +23,17 @@ from snnrun.core.compose import flatten
 from snnrun.core.distributed import World
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.progress import console
-from snnrun.data.encoders import Encoder, build_encoder
-from snnrun.data.sets import Splits, build_splits, make_loader
-from snnrun.engine.losses import RateLoss, build_loss
-from snnrun.engine.monitors import Monitor, build_monitors
+from snnrun.data.dataset import Splits, build_splits, make_loader
+from snnrun.data.encoder import Encoder, build_encoder
+from snnrun.engine.loss import RateLoss, build_loss
+from snnrun.engine.monitor import Monitor, build_monitors
 from snnrun.engine.optim import build_optimizer, build_scheduler
 from snnrun.engine.precision import Precision, build_precision
 from snnrun.net.layers import walk_entries
 from snnrun.net.model import SpikingNetwork, build_model
 from snnrun.nir.graph import pin_files
 from snnrun.run.checkpoint import seed_everything
-from snnrun.run.loggers import RunLogger, build_logger
+from snnrun.run.logger import RunLogger, build_logger
 from snnrun.run.rundir import RunDir
 
 

@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from snnrun.core.compose import compose_config, flatten
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.run.checkpoint import Checkpoint
-from snnrun.run.loggers import logger_names
+from snnrun.run.logger import logger_names
 from snnrun.run.rundir import RunDir, find_run_dir
 
 GROUPS = (

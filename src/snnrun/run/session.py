@@ -27,7 +27,7 @@ from snnrun.run.build import Run, build_run, data_identity, refuse_existing_run,
 from snnrun.run.checkpoint import VERSION as CHECKPOINT_VERSION
 from snnrun.run.checkpoint import Checkpoint, capture_rng, restore_rng
 from snnrun.run.init_from import apply_init_from
-from snnrun.run.loggers import RunLogger
+from snnrun.run.logger import RunLogger
 from snnrun.run.provenance import provenance
 from snnrun.run.resume import auto_resume
 from snnrun.run.rundir import (

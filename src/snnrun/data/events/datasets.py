@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from snnrun.core.errors import one_line
+from snnrun.data.dataset import DATASETS, ArrayFileDataset, DatasetError, Splits
 from snnrun.data.events import frames, layouts
 from snnrun.data.events.augment import build_augment
 from snnrun.data.events.cache import FOLDER, cached
 from snnrun.data.events.readers import Recording
-from snnrun.data.sets import DATASETS, ArrayFileDataset, DatasetError, Splits
 
 
 @dataclass(frozen=True)

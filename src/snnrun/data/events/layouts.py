@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from snnrun.core.errors import one_line
+from snnrun.data.dataset import DatasetError
 from snnrun.data.events.readers import Recording
-from snnrun.data.sets import DatasetError
 
 GESTURE_TEST_USERS = range(24, 30)  # the official DVS128 Gesture split: users 1-23 train
 CIFAR10DVS_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",

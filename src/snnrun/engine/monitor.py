@@ -194,7 +194,7 @@ def refuse_uncounted(model: nn.Module) -> None:
         if isinstance(module, nn.modules.conv._ConvNd) or (weight is not None and weight.ndim >= 2):
             raise SnnrunError(
                 f"SynOps cannot count layer {name} ({type(module).__name__}): add it to SYNAPTIC "
-                "in engine/monitors.py, or leave synops out (monitor.counters=[firing_rate] or "
+                "in engine/monitor.py, or leave synops out (monitor.counters=[firing_rate] or "
                 "monitor=none)"
             )
 
