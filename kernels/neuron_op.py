@@ -20,7 +20,7 @@ This module needs only torch; the Triton kernels (:mod:`snnrun.kernels.neuron_ke
 imported on the first launch.
 """
 
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import dataclass, fields
 from typing import Optional
 
 import torch
@@ -61,7 +61,7 @@ class KernelArgs:
 
     def pack(self) -> tuple[list[float], list[int]]:
         """``(floats, flags)`` for the custom ops' schemas."""
-        values = astuple(self)
+        values = list(self.kwargs().values())
         return [float(v) for v in values[:4]], [int(v) for v in values[4:]]
 
     @classmethod
@@ -70,7 +70,8 @@ class KernelArgs:
         return cls(*floats, kind, bool(hard), bool(detach), bool(decay_input), sg)
 
     def kwargs(self) -> dict[str, float | int | bool]:
-        return asdict(self)
+        """The fields by name, in order (no copying: ``asdict`` would deep-copy on every launch)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _kernels():  # the Triton module, imported on first launch
