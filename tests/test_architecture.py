@@ -13,7 +13,7 @@ import yaml
 
 from snnrun.api import load_run
 from snnrun.cli.command import main
-from snnrun.net.neuron import renamed_neuron_keys
+from snnrun.core.migrate import renamed_neuron_keys
 
 from conftest import REPO, TINY, assert_one_line_error, cli, read_metrics
 

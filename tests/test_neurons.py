@@ -479,9 +479,13 @@ def test_plif_w_init_and_learns(init_tau):
 
 @pytest.mark.parametrize(("beta", "clamped"), [(1.5, 1.0), (-0.3, 0.0), (0.6, 0.6)])
 def test_leaky_beta_clamped(beta, clamped):
-    """beta acts as clamp(beta, 0, 1); learned outside [0, 1] its gradient is 0."""
+    """A learned beta that training moved outside [0, 1] acts as clamp(beta, 0, 1), with a
+    gradient of 0 (a starting value outside is refused: tests/test_neuron_values.py)."""
     x = random_input(6, shift=0.5)
-    learned = LeakyNeuron(beta=beta, learn_beta=True, store_v_seq=True).double()
+    learned = LeakyNeuron(beta=0.5, learn_beta=True, store_v_seq=True)
+    with torch.no_grad():
+        learned.beta.fill_(beta)  # where training may take it
+    learned = learned.double()
     fixed = LeakyNeuron(beta=clamped, store_v_seq=True).double()
     spikes = learned(x)
     assert torch.equal(spikes, fixed(x))

@@ -24,7 +24,7 @@ from conftest import TINY, assert_one_line_error, cli, read_metrics, start, trai
 
 LONG = [*TINY, "epochs=500"]  # stopped, killed or paused long before its end
 EARLY_STOP = ["epochs=3", "early_stopping.monitor=train_loss", "early_stopping.mode=min",
-              "early_stopping.patience=0"]  # fmt: skip
+              "early_stopping.patience=0", "early_stopping.min_delta=1.0"]  # fmt: skip
 DIVERGE = ["epochs=3", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=1e30"]
 # where each run goes under outputs/: as Hydra nests runs and sweep jobs
 DIRS = {
@@ -127,7 +127,7 @@ def test_every_run_is_found_and_finished_early_stopped_and_killed_are_told(outpu
     by = {name: rows[path] for name, path in DIRS.items()}
     fin, early, killed = by["finished"], by["early"], by["killed"]
     assert (fin.status, fin.done, fin.planned) == ("finished", 1, 1)
-    assert (early.status, early.note, early.done, early.planned) == ("stopped", "early stop", 1, 3)
+    assert (early.status, early.note, early.done, early.planned) == ("stopped", "early stop", 2, 3)
     assert killed.status == "failed" and "killed or crashed" in killed.note
     assert killed.done >= 1 and killed.planned == 500
     metrics = read_metrics(outputs.root / DIRS["finished"])
@@ -196,6 +196,7 @@ def test_two_run_dirs_show_their_config_differences(monkeypatch, capsys, outputs
         "scheduler.T_max": ["1", "3"],  # cosine's T_max follows epochs
         "early_stopping.monitor": ["null", "train_loss"],
         "early_stopping.patience": ["5", "0"],
+        "early_stopping.min_delta": ["0.0", "1.0"],
         "early_stopping.mode": ["max", "min"],
     }, out
     assert "are the same" in runs(monkeypatch, capsys, str(a), str(a))

@@ -51,7 +51,7 @@ def alif_reference(x_seq, tau, tau_adapt, beta_a, v_th=1.0, v_reset=None):
 
 @pytest.mark.parametrize("v_reset", [None, 0.0])
 def test_alif_equals_the_equations(v_reset) -> None:
-    x = torch.rand(T, 3, 7, dtype=torch.float64) * 1.5
+    x = torch.rand(T, 3, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 1.5
     layer = neuron("alif", tau=3.0, tau_adapt=6.0, beta_a=0.7, v_reset=v_reset)
     expected = alif_reference(x, 3.0, 6.0, 0.7, v_reset=v_reset)
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)

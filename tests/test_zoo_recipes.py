@@ -35,7 +35,7 @@ PAPER = {
     },
     "cifar10dvs_sew_resnet": {
         "T": 16, "epochs": 64, "batch_size": 16, "model.name": "sew_resnet_dvs",
-        "model.connect": "add", "model.classes": 10, "dataset.name": "cifar10dvs",
+        "model.connect": "add", "dataset.name": "cifar10dvs",
         "dataset.train_ratio": 0.9, "dataset.split_by": "number", "neuron.name": "plif",
         "neuron.init_tau": 2.0, "neuron.detach_reset": True, "optimizer.name": "sgd",
         "optimizer.lr": 0.01, "scheduler.name": "cosine", "scheduler.T_max": 64,
@@ -43,7 +43,7 @@ PAPER = {
     },
     "dvsgesture_sew_resnet": {
         "T": 16, "epochs": 192, "batch_size": 16, "model.name": "sew_resnet_dvs",
-        "model.channels": 32, "model.blocks": 7, "model.connect": "add", "model.classes": 11,
+        "model.channels": 32, "model.blocks": 7, "model.connect": "add",
         "dataset.name": "dvsgesture", "dataset.split_by": "number", "neuron.name": "plif",
         "neuron.init_tau": 2.0, "neuron.detach_reset": True, "optimizer.name": "sgd",
         "optimizer.lr": 0.001, "optimizer.momentum": 0.9, "scheduler.name": "step",

@@ -8,12 +8,14 @@ batch dynamic where the network allows), and checks the file with onnxruntime ag
 on one test batch before it is kept: see :mod:`snnrun.run.onnx`. ``dt`` and ``strict`` are
 NIR's.
 
-The mapping and what it cannot carry are in :mod:`snnrun.nir.graph` and ``docs/nir.md``; a layer
-NIR cannot express ends as one line naming it. Lossy mappings (a subtractive reset) are written
-with a warning each, or refused with ``strict=true``. The file is written whole or not at all
-(a temporary file renamed), so a failed export leaves an earlier ``model.nir`` as it was.
-``snnrun ... model=nir model.path=<run dir>/export/model.nir`` builds the network from the file
-again. The epoch shown is the number of epochs the weights trained (1 after the first).
+The mapping and what it cannot carry are in :mod:`snnrun.nir.graph` and ``docs/nir.md``; the
+layers NIR cannot express end as one line naming every one (the entries that share a reason
+together: ``cannot write 3 entries as NIR: (1) ...; (2) ...``). Lossy mappings (a subtractive
+reset) are written with a warning each, or refused with ``strict=true``. The file is written
+whole or not at all (a temporary file renamed), so a failed export leaves an earlier
+``model.nir`` as it was. ``snnrun ... model=nir model.path=<run dir>/export/model.nir`` builds
+the network from the file again. The epoch shown is the number of epochs the weights trained
+(1 after the first).
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
 """Before Hydra writes anything: the overrides compose (of a sweep, its first job), added keys
-are read by something, values have the right types and ranges, logger keys exist, and the run
-or sweep dir does not hold runs already. Every refusal is one line."""
+are read by something, values have the right types and ranges, logger keys exist, early
+stopping's keys are not tuned while it is off, and the run or sweep dir does not hold runs
+already. Every refusal is one line."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
@@ -49,8 +52,6 @@ def _value_args(args: list[str]) -> list[str]:
 def check_overrides(args: list[str]) -> None:
     """Before Hydra writes anything: the overrides (of the first job) compose, added keys are
     used, and the run or sweep dir does not hold runs already."""
-    from snnrun.run.build import refuse_existing_run
-
     overrides = _value_args(args) + config_dir_overrides(args)
     sweep = "-m" in args or "--multirun" in args
     auto = "resume=auto" in overrides  # a relaunched job continues its dir's run
@@ -62,11 +63,14 @@ def check_overrides(args: list[str]) -> None:
                           ) from None  # fmt: skip
     _refuse_unused_keys(overrides)
     _check_value_types(job, cfg)
+    refuse_idle_early_stopping(overrides, cfg.get("early_stopping") or {})
     _check_values(cfg)
     for a in overrides:
         key, _, value = a.partition("=")
         if key == "hydra.run.dir" and not sweep:
             if not auto:
+                from snnrun.run.build import refuse_existing_run  # torch: only for a run dir
+
                 refuse_existing_run(Path(value).expanduser())
             _make_dir(Path(value).expanduser())
         if key == "hydra.sweep.dir" and sweep and not auto:
@@ -102,10 +106,31 @@ def _check_value_types(overrides: list[str], cfg: DictConfig) -> None:
             raise SnnrunError(f"{o.input_line}: {key} takes {kind} (its default is {default!r})")
 
 
+def refuse_idle_early_stopping(overrides: list[str], options: Mapping[str, Any]) -> None:
+    """``early_stopping.patience`` (or ``min_delta``, ``mode``) given while early stopping is
+    off (``early_stopping.monitor: null``, the default) would change nothing: one line naming
+    the switch. A sweep over the monitor itself (``monitor=null,val_acc``) is left alone."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    swept = any(o.key_or_group == "early_stopping.monitor" and o.is_sweep_override()
+                for o in parsed)  # fmt: skip
+    if options.get("monitor") or swept:
+        return
+    for o in parsed:
+        if o.key_or_group in ("early_stopping.patience", "early_stopping.min_delta",
+                              "early_stopping.mode"):  # fmt: skip
+            raise SnnrunError(
+                f"{o.input_line}: early stopping is off (early_stopping.monitor=null) and would "
+                "ignore it; turn it on with early_stopping.monitor=auto (val_acc with "
+                "dataset.val_fraction > 0, else test_acc) or early_stopping.monitor=<record key> "
+                "(val_loss, train_loss, ...)"
+            )
+
+
 def _check_values(cfg: DictConfig) -> None:
     """The run-level checks of :func:`run.check_values` (``T=0``, ``batch_size=0``...) and the
     logger's keys (``+logger.notes=x``) and ``init_from``'s source before Hydra creates the run
     dir."""
+    from snnrun.engine.trainer import check_early_stopping
     from snnrun.run.build import check_values
     from snnrun.run.init_from import check_init_from
     from snnrun.run.logger import check_logger_conf
@@ -115,6 +140,7 @@ def _check_values(cfg: DictConfig) -> None:
     except OmegaConfBaseException:
         return  # an interpolation only a run resolves: the run checks it
     check_values(config)  # type: ignore[arg-type]
+    check_early_stopping(config.get("early_stopping") or {})  # type: ignore[union-attr]
     check_logger_conf(config["logger"])  # type: ignore[index]
     if config.get("resume") != "auto":  # a resume never re-applies it: its source may be gone
         check_init_from(config)  # type: ignore[arg-type]

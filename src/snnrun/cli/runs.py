@@ -11,22 +11,27 @@ dir's own sub-folders and hidden folders are not searched). One row per run:
   ``run.lock``), ``finished`` (every planned epoch done), ``stopped`` (early stopping, which
   cannot be continued, or SIGTERM / Ctrl-C, which ``resume=<run dir>`` continues: the note
   says which), ``diverged`` (NaN/inf loss or parameters), ``failed`` (anything else: a crash, a
-  killed process);
-- ``best`` / ``last``: the best and the last epoch's ``test_acc``;
+  killed process), ``debug`` (every epoch done in a debug mode such as ``debug=fast_dev_run``:
+  no result), ``damaged`` (its ``run.json`` cannot be read);
+- ``best`` / ``last``: the best and the last epoch's ``test_acc`` (``?``: the last one is not a
+  number; the note says so);
 - ``overrides``: what the run was started with (``hydra.*`` left out); those every listed run
   shares go in the title, once;
-- ``note``: why it stopped, diverged or failed (the reason, without the advice after it), or
-  the pid of a running one.
+- ``note``: why it stopped, diverged, failed or is damaged (the reason, without the advice
+  after it), or the pid of a running one; a ``test_acc`` in ``metrics.jsonl`` that is not a
+  number.
 
 Keys: ``status=<s>[,<s>...]`` (only runs in those states), ``model=<name>``,
 ``dataset=<name>``, ``sort=date|best|last`` (``date``: oldest first, the newest next to the
 prompt; ``best`` / ``last``: highest test accuracy first). Off a terminal (a pipe, a file) each
 run is one line however wide. A missing folder, one holding no runs, an unknown key or a bad
-value is one line, exit 2; filters that match no run print one line, exit 0.
+value is one line, exit 2; filters that match no run print one line, exit 0. A run dir whose
+files hold a value of the wrong kind is left out with a note; the others are listed.
 
-With two run dirs, the differences of their ``config.yaml`` (flattened keys, list items too:
-``model.layers.3.type``) as a table: key, first run's value, second run's value (``(absent)``
-for a key one of them lacks).
+With two run dirs, the differences of their ``config.yaml``: the differing keys (flattened, a
+list of plain values as one value) as a table: key, first run's value, second run's value
+(``(absent)`` for a key one of them lacks); then each differing list of entries (``model.layers``)
+as one unified-style diff, an entry a line with its index in its run's list.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ import io
 import os
 import time
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -58,7 +65,7 @@ ARGS_OPTIONAL = True  # bare ``snnrun runs`` lists outputs/ (the command prints 
 DEFAULT_ROOT = Path("outputs")
 SORTS = ("date", "best", "last")
 STYLES = {"running": "cyan", "finished": "green", "stopped": "yellow", "failed": "red",
-          "diverged": "magenta"}  # fmt: skip
+          "diverged": "magenta", "debug": "blue", "damaged": "red"}  # fmt: skip
 ABSENT = "(absent)"
 
 
@@ -102,6 +109,8 @@ class Row:
     best: float | None
     last: float | None
     overrides: list[str]
+    odd: str = ""  # a test_acc that is not a number (the last such), for the note
+    last_odd: bool = False  # the last epoch's test_acc is such a one (shown as ``?``)
 
 
 def parse_args(args: list[str]) -> RunsOptions:
@@ -140,34 +149,51 @@ def read_row(rundir: RunDir) -> Row:
     """The run's row, read from its dir (a corrupt ``metrics.jsonl`` raises
     :class:`~snnrun.run.rundir.RunDirError`)."""
     config, history = rundir.known_config(), rundir.read_metrics()
-    planned = config.get("epochs")
-    status, note = rundir.status(planned if isinstance(planned, int) else None, history)
-    accs = [r["test_acc"] for r in history if isinstance(r.get("test_acc"), (int, float))]
+    planned = config.get("epochs") if isinstance(config.get("epochs"), int) else None
+    debug = _name(config, "debug", "none")
+    status, note = rundir.status(planned, history, debug)
+    accs = [r.get("test_acc") for r in history]
+    odd = [(e, a) for e, a in enumerate(accs, 1) if a is not None and not _number(a)]
+    numbers = [a for a in accs if _number(a)]
     return Row(
         path=rundir.path,
         started=rundir.started(),
-        model=str((config.get("model") or {}).get("name", "-")),
-        dataset=str((config.get("dataset") or {}).get("name", "-")),
+        model=_name(config, "model", "-"),
+        dataset=_name(config, "dataset", "-"),
         status=status,
         note=note,
         done=len(history),
-        planned=planned if isinstance(planned, int) else None,
-        best=max(accs) if accs else None,
-        last=history[-1].get("test_acc") if history else None,
+        planned=planned,
+        best=max(numbers) if numbers else None,
+        last=accs[-1] if accs and _number(accs[-1]) else None,
         overrides=rundir.overrides(),
+        odd=f"test_acc {odd[-1][1]!r} in epoch {odd[-1][0]} is not a number" if odd else "",
+        last_odd=bool(odd) and odd[-1][0] == len(accs),
     )
+
+
+def _name(config: dict[str, Any], group: str, default: str) -> str:
+    """The ``name`` the config's ``group`` picks (``default`` when it has none)."""
+    options = config.get(group)
+    return str(options.get("name", default)) if isinstance(options, dict) else default
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def collect(opts: RunsOptions) -> list[Row]:
     """Every run under ``opts.path`` that passes the filters, in ``opts.sort`` order; a run
-    dir that cannot be read is left out with a note."""
+    dir that cannot be read (or holds a value of another kind than snnrun writes) is left out
+    with a note."""
     rows = []
     for rundir in find_runs(opts.path):
         try:
             rows.append(read_row(rundir))
-        except RunDirError as e:
+        except (RunDirError, AttributeError, KeyError, IndexError, TypeError, ValueError) as e:
+            why = one_line(e) if isinstance(e, RunDirError) else f"a value it cannot read ({e!r})"
             console.print(f"[yellow]note:[/] skipped {escape(str(rundir.path))}: "
-                          f"{escape(one_line(e))}", highlight=False)  # fmt: skip
+                          f"{escape(why)}", highlight=False)  # fmt: skip
     kept = [r for r in rows if _passes(r, opts)]
     return sorted(kept, key=_sort_key(opts.sort))
 
@@ -210,6 +236,7 @@ def runs_table(rows: list[Row], root: Path) -> Table:
                          ratio=1 if name in ("overrides", "note") else None)  # fmt: skip
     for r, run in zip(rows, runs):
         planned = "?" if r.planned is None else str(r.planned)
+        note = ", ".join(n for n in (r.note.split("; ")[0], r.odd) if n)  # reason, no advice
         table.add_row(
             escape(run),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)),
@@ -217,9 +244,9 @@ def runs_table(rows: list[Row], root: Path) -> Table:
             f"[{STYLES[r.status]}]{r.status}[/]",
             f"{r.done}/{planned}",
             _acc(r.best),
-            _acc(r.last),
+            "?" if r.last_odd else _acc(r.last),
             escape(" ".join(o for o in r.overrides if o not in shared)),
-            escape(r.note.split("; ")[0]),  # the reason, without the advice after it
+            escape(note),
         )
     return table
 
@@ -237,17 +264,65 @@ def _acc(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def run_diff(a: RunDir, b: RunDir) -> list[tuple[str, str, str]]:
-    """(key, value in ``a``, value in ``b``) for each flattened config key (list items too)
-    whose values differ, in the order of ``a``'s config, then ``b``'s own keys."""
-    diff = config_diff(a.read_config(), b.read_config(), lists=True)
-    return [(k, _shown(was), _shown(now)) for k, was, now in diff]
+def run_diff(a: RunDir, b: RunDir) -> tuple[list[tuple[str, str, str]], dict[str, list[str]]]:
+    """The two configs' differences, in the order of ``a``'s config, then ``b``'s own keys:
+    (key, value in ``a``, value in ``b``) for each flattened key whose values differ (a list of
+    plain values is one value), and each differing list of entries (``model.layers``) as its
+    :func:`entry_diff` lines."""
+    keys, lists = [], {}
+    for key, was, now in config_diff(a.read_config(), b.read_config()):
+        if _holds_entries(was) or _holds_entries(now):
+            lists[key] = entry_diff(_as_list(was), _as_list(now))
+        else:
+            keys.append((key, _shown(was), _shown(now)))
+    return keys, lists
+
+
+def _holds_entries(value: Any) -> bool:
+    return isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is NO_VALUE:
+        return []
+    return value if isinstance(value, list) else [value]
 
 
 def _shown(value: Any) -> str:
     if value is NO_VALUE:
         return ABSENT
     return "null" if value is None else str(value)
+
+
+def entry_diff(was: list[Any], now: list[Any], context: int = 1) -> list[str]:
+    """A unified-style diff of two entry lists, an entry a line (flow YAML) after its index in
+    its own list: ``-[i]`` only in the first, ``+[j]`` only in the second, `` [i]`` (or
+    `` [i→j]``, moved) in both, ``context`` of those around each change, ``...`` for the
+    entries left out."""
+    a, b = [_flow(v) for v in was], [_flow(v) for v in now]
+    groups = list(SequenceMatcher(None, a, b, autojunk=False).get_grouped_opcodes(context))
+    lines: list[str] = []
+    for group in groups:
+        _, i1, _, j1, _ = group[0]
+        lines += ["..."] if i1 > 0 or j1 > 0 else []
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                lines += [f" [{_moved(i, j1 - i1 + i)}] {a[i]}" for i in range(i1, i2)]
+                continue
+            lines += [f"-[{i}] {a[i]}" for i in range(i1, i2)]
+            lines += [f"+[{j}] {b[j]}" for j in range(j1, j2)]
+    _, _, i2, _, j2 = groups[-1][-1]
+    return lines + (["..."] if i2 < len(a) or j2 < len(b) else [])
+
+
+def _moved(i: int, j: int) -> str:
+    return str(i) if i == j else f"{i}→{j}"
+
+
+def _flow(value: Any) -> str:
+    """One entry as one line of YAML (``{type: conv2d, out_channels: 4}``)."""
+    return yaml.safe_dump([value], default_flow_style=True, sort_keys=False, width=10**9
+                          ).strip()[1:-1]  # fmt: skip
 
 
 def print_diff(paths: list[str]) -> None:
@@ -257,17 +332,23 @@ def print_diff(paths: list[str]) -> None:
         if not rundir.path.is_dir():
             raise SnnrunError(f"{rundir.path} is no run dir (it does not exist or is a file); "
                               "compare two run dirs: snnrun runs <run dir> <run dir>")  # fmt: skip
-    diff = run_diff(a, b)
-    if not diff:
+    keys, lists = run_diff(a, b)
+    if not keys and not lists:
         console.print(f"the configs of {escape(str(a.path))} and {escape(str(b.path))} are "
                       "the same", highlight=False)  # fmt: skip
         return
-    table = Table(title=f"{len(diff)} config key(s) differ", title_justify="left")
-    for name in ("key", str(a.path), str(b.path)):
-        table.add_column(escape(name), overflow="fold")
-    for row in diff:
-        table.add_row(*(escape(cell) for cell in row))
-    _print(table)
+    if keys:
+        table = Table(title=f"{len(keys)} config key(s) differ", title_justify="left")
+        for name in ("key", str(a.path), str(b.path)):
+            table.add_column(escape(name), overflow="fold")
+        for row in keys:
+            table.add_row(*(escape(cell) for cell in row))
+        _print(table)
+    for key, lines in lists.items():
+        title = (f"{key}: the entries that differ (-: {a.path}, +: {b.path}; [i]: the entry's "
+                 "index in its run's list)")  # fmt: skip
+        console.print(title, markup=False, highlight=False)
+        console.print("\n".join(lines), markup=False, highlight=False)
 
 
 def _print(table: Table) -> None:

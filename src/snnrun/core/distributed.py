@@ -6,21 +6,23 @@
 (NCCL on CUDA, gloo on the CPU) once per process. ``batch_size`` is the GLOBAL batch: each
 rank takes ``batch_size / world_size`` samples of every step's batch (:class:`ShardedBatches`),
 so K ranks see the batches one process sees. Rank 0 alone owns the run dir, the logger and
-the console. Without torchrun everything here is a no-op for a world of one.
+the console. Without torchrun everything here is a no-op for a world of one. torch is imported
+where it is used: the command's start-up (``--help``, a refused override) never loads it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from snnrun.core.errors import SnnrunError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,12 @@ def _slurm_tasks() -> int:
 def init() -> World:
     """Join the process group once (no-op for a world of one)."""
     w = world()
-    if w.size > 1 and not dist.is_initialized():
+    if w.size == 1:
+        return w
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(w.local_rank)
@@ -68,6 +75,10 @@ def shutdown() -> None:
     """Leave the process group before the interpreter exits (gloo's threads outliving it end
     the process with SIGABRT: "terminate called without an active exception"), after a barrier,
     so that no rank tears the group down while another still has a collective in flight."""
+    if "torch" not in sys.modules:  # nothing imported it: no group to leave
+        return
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         if dist.get_world_size() > 1:
             with contextlib.suppress(RuntimeError):  # every rank done with its collectives
@@ -76,12 +87,18 @@ def shutdown() -> None:
 
 
 def active() -> bool:
+    if "torch" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     """``t`` summed over every rank (in place, returned); itself for a world of one."""
     if active():
+        import torch.distributed as dist
+
         if t.device.type == "cpu" and dist.get_backend() == "nccl":
             moved = t.cuda()
             dist.all_reduce(moved)
@@ -95,6 +112,8 @@ def broadcast(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank."""
     if not active():
         return obj
+    import torch.distributed as dist
+
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -104,6 +123,8 @@ def gather(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank."""
     if not active():
         return [obj]
+    import torch.distributed as dist
+
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
@@ -111,6 +132,8 @@ def gather(obj: Any) -> list[Any]:
 
 def agree(ok: bool, message: str) -> None:
     """Collective check: raise on every rank when any rank says not ``ok``."""
+    import torch
+
     flag = torch.tensor([0.0 if ok else 1.0])
     if sum_over_ranks(flag).item() > 0:
         raise SnnrunError(message)
@@ -120,6 +143,8 @@ def any_rank(flag: bool) -> bool:
     """Whether ``flag`` is set on any rank (one tiny all-reduce when distributed)."""
     if not active():
         return flag
+    import torch
+
     return bool(sum_over_ranks(torch.tensor([1.0 if flag else 0.0])).item() > 0)
 
 
@@ -146,6 +171,8 @@ class ShardedBatches:
         self.epoch = epoch
 
     def _order(self) -> torch.Tensor:
+        import torch
+
         if not self.shuffle:
             return torch.arange(self.n)
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)

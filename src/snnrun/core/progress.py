@@ -88,9 +88,12 @@ def progress_bar() -> Progress:
 
 
 def print_epoch(record: dict[str, Any], epochs: int) -> None:
+    """One line per epoch: train, validation (with a split), test, speed, learning rate."""
+    val = (f"val_loss={record['val_loss']:.4f} val_acc={record['val_acc']:.4f}  "
+           if "val_loss" in record else "")  # fmt: skip
     console.print(
         f"epoch {record['epoch'] + 1:>3}/{epochs}  "
-        f"train_loss={record['train_loss']:.4f} train_acc={record['train_acc']:.4f}  "
+        f"train_loss={record['train_loss']:.4f} train_acc={record['train_acc']:.4f}  {val}"
         f"test_loss={record['test_loss']:.4f} test_acc={record['test_acc']:.4f}  "
         f"max_test_acc={record['max_test_acc']:.4f}  "
         f"{record['train_samples_per_s']:,.0f}/{record['test_samples_per_s']:,.0f} samples/s "

@@ -13,6 +13,7 @@ draws are keyed by (seed, epoch, sample index) through the loader's :class:`Batc
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -237,20 +238,36 @@ def build_splits(options: dict[str, Any]) -> Splits:
 
 
 def hold_out(train: SampleSet, fraction: float, seed: int = 0) -> tuple[SampleSet, SampleSet]:
-    """(train, validation): ``round(fraction * n_c)`` samples of each class ``c`` (at least
-    one) go to validation, chosen by a permutation seeded with ``seed`` alone, so the split is
-    the same on every run and resume of the same data."""
+    """(train, validation): ``round(fraction * n_c)`` samples of each class ``c`` go to
+    validation (:func:`val_counts`), chosen by a permutation seeded with ``seed`` alone, so the
+    split is the same on every run and resume of the same data."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(train), generator=generator)
     labels = train.labels[order]
-    val = torch.cat([order[labels == c][: max(1, round(fraction * int((labels == c).sum())))]
-                     for c in labels.unique()])  # fmt: skip
+    classes = labels.unique()
+    counts = val_counts([int((labels == c).sum()) for c in classes], fraction)
+    val = torch.cat([order[labels == c][:k] for c, k in zip(classes, counts, strict=True)])
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[val] = False
     rest = torch.arange(len(train))[keep]
     if not len(rest):
         raise DatasetError(f"dataset.val_fraction={fraction} leaves no training samples")
     return IndexedSet(train, rest, train.transform), IndexedSet(train, val.sort().values)
+
+
+def val_counts(sizes: list[int], fraction: float) -> list[int]:
+    """Validation samples per class of ``sizes``: ``round(fraction * n_c)`` where every class
+    gets one; otherwise (classes too small for the fraction) the ``round(fraction * n)`` the
+    fraction says, at least 1, shared by largest remainder, so some classes get none."""
+    counts = [round(fraction * n) for n in sizes]
+    if min(counts) >= 1:
+        return counts
+    quotas = [fraction * n for n in sizes]
+    counts = [math.floor(q) for q in quotas]
+    short = max(1, round(fraction * sum(sizes))) - sum(counts)
+    for i in sorted(range(len(sizes)), key=lambda i: counts[i] - quotas[i])[:short]:
+        counts[i] += 1
+    return counts
 
 
 def _identity(batch):

@@ -8,11 +8,12 @@
   loads; the unpickler admits numpy arrays and plain containers only. When absent and
   ``download: true``, torchvision downloads them.
 - ``imagefolder``: ``root/train/<class>/*`` and ``root/val/<class>/*`` (torchvision's
-  ``ImageFolder`` listing: classes are the sorted folder names); each image is read as RGB, its
-  shorter side resized to ``size`` and centre-cropped to ``crop x crop``; samples in a fixed
-  seeded order, so that ``train_limit`` keeps every class.
+  ``ImageFolder`` listing: classes are the sorted folder names, at least 2); each image is read
+  as RGB (``channels: 3``) or grey (``channels: 1``, PIL's ``L``), its shorter side resized to
+  ``size`` and centre-cropped to ``crop x crop``; samples in a fixed seeded order, so that
+  ``train_limit`` keeps every class.
 
-Samples are ``[3, H, W]``, pixels in [0, 1] then ``(x - mean_c) / std_c`` with the config's
+Samples are ``[C, H, W]``, pixels in [0, 1] then ``(x - mean_c) / std_c`` with the config's
 ``mean`` / ``std`` (``normalize: false``: pixels in [0, 1], for the poisson and latency encoders).
 """
 
@@ -39,19 +40,32 @@ from snnrun.data.dataset import (
     TensorDataset,
 )
 
+GREY = (0.299, 0.587, 0.114)  # PIL's grey value of an RGB pixel (ITU-R 601-2 luma)
+IMAGE_MODES = {1: "L", 3: "RGB"}  # ImageFolder's dataset.channels: the PIL mode images are read in
+
 
 def normalization(options: dict[str, Any], channels: int = 3) -> Normalize | None:
-    """``Normalize(mean, std)`` from the config (None with ``normalize: false``)."""
+    """``Normalize(mean, std)`` from the config (None with ``normalize: false``). Grey samples
+    (``channels`` 1) also take 3 numbers, weighted as PIL weights a grey pixel (``GREY``): the
+    mean exactly, the std where the colour channels move together (grey images saved as RGB)."""
     if not options.get("normalize", True):
         return None
     mean, std = options.get("mean"), options.get("std")
+    counts = (1, 3) if channels == 1 else (channels,)
     for key, values in (("mean", mean), ("std", std)):
-        if not isinstance(values, (list, tuple)) or len(values) != channels:
-            raise DatasetError(f"dataset.{key} must list {channels} numbers (one per channel), "
-                               f"got {values!r}")  # fmt: skip
+        if not isinstance(values, (list, tuple)) or len(values) not in counts:
+            what = "1 number (or 3, weighted as grey)" if channels == 1 else f"{channels} numbers"
+            raise DatasetError(f"dataset.{key} must list {what}, one per channel, got {values!r}")
     if any(s <= 0 for s in std):  # type: ignore[union-attr]
         raise DatasetError(f"dataset.std must be > 0 in every channel, got {std!r}")
+    if channels == 1:
+        mean, std = (_grey(values) for values in (mean, std))  # type: ignore[arg-type]
     return Normalize(tuple(map(float, mean)), tuple(map(float, std)))  # type: ignore[arg-type]
+
+
+def _grey(values: list[float]) -> list[float]:
+    """One channel's statistic: 3 weighted as a grey pixel, or the 1 given."""
+    return [sum(w * v for w, v in zip(GREY, values, strict=True))] if len(values) == 3 else values
 
 
 # ---------------------------------------------------------------------------------- CIFAR
@@ -180,8 +194,9 @@ def _field(entry: Any, key: str) -> Any:
 
 
 class ImageFileSet(SampleSet):
-    """Images read from ``paths`` on demand: RGB, shorter side resized to ``size`` (kept when
-    None), centre-cropped to ``crop x crop``; uint8 ``[N, 3, crop, crop]`` scaled to [0, 1]."""
+    """Images read from ``paths`` on demand in PIL ``mode`` (``RGB`` or grey ``L``), shorter
+    side resized to ``size`` (kept when None), centre-cropped to ``crop x crop``; uint8
+    ``[N, C, crop, crop]`` scaled to [0, 1]."""
 
     def __init__(
         self,
@@ -190,9 +205,10 @@ class ImageFileSet(SampleSet):
         size: int | None,
         crop: int,
         normalize: Normalize | None = None,
+        mode: str = "RGB",
     ) -> None:
         super().__init__(labels, 1 / 255, normalize=normalize)
-        self.paths, self.size, self.crop = paths, size, crop
+        self.paths, self.size, self.crop, self.mode = paths, size, crop, mode
 
     def fetch(self, index: torch.Tensor) -> torch.Tensor:
         return torch.stack([self._load(self.paths[i]) for i in index.tolist()])
@@ -200,7 +216,8 @@ class ImageFileSet(SampleSet):
     def head(self, n: int | None) -> ImageFileSet:
         if n is None or n >= len(self):
             return self
-        return ImageFileSet(self.paths[:n], self.labels[:n], self.size, self.crop, self.normalize)
+        return ImageFileSet(self.paths[:n], self.labels[:n], self.size, self.crop, self.normalize,
+                            self.mode)  # fmt: skip
 
     def _load(self, path: str) -> torch.Tensor:
         from PIL import Image
@@ -208,32 +225,39 @@ class ImageFileSet(SampleSet):
 
         try:
             with Image.open(path) as image:
-                rgb = image.convert("RGB")
+                pixels = image.convert(self.mode)
         except OSError as e:  # PIL's UnidentifiedImageError is one
             raise DatasetError(f"cannot read image {path}: {one_line(e, 160)}; remove it from "
                                "dataset.root") from None  # fmt: skip
         if self.size:
-            rgb = TF.resize(rgb, self.size)
-        return TF.pil_to_tensor(TF.center_crop(rgb, self.crop))
+            pixels = TF.resize(pixels, self.size)
+        return TF.pil_to_tensor(TF.center_crop(pixels, self.crop))
 
 
 @DATASETS.register("imagefolder")
 def imagefolder(options: dict[str, Any]) -> Splits:
     """``root/train/<class>/*`` for training, ``root/val/<class>/*`` for testing."""
     root = Path(options["root"]).expanduser()
-    size, crop = options.get("size"), options.get("crop")
+    size, crop, channels = options.get("size"), options.get("crop"), options.get("channels", 3)
     if size is not None and (not isinstance(size, int) or size < 1):
         raise DatasetError(f"dataset.size must be a positive integer or null, got {size!r}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels not in IMAGE_MODES:
+        raise DatasetError(f"dataset.channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     if not isinstance(crop, int) or crop < 1:
         raise DatasetError(f"dataset.crop must be a positive integer (samples are "
-                           f"[3, crop, crop]), got {crop!r}")  # fmt: skip
+                           f"[{channels}, crop, crop]), got {crop!r}")  # fmt: skip
     train_classes, train = _listing(root, "train")
+    if len(train_classes) < 2:
+        raise DatasetError(f"{root / 'train'} holds one class folder, {train_classes[0]}; a "
+                           "classifier needs at least 2 classes: add a folder per class to "
+                           "train/ and val/")  # fmt: skip
     val_classes, val = _listing(root, "val")
     _same_classes(root, train_classes, val_classes)
-    norm = normalization(options)
+    norm, mode = normalization(options, channels), IMAGE_MODES[channels]
     sets = [ImageFileSet([p for p, _ in s], torch.tensor([c for _, c in s], dtype=torch.long),
-                         size, crop, norm) for s in (train, val)]  # fmt: skip
-    return Splits(sets[0], sets[1], (3, crop, crop), len(train_classes), class_names=train_classes)
+                         size, crop, norm, mode) for s in (train, val)]  # fmt: skip
+    shape = (channels, crop, crop)
+    return Splits(sets[0], sets[1], shape, len(train_classes), class_names=train_classes)
 
 
 def _listing(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:

@@ -6,7 +6,9 @@ summed over ranks under torchrun (the record covers the whole test set).
 
 - ``firing_rate``: per neuron layer, ``firing_rate/<label>`` = spikes / (neurons x steps), the
   label naming it at any depth (``L3``, ``L4.body.2``, ``L5.q_neuron``),
-  with a one-line warning for a silent or saturated layer.
+  with a one-line warning for a silent or saturated layer; the first pass with a silent layer
+  adds one note on the usual causes that apply (the threshold against the input's scale,
+  BatchNorm statistics from few training batches, T short for ``tau``) and what to try.
 - ``synops``: per sample, over the synaptic layers (conv1d, conv2d, linear) as they actually run:
   an input that is all 0/1 (spikes) costs accumulates, ``AC = sum_inputs spike x fan-out``
   (exact at borders: per-site spike counts times each site's precomputed coverage); any other
@@ -38,6 +40,7 @@ from snnrun.net.blocks import Block, Recurrent, Residual
 from snnrun.net.layers import TimeFolded
 from snnrun.net.model import SpikingNetwork
 from snnrun.net.neuron import SpikingNeuron
+from snnrun.net.state_neurons import PSNNeuron
 
 
 class Monitor:
@@ -76,10 +79,13 @@ class FiringRates(Monitor):
         self, model: nn.Module, silent_below: float = 1e-3, saturated_above: float = 0.9, **_: Any
     ) -> None:
         super().__init__()
+        self.model = model
         self.neurons = _neurons(model)
         self.silent_below, self.saturated_above = silent_below, saturated_above
         self.spikes: dict[str, torch.Tensor | float] = {}
         self.count: dict[str, int] = {}
+        self.steps = 0  # T of the last multi-step call (0: unknown)
+        self.hinted = False  # the silent-layer note is given once per run
 
     def attach(self) -> None:
         self.spikes = {i: 0.0 for i, _ in self.neurons}
@@ -91,6 +97,8 @@ class FiringRates(Monitor):
         def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
             self.spikes[i] = self.spikes[i] + out.detach().float().sum()
             self.count[i] += out.numel()
+            if getattr(module, "step_mode", "m") == "m":
+                self.steps = out.shape[0]
 
         return hook
 
@@ -114,6 +122,61 @@ class FiringRates(Monitor):
                     f"[yellow]warning:[/] neuron layer {i} is {state} (firing rate {rate:.4f}; "
                     f"warned below {self.silent_below} / above {self.saturated_above})"
                 )
+        layers = dict(self.neurons)
+        silent = [layers[i] for i, rate in rates.items() if rate < self.silent_below]
+        if silent and not self.hinted:
+            self.hinted = True
+            causes = silent_causes(silent, self.model, self.steps)
+            console.print(
+                f"[yellow]note:[/] silent layers usually come from one of: {'; '.join(causes)}",
+                highlight=False,
+            )
+
+
+SETTLED = 0.05  # BatchNorm's running statistics are settled once their start weighs less
+
+
+def silent_causes(silent: list[SpikingNeuron], model: nn.Module, steps: int) -> list[str]:
+    """What usually silences ``silent`` layers, and what to try: the threshold against the
+    input's scale; BatchNorm statistics from few training batches (the test pass normalises
+    with them); ``T`` (``steps``) short for ``tau`` (a leak that also scales the input)."""
+    thresholds = sorted({m.dynamics.v_threshold for m in silent if not isinstance(m, PSNNeuron)})
+    shown = "/".join(f"{t:g}" for t in thresholds)
+    causes = [
+        f"v_threshold={shown} above what the input reaches (try a lower neuron.v_threshold, "
+        "or larger inputs)"
+        if thresholds
+        else "inputs too small for psn's learned bias, which starts at -1 (try larger inputs)"
+    ]
+    seen = [
+        int(m.num_batches_tracked)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.num_batches_tracked is not None
+        and m.momentum is not None
+        and (1.0 - m.momentum) ** int(m.num_batches_tracked) > SETTLED
+    ]
+    if seen:
+        n = min(seen)
+        causes.append(
+            f"BatchNorm's running statistics, which the test pass uses, from only {n} training "
+            f"batch{'es' if n != 1 else ''} (train more steps)"
+        )
+    taus = [1.0 / float(m.decay()) for m in silent if _leaks_input(m)]
+    if steps and taus:
+        tau = max(taus)
+        reached = 1.0 - (1.0 - 1.0 / tau) ** steps
+        if reached < 0.5:
+            causes.append(
+                f"T={steps} steps, short for tau={tau:g}: a steady input charges to "
+                f"{reached:.0%} of its level by the last step (raise T or lower neuron.tau)"
+            )
+    return causes
+
+
+def _leaks_input(m: SpikingNeuron) -> bool:
+    """A LIF-kind layer whose charge is ``(1 - 1/tau)`` of the last plus ``1/tau`` of the input."""
+    return m.dynamics.kind == "lif" and m.dynamics.decay_input and m.decay() is not None
 
 
 @MONITORS.register("synops")

@@ -58,6 +58,9 @@ class Watch:
         monitor = options.get("monitor") or "auto"
         self.monitor = ("val_acc" if has_val else "test_acc") if monitor == "auto" else monitor
         self.mode = options.get("mode", "max")
+        if monitor == "auto" and self.mode != "max":
+            raise SnnrunError(f"{section}.monitor=auto watches an accuracy ({self.monitor}); "
+                              f"use {section}.mode=max, or name the key to watch")  # fmt: skip
         known = RECORD_KEYS + (VAL_KEYS if has_val else ())
         if self.monitor not in known:
             hint = " (val_* needs dataset.val_fraction > 0)" if self.monitor in VAL_KEYS else ""
@@ -79,6 +82,27 @@ class Watch:
         return value > best + delta if self.mode == "max" else value < best - delta
 
 
+def check_early_stopping(options: dict[str, Any]) -> None:
+    """``early_stopping.patience`` (a whole number of epochs, 0: stop at the first epoch
+    without an improvement) and ``min_delta`` (not negative): a bad one is one line."""
+    patience, delta = options.get("patience", 5), options.get("min_delta", 0.0)
+    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+        raise SnnrunError(f"early_stopping.patience must be a non-negative integer (0: stop at "
+                          f"the first epoch without an improvement), got {patience!r}")  # fmt: skip
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or delta < 0:
+        raise SnnrunError(f"early_stopping.min_delta must be >= 0 (the improvement that counts), "
+                          f"got {delta!r}")  # fmt: skip
+
+
+def watches(config: dict[str, Any], has_val: bool) -> tuple[Watch, Watch | None]:
+    """``checkpoint``'s watch and ``early_stopping``'s (None: off, ``monitor: null``), each
+    checked: a bad key, mode, patience or min_delta is one line."""
+    stopping = config.get("early_stopping") or {}
+    check_early_stopping(stopping)
+    best = Watch("checkpoint", config.get("checkpoint", {}), has_val)
+    return best, Watch("early_stopping", stopping, has_val) if stopping.get("monitor") else None
+
+
 class DivergedError(SnnrunError):
     """Parameters or the loss became NaN/inf."""
 
@@ -98,15 +122,8 @@ class Trainer:
             [p for g in run.optimizer.param_groups for p in g["params"]] if self.clip else []
         )
         self.collective = active()
-        self.best = Watch(
-            "checkpoint", run.config.get("checkpoint", {}), run.val_loader is not None
-        )
+        self.best, self.stopping = watches(run.config, run.val_loader is not None)
         stopping = run.config.get("early_stopping") or {}
-        self.stopping = (
-            Watch("early_stopping", stopping, run.val_loader is not None)
-            if stopping.get("monitor")
-            else None
-        )
         self.patience, self.min_delta = stopping.get("patience", 5), stopping.get("min_delta", 0.0)
         self.profiler: StepProfiler | None = None  # debug=profile: set by the session
 
@@ -115,7 +132,7 @@ class Trainer:
             console.print(
                 f"the run stopped early after epoch {state.epoch} (early_stopping: no "
                 f"{self.stopping.monitor if self.stopping else 'monitored'} improvement in "
-                f"{self.patience} epochs); nothing to train"
+                f"{_epochs(state.stale_epochs)}); nothing to train"
             )
             return state
         if state.best_value is None and state.history:  # a checkpoint from before the key
@@ -142,7 +159,7 @@ class Trainer:
                    if run.val_loader is not None else None)  # fmt: skip
             test = test_pass(self.eval_net, run.test_loader, self.step, run.monitors,
                              f"epoch {epoch + 1} test")  # fmt: skip
-            self._check_finite(epoch, train)
+            self._check_finite(epoch, train, state)
             state.best_acc = max(state.best_acc, test["acc"])
             record = {
                 "epoch": epoch,
@@ -175,17 +192,19 @@ class Trainer:
             on_epoch_end(state, record, is_best)
             if state.stopped_early:
                 console.print(f"early stop: {self.stopping.monitor} did not improve by more "  # type: ignore[union-attr]
-                              f"than {self.min_delta} in {self.patience} epochs")  # fmt: skip
+                              f"than {self.min_delta} in {_epochs(state.stale_epochs)} "
+                              f"(patience {self.patience})")  # fmt: skip
                 break
 
     def _watch_for_stop(self, record: dict[str, Any], state: TrainState) -> None:
         """``early_stopping``: count the epochs without an improvement of more than
-        ``min_delta``; at ``patience`` the record says ``early_stop`` and the run ends."""
+        ``min_delta``; at ``patience`` of them (0 or 1: the first) the record says
+        ``early_stop`` and the run ends. An improving epoch never stops it."""
         assert self.stopping is not None
         if self.stopping.improves(record, state.stop_best, self.min_delta):
             state.stop_best, state.stale_epochs = record[self.stopping.monitor], 0
-        else:
-            state.stale_epochs += 1
+            return
+        state.stale_epochs += 1
         if state.stale_epochs >= self.patience:
             state.stopped_early = record["early_stop"] = True
 
@@ -235,8 +254,9 @@ class Trainer:
         if self.clip:
             torch.nn.utils.clip_grad_norm_(self.clipped, self.clip)
 
-    def _check_finite(self, epoch: int, train: dict[str, Any]) -> None:
-        """One sync: every parameter and buffer finite, else name the first bad tensor."""
+    def _check_finite(self, epoch: int, train: dict[str, Any], state: TrainState) -> None:
+        """One sync: every parameter and buffer finite, else name the first bad tensor, say
+        whether a checkpoint holds the last good weights, and what to try."""
         tensors = [*self.run.model.named_parameters(), *self.run.model.named_buffers()]
         floats = [(n, t) for n, t in tensors if t.is_floating_point()]
         if floats and bool(torch.stack([t.isfinite().all() for _, t in floats]).all()):
@@ -246,7 +266,25 @@ class Trainer:
         else:
             name = next(n for n, t in floats if not bool(t.isfinite().all()))
             bad = f"parameter {name} holds NaN/inf"
+        kept = state.history and (self.run.config.get("debug") or {}).get("checkpoint", True)
+        if kept:
+            raise DivergedError(f"training diverged in epoch {epoch + 1}: {bad}; the last good "
+                                f"checkpoint (epoch {state.epoch}) is kept (try "
+                                f"{self._what_to_try()})")  # fmt: skip
         raise DivergedError(
-            f"training diverged in epoch {epoch + 1}: {bad}; the last good checkpoint is kept "
-            "(lower optimizer.lr, check surrogate/neuron values, or try precision=fp32)"
+            f"training diverged in epoch {epoch + 1}: {bad}; no checkpoint was written, so there "
+            f"is nothing to resume: start again with {self._what_to_try()}"
         )
+
+    def _what_to_try(self) -> str:
+        """After a divergence: the usual fixes this run has not applied yet."""
+        config = self.run.config
+        tries = [f"a lower optimizer.lr (it is {config['optimizer'].get('lr')})"]
+        tries += [] if self.clip else ["optimizer.clip_grad_norm=1.0"]
+        tries += ["other surrogate/neuron values"]
+        tries += [] if config["precision"]["name"] == "fp32" else ["precision=fp32"]
+        return f"{', '.join(tries[:-1])} or {tries[-1]}"
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"

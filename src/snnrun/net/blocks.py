@@ -6,7 +6,10 @@ shape (``out_shape``) so that the builder never runs it on a dummy input.
 
 - ``{type: sequential, layers: [...]}``: the layers in order.
 - ``{type: repeat, times: n, layers: [...]}``: ``n`` copies of the layers, each with its own
-  parameters (built ``n`` times from the config); ``times: 0`` is the identity.
+  parameters (built ``n`` times from the config); ``times: 0`` is the identity. Its size is
+  estimated from its first two copies before the rest are built, and refused above
+  :data:`MAX_REPEAT_MODULES` modules or :data:`MAX_REPEAT_PARAMETERS` parameters; a stop request
+  (SIGTERM) ends the build between copies.
 - ``{type: residual, body: [...], shortcut: [...], connect: add}``:
   ``y = connect(body(x), shortcut(x))``; ``shortcut`` defaults to the identity. The connects
   (:data:`CONNECTS`) are SEW-ResNet's (Fang et al., NeurIPS 2021, eq. 8-10) with ``A = body(x)``
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 
 from snnrun.core.registry import Registry
+from snnrun.core.stop import check_stop
 from snnrun.net.layers import LAYERS, Context, ModelBuildError, Shape, build_layers
 from snnrun.net.neuron import SpikingNeuron, Stateful
 
@@ -36,6 +40,11 @@ CONNECTS.register("add")(lambda a, s: a + s)
 CONNECTS.register("and")(lambda a, s: a * s)
 CONNECTS.register("iand")(lambda a, s: (1.0 - a) * s)
 SPIKE_CONNECTS = ("and", "iand")  # defined on spikes only
+
+# A repeat's bounds, far above the zoo's largest networks (sew_resnet34: 259 modules;
+# spiking_vgg11: 129 million parameters): a typo'd ``times`` must not build for minutes.
+MAX_REPEAT_MODULES = 100_000
+MAX_REPEAT_PARAMETERS = 10_000_000_000  # 40 GB of float32 weights
 
 
 class Block(nn.Sequential):
@@ -127,11 +136,32 @@ def _repeat(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module
             f"{ctx.path} (repeat): times must be a non-negative integer, got {times!r}"
         )
     copies, shape = [], in_shape
-    for _ in range(times):
+    for i in range(times):
+        check_stop()  # SIGTERM ends a long build between copies
         copy = Block(*build_layers(options.get("layers", []), shape, ctx, "layers"))
         copies.append(copy)
         shape = copy.out_shape
+        if i == min(times, 2) - 1:
+            _check_repeat_size(f"{ctx.path} (repeat)", times, copies)
     return Block(copies, shape)
+
+
+def _check_repeat_size(label: str, times: int, copies: list[Block]) -> None:
+    """Refuse a repeat whose ``times`` copies would be too large, estimated from the first (which
+    may change the shape) and the second (what every later copy repeats)."""
+
+    def size(block: Block) -> tuple[int, int]:
+        return sum(1 for _ in block.modules()), sum(p.numel() for p in block.parameters())
+
+    (m1, p1), (m2, p2) = size(copies[0]), size(copies[-1])
+    modules, params = m1 + (times - 1) * m2, p1 + (times - 1) * p2
+    if modules > MAX_REPEAT_MODULES or params > MAX_REPEAT_PARAMETERS:
+        raise ModelBuildError(
+            f"{label}: times={times:,} would build about {modules:,} modules and {params:,} "
+            f"parameters; a repeat builds at most {MAX_REPEAT_MODULES:,} modules and "
+            f"{MAX_REPEAT_PARAMETERS:,} parameters (the zoo's largest networks: 259 modules, "
+            "129 million parameters): lower times"
+        )
 
 
 @LAYERS.register("residual")

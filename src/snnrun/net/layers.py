@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from snnrun.core.compose import FLATTEN, MAX_NESTING, short_path
 from snnrun.core.errors import SnnrunError
 from snnrun.core.registry import Registry, UnknownNameError
 from snnrun.net.neuron import SpikingNeuron, Stateful, build_neuron, merge_neuron_options
@@ -26,6 +27,8 @@ LayerBuilder = Callable[..., nn.Module]  # (options, in_shape, context) -> modul
 
 LAYERS: Registry[LayerBuilder] = Registry("layer type")
 SUBLISTS = ("layers", "body", "shortcut")  # the entry keys that hold entries of their own
+AUTO = "auto"  # model.classes, or one of COUNTS in an entry: the dataset's class count
+COUNTS = ("out_features", "out_channels", "classes", "num_classes")
 
 
 class ModelBuildError(SnnrunError, ValueError):
@@ -38,6 +41,7 @@ class Context:
 
     neuron_groups: dict[str, Any]  # the run's ``neuron`` and ``surrogate`` groups
     path: str = "model.layers"  # the entry's config path: "model.layers[3].body[1]"
+    classes: int | None = None  # the dataset's class count: what a size given as ``auto`` is
 
     def neuron(self, options: dict[str, Any]) -> SpikingNeuron:
         """A neuron from the groups' settings, overridden by ``options`` (a ``neuron`` entry's)."""
@@ -70,12 +74,48 @@ def build_layers(
     return modules, shape
 
 
+def check_nesting(entries: Any, path: str = "model.layers") -> None:
+    """Refuse an entry list nested more than :data:`MAX_NESTING` lists deep (the deepest
+    nesting and the first entry past the limit named), or one that holds itself; walked
+    without recursion."""
+    todo: list[tuple[Any, list[str], tuple[int, ...]]] = [(entries, [path], ())]
+    deepest, first = 0, None
+    while todo:
+        items, parts, around = todo.pop()
+        if not isinstance(items, Sequence) or isinstance(items, str):
+            continue
+        if id(items) in around:
+            raise ModelBuildError(
+                f"{short_path(parts)} is a list around it: a network cannot hold itself; "
+                "write the nesting out"
+            )
+        deepest = max(deepest, len(around) + 1)
+        inner = []
+        for i, entry in enumerate(items):
+            here = [*parts[:-1], f"{parts[-1]}[{i}]"]
+            if len(around) >= MAX_NESTING and first is None:
+                first = here
+            if isinstance(entry, Mapping):
+                inner += [
+                    (entry[k], [*here, k], (*around, id(items))) for k in SUBLISTS if k in entry
+                ]
+        todo += reversed(inner)  # depth first, in config order
+    if first is not None:
+        raise ModelBuildError(
+            f"{path} nests {deepest} lists deep, more than {MAX_NESTING} ({short_path(first)} "
+            f"is in list {MAX_NESTING + 1}): {FLATTEN}"
+        )
+
+
 def build_entry(entry: Any, in_shape: Shape, ctx: Context) -> tuple[list[nn.Module], Shape]:
     """The module(s) of one entry (a builder may return an ``nn.Sequential`` to splice in, as
     the ``nir`` entry does), each marked with its :class:`Entry`, and the output shape."""
     if not isinstance(entry, Mapping):
         raise ModelBuildError(f"{ctx.path} must be a mapping like {{type: linear, ...}}: {entry!r}")
-    options = dict(entry)
+    auto = ctx.classes is not None
+    options = {
+        k: ctx.classes if auto and k in COUNTS and v == AUTO else v for k, v in entry.items()
+    }
     layer_type = options.pop("type", None)
     label = f"{ctx.path} ({layer_type})"
     try:
@@ -84,8 +124,9 @@ def build_entry(entry: Any, in_shape: Shape, ctx: Context) -> tuple[list[nn.Modu
         raise
     except UnknownNameError as e:
         raise ModelBuildError(f"{label}: {e}") from None
-    except (TypeError, ValueError) as e:
-        raise ModelBuildError(f"{label}: bad options {options}: {e}") from None
+    except (TypeError, ValueError) as e:  # a neuron's error names its key (group or entry)
+        given = f"bad options {options}: " if options and layer_type != "neuron" else ""
+        raise ModelBuildError(f"{label}: {given}{e}") from None
     parts = list(module) if type(module) is nn.Sequential else [module]
     shape = in_shape
     for part in parts:
@@ -97,7 +138,8 @@ def build_entry(entry: Any, in_shape: Shape, ctx: Context) -> tuple[list[nn.Modu
 
 def output_shape(module: nn.Module, in_shape: Shape, label: str) -> Shape:
     """The per-sample output shape of ``module`` for ``in_shape``: recorded by a block, the
-    input's for a neuron, else from a run on a dummy ``[T=1, N=2, *in_shape]``."""
+    input's for a neuron, else from a run on a dummy ``[T=1, N=2, *in_shape]`` (an output that
+    does not keep ``[T, N]`` in front is refused)."""
     if isinstance(module, SpikingNeuron):
         return in_shape
     recorded = getattr(module, "out_shape", None)
@@ -119,8 +161,15 @@ def output_shape(module: nn.Module, in_shape: Shape, label: str) -> Shape:
         for m in module.modules():
             if isinstance(m, Stateful):
                 m.reset()
-    if not isinstance(out, torch.Tensor) or out.dim() < 2:
+    if not isinstance(out, torch.Tensor):
         raise ModelBuildError(f"{label} must return a tensor [T, N, ...], got {type(out).__name__}")
+    if tuple(out.shape[:2]) != (1, 2):
+        dims = ", ".join(map(str, in_shape))
+        raise ModelBuildError(
+            f"{label} returns {list(out.shape)} for input [T=1, N=2, {dims}]: it must return "
+            "[T, N, ...], time and batch first (a mean over T belongs to the loss, which takes "
+            "the network's [T, N, classes])"
+        )
     return tuple(out.shape[2:])
 
 

@@ -3,7 +3,8 @@
 ``model.layers`` is a list like ``[{type: conv2d, out_channels: 16, kernel_size: 3}, {type: neuron},
 {type: residual, body: [...]}, ...]``. The builder threads the per-sample shape through every
 entry, at any depth (so sizes are inferred and a mismatch names the entry's path), and checks
-the output matches the dataset's class count. Every module built from an entry carries its
+the output matches the dataset's class count; ``model.classes: auto`` (and a layer's
+``out_features: auto``) is that count. Every module built from an entry carries its
 :class:`~snnrun.net.layers.Entry` (type, config path, output shape).
 """
 
@@ -17,7 +18,15 @@ from torch import nn
 
 from snnrun.net import attention, blocks, custom  # noqa: F401  (register their entries)
 from snnrun.net.blocks import Block
-from snnrun.net.layers import Context, Entry, ModelBuildError, Shape, build_layers
+from snnrun.net.layers import (
+    AUTO,
+    Context,
+    Entry,
+    ModelBuildError,
+    Shape,
+    build_layers,
+    check_nesting,
+)
 from snnrun.net.neuron import SpikingNeuron, reset_states
 
 __all__ = ["ModelBuildError", "SpikingNetwork", "build_model", "label"]
@@ -113,11 +122,33 @@ def build_model(
     num_classes: int,
 ) -> SpikingNetwork:
     """The network for ``model_options['layers']``; ``neuron_groups``: the run's ``neuron`` and
-    ``surrogate`` groups, which every neuron entry falls back to."""
-    layers, shape = build_layers(model_options["layers"], tuple(in_shape), Context(neuron_groups))
+    ``surrogate`` groups, which every neuron entry falls back to. ``model.classes`` is ``auto``
+    (absent: the same) or must equal the dataset's ``num_classes``; a layer size given as
+    ``auto`` (``out_features: ${model.classes}``) is the dataset's count."""
+    _check_classes(model_options.get("classes", AUTO), num_classes)
+    check_nesting(model_options["layers"])
+    ctx = Context(neuron_groups, classes=num_classes)
+    layers, shape = build_layers(model_options["layers"], tuple(in_shape), ctx)
     if shape != (num_classes,):
         raise ModelBuildError(
             f"model output per sample is {list(shape)} but the dataset has {num_classes} classes: "
-            f"make the last layers produce {num_classes} features"
+            f"make the last layers produce {num_classes} features (out_features: auto takes the "
+            "dataset's count)"
         )
     return SpikingNetwork(layers)
+
+
+def _check_classes(classes: Any, num_classes: int) -> None:
+    """``model.classes``: ``auto``, or the dataset's class count."""
+    if classes == AUTO:
+        return
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise ModelBuildError(
+            f"model.classes must be auto or a number of classes, got {classes!r}; "
+            "model.classes=auto takes the dataset's count"
+        )
+    if classes != num_classes:
+        raise ModelBuildError(
+            f"model.classes={classes} but the dataset has {num_classes} classes: set "
+            "model.classes=auto (the dataset's count), or pick the dataset it was meant for"
+        )

@@ -11,6 +11,7 @@ one step ``[N, ...]`` per call and keeps ``v`` between calls, giving results ide
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -125,10 +126,9 @@ class LIFNeuron(SpikingNeuron):
     OPTIONS = (*SpikingNeuron.OPTIONS, "tau", "decay_input")
 
     def __init__(self, tau: float = 2.0, **kw: Any) -> None:
-        if tau <= 1.0:
-            raise ValueError(f"lif needs tau > 1, got {tau}")
+        tau = checked("lif", "tau", tau, "> 1")
         super().__init__(make_dynamics("lif", kw), **layer_options(kw))
-        self.tau = float(tau)
+        self.tau = tau
 
     def decay(self) -> Decay:
         return 1.0 / self.tau
@@ -147,9 +147,8 @@ class PLIFNeuron(SpikingNeuron):
     OPTIONS = (*SpikingNeuron.OPTIONS, "init_tau", "decay_input")
 
     def __init__(self, init_tau: float = 2.0, **kw: Any) -> None:
-        if init_tau <= 1.0:
-            raise ValueError(f"plif needs init_tau > 1, got {init_tau}")
-        super().__init__(make_dynamics("lif", kw), **layer_options(kw))
+        init_tau = checked("plif", "init_tau", init_tau, "> 1")
+        super().__init__(make_dynamics("lif", kw, "plif"), **layer_options(kw))
         self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
 
     def decay(self) -> Decay:
@@ -162,14 +161,15 @@ class PLIFNeuron(SpikingNeuron):
 
 @NEURONS.register("leaky")
 class LeakyNeuron(SpikingNeuron):
-    """snnTorch ``Leaky``: ``U[t] = beta U[t-1] + X[t] - U_thr R[t]``, beta clamped to [0, 1]."""
+    """snnTorch ``Leaky``: ``U[t] = beta U[t-1] + X[t] - U_thr R[t]``, beta in [0, 1] (a
+    learned beta is clamped there)."""
 
     OPTIONS = (*COMMON_OPTIONS, "beta", "learn_beta")
 
     def __init__(self, beta: float = 0.5, learn_beta: bool = False, **kw: Any) -> None:
         kw = {**kw, "v_reset": None, "detach_reset": True}
         super().__init__(make_dynamics("leaky", kw), **layer_options(kw))
-        beta_t = torch.tensor(float(beta))
+        beta_t = torch.tensor(checked("leaky", "beta", beta, "in [0, 1]"))
         self.learn_beta = learn_beta
         if learn_beta:
             self.beta = nn.Parameter(beta_t)
@@ -187,14 +187,36 @@ LAYER_KEYS = ("backend", "step_mode", "store_v_seq")
 _DYNAMICS_KEYS = ("v_threshold", "v_reset", "detach_reset", "decay_input", "surrogate")
 
 
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "> 0": (lambda v: v > 0.0, "above 0"),
+    "> 1": (lambda v: v > 1.0, "above 1"),
+    "in [0, 1]": (lambda v: 0.0 <= v <= 1.0, "between 0 and 1"),
+}
+
+
+def checked(neuron: str, key: str, value: Any, wanted: str) -> float:
+    """``value`` as a float, or a ValueError naming the key, the value, the range ``wanted``
+    (a key of :data:`_RANGES`) and the fix: a neuron never clamps what the config gives."""
+    ok, fix = _RANGES[wanted]
+    number = float(value)
+    if not ok(number):
+        raise ValueError(
+            f"{neuron} needs {key} {wanted}, got {value!r}; set neuron.{key} (or the entry's "
+            f"{key}) {fix}"
+        )
+    return number
+
+
 def layer_options(kw: dict[str, Any]) -> dict[str, Any]:
     return {k: kw[k] for k in LAYER_KEYS if k in kw}
 
 
-def make_dynamics(kind: str, kw: dict[str, Any]) -> Dynamics:
+def make_dynamics(kind: str, kw: dict[str, Any], neuron: str | None = None) -> Dynamics:
+    """The equations of ``kind`` from the options; ``neuron`` (default: ``kind``) is the name
+    an unknown option's error gives."""
     unknown = set(kw) - set(LAYER_KEYS) - set(_DYNAMICS_KEYS)
     if unknown:
-        raise TypeError(f"{kind} neuron got unknown option(s): {', '.join(sorted(unknown))}")
+        raise TypeError(f"{neuron or kind} has no option {', '.join(sorted(unknown))}")
     fields = {k: kw[k] for k in _DYNAMICS_KEYS if k in kw}
     if "v_threshold" in fields:
         fields["v_threshold"] = float(fields["v_threshold"])
@@ -225,31 +247,18 @@ def merge_neuron_options(group: dict[str, Any], entry: dict[str, Any]) -> dict[s
     keeps ``v_threshold``, ``detach_reset``, ``backend``... but not ``init_tau``)."""
     if "kind" in entry or "kind" in group:
         raise TypeError(OLD_KEY)
+    known = {"name", *(k for n in NEURONS.names() for k in NEURONS.get(n).OPTIONS)}
+    unknown = sorted(set(group) - known)
+    if unknown:  # another neuron's key stays unused: a recipe's neuron may be switched
+        keys = ", ".join(f"neuron.{k}" for k in unknown)
+        own = ", ".join(NEURONS.get(group["name"]).OPTIONS)
+        raise TypeError(
+            f"no neuron reads {keys}; remove or respell it ({group['name']}'s keys: {own})"
+        )
     name = entry.get("name", group["name"])
     accepted = NEURONS.get(name).OPTIONS
     kept = {k: v for k, v in group.items() if k in accepted}
     return {**kept, **entry, "name": name}
-
-
-def renamed_neuron_keys(config: dict[str, Any]) -> dict[str, Any]:
-    """A run config saved before the neuron's ``kind`` key became ``name`` (checkpoint version
-    2 and earlier), with the key renamed in the ``neuron`` group and in the model's neuron,
-    recurrent and attention entries at any depth. A current config comes back unchanged."""
-
-    def renamed(node: Any, neuron_options: bool) -> Any:
-        if isinstance(node, list):
-            return [renamed(n, False) for n in node]
-        if not isinstance(node, dict):
-            return node
-        if node.get("type") == "module":  # a user's class: its arguments are its own
-            return node
-        holds_options = neuron_options or node.get("type") in ("neuron", "recurrent")
-        return {
-            ("name" if k == "kind" and holds_options else k): renamed(v, k == "neuron")
-            for k, v in node.items()
-        }
-
-    return {k: renamed(v, k == "neuron") for k, v in config.items()}
 
 
 def reset_states(module: nn.Module) -> None:

@@ -23,6 +23,7 @@ from snnrun.net.neuron import (
     LAYER_KEYS,
     NEURONS,
     SpikingNeuron,
+    checked,
     layer_options,
     make_dynamics,
 )
@@ -76,10 +77,10 @@ class ALIFNeuron(StateNeuron):
     OPTIONS = (*SpikingNeuron.OPTIONS, "tau", "decay_input", "tau_adapt", "beta_a")
 
     def __init__(self, tau: float = 20.0, tau_adapt: float = 200.0, beta_a: float = 1.8, **kw: Any):
-        if tau <= 1.0 or tau_adapt <= 0.0:
-            raise ValueError(f"alif needs tau > 1 and tau_adapt > 0, got {tau}, {tau_adapt}")
-        super().__init__(make_dynamics("lif", kw), **layer_options(kw))
-        self.tau, self.tau_adapt, self.beta_a = float(tau), float(tau_adapt), float(beta_a)
+        tau = checked("alif", "tau", tau, "> 1")
+        tau_adapt = checked("alif", "tau_adapt", tau_adapt, "> 0")
+        super().__init__(make_dynamics("lif", kw, "alif"), **layer_options(kw))
+        self.tau, self.tau_adapt, self.beta_a = tau, tau_adapt, float(beta_a)
         self.rho = math.exp(-1.0 / self.tau_adapt)
 
     def decay(self) -> Decay:
@@ -123,8 +124,8 @@ class SynapticNeuron(StateNeuron):
         V[t] = beta V[t-1] + I[t] - V_th R[t],  R[t] = Heaviside(V[t-1] - V_th) (detached)
         S[t] = Heaviside(V[t] - V_th)
 
-    ``alpha`` and ``beta`` clamped to [0, 1] (learned with ``learn_alpha`` / ``learn_beta``);
-    the reset subtracts the threshold, decided by the previous membrane, as ``leaky`` does.
+    ``alpha`` and ``beta`` in [0, 1] (learned with ``learn_alpha`` / ``learn_beta``, and clamped
+    there); the reset subtracts the threshold, decided by the previous membrane, as ``leaky`` does.
     The state is ``(I[t], V[t])``.
     """
 
@@ -142,10 +143,10 @@ class SynapticNeuron(StateNeuron):
         if fixed:  # its reset subtracts the threshold, decided by the previous membrane
             raise TypeError(f"synaptic takes no {', '.join(sorted(fixed))}")
         kw = {**kw, "v_reset": None, "detach_reset": True}
-        super().__init__(make_dynamics("leaky", kw), **layer_options(kw))
+        super().__init__(make_dynamics("leaky", kw, "synaptic"), **layer_options(kw))
         self.learn_alpha, self.learn_beta = learn_alpha, learn_beta
         for name, value, learn in (("alpha", alpha, learn_alpha), ("beta", beta, learn_beta)):
-            tensor = torch.tensor(float(value))
+            tensor = torch.tensor(checked("synaptic", name, value, "in [0, 1]"))
             if learn:
                 setattr(self, name, nn.Parameter(tensor))
             else:
@@ -214,7 +215,7 @@ class PSNNeuron(SpikingNeuron):
         if x.shape[0] != self.T:
             raise SnnrunError(
                 f"psn was built for T={self.T} steps and gets {x.shape[0]}; run it at T={self.T} "
-                "(a psn entry of your own takes the run's T as T: ${{T}})"
+                "(a psn entry of your own takes the run's T as T: ${T})"
             )
         h = torch.addmm(self.bias.to(x.dtype), (self.weight * self.mask).to(x.dtype), x.flatten(1))
         return h.view(x.shape)

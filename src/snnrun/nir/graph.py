@@ -675,6 +675,7 @@ class _Point:
     spikes: bool  # the value is 0/1
     chain: tuple[Any, ...] = ()  # nodes written in one line since the last fork or merge
     merge: str = ""  # the label of the residual whose branches ``sources`` are
+    blocked: bool = False  # the entry just before could not be written
 
 
 def _sum_node(shape: Shape) -> Any:
@@ -694,20 +695,27 @@ def _where(m: nn.Module, label: str) -> str:
     return f"{entry.path} ({entry.type})" if entry else f"{label} ({type(m).__name__})"
 
 
+def _named(where: str, why: str) -> str:
+    return f"{where}: {why}" if where else why
+
+
 class _Writer:
     """A network's modules as NIR nodes and edges, depth first: blocks in order, a residual as
-    two branches whose last edges meet at the next node (NIR sums a node's inputs)."""
+    two branches whose last edges meet at the next node (NIR sums a node's inputs). An entry that
+    cannot be written is kept in :attr:`blocked` and passed over, so that one export names them
+    all (:meth:`refuse`)."""
 
     def __init__(self, in_shape: Shape, dt: float, strict: bool, out: Exported) -> None:
         self.dt, self.strict, self.out = dt, strict, out
         self.nodes: dict[str, Any] = {"input": nir.Input(input_type={"input": np.array(in_shape)})}
         self.edges: list[tuple[str, str]] = []
+        self.blocked: list[tuple[str, str]] = []  # (where, why) per entry that cannot be written
 
     def add(self, name: str, node: Any, at: _Point) -> _Point:
         """``node``, fed by every source at ``at``."""
         self.nodes[name] = node
         self.edges += [(src, name) for src in at.sources]
-        return replace(at, sources=(name,), chain=(*at.chain, node), merge="")
+        return replace(at, sources=(name,), chain=(*at.chain, node), merge="", blocked=False)
 
     def summed(self, at: _Point) -> _Point:
         """The sum at ``at`` as one node, where it feeds several (a residual's two branches) or
@@ -718,7 +726,36 @@ class _Writer:
         return replace(self.add(f"{at.merge}_add", _sum_node(at.shape), at), chain=())
 
     def module(self, m: nn.Module, label: str, at: _Point) -> _Point:
+        """``m`` written after ``at``; one that cannot be is recorded and passed over."""
         where = _where(m, label)
+        try:
+            return self.written(m, label, where, at)
+        except NirError as e:
+            why = str(e).removeprefix(f"{where}: ")
+            self.blocked.append((where if why != str(e) else "", why))
+            inner = m.module if isinstance(m, TimeFolded) else m
+            entry = getattr(m, "snnrun_entry", None)
+            shape = entry.shape if entry is not None else _shape_after(m, at.shape)
+            spikes = isinstance(inner, SpikingNeuron)
+            return replace(at, shape=shape, spikes=spikes, chain=(), blocked=True)
+
+    def refuse(self) -> None:
+        """One :class:`NirError` for every entry that cannot be written: the one's own message,
+        or ``cannot write N entries as NIR: (1) ...; (2) ...`` with the entries that share a
+        reason named together."""
+        if len(self.blocked) == 1:
+            raise NirError(_named(*self.blocked[0]))
+        if self.blocked:
+            reasons: dict[str, list[str]] = {}
+            for where, why in self.blocked:
+                reasons.setdefault(why, []).append(where)
+            listed = "; ".join(
+                f"({i}) {_named(', '.join(w for w in wheres if w), why)}"
+                for i, (why, wheres) in enumerate(reasons.items(), 1)
+            )
+            raise NirError(f"cannot write {len(self.blocked)} entries as NIR: {listed}")
+
+    def written(self, m: nn.Module, label: str, where: str, at: _Point) -> _Point:
         entry = getattr(m, "snnrun_entry", None)
         if entry is not None and entry.type == "module":
             raise NirError(
@@ -771,6 +808,8 @@ class _Writer:
                 f"that export are {', '.join(sorted(r.name for r in TABLE if r.export))}, in "
                 "sequential, repeat and residual (connect=add) blocks"
             )
+        if at.blocked and type(module) is nn.BatchNorm2d:  # it folds into the entry passed over
+            return replace(at, blocked=False)
         step = ExportStep(
             where, at.shape, self.dt, self.strict, at.spikes, list(at.chain), self.out.warnings
         )
@@ -797,8 +836,8 @@ def to_nir(
     """The NIR graph of a :class:`~snnrun.net.model.SpikingNetwork` (weights as they are now).
 
     ``in_shape`` is one sample's shape (``[C, H, W]`` or ``[F]``). Blocks export their contents
-    at any depth; a residual ``add`` becomes two branches whose edges meet at one node. A layer
-    NIR cannot express is one :class:`NirError` naming its config path.
+    at any depth; a residual ``add`` becomes two branches whose edges meet at one node. The
+    layers NIR cannot express are one :class:`NirError` naming each one's config path.
     """
     if not dt > 0:
         raise NirError(f"dt={dt}; give a positive time step in seconds (default {DT})")
@@ -813,6 +852,7 @@ def to_nir(
         at = writer.summed(at)
     finally:
         model.train(was_training)
+    writer.refuse()
     out.graph = writer.graph(at)
     out.graph.metadata = {"source": "snnrun", "dt": float(dt), **(metadata or {})}
     return out

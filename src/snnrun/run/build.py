@@ -100,12 +100,21 @@ def neuron_groups(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move ``model`` to ``device``; on a CPU, convolutions go NHWC (oneDNN's native layout:
-    x1.06 to x1.5 train samples/s, docs/benchmarks.md), and their activations follow."""
+    """Move ``model`` to ``device``; on a CPU, the convolutions of a network without 1x1 kernels
+    go NHWC (oneDNN's native layout: x1.44 train samples/s on the snnTorch CSNN,
+    ``scripts/bench_layout.py``), and their activations follow. oneDNN's AVX2 1x1 convolution
+    backward hangs or corrupts memory on NHWC tensors (docs/upstream/onednn_channels_last_hang.md),
+    so a network holding one keeps torch's default layout."""
     model.to(device)
-    if device.type == "cpu" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+    if device.type == "cpu" and nhwc_is_safe(model):
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def nhwc_is_safe(model: torch.nn.Module) -> bool:
+    """The network has 2-d convolutions, none with a 1x1 kernel (the kernel oneDNN breaks)."""
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    return bool(convs) and all(tuple(m.kernel_size) != (1, 1) for m in convs)
 
 
 def record_backend_that_runs(config: dict[str, Any], device: torch.device) -> None:

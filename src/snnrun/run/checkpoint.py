@@ -21,13 +21,13 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, TypedDict
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, BinaryIO, TypedDict
 
 from snnrun.core.errors import SnnrunError
-from snnrun.net.neuron import renamed_neuron_keys
+from snnrun.core.migrate import renamed_neuron_keys
+
+if TYPE_CHECKING:
+    import torch
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -102,12 +102,16 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    import torch
+
     atomic_write_bytes(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
     """Verify, then load on the CPU with ``weights_only=True`` (one open file: what was checked
     is what loads); any failure is one :class:`CheckpointError`."""
+    import torch
+
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; pass the path of an snnrun checkpoint")
     with path.open("rb") as f:
@@ -161,6 +165,9 @@ def capture_rng() -> dict[str, Any]:
 
     numpy's key array is stored as a tensor so that the checkpoint loads with weights_only.
     """
+    import numpy as np
+    import torch
+
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -171,6 +178,9 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -180,6 +190,9 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -6,7 +6,8 @@ where the weights came from. ``init_from.which`` picks a run dir's checkpoint (`
 ``latest``). ``init_from.strict=true`` (the default) needs every tensor to match by name and
 shape, else one line names the first that does not; ``strict=false`` loads the tensors that
 match and leaves the others as initialised (a new head for another class count), listed in
-``run.json``. A resume never re-applies it: its weights come from its own checkpoint.
+``run.json``. A source none of whose tensors matches is refused either way (it would train from
+scratch). A resume never re-applies it: its weights come from its own checkpoint.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def apply_init_from(source: dict[str, Any] | None, model: torch.nn.Module) -> di
     path = _source_path(source)
     which = source.get("which", "best")
     payload, file = _read(path, which)
-    loaded, skipped = _load(model, payload["model"], bool(source.get("strict", True)), file)
+    loaded, skipped = _load(model, payload, bool(source.get("strict", True)), file)
     epoch = payload["state"].get("epoch")
     console.print(
         f"init_from: {len(loaded)} of {len(loaded) + len(skipped)} tensors from {file} "
@@ -62,16 +63,24 @@ def apply_init_from(source: dict[str, Any] | None, model: torch.nn.Module) -> di
 
 def _read(path: Path, which: str) -> tuple[Checkpoint, Path]:
     if path.is_dir():
-        return RunDir(path).load_checkpoint(which), path / CHECKPOINTS[which]
+        return RunDir(path).load_checkpoint(which, key="init_from.which"), path / CHECKPOINTS[which]
     return load_checkpoint(path), path
 
 
 def _load(
-    model: torch.nn.Module, weights: dict[str, torch.Tensor], strict: bool, file: Path
+    model: torch.nn.Module, payload: Checkpoint, strict: bool, file: Path
 ) -> tuple[list[str], list[str]]:
-    """(loaded, skipped) tensor names; with ``strict`` any difference is one line."""
-    own = model.state_dict()
+    """(loaded, skipped) tensor names; with ``strict`` any difference is one line, and so is
+    a source none of whose tensors fits."""
+    own, weights = model.state_dict(), payload["model"]
     fits = {k for k, v in own.items() if k in weights and weights[k].shape == v.shape}
+    if own and not fits:
+        trained = (payload["config"].get("model") or {}).get("name", "?")
+        raise SnnrunError(
+            f"init_from: no tensor of {file} matches this network by name and shape (0 of "
+            f"{len(own)}; that run trained model={trained}); build the network that run "
+            "trained, or drop init_from to train from scratch"
+        )
     if strict:
         _refuse_differences(own, weights, file)
     model.load_state_dict({k: weights[k] for k in fits}, strict=False)

@@ -22,6 +22,7 @@ whose saved config holds the mode the run started with).
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import shlex
@@ -310,7 +311,9 @@ class TensorBoardLogger(RunLogger):
     """TensorBoard event files in ``<run dir>/tensorboard``: the per-step training loss, every
     number of each epoch's record, and the figures of ``viz.every_n_epochs``, all against
     ``global_step``. A resume drops what a killed segment logged past its checkpoint
-    (``purge_step``)."""
+    (``purge_step``), and logs the epochs of ``metrics.jsonl`` again when the folder holds no
+    event file (deleted). A failed write (a full disk, a folder made read-only) is one line
+    naming the folder, never a traceback of TensorBoard's writer thread."""
 
     wants_steps = True
 
@@ -322,10 +325,23 @@ class TensorBoardLogger(RunLogger):
                 "logger=tensorboard needs the tensorboard package: pip install tensorboard "
                 "(or pip install 'snnrun[tensorboard]')"
             ) from None
+        self.rundir, self.folder = rundir, rundir.tensorboard_dir
+        lost = not any(self.folder.glob("events.out.tfevents.*"))
         purge = history[-1]["global_step"] + 1 if history else None
-        self.writer = SummaryWriter(log_dir=str(rundir.tensorboard_dir), purge_step=purge)
+        try:
+            self.folder.mkdir(exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.folder):  # the writer thread would fail later
+                pass
+            self.writer = SummaryWriter(log_dir=str(self.folder), purge_step=purge)
+        except OSError as e:
+            raise self._cannot_write(e) from None
+        self.file = _guard_event_file(self.writer)
+        if lost:
+            for record in history:  # the folder was deleted: what metrics.jsonl holds
+                self.log_epoch(record.get("global_step", 0), record)
 
     def log_step(self, global_step: int, metrics: dict[str, float]) -> None:
+        self._check()
         for key, value in metrics.items():
             self.writer.add_scalar(f"train_step/{key}", value, global_step)
 
@@ -334,6 +350,7 @@ class TensorBoardLogger(RunLogger):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(key, value, global_step)
         self.writer.flush()
+        self._check()
 
     def log_figures(self, figures: dict[str, Any], global_step: int | None = None) -> None:
         import numpy as np
@@ -344,9 +361,65 @@ class TensorBoardLogger(RunLogger):
                 image = np.asarray(Image.open(path).convert("RGB"))
                 self.writer.add_image(f"figures/{name}", image, global_step, dataformats="HWC")
         self.writer.flush()
+        self._check()
 
     def finish(self) -> None:
         self.writer.close()
+        self._check()
+
+    def _check(self) -> None:
+        """A write the writer thread could not make, as one line (once)."""
+        error, self.file.error = self.file.error, None
+        if error is not None:
+            self.file.failed = True
+            raise self._cannot_write(error)
+
+    def _cannot_write(self, e: OSError) -> SnnrunError:
+        fix = "free disk space there" if e.errno == errno.ENOSPC else "make that folder writable"
+        again = (f"continue the run with snnrun resume={self.rundir.path}"
+                 if self.rundir.holds_run()
+                 else "start the run again (or leave tensorboard out of logger=)")  # fmt: skip
+        return SnnrunError(
+            f"cannot write TensorBoard's files in {self.folder} ({e.strerror or e}); {fix}, "
+            f"then {again}"
+        )
+
+
+class _GuardedFile:
+    """TensorBoard's event file as its writer thread sees it: a failed write is kept for the
+    main thread (``error``) instead of ending the thread with a traceback; once one failed
+    (``failed`` after it is reported), later records are dropped."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.error, self.failed = file, None, False
+
+    def _call(self, method: str, *args: Any) -> None:
+        try:
+            getattr(self.file, method)(*args)
+        except OSError as e:
+            self.error = self.error or e
+
+    def write(self, data: bytes) -> None:
+        if not (self.failed or self.error):
+            self._call("write", data)
+
+    def flush(self) -> None:
+        if not (self.failed or self.error):
+            self._call("flush")
+
+    def close(self) -> None:
+        self._call("close")
+
+    @property
+    def closed(self) -> bool:
+        return self.file.closed
+
+
+def _guard_event_file(writer: Any) -> _GuardedFile:
+    """Put a :class:`_GuardedFile` between ``writer``'s record writer and its event file."""
+    records = writer._get_file_writer().event_writer._async_writer._writer  # RecordWriter
+    records._writer = _GuardedFile(records._writer)
+    return records._writer
 
 
 class Loggers(RunLogger):

@@ -6,7 +6,9 @@ the batch ``N`` stays a dynamic dimension where the network allows it (the ONNX 
 ``[T, batch, ...]``; ``T`` is fixed). ``torch.onnx`` (the dynamo exporter, onnxscript) turns
 the program into ONNX, and onnxruntime runs the file on that batch against PyTorch (the
 network as loaded): spikes must be equal; a real-valued output may differ by ``1e-4`` of its
-largest magnitude. A mismatch is an error.
+largest magnitude. A mismatch is an error. An output that never spikes on the batch compares
+nothing: the check is run again on the batch scaled up (x2, x4, ... x256) until the output fires,
+with a note; a warning says so when no scale makes it fire.
 
 Neurons on the built-in backends are exported through the reference loop (the ``autograd``
 backend: the same equations in plain ops, one ``Concat`` of the T steps; the ``torch`` loop's
@@ -37,6 +39,7 @@ import torch
 from torch import nn
 
 from snnrun.core.errors import SnnrunError, one_line
+from snnrun.core.progress import console
 from snnrun.net.dynamics import BACKENDS
 from snnrun.net.model import SpikingNetwork, label
 from snnrun.net.neuron import SpikingNeuron
@@ -52,6 +55,7 @@ REFERENCE = "autograd"  # the backend every neuron on a built-in one is exported
 BUILT_IN = ("torch", "triton")
 QUIET_LOGGERS = ("torch", "onnxscript", "onnx_ir")
 REL_TOL = 1e-4  # a real-valued output: |onnx - torch| <= REL_TOL * max(1, max |torch|)
+GAINS = (2, 4, 8, 16, 32, 64, 128, 256)  # the scales a silent output's check tries, in turn
 
 
 @dataclass
@@ -80,10 +84,9 @@ def export_onnx(run: LoadedRun, path: Path) -> OnnxExport:
     net, switched = exportable(run.model)
     program = _trace(net, x_seq.contiguous())
     _translate(program, net, path)
-    got = run_onnx(path, x_seq)
-    with torch.no_grad():
-        want = run.model(x_seq)
-    spikes, diff = compare(got, want)
+    spikes, diff, silent = check(path, run.model, x_seq)
+    if silent:
+        diff = max(diff, check_firing(path, run.model, x_seq))
     return OnnxExport(
         inputs=_shape(path, "input"),
         outputs=_shape(path, "output"),
@@ -128,6 +131,38 @@ def run_onnx(path: Path, x_seq: torch.Tensor) -> np.ndarray:
             f"onnxruntime cannot run the exported graph ({one_line(e, 300)}); the file was not "
             "kept: export format=nir, or report the op"
         ) from None
+
+
+def check(path: Path, model: SpikingNetwork, x_seq: torch.Tensor) -> tuple[bool, float, bool]:
+    """The ONNX file against ``model`` on ``x_seq``: ``(spikes, max difference, silent)``,
+    ``silent``: the output is spikes and none fired (the comparison saw only zeros)."""
+    got = run_onnx(path, x_seq)
+    with torch.no_grad():
+        want = model(x_seq)
+    spikes, diff = compare(got, want)
+    return spikes, diff, spikes and not bool(want.any())
+
+
+def check_firing(path: Path, model: SpikingNetwork, x_seq: torch.Tensor) -> float:
+    """After a silent check: the check again on ``x_seq`` times the first of :data:`GAINS`
+    that makes the output fire (a note), or a warning that none does; the max difference."""
+    samples = x_seq.shape[1]
+    for gain in GAINS:
+        _, diff, silent = check(path, model, x_seq * gain)
+        if not silent:
+            console.print(
+                f"[yellow]note:[/] the output never fires on the {samples} test samples; also "
+                f"checked on them scaled x{gain}, where it fires: spikes equal",
+                highlight=False,
+            )
+            return diff
+    console.print(
+        f"[yellow]warning:[/] the output never fires on the {samples} test samples, nor on "
+        f"them scaled up to x{GAINS[-1]}: the check compared silences only (a network that "
+        "never fires: train it longer, or look at its thresholds and last layer)",
+        highlight=False,
+    )
+    return 0.0
 
 
 def compare(got: np.ndarray, want: torch.Tensor) -> tuple[bool, float]:

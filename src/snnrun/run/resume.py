@@ -184,7 +184,8 @@ def auto_resume(rundir: RunDir, config: dict[str, Any]) -> Checkpoint | None:
     if not rundir.holds_run():
         return None
     payload = rundir.load_checkpoint("latest")
-    differs = config_diff(payload["config"], config, skip=_resumable)
+    saved = payload["config"]
+    differs = config_diff(saved, _counts_as_saved(config, saved), skip=_resumable)
     differs = [(k, was, now) for k, was, now in differs if was is not ABSENT]
     if differs:
         k, was, now = differs[0]
@@ -194,6 +195,19 @@ def auto_resume(rundir: RunDir, config: dict[str, Any]) -> Checkpoint | None:
         )
     console.print(f"resume=auto: continuing the run in {rundir.path}")
     return payload
+
+
+def _counts_as_saved(now: Any, saved: Any) -> Any:
+    """``now`` with each ``auto`` class count (``model.classes``, a layer's ``out_features``)
+    read as the number ``saved`` holds in its place: a run made when the counts were written
+    out is the same run (its data, and so its count, is checked apart)."""
+    if now == "auto" and isinstance(saved, int):  # net.layers.AUTO (net imports torch)
+        return saved
+    if isinstance(now, dict) and isinstance(saved, dict):
+        return {k: _counts_as_saved(v, saved.get(k)) for k, v in now.items()}
+    if isinstance(now, list) and isinstance(saved, list) and len(now) == len(saved):
+        return [_counts_as_saved(v, w) for v, w in zip(now, saved, strict=True)]
+    return now
 
 
 def _report_drift(saved: DictConfig, current: DictConfig, overridden: set[str]) -> None:
@@ -222,12 +236,11 @@ def config_diff(
     saved: dict[str, Any],
     now: dict[str, Any],
     skip: Callable[[str], bool] = lambda k: False,
-    lists: bool = False,
 ) -> list[tuple[str, Any, Any]]:
     """The one config diff: ``(dotted key, saved value, value now)`` for every leaf that
-    differs (``ABSENT`` where a side lacks it), ``resume`` and keys ``skip`` names aside, in the
-    order of ``saved``'s keys, then ``now``'s own; ``lists``: list items are leaves too."""
-    flat_saved, flat_now = flatten(saved, lists=lists), flatten(now, lists=lists)
+    differs (``ABSENT`` where a side lacks it; a list is one leaf), ``resume`` and keys ``skip``
+    names aside, in the order of ``saved``'s keys, then ``now``'s own."""
+    flat_saved, flat_now = flatten(saved), flatten(now)
     return [
         (k, flat_saved.get(k, ABSENT), flat_now.get(k, ABSENT))
         for k in dict.fromkeys([*flat_saved, *flat_now])

@@ -5,9 +5,9 @@
 - ``config.yaml``: the resolved config the run trains with (rewritten on every resume);
 - ``run.json``: the run's identity (``run_id``) and what a network needs to be rebuilt without
   its dataset (per-sample input shape, class count, dataset name and split sizes); rebuilt from
-  the checkpoints (which carry both) when it is lost; ``provenance``: what the run was started
-  with (command, versions, git state, host, device, world size); ``resumes``: what each resume
-  changed and ran with;
+  the checkpoints (which carry both) when it is lost or damaged (a damaged one is kept as
+  ``run.json.damaged``); ``provenance``: what the run was started with (command, versions, git
+  state, host, device, world size); ``resumes``: what each resume changed and ran with;
 - ``metrics.csv`` / ``tensorboard/``: with ``logger=csv`` / ``logger=tensorboard``;
 - ``metrics.jsonl``: one JSON object per epoch (a last line cut short by a crash is skipped);
 - ``checkpoint_latest.pt`` / ``checkpoint_best.pt``: written atomically, carrying the same
@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from snnrun.core.errors import SnnrunError
-from snnrun.net.neuron import renamed_neuron_keys
+from snnrun.core.migrate import renamed_neuron_keys
 from snnrun.run.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -60,6 +60,7 @@ METRICS = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 CONFIG = "config.yaml"
 INFO = "run.json"
+DAMAGED_INFO = "run.json.damaged"  # a damaged run.json, moved aside when it is rebuilt
 LOCK = "run.lock"
 WANDB_ID = "wandb_run_id.txt"
 FAILED = "failed.txt"
@@ -70,7 +71,7 @@ EXPORTS = "export"
 ENDED = "ended.json"
 HYDRA_DIR = ".hydra"
 # a run's status (:meth:`RunDir.status`), and those an end record (``ended.json``) can name
-STATUSES = ("running", "finished", "stopped", "failed", "diverged")
+STATUSES = ("running", "finished", "stopped", "failed", "diverged", "debug", "damaged")
 ENDS = ("stopped", "failed", "diverged")
 
 
@@ -169,14 +170,21 @@ class RunDir:
         atomic_write_bytes(self.path / INFO, lambda f: f.write(text))
 
     def read_info(self) -> dict[str, Any]:
-        """``run.json``; a lost one is rebuilt from the checkpoints (see :meth:`_recover_info`)."""
+        """``run.json``; a lost or damaged one is rebuilt from the checkpoints (see
+        :meth:`_recover_info`)."""
         path = self.path / INFO
         if not path.is_file():
             return self._recover_info()
+        info, damage = _parse_info(path.read_bytes())
+        return info if damage is None else self._recover_info(damage)
+
+    def info_damage(self) -> str | None:
+        """What is wrong with ``run.json`` when it is there but no JSON object (cut short,
+        bytes changed), else None (also when it is missing or cannot be opened)."""
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise RunDirError(f"corrupt {path}: {e}") from None
+            return _parse_info((self.path / INFO).read_bytes())[1]
+        except OSError:
+            return None
 
     def record_resume(self, change: dict[str, Any]) -> None:
         """Append a resume's record (what it changed, what it ran with: ``change``, with the
@@ -185,9 +193,11 @@ class RunDir:
         info.setdefault("resumes", []).append({"time": when, **change})
         self.write_info(info)
 
-    def _recover_info(self) -> dict[str, Any]:
+    def _recover_info(self, damage: str | None = None) -> dict[str, Any]:
         """``run.json`` rebuilt from the first intact checkpoint (latest, then best), when every
-        run id the dir holds (checkpoints, W&B id) agrees; written back, with a note."""
+        run id the dir holds (checkpoints, W&B id) agrees; written back (a ``damage``d one moved
+        to ``run.json.damaged`` first), with a note."""
+        lost = f"no {INFO}" if damage is None else f"a damaged {INFO} ({damage})"
         ids, source = {}, None
         for name in (LATEST, BEST):
             try:
@@ -195,6 +205,11 @@ class RunDir:
             except CheckpointError:  # missing or damaged: the other one may do
                 continue
             ids[name], source = payload["run_id"], source or (name, payload)
+        if source is None and damage is not None:
+            raise RunDirError(
+                f"{self.path / INFO} is damaged ({damage}), and no intact checkpoint is here to "
+                "rebuild it from; mend it (it is JSON) or put back a copy"
+            )
         if source is None:
             raise RunDirError(
                 f"{self.path} has no {INFO} and no intact checkpoint to rebuild it from (not an "
@@ -205,20 +220,32 @@ class RunDir:
         if len(set(ids.values())) > 1:
             names = ", ".join(f"{k}: {v}" for k, v in ids.items())
             raise RunDirError(
-                f"{self.path} has no {INFO}, and its files name different runs ({names}); "
+                f"{self.path} has {lost}, and its files name different runs ({names}); "
                 "put back its run.json, or remove the file copied in from another run"
             )
         name, payload = source
-        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        when, was = time.strftime("%Y-%m-%d %H:%M:%S"), "missing" if damage is None else "damaged"
         info = {"run_id": payload["run_id"], "data": payload["data"],
-                "recovered": f"rebuilt from {name} on {when} ({INFO} was missing)"}  # fmt: skip
-        try:
-            self.write_info(info)
-            done = f"rebuilt it from {name}"
-        except OSError as e:
-            done = f"read the run from {name} (could not write {INFO} back: {e.strerror})"
-        _note(f"{self.path} had no {INFO}; {done} (run {payload['run_id']})")
+                "recovered": f"rebuilt from {name} on {when} ({INFO} was {was})"}  # fmt: skip
+        done = self._write_recovered(info, name, damage is not None)
+        what = (
+            f"{self.path} had no {INFO}"
+            if damage is None
+            else f"{self.path / INFO} is damaged ({damage})"
+        )
+        _note(f"{what}; {done} (run {payload['run_id']})")
         return info
+
+    def _write_recovered(self, info: dict[str, Any], name: str, damaged: bool) -> str:
+        """Write the rebuilt ``run.json`` (a damaged one moved aside first); what was done."""
+        try:
+            if damaged:
+                os.replace(self.path / INFO, self.path / DAMAGED_INFO)
+            self.write_info(info)
+        except OSError as e:
+            return f"read the run from {name} (could not write {INFO} back: {e.strerror})"
+        kept = f"kept it as {DAMAGED_INFO} and " if damaged else ""
+        return f"{kept}rebuilt it from {name}"
 
     def write_summary(self, text: str) -> None:
         """The model summary (``summary.md``: layers, output shapes, parameters, memory)."""
@@ -289,8 +316,10 @@ class RunDir:
         if is_best:
             save_checkpoint(payload, self.path / BEST)
 
-    def load_checkpoint(self, which: str = "latest") -> Checkpoint:
-        """A checkpoint of this dir's run; one that belongs to another run is refused."""
+    def load_checkpoint(self, which: str = "latest", key: str = "which") -> Checkpoint:
+        """A checkpoint of this dir's run; one that belongs to another run is refused. ``key``:
+        how the caller picks the checkpoint, for a damaged one's advice (``which``: eval, viz,
+        export and resume; ``init_from.which``)."""
         path = self.checkpoint(which)
         if not path.is_file():
             raise RunDirError(
@@ -300,7 +329,7 @@ class RunDir:
         try:
             payload = load_checkpoint(path)
         except CorruptCheckpoint as e:
-            raise RunDirError(f"corrupt checkpoint {path}: {e.what}; {self._way_on(which)}"
+            raise RunDirError(f"corrupt checkpoint {path}: {e.what}; {self._way_on(which, key)}"
                               ) from None  # fmt: skip
         own, theirs = self.read_info().get("run_id"), payload.get("run_id")
         if own != theirs:
@@ -310,15 +339,19 @@ class RunDir:
             )
         return payload
 
-    def _way_on(self, damaged: str) -> str:
-        """What a user can do when checkpoint ``damaged`` is not whole: use the other one."""
+    def _way_on(self, damaged: str, key: str) -> str:
+        """What a user can do when checkpoint ``damaged`` is not whole: use the other one (with
+        ``key``; ``which`` also names the commands that take it, and how to continue training)."""
         other = "best" if damaged == "latest" else "latest"
+        instead = "start a new run" if key == "which" else "start from another run"
         try:
             payload = load_checkpoint(self.checkpoint(other))
         except CheckpointError:
             return (f"there is no intact {self.checkpoint(other).name} to fall back on: restore "
-                    f"{self.checkpoint(damaged).name} from a copy, or start a new run")  # fmt: skip
+                    f"{self.checkpoint(damaged).name} from a copy, or {instead}")  # fmt: skip
         good = f"{self.checkpoint(other).name} (epoch {payload['state']['epoch']}) is intact"
+        if key != "which":
+            return f"{good}: use it with {key}={other}"
         if other == "latest":
             return f"{good}: use it with which=latest (eval, viz, export)"
         best, latest = (shlex.quote(str(self.checkpoint(w))) for w in ("best", "latest"))
@@ -386,11 +419,17 @@ class RunDir:
             return None
         return record
 
-    def status(self, planned: int | None, history: list[dict[str, Any]]) -> tuple[str, str]:
-        """(status, note) of the run with ``planned`` epochs and its records ``history``:
+    def status(
+        self, planned: int | None, history: list[dict[str, Any]], debug: str = "none"
+    ) -> tuple[str, str]:
+        """(status, note) of the run with ``planned`` epochs, its records ``history`` and the
+        ``debug`` mode its config names:
 
         - ``running``: a live process holds ``run.lock`` (note: its pid);
+        - ``damaged``: ``run.json`` cannot be read (note: what is wrong, and the fix);
         - ``finished``: every planned epoch done;
+        - ``debug``: every planned epoch done in a debug mode (``debug=fast_dev_run``, ...): a
+          check that the run works, not a result;
         - ``stopped``: an early stop (the last record says ``early_stop``; it cannot be
           continued) or a stop by SIGTERM / Ctrl-C (an end record; ``resume=`` continues it);
         - ``diverged``: the loss or a parameter became NaN/inf (an end record);
@@ -400,7 +439,15 @@ class RunDir:
         running, pid = self.held()
         if running:
             return "running", f"pid {pid}" if pid else ""
+        damage = self.info_damage()
+        if damage is not None:
+            return "damaged", (
+                f"{INFO} is damaged ({damage}); snnrun eval, viz, export or resume of the run "
+                f"rebuilds it from the checkpoints (keeping the damaged one as {DAMAGED_INFO})"
+            )
         if planned is not None and len(history) >= planned:
+            if debug != "none":
+                return "debug", f"debug={debug}, not a full run"
             return "finished", ""
         if history and history[-1].get("early_stop"):
             return "stopped", "early stop"
@@ -457,10 +504,9 @@ class RunDir:
     def _info_as_is(self) -> dict[str, Any]:
         """``run.json`` as it is, ``{}`` when missing or unreadable (never rebuilt here)."""
         try:
-            info = json.loads((self.path / INFO).read_text())
-        except (OSError, ValueError):
+            return _parse_info((self.path / INFO).read_bytes())[0]
+        except OSError:
             return {}
-        return info if isinstance(info, dict) else {}
 
     # --- W&B ----------------------------------------------------------------------------------
     def read_wandb_id(self) -> str | None:
@@ -469,6 +515,17 @@ class RunDir:
 
     def write_wandb_id(self, run_id: str) -> None:
         (self.path / WANDB_ID).write_text(run_id + "\n")
+
+
+def _parse_info(data: bytes) -> tuple[dict[str, Any], str | None]:
+    """(``run.json``'s object, None), or (``{}``, what is wrong with it)."""
+    try:
+        info = json.loads(data.decode())
+    except UnicodeDecodeError:
+        return {}, "not UTF-8 text"
+    except json.JSONDecodeError as e:
+        return {}, f"{e.msg.removesuffix(' at').removesuffix(' starting')} at line {e.lineno}"
+    return (info, None) if isinstance(info, dict) else ({}, "not a JSON object")
 
 
 def _lock_soon(fd: int, tries: int = 10) -> None:

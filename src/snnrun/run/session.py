@@ -21,7 +21,7 @@ from snnrun.core.stop import Stopped, graceful_stop
 from snnrun.core.version import __version__
 from snnrun.engine.optim import follow_horizon
 from snnrun.engine.profile import StepProfiler
-from snnrun.engine.trainer import DivergedError, Trainer, TrainState
+from snnrun.engine.trainer import DivergedError, Trainer, TrainState, Watch, watches
 from snnrun.net.summary import markdown, summary_table, totals
 from snnrun.run.build import Run, build_run, data_identity, refuse_existing_run, resolve_paths
 from snnrun.run.checkpoint import VERSION as CHECKPOINT_VERSION
@@ -62,7 +62,7 @@ def train(
     fresh = checkpoint is None
     checkpoint = _claim(rundir, checkpoint, world)
     try:
-        with graceful_stop(rundir.path):
+        with graceful_stop(rundir.path, trained=rundir.holds_run):
             return _fit(config, rundir, overrides, checkpoint, world)
     except BaseException as e:
         unstarted = not rundir.holds_run()
@@ -159,6 +159,7 @@ def _fit(
     console.quiet = not main
     console.print(f"run dir: {rundir.path}", highlight=False)
     run = build_run(config, world)
+    stopping = watches(config, run.val_loader is not None)[1]  # refused before a resume writes
     data = {"name": config["dataset"]["name"], **data_identity(run.splits)}
     state, logger_state = TrainState(), None
     if checkpoint is None:
@@ -177,11 +178,11 @@ def _fit(
             rundir.rewrite_metrics(state.history)
             made = provenance(run.device, world)  # each resume says what it ran with
             rundir.record_resume({"epochs": config["epochs"], **(change or {}), "provenance": made})
-        console.print(f"resuming {rundir.path} at epoch {state.epoch} "
-                      f"(best test_acc {state.best_acc:.4f})")  # fmt: skip
+        console.print(f"resuming {rundir.path} at epoch {state.epoch + 1} of {config['epochs']} "
+                      f"({state.epoch} done, best test_acc {state.best_acc:.4f})")  # fmt: skip
     if main:
         rundir.write_config(config)
-    _describe(run, rundir, main)
+    _describe(run, rundir, main, stopping)
 
     debug = config.get("debug") or {}
     keep_checkpoints = debug.get("checkpoint", True)
@@ -319,8 +320,9 @@ def _restore_rng(states: list[dict[str, Any]] | dict[str, Any], run: Run) -> Non
         )
 
 
-def _describe(run: Run, rundir: RunDir, main: bool) -> None:
-    """The model summary, printed (a table, then one line) and saved as ``summary.md``."""
+def _describe(run: Run, rundir: RunDir, main: bool, stopping: Watch | None) -> None:
+    """The model summary, printed (a table, then one line) and saved as ``summary.md``; the
+    line ends with what changes training when turned on (clipping, early stopping)."""
     config, splits = run.config, run.splits
     sizes = totals(run.model, config["T"])
     params, memory = sizes["parameters"], sizes["activation_bytes_per_sample"] / 2**20
@@ -331,9 +333,20 @@ def _describe(run: Run, rundir: RunDir, main: bool) -> None:
         f"model={config['model']['name']} ({params:,} parameters, ~{memory:.2f} MiB of "
         f"activations per sample)  dataset={config['dataset']['name']} "
         f"({len(splits.train)} train / {len(splits.test)} test, input {list(splits.sample_shape)})"
-        f"  T={config['T']}  device={run.device}  precision={config['precision']['name']}",
+        f"  T={config['T']}  device={run.device}  precision={config['precision']['name']}"
+        f"{_training_switches(config, stopping)}",
         highlight=False,
     )
+
+
+def _training_switches(config: dict[str, Any], stopping: Watch | None) -> str:
+    """``  clip_grad_norm=1.0  early_stopping=val_acc (max, patience 5)``, each when on."""
+    clip = config["optimizer"].get("clip_grad_norm")
+    shown = f"  clip_grad_norm={clip}" if clip else ""
+    if stopping is not None:
+        patience = config["early_stopping"].get("patience", 5)
+        shown += f"  early_stopping={stopping.monitor} ({stopping.mode}, patience {patience})"
+    return shown
 
 
 def _report(state: TrainState, run_dir: Path) -> None:

@@ -36,7 +36,8 @@ def nmnist(root: Path) -> Layout | None:
     """``NMNIST/{Train,Test}/<digit>/*.bin`` (tonic; SpikingJelly: ``extract/{Train,Test}``)."""
     for folder in (root / "NMNIST", root / "extract", root):
         splits = [
-            interleave(_class_folders(folder / s, "*.bin", "nmnist_bin")) for s in ("Train", "Test")
+            interleave(_class_folders(folder / s, "*.bin", "nmnist_bin", 10))
+            for s in ("Train", "Test")
         ]
         if all(splits):
             return Layout(folder, *splits)
@@ -115,12 +116,19 @@ def interleave(recordings: list[Recording]) -> list[Recording]:
     return [recordings[i] for i in order]
 
 
-def _class_folders(split: Path, pattern: str, reader: str) -> list[Recording]:
-    """``split/<int label>/<pattern>`` files, label from the folder name."""
+def _class_folders(split: Path, pattern: str, reader: str, classes: int) -> list[Recording]:
+    """``split/<int label>/<pattern>`` files, label from the folder name; hidden folders are
+    passed over, any other folder not named by a number is refused."""
     if not split.is_dir():
         return []
+    subs = [d for d in split.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    bad = sorted(d for d in subs if not d.name.isdigit())
+    if bad:
+        raise DatasetError(f"{bad[0]} is not a label folder: the folders in {split} are named by "
+                           f"their label, 0..{classes - 1}; rename it to its label or move it out "
+                           "of dataset.root")  # fmt: skip
     recs = []
-    for sub in sorted((d for d in split.iterdir() if d.name.isdigit()), key=lambda d: int(d.name)):
+    for sub in sorted(subs, key=lambda d: int(d.name)):
         recs += [Recording(reader, str(f), int(sub.name)) for f in sorted(sub.glob(pattern))]
     return recs
 
