@@ -10,11 +10,20 @@ as it is (uncommitted edits included) is the B side. The two sides alternate on 
 the side that goes first alternates from round to round, so a slow spell of a shared machine
 falls on both.
 
-Each run is the real command, ``snnrun <case> logger=none``, in a subprocess; its figure is the
-median of its epochs' ``train_samples_per_s`` (``metrics.jsonl``). Reported per case: each
-side's median over rounds with its range, the ratio of the medians (B / A: above 1 means B is
-faster), and the median and range of the per-round ratios (the rounds are paired, so these
-drift less than the medians do).
+Each run is the real command, ``snnrun <case> logger=none``, in a subprocess; its figure is its
+best epoch's ``train_samples_per_s`` (``metrics.jsonl``): other work on a shared machine only
+slows an epoch down, so the best epoch is the least noisy estimate of what the code can do.
+Reported per case: each side's median over rounds with its range, the ratio of the medians
+(B / A: above 1 means B is faster), and the median and range of the per-round ratios (the rounds
+are paired, so these drift less than the medians do).
+
+Noise: on a 2-core VM a whole run goes fast or slow (the same code's runs differ by up to x1.5
+from one to the next, while its epochs agree within a run), so one side after the other needs
+many rounds to see a few percent (A/A ratios of 0.93 and 1.09 in 10 rounds). ``--slice 0.2``
+runs both sides at once, taking turns on the machine every 0.2 s (SIGSTOP / SIGCONT), so a slow
+spell falls on both; each side's figure is then its best epoch among those it finished while
+both ran (half a solo run's speed; the ratio is what counts). A/A: 1.00 in 6 rounds. Run an A/A
+first (``bench_ab.py HEAD``: the commit against its own clean tree) to see the spread.
 
 Cases (data from ``../shared/data`` beside the repo, or ``$SNNRUN_DATA``):
 
@@ -29,10 +38,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +53,7 @@ DATA = Path(os.environ.get("SNNRUN_DATA", REPO.parent / "shared" / "data"))
 FMNIST = [f"dataset.root={DATA / 'fashion-mnist'}", "dataset=fmnist", "precision=fp32"]
 
 CASES: dict[str, list[str]] = {
-    "quickstart": ["experiment=quickstart", "epochs=3"],
+    "quickstart": ["experiment=quickstart", "epochs=4"],
     "fmnist_c32": [
         "experiment=fmnist_csnn",
         *FMNIST,
@@ -98,26 +109,75 @@ def tree_of(rev: str | None, scratch: Path) -> Iterator[Path]:
         git("worktree", "remove", "--force", str(path))
 
 
-def samples_per_s(tree: Path, case: list[str], run_dir: Path) -> float:
-    """One run of ``snnrun case`` from ``tree``: the median of its epochs' train samples/s."""
+def launch(tree: Path, case: list[str], run_dir: Path) -> subprocess.Popen:
+    """``snnrun case logger=none`` from ``tree``'s sources, in its own process group."""
     env = {**os.environ, "PYTHONPATH": str(tree / "src"), "WANDB_MODE": "disabled"}
     code = "import sys; from snnrun.cli import main; sys.argv[0] = 'snnrun'; main()"
     args = [*case, "logger=none", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=run_dir.parent, env=env,
-        capture_output=True, text=True,
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], cwd=run_dir.parent, env=env, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
+
+
+def epochs(run_dir: Path) -> list[float]:
+    """The train samples/s of each epoch the run has finished."""
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line)["train_samples_per_s"] for line in lines if line.endswith("}")]
+
+
+def finish(proc: subprocess.Popen, run_dir: Path) -> None:
+    _, err = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"{tree}: snnrun {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return statistics.median(json.loads(line)["train_samples_per_s"] for line in lines if line)
+        raise SystemExit(f"snnrun {' '.join(map(str, proc.args[3:]))} failed:\n{err[-2000:]}")
+
+
+def solo(trees: dict[str, Path], case: list[str], run_dirs: dict[str, Path]) -> dict[str, float]:
+    """Each side's run alone, one after the other: its best epoch's train samples/s."""
+    best = {}
+    for side, tree in trees.items():
+        proc = launch(tree, case, run_dirs[side])
+        finish(proc, run_dirs[side])
+        best[side] = max(epochs(run_dirs[side]))
+    return best
+
+
+def sliced(
+    trees: dict[str, Path], case: list[str], run_dirs: dict[str, Path], slice_s: float
+) -> dict[str, float]:
+    """Both sides' runs alive at once, taking turns on the machine every ``slice_s`` seconds
+    (SIGSTOP / SIGCONT of their process groups), so that a slow spell of the machine falls on
+    both: each side's best epoch among those it finished while both ran (each had half of that
+    time, so the figures are half a solo run's; their ratio is what counts)."""
+    procs = {side: launch(tree, case, run_dirs[side]) for side, tree in trees.items()}
+    turn = list(procs)
+    os.killpg(procs[turn[1]].pid, signal.SIGSTOP)
+    try:
+        while all(p.poll() is None for p in procs.values()):
+            time.sleep(slice_s)
+            os.killpg(procs[turn[0]].pid, signal.SIGSTOP)
+            turn.reverse()
+            os.killpg(procs[turn[0]].pid, signal.SIGCONT)
+        counted = {side: epochs(run_dirs[side]) for side in procs}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGCONT)
+    for side, p in procs.items():
+        finish(p, run_dirs[side])
+    if not all(counted.values()):
+        raise SystemExit(f"{case}: a side finished no epoch while both ran; add epochs")
+    return {side: max(values) for side, values in counted.items()}
 
 
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):8.1f} [{min(values):.1f}-{max(values):.1f}]"
 
 
-def race(trees: dict[str, Path], cases: list[str], rounds: int, scratch: Path) -> list[str]:
+def race(
+    trees: dict[str, Path], cases: list[str], rounds: int, scratch: Path, slice_s: float
+) -> list[str]:
     """Alternate the two trees on every case; one table row per case."""
     (a, b) = trees
     rows = [
@@ -128,9 +188,14 @@ def race(trees: dict[str, Path], cases: list[str], rounds: int, scratch: Path) -
         got: dict[str, list[float]] = {a: [], b: []}
         for r in range(rounds):
             order = (a, b) if r % 2 == 0 else (b, a)
+            run_dirs = {side: scratch / "runs" / f"{case}-{'ab'[side == b]}-{r}" for side in order}
+            ordered = {side: trees[side] for side in order}
+            if slice_s > 0:
+                best = sliced(ordered, CASES[case], run_dirs, slice_s)
+            else:
+                best = solo(ordered, CASES[case], run_dirs)
             for side in order:
-                run_dir = scratch / "runs" / f"{case}-{'ab'[side == b]}-{r}"
-                got[side].append(samples_per_s(trees[side], CASES[case], run_dir))
+                got[side].append(best[side])
             print(f"  {case} round {r + 1}: {a} {got[a][-1]:.1f}, {b} {got[b][-1]:.1f}", flush=True)
         paired = [y / x for x, y in zip(got[a], got[b], strict=True)]
         ratio = statistics.median(got[b]) / statistics.median(got[a])
@@ -147,6 +212,9 @@ def main() -> None:
     parser.add_argument("head", nargs="?", help="the B side (default: the working tree)")
     parser.add_argument("--cases", nargs="+", default=["quickstart", "fmnist_c32"], choices=CASES)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--slice", type=float, default=0.0, metavar="SECONDS",
+                        help="run both sides at once, taking turns every SECONDS (0: one "
+                        "after the other)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args()
     names = (args.base, args.head or "work")
@@ -155,9 +223,11 @@ def main() -> None:
         (scratch / "runs").mkdir()
         with tree_of(args.base, scratch) as tree_a, tree_of(args.head, scratch) as tree_b:
             rows = race(dict(zip(names, (tree_a, tree_b), strict=True)), args.cases,
-                        args.rounds, scratch)  # fmt: skip
+                        args.rounds, scratch, args.slice)  # fmt: skip
     threads = os.environ.get("OMP_NUM_THREADS", "default")
-    head = f"bench_ab: {args.rounds} rounds, train samples/s (median [range]), threads {threads}"
+    mode = f"time-sliced every {args.slice} s" if args.slice else "one after the other"
+    head = (f"bench_ab: {args.rounds} rounds ({mode}), train samples/s (median [range]), "
+            f"threads {threads}")  # fmt: skip
     table = "\n".join([head, "", *rows])
     print(table)
     if args.out:

@@ -24,10 +24,9 @@ Rows (each in its own process, one after the other, so the peak RSS is the row's
   once per step in a Python loop after ``utils.reset``, ``SF.ce_rate_loss``.
 - extra ``snnrun`` variants (``--variants``) show what each shipped speed-up buys and test
   candidates: ``autograd`` (the reference neuron loop, autograd through every op, that the
-  default ``torch`` backend's handwritten backward replaced), ``channels_last`` (convolutions
-  NHWC, which the runner no longer does on a CPU: ``scripts/bench_layout.py``), ``step``
-  (encoder + net + loss compiled as one graph); and the eval pass with BatchNorm folded into the
-  convolutions (``--eval``).
+  default ``torch`` backend's handwritten backward replaced), ``nchw`` (without the runner's
+  channels_last convolutions), ``step`` (encoder + net + loss compiled as one graph); and the
+  eval pass with BatchNorm folded into the convolutions (``--eval``).
 
 Reported per row: train samples/s (the best of ``--repeats`` timed chunks of ``--steps`` steps,
 after ``--warmup`` steps that include compilation: other work on a shared machine only slows a
@@ -138,8 +137,8 @@ def batches(net: str, args: argparse.Namespace) -> list[tuple[torch.Tensor, torc
 def snnrun_row(net: str, args: argparse.Namespace, variant: str) -> tuple[Step, nn.Module]:
     """The product's own train step on the composed config, as shipped or with one variant:
     ``compile`` (the runner's ``compile=true``), ``autograd`` (``neuron.backend=autograd``, the
-    reference loop the default ``torch`` backend replaced), ``channels_last`` (the network moved
-    to NHWC), ``step`` (encoder + net + loss compiled as one graph, a candidate)."""
+    reference loop the default ``torch`` backend replaced), ``nchw`` (without the runner's
+    channels_last), ``step`` (encoder + net + loss compiled as one graph, a candidate)."""
     from snnrun.engine.trainer import Trainer
     from snnrun.run.build import build_run
 
@@ -147,8 +146,8 @@ def snnrun_row(net: str, args: argparse.Namespace, variant: str) -> tuple[Step, 
     backend = "autograd" if variant == "autograd" else "torch"
     conf = snnrun_conf(net, args, f"compile={str(compiled).lower()}", f"neuron.backend={backend}")
     run = build_run(conf)
-    if variant == "channels_last":
-        run.model.to(memory_format=torch.channels_last)
+    if variant == "nchw":
+        run.model.to(memory_format=torch.contiguous_format)
     model = run.model
     net_mod = torch.compile(run.model) if compiled else run.model  # as run._fit does
     trainer = Trainer(run, net_mod)
@@ -378,7 +377,7 @@ def eval_fold(model: nn.Module, data: list, T: int, args: argparse.Namespace) ->
 def rows_for(net: str, args: argparse.Namespace) -> list[str]:
     rows = ["snnrun", "snnrun compile", "snnrun triton", PEER[net]]
     if args.variants:
-        rows += ["snnrun autograd", "snnrun channels_last", "snnrun step"]
+        rows += ["snnrun autograd", "snnrun nchw", "snnrun step"]
     return rows
 
 

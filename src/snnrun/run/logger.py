@@ -369,6 +369,8 @@ class TensorBoardLogger(RunLogger):
 
     def _check(self) -> None:
         """A write the writer thread could not make, as one line (once)."""
+        if self.file is None:  # a TensorBoard whose writer we cannot reach: its own errors
+            return
         error, self.file.error = self.file.error, None
         if error is not None:
             self.file.failed = True
@@ -415,10 +417,14 @@ class _GuardedFile:
         return self.file.closed
 
 
-def _guard_event_file(writer: Any) -> _GuardedFile:
-    """Put a :class:`_GuardedFile` between ``writer``'s record writer and its event file."""
-    records = writer._get_file_writer().event_writer._async_writer._writer  # RecordWriter
-    records._writer = _GuardedFile(records._writer)
+def _guard_event_file(writer: Any) -> _GuardedFile | None:
+    """Put a :class:`_GuardedFile` between ``writer``'s record writer and its event file (private
+    attributes of tensorboard 2.x; None where another version has none of them)."""
+    try:
+        records = writer._get_file_writer().event_writer._async_writer._writer  # RecordWriter
+        records._writer = _GuardedFile(records._writer)
+    except AttributeError:
+        return None
     return records._writer
 
 
