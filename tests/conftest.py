@@ -133,6 +133,22 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
         assert needle in lines[0], (needle, lines[0])
 
 
+def runs(monkeypatch, capsys, *args: str) -> str:
+    """``snnrun runs args`` in this process; its standard output (it must not fail)."""
+    from snnrun.cli.command import main
+
+    monkeypatch.setattr(sys, "argv", ["snnrun", "runs", *args])
+    main()
+    return capsys.readouterr().out
+
+
+def table_rows(out: str) -> dict[str, list[str]]:
+    """``snnrun runs``' table rows by run dir: their cells (one line per run off a terminal)."""
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines()
+             if line.startswith("│")]  # fmt: skip
+    return {c[0]: c for c in cells}
+
+
 def train_in_process(monkeypatch, *args: str) -> None:
     """``snnrun args`` in this process (cheaper than a subprocess; torch is imported once)."""
     from snnrun.cli.command import main

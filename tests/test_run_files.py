@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from snnrun.cli.command import main
 from snnrun.run.checkpoint import load_checkpoint, save_checkpoint
 from snnrun.run.rundir import BEST, CONFIG, INFO, LATEST, METRICS, RunDir, RunDirError
 
-from conftest import TINY, assert_one_line_error, cli, train_in_process
+from conftest import TINY, assert_one_line_error, cli, runs, table_rows, train_in_process
 
 SMALL = [*TINY, "dataset.train_limit=64", "dataset.test_limit=32", "batch_size=32", "T=2"]
 
@@ -36,20 +34,6 @@ def work(tmp_path: Path, trained: Path) -> Path:
     """A copy of the trained run to damage (in ``<tmp>/outputs/run``)."""
     shutil.copytree(trained, tmp_path / "outputs" / "run", ignore=shutil.ignore_patterns("export"))
     return tmp_path / "outputs" / "run"
-
-
-def runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> str:
-    """``snnrun runs args`` in this process; its standard output (it must not fail)."""
-    monkeypatch.setattr(sys, "argv", ["snnrun", "runs", *args])
-    main()
-    return capsys.readouterr().out
-
-
-def table_rows(out: str) -> dict[str, list[str]]:
-    """The table's rows by run dir: their cells (one line per run off a terminal)."""
-    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines()
-             if line.startswith("│")]  # fmt: skip
-    return {c[0]: c for c in cells}
 
 
 # --- init_from ---------------------------------------------------------------------------------

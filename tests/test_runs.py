@@ -20,7 +20,16 @@ from snnrun.cli.command import main
 from snnrun.cli.runs import RunsOptions, collect
 from snnrun.run.rundir import RunDir
 
-from conftest import TINY, assert_one_line_error, cli, read_metrics, start, train_in_process
+from conftest import (
+    TINY,
+    assert_one_line_error,
+    cli,
+    read_metrics,
+    runs,
+    start,
+    table_rows,
+    train_in_process,
+)
 
 LONG = [*TINY, "epochs=500"]  # stopped, killed or paused long before its end
 EARLY_STOP = ["epochs=3", "early_stopping.monitor=train_loss", "early_stopping.mode=min",
@@ -101,20 +110,6 @@ def outputs(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def rows(outputs):
     return {str(r.path.relative_to(outputs.root)): r for r in collect(RunsOptions(outputs.root))}
-
-
-def runs(monkeypatch, capsys, *args: str) -> str:
-    """``snnrun runs args`` in this process; its standard output (it must not fail)."""
-    monkeypatch.setattr(sys, "argv", ["snnrun", "runs", *args])
-    main()
-    return capsys.readouterr().out
-
-
-def table_rows(out: str) -> dict[str, list[str]]:
-    """The table's rows by run dir: their cells (one line per run off a terminal)."""
-    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines()
-             if line.startswith("│")]  # fmt: skip
-    return {c[0]: c for c in cells}
 
 
 def test_a_run_training_while_listed_is_running(outputs) -> None:
