@@ -149,6 +149,18 @@ def table_rows(out: str) -> dict[str, list[str]]:
     return {c[0]: c for c in cells}
 
 
+def make_user_package(tmp_path: Path, monkeypatch, name: str, source: str):
+    """A package ``name`` holding ``source`` on ``sys.path`` (a user's module), yielded by
+    name and forgotten after the test."""
+    import textwrap
+
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+
+
 def train_in_process(monkeypatch, *args: str) -> None:
     """``snnrun args`` in this process (cheaper than a subprocess; torch is imported once)."""
     from snnrun.cli.command import main

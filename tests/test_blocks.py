@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from snnrun.net import make_neuron
 from snnrun.net.blocks import Recurrent, Residual
 from snnrun.net.layers import ModelBuildError
 from snnrun.net.model import SpikingNetwork, build_model
+
+from conftest import make_user_package
 
 IF = {"name": "if", "v_threshold": 1.0, "v_reset": 0.0, "detach_reset": False, "backend": "torch"}
 ATAN = {"name": "atan", "alpha": 2.0}
@@ -267,13 +270,8 @@ MY_LAYERS = '''
 
 
 @pytest.fixture
-def user_package(tmp_path: Path, monkeypatch) -> str:
-    package = tmp_path / "my_blocks_pkg"
-    package.mkdir()
-    (package / "__init__.py").write_text(textwrap.dedent(MY_LAYERS))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield "my_blocks_pkg"
-    sys.modules.pop("my_blocks_pkg", None)
+def user_package(tmp_path: Path, monkeypatch) -> Iterator[str]:
+    yield from make_user_package(tmp_path, monkeypatch, "my_blocks_pkg", MY_LAYERS)
 
 
 def test_a_user_module_gets_its_shape_and_the_runs_neurons(user_package: str) -> None:

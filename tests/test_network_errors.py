@@ -3,8 +3,7 @@ a YAML alias that holds itself, a user module's missing class or one that drops 
 
 from __future__ import annotations
 
-import sys
-import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 from snnrun.core.compose import MAX_NESTING
 from snnrun.net.model import ModelBuildError, build_model
 
-from conftest import TINY, assert_one_line_error, cli
+from conftest import TINY, assert_one_line_error, cli, make_user_package
 
 SMALL = [o for o in TINY if not o.startswith("model.")]
 IF = {"neuron": {"name": "if", "v_threshold": 1.0, "v_reset": 0.0, "detach_reset": False,
@@ -99,13 +98,8 @@ class DropsT(nn.Module):
 
 
 @pytest.fixture
-def user_package(tmp_path: Path, monkeypatch) -> str:
-    package = tmp_path / "netfault_pkg"
-    package.mkdir()
-    (package / "__init__.py").write_text(textwrap.dedent(MY_LAYERS))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield "netfault_pkg"
-    sys.modules.pop("netfault_pkg", None)
+def user_package(tmp_path: Path, monkeypatch) -> Iterator[str]:
+    yield from make_user_package(tmp_path, monkeypatch, "netfault_pkg", MY_LAYERS)
 
 
 def layers_with(entry: str) -> str:
