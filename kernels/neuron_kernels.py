@@ -115,7 +115,7 @@ def neuron_fwd_kernel(
             step = t0 + j < T
             m = live & step
             x = tl.load(x_ptr + base + j * N, mask=m, other=0.0).to(tl.float32)
-            h = charge(v, x, k, v_th, v_r, KIND, DECAY_INPUT)
+            h = charge(v, x, k, v_th, v_r, KIND, DECAY_INPUT, HARD)
             s = tl.where(h - v_th >= 0.0, 1.0, 0.0)
             v = tl.where(step, reset(h, s, v_th, v_reset, KIND, HARD), v)
             tl.store(s_ptr + base + j * N, s.to(s_ptr.dtype.element_ty), mask=m)
@@ -167,7 +167,7 @@ def neuron_bwd_kernel(
         for j in tl.static_range(CHUNK):
             m = live & (t0 + j < T)
             x = tl.load(x_ptr + base + j * N, mask=m, other=0.0).to(tl.float32)
-            h = charge(v, x, k, v_th, v_r, KIND, DECAY_INPUT)
+            h = charge(v, x, k, v_th, v_r, KIND, DECAY_INPUT, HARD)
             hs = tl.where(rows == j, h[None, :], hs)
             if NEED_DGRAD:
                 ds = tl.where(rows == j, dh_dk(v, x, v_r, KIND, DECAY_INPUT)[None, :], ds)

@@ -46,7 +46,7 @@ class KernelArgs:
     decay_value: float
     alpha: float
     KIND: int
-    HARD: bool
+    HARD: int  # Dynamics.reset_code: 0 soft, 1 hard, 2 hard to 0
     DETACH: bool
     DECAY_INPUT: bool
     SG: int
@@ -55,7 +55,7 @@ class KernelArgs:
     def of(cls, dyn: Dynamics, decay_value: float = 0.0) -> "KernelArgs":
         return cls(
             float(dyn.v_threshold), float(dyn.v_reset or 0.0), float(decay_value),
-            float(dyn.surrogate.value), dyn.code, dyn.hard_reset, dyn.detach_reset,
+            float(dyn.surrogate.value), dyn.code, dyn.reset_code, dyn.detach_reset,
             dyn.decay_input, dyn.surrogate.spec.code,
         )  # fmt: skip
 
@@ -67,7 +67,7 @@ class KernelArgs:
     @classmethod
     def unpack(cls, floats: list[float], flags: list[int]) -> "KernelArgs":
         kind, hard, detach, decay_input, sg = flags
-        return cls(*floats, kind, bool(hard), bool(detach), bool(decay_input), sg)
+        return cls(*floats, kind, hard, bool(detach), bool(decay_input), sg)
 
     def kwargs(self) -> dict[str, float | int | bool]:
         """The fields by name, in order (no copying: ``asdict`` would deep-copy on every launch)."""

@@ -68,7 +68,7 @@ class StateConfig:
     p0: float = 0.0
     p1: float = 0.0
     beta_a: float = 0.0
-    hard: bool = False
+    hard: int = 0  # Dynamics.reset_code: 0 soft, 1 hard, 2 hard to 0
     detach: bool = True
     decay_input: bool = True
 
@@ -90,14 +90,14 @@ def _step(q, v, x, c0, c1, v_th, v_reset, beta_a,
           KIND: tl.constexpr, HARD: tl.constexpr, DECAY_INPUT: tl.constexpr):  # fmt: skip
     """One step: ``(H, z, q', V')`` from ``(q, V)`` = ``(a, V)`` or ``(I, V)`` and ``X``."""
     if KIND == 0:  # alif: the lif charge and reset (kind code 1) with an adaptive threshold
-        h = charge(v, x, c0, v_th, v_rest(v_reset, HARD), 1, DECAY_INPUT)
+        h = charge(v, x, c0, v_th, v_rest(v_reset, HARD), 1, DECAY_INPUT, HARD)
         z = h - (v_th + beta_a * q)
         s = tl.where(z >= 0.0, 1.0, 0.0)
         v_new = reset(h, s, v_th, v_reset, 1, HARD)
         q_new = c1 * q + s
     else:  # synaptic: a current I, then the leaky charge (kind code 2) of V with I as input
         q_new = c0 * q + x
-        h = charge(v, q_new, c1, v_th, 0.0, 2, False)
+        h = charge(v, q_new, c1, v_th, 0.0, 2, False, 0)
         z = h - v_th
         v_new = h
     return h, z, q_new, v_new
@@ -392,7 +392,7 @@ def _config(owner: Any, kind: int, params: list[Any]) -> StateConfig:
     return StateConfig(
         kind, float(dyn.v_threshold), *sg, v_reset=float(dyn.v_reset or 0.0),
         p0=float(params[0]), p1=float(owner.rho), beta_a=float(owner.beta_a),
-        hard=dyn.hard_reset, detach=dyn.detach_reset, decay_input=dyn.decay_input,
+        hard=dyn.reset_code, detach=dyn.detach_reset, decay_input=dyn.decay_input,
     )  # fmt: skip
 
 

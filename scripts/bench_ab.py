@@ -171,12 +171,29 @@ def sliced(
     return {side: max(values) for side, values in counted.items()}
 
 
+def stepped(trees: dict[str, Path], case: list[str], rounds: int, args: list[str]) -> dict:
+    """``--steps``: both trees' train steps in one process, interleaved (bench_steps.py): each
+    side's samples/s per round."""
+    cmd = [sys.executable, str(REPO / "scripts" / "bench_steps.py"), *map(str, trees.values()),
+           "--rounds", str(rounds), *args, "--case", *case]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_steps failed:\n{proc.stderr[-2000:]}")
+    return dict(zip(trees, json.loads(proc.stdout), strict=True))
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):8.1f} [{min(values):.1f}-{max(values):.1f}]"
 
 
 def race(
-    trees: dict[str, Path], cases: list[str], rounds: int, scratch: Path, slice_s: float
+    trees: dict[str, Path],
+    cases: list[str],
+    rounds: int,
+    scratch: Path,
+    slice_s: float,
+    steps: list[str] | None = None,
 ) -> list[str]:
     """Alternate the two trees on every case; one table row per case."""
     (a, b) = trees
@@ -186,7 +203,9 @@ def race(
     ]
     for case in cases:
         got: dict[str, list[float]] = {a: [], b: []}
-        for r in range(rounds):
+        if steps is not None:
+            got = stepped(trees, CASES[case], rounds, steps)
+        for r in range(rounds if steps is None else 0):
             order = (a, b) if r % 2 == 0 else (b, a)
             run_dirs = {side: scratch / "runs" / f"{case}-{'ab'[side == b]}-{r}" for side in order}
             ordered = {side: trees[side] for side in order}
@@ -215,17 +234,26 @@ def main() -> None:
     parser.add_argument("--slice", type=float, default=0.0, metavar="SECONDS",
                         help="run both sides at once, taking turns every SECONDS (0: one "
                         "after the other)")  # fmt: skip
+    parser.add_argument("--steps", action="store_true",
+                        help="train steps of both trees in one process, interleaved "
+                        "(scripts/bench_steps.py): the least noisy, but steps only")  # fmt: skip
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="with --steps: one torch thread, steps timed by CPU time (a busy "
+                        "machine's preemptions do not count)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args()
+    steps = (["--threads", "1", "--cpu-time"] if args.cpu_time else []) if args.steps else None
     names = (args.base, args.head or "work")
     with tempfile.TemporaryDirectory(prefix="bench_ab-") as tmp:
         scratch = Path(tmp)
         (scratch / "runs").mkdir()
         with tree_of(args.base, scratch) as tree_a, tree_of(args.head, scratch) as tree_b:
             rows = race(dict(zip(names, (tree_a, tree_b), strict=True)), args.cases,
-                        args.rounds, scratch, args.slice)  # fmt: skip
+                        args.rounds, scratch, args.slice, steps)  # fmt: skip
     threads = os.environ.get("OMP_NUM_THREADS", "default")
     mode = f"time-sliced every {args.slice} s" if args.slice else "one after the other"
+    if args.steps:
+        mode = "train steps in one process" + (", 1 thread, CPU time" if args.cpu_time else "")
     head = (f"bench_ab: {args.rounds} rounds ({mode}), train samples/s (median [range]), "
             f"threads {threads}")  # fmt: skip
     table = "\n".join([head, "", *rows])

@@ -59,7 +59,7 @@ class Case:
     """One neuron configuration: the layer kind and how its decay arrives."""
 
     neuron: str  # if | lif | plif | leaky (leaky: learned beta) | leaky_fixed
-    reset: str = "hard"  # hard | soft (leaky is always subtractive)
+    reset: str = "hard"  # hard | hard0 (to V_reset = 0) | soft (leaky is always subtractive)
     surrogate: str = "atan"
     detach_reset: bool = False
     decay_input: bool = True
@@ -71,7 +71,7 @@ class Case:
         return Dynamics(
             kind=kind,
             v_threshold=V_TH,
-            v_reset=V_RESET if self.reset == "hard" and not leaky else None,
+            v_reset={"hard": V_RESET, "hard0": 0.0}.get(self.reset) if not leaky else None,
             detach_reset=True if leaky else self.detach_reset,
             decay_input=self.decay_input,
             surrogate=Surrogate(spec.name, round(spec.default * 1.3, 3)),
@@ -188,7 +188,7 @@ def test_matrix_against_reference(case: Case, dtype: torch.dtype, poison: None) 
 @needs_kernels
 @pytest.mark.parametrize("decay_input", [True, False])
 @pytest.mark.parametrize("detach_reset", [False, True])
-@pytest.mark.parametrize("reset", ["hard", "soft"])
+@pytest.mark.parametrize("reset", ["hard", "hard0", "soft"])
 @pytest.mark.parametrize("neuron", ["lif", "plif"])
 def test_lif_options(neuron: str, reset: str, detach_reset: bool, decay_input: bool) -> None:
     check_case(Case(neuron, reset, "sigmoid", detach_reset, decay_input), 11, 37, torch.float32)
@@ -198,8 +198,10 @@ def test_lif_options(neuron: str, reset: str, detach_reset: bool, decay_input: b
 @pytest.mark.parametrize("neuron", ["leaky", "leaky_fixed", "if"])
 @pytest.mark.parametrize("detach_reset", [False, True])
 def test_other_options(neuron: str, detach_reset: bool) -> None:
-    """Fixed leaky beta (a tensor without grad) and IF with detach_reset both ways."""
-    check_case(Case(neuron, "soft", "fast_sigmoid", detach_reset), 11, 37, torch.float32)
+    """Fixed leaky beta (a tensor without grad) and IF with detach_reset both ways, soft and
+    hard to 0."""
+    for reset in ("soft", "hard0"):
+        check_case(Case(neuron, reset, "fast_sigmoid", detach_reset), 11, 37, torch.float32)
 
 
 @needs_kernels

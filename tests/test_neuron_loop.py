@@ -27,7 +27,7 @@ def dynamics(kind: str, reset: str, detach: bool, decay_input: bool, surrogate: 
     return Dynamics(
         kind=kind,
         v_threshold=V_TH,
-        v_reset=V_RESET if reset == "hard" and not leaky else None,
+        v_reset={"hard": V_RESET, "hard0": 0.0}.get(reset) if not leaky else None,
         detach_reset=True if leaky else detach,
         decay_input=decay_input,
         surrogate=Surrogate(spec.name, spec.default * 1.3),
@@ -71,7 +71,7 @@ def inputs(t: int, shape: tuple[int, ...], dtype=torch.float64, seed: int = 0):
 def _cases() -> list:
     params = []
     for kind, surrogate in itertools.product(("if", "lif", "leaky"), SURROGATES.names()):
-        resets = ("hard", "soft") if kind != "leaky" else ("subtract",)
+        resets = ("hard", "hard0", "soft") if kind != "leaky" else ("subtract",)
         for reset, detach, decay_input in itertools.product(resets, (False, True), (True, False)):
             if (kind != "lif" and not decay_input) or (kind == "leaky" and detach):
                 continue
@@ -173,6 +173,21 @@ def test_layers_default_to_it_and_step_mode_s_carries_the_gradient(kind: str) ->
         reset_states(layer)
     assert torch.equal(grads["m"][0], grads["s"][0])
     torch.testing.assert_close(grads["m"][1], grads["s"][1])
+
+
+def test_an_input_repeated_over_time_gets_a_gradient_per_step() -> None:
+    """A direct-encoded image's first layers run once and reach the neuron expanded over T
+    (stride 0): each step's gradient is its own (written into a dense buffer, never aliased)."""
+    one = torch.randn(1, 3, 4, dtype=torch.float64) + 0.6
+    dyn = dynamics("lif", "hard0", False, True, "atan")
+    gs = torch.randn(5, 3, 4, dtype=torch.float64)
+    grads = []
+    for loop in (handwritten_loop, reference_loop):
+        x = one.clone().requires_grad_()
+        s, _, _ = loop(x.expand(5, 3, 4), torch.zeros(3, 4, dtype=torch.float64), 0.5, dyn, False)
+        (s * gs).sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
 
 
 def test_channels_last_input_keeps_its_layout() -> None:

@@ -45,7 +45,7 @@ class Case:
     (which of alpha / beta is learned)."""
 
     kind: str
-    reset: str = "soft"  # alif: hard | soft
+    reset: str = "soft"  # alif: hard | hard0 (to V_reset = 0) | soft
     detach_reset: bool = False
     decay_input: bool = True
     learn: tuple[str, ...] = ()  # synaptic: ("alpha", "beta")
@@ -55,7 +55,7 @@ class Case:
         if self.kind == "alif":
             options = {"tau": 2.5, "tau_adapt": 4.0, "beta_a": 0.3,
                        "detach_reset": self.detach_reset, "decay_input": self.decay_input,
-                       "v_reset": -0.1 if self.reset == "hard" else None}  # fmt: skip
+                       "v_reset": {"hard": -0.1, "hard0": 0.0}.get(self.reset)}  # fmt: skip
         else:
             options = {"alpha": 0.6, "beta": 0.7, "learn_alpha": "alpha" in self.learn,
                        "learn_beta": "beta" in self.learn}  # fmt: skip
@@ -159,10 +159,10 @@ def check(case: Case, t: int, n: int, dtype: torch.dtype, seed: int = 0) -> dict
 
 
 def _matrix() -> list:
-    """alif: hard/soft x detach_reset x dtype (decay_input and the surrogate rotate);
+    """alif: hard/hard to 0/soft x detach_reset x dtype (decay_input and the surrogate rotate);
     synaptic: fixed / learned alpha and beta x dtype."""
     params, i = [], 0
-    for reset in ("hard", "soft"):
+    for reset in ("hard", "hard0", "soft"):
         for detach in (False, True):
             for key, dtype in DTYPES.items():
                 case = Case("alif", reset, detach, i % 2 == 0, surrogate=SURROGATES[i % 4])

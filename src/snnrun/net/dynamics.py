@@ -29,7 +29,7 @@ signature, registered in :data:`BACKENDS`; the neuron layer picks one when it is
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -52,23 +52,28 @@ class Dynamics:
     decay_input: bool = True
     surrogate: Surrogate = ATAN
 
+    # derived once (the torch backends read them at every step of every layer)
+    hard_reset: bool = field(init=False, repr=False, compare=False)
+    code: int = field(init=False, repr=False, compare=False)
+    """The kind as the equations' compile-time ``KIND``: 0 if, 1 lif, 2 leaky."""
+    reset_code: int = field(init=False, repr=False, compare=False)
+    """The reset as the equations' compile-time ``RESET``: 0 soft, 1 hard, 2 hard to 0 (the
+    default ``V_reset``, whose ``V_reset S`` term the equations drop)."""
+    v_rest: float = field(init=False, repr=False, compare=False)
+    """The initial membrane ``V[-1]``: ``V_reset`` for hard reset, else 0."""
+
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown neuron dynamics {self.kind!r}; known: {', '.join(KINDS)}")
-
-    @property
-    def hard_reset(self) -> bool:
-        return self.v_reset is not None and self.kind != "leaky"
-
-    @property
-    def code(self) -> int:
-        """The kind as the equations' compile-time ``KIND``: 0 if, 1 lif, 2 leaky."""
-        return KINDS.index(self.kind)
-
-    @property
-    def v_rest(self) -> float:
-        """The initial membrane ``V[-1]``: ``V_reset`` for hard reset, else 0."""
-        return self.v_reset if self.hard_reset else 0.0
+        hard = self.v_reset is not None and self.kind != "leaky"
+        derived = {
+            "hard_reset": hard,
+            "code": KINDS.index(self.kind),
+            "reset_code": (2 if self.v_reset == 0.0 else 1) if hard else 0,
+            "v_rest": self.v_reset if hard else 0.0,
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
 
 Decay = float | torch.Tensor | None  # k = 1/tau (lif), beta (leaky), unused (if)
@@ -80,40 +85,49 @@ BACKENDS: Registry[Backend] = Registry("neuron backend")
 
 
 # --- the equations, in the tl dialect: KIND 0 if, 1 lif, 2 leaky; k the decay; V_r = v_rest --
-def eq_charge(v, x, k, v_th, v_r, KIND: tl.constexpr, DECAY_INPUT: tl.constexpr):
-    """``H[t]`` from ``V[t-1] = v`` and ``X[t] = x``."""
+def eq_charge(v, x, k, v_th, v_r, KIND: tl.constexpr, DECAY_INPUT: tl.constexpr,
+              RESET: tl.constexpr):  # fmt: skip
+    """``H[t]`` from ``V[t-1] = v`` and ``X[t] = x`` (``V_r`` is 0 unless ``RESET`` is 1)."""
     if KIND == 0:
         h = v + x
     elif KIND == 1:
+        d = v  # V[t-1] - V_r, where V_r is 0
+        if RESET == 1:
+            d = v - v_r
         if DECAY_INPUT:
-            h = v + (x - (v - v_r)) * k
+            h = v + (x - d) * k
         else:
-            h = v - (v - v_r) * k + x
+            h = v - d * k + x
     else:
         h = k * v + x
         h = tl.where(v >= v_th, h - v_th, h)  # leaky's reset, decided by V[t-1]: no gradient
     return h
 
 
-def eq_reset(h, s, v_th, v_reset, KIND: tl.constexpr, HARD: tl.constexpr):
-    """``V[t]`` from ``H[t]`` and the spike ``S[t]`` (0 or 1, as a float)."""
+def eq_reset(h, s, v_th, v_reset, KIND: tl.constexpr, RESET: tl.constexpr):
+    """``V[t]`` from ``H[t]`` and the spike ``S[t]`` (0 or 1, as a float); ``RESET``: 0 soft,
+    1 hard, 2 hard to 0 (two fewer passes; the same values)."""
     if KIND == 2:
         v = h
-    elif HARD:
+    elif RESET == 2:
+        v = h * (1.0 - s)
+    elif RESET == 1:
         v = h * (1.0 - s) + v_reset * s
     else:
         v = h - v_th * s
     return v
 
 
-def eq_dv_dh(h, s, sg, v_th, v_reset, KIND: tl.constexpr, HARD: tl.constexpr,
+def eq_dv_dh(h, s, sg, v_th, v_reset, KIND: tl.constexpr, RESET: tl.constexpr,
              DETACH: tl.constexpr):  # fmt: skip
     """``dV[t]/dH[t]`` through the reset (the spike's part by ``sg = g'(H - V_th)``)."""
     if KIND == 2:
         d = tl.zeros_like(h) + 1.0
-    elif HARD:
+    elif RESET:
         if DETACH:
             d = 1.0 - s
+        elif RESET == 2:
+            d = (1.0 - s) - h * sg
         else:
             d = (1.0 - s) + (v_reset - h) * sg
     else:
@@ -158,12 +172,13 @@ def eq_dh_dk(v, x, v_r, KIND: tl.constexpr, DECAY_INPUT: tl.constexpr):
 # --- the equations for one layer's Dynamics, on torch tensors ---------------------------------
 def charge(dyn: Dynamics, v: torch.Tensor, x: torch.Tensor, decay: Decay) -> torch.Tensor:
     """``H[t]`` from ``V[t-1]`` and ``X[t]`` (see the module docstring)."""
-    return eq_charge(v, x, decay, dyn.v_threshold, dyn.v_rest, dyn.code, dyn.decay_input)
+    return eq_charge(v, x, decay, dyn.v_threshold, dyn.v_rest, dyn.code, dyn.decay_input,
+                     dyn.reset_code)  # fmt: skip
 
 
 def reset(dyn: Dynamics, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``V[t]`` from ``H[t]`` and the float spike ``S[t]`` (autograd flows through ``s``)."""
-    return eq_reset(h, s, dyn.v_threshold, dyn.v_reset, dyn.code, dyn.hard_reset)
+    return eq_reset(h, s, dyn.v_threshold, dyn.v_reset, dyn.code, dyn.reset_code)
 
 
 def fire_and_reset(dyn: Dynamics, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,7 +203,7 @@ def dv_dh(dyn: Dynamics, h: torch.Tensor, s: torch.Tensor, sg: torch.Tensor) -> 
     if dyn.kind == "leaky" or (not dyn.hard_reset and dyn.detach_reset):
         return None
     return eq_dv_dh(h, s.to(h.dtype), sg, dyn.v_threshold, dyn.v_reset, dyn.code,
-                    dyn.hard_reset, dyn.detach_reset)  # fmt: skip
+                    dyn.reset_code, dyn.detach_reset)  # fmt: skip
 
 
 def dh_dv(dyn: Dynamics, decay: Decay) -> Decay:

@@ -42,36 +42,37 @@ class _NeuronLoop(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x_seq, v_init, decay_t, decay_f, dyn, store_v_seq):  # type: ignore[override]
         k = decay_t if decay_t is not None else decay_f
-        h_seq = torch.empty_like(x_seq)
-        spikes = torch.empty_like(x_seq)
-        v_seq = torch.empty_like(x_seq) if store_v_seq else None
+        layout = _time_major(x_seq)
+        spikes = _empty(layout)
+        v_seq = _empty(layout) if store_v_seq else None
+        h_seq = []  # H[t] as charged: kept for the backward, no copy into one buffer
         v = v_init
         for t in range(x_seq.shape[0]):
-            h = h_seq[t]
-            h.copy_(charge(dyn, v, x_seq[t], k))
-            spikes[t].copy_(h >= dyn.v_threshold)
-            v = next_v(dyn, h, spikes[t])
+            h = charge(dyn, v, x_seq[t], k).to(x_seq.dtype)
+            s = spikes[t]
+            torch.ge(h, dyn.v_threshold, out=s)  # S[t] in x's dtype, in place
+            v = next_v(dyn, h, s)
+            h_seq.append(h)
             if v_seq is not None:
                 v_seq[t].copy_(v)
         ctx.learns_k = decay_t is not None and decay_t.requires_grad
-        inputs = (x_seq, v_init) if ctx.learns_k else ()  # dH/dk reads them; else let them go
-        ctx.save_for_backward(h_seq, decay_t, *inputs)
-        ctx.dyn, ctx.k = dyn, k
-        return spikes, v.clone() if dyn.kind == "leaky" else v, v_seq  # leaky's v is in h_seq
+        inputs = (x_seq, v_init) if ctx.learns_k else (None, None)  # dH/dk reads them
+        ctx.save_for_backward(decay_t, *inputs, *h_seq)
+        ctx.dyn, ctx.k, ctx.layout = dyn, k, layout
+        return spikes, v.clone() if dyn.kind == "leaky" else v, v_seq  # leaky's v is H[T-1]
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, g_spikes, g_v_last, g_v_seq):  # type: ignore[override]
-        h_seq, decay_t, *inputs = ctx.saved_tensors
-        x_seq, v_init = inputs if inputs else (None, None)
+        decay_t, x_seq, v_init, *h_seq = ctx.saved_tensors
         dyn, k = ctx.dyn, ctx.k
         want_k = ctx.learns_k and ctx.needs_input_grad[2]
-        g_x = torch.empty_like(h_seq) if ctx.needs_input_grad[0] else None
+        g_x = _empty(ctx.layout) if ctx.needs_input_grad[0] else None
         acc = torch.promote_types(decay_t.dtype, torch.float32) if want_k else None
         g_k = decay_t.new_zeros(decay_t.shape, dtype=acc) if want_k else None
         g_v = g_v_last
         a, b = dh_dv(dyn, k), dh_dx(dyn, k)  # dH/dV[t-1], dH/dX
-        for t in range(h_seq.shape[0] - 1, -1, -1):
+        for t in range(len(h_seq) - 1, -1, -1):
             if g_v_seq is not None:
                 g_v = g_v_seq[t] if g_v is None else g_v + g_v_seq[t]
             h = h_seq[t]
@@ -81,14 +82,34 @@ class _NeuronLoop(torch.autograd.Function):
             if g_v is not None:
                 through_reset = dv_dh(dyn, h, s, sg)
                 g_h = g_h.add_(g_v) if through_reset is None else g_h.addcmul_(g_v, through_reset)
-            if g_x is not None:
-                g_x[t] = _times(g_h, b)
+            if g_x is not None and isinstance(b, torch.Tensor):
+                g_x[t] = g_h * b  # a learned decay may promote (float32 under fp16 autocast)
+            elif g_x is not None:
+                torch.mul(g_h, b, out=g_x[t])  # written in place: no temporary
             if want_k:
                 v_prev = v_init if t == 0 else v_after(dyn, h_seq[t - 1])
                 g_k += (g_h * dh_dk(dyn, v_prev, x_seq[t])).sum_to_size(decay_t.shape).to(acc)
             g_v = _times(g_h, a)
         g_decay = g_k.to(decay_t.dtype) if want_k else None
         return g_x, g_v, g_decay, None, None, None
+
+
+Layout = tuple[torch.Size, tuple[int, ...], torch.dtype, torch.device]
+
+
+def _time_major(x_seq: torch.Tensor) -> Layout:
+    """``[T, N, ...]`` laid out step after step, each step as ``empty_like(x_seq[0])`` lays it:
+    an NHWC step stays NHWC, and an input repeated over T with stride 0 (a direct-encoded
+    image's static head) gets T dense steps. Shape, strides, dtype, device: no data."""
+    if not x_seq.shape[0]:
+        return x_seq.shape, x_seq.stride(), x_seq.dtype, x_seq.device
+    step = torch.empty_like(x_seq[0], device="meta")
+    return x_seq.shape, (step.numel(), *step.stride()), x_seq.dtype, x_seq.device
+
+
+def _empty(layout: Layout) -> torch.Tensor:
+    shape, stride, dtype, device = layout
+    return torch.empty_strided(shape, stride, dtype=dtype, device=device)
 
 
 def _times(g: torch.Tensor, factor: Decay) -> torch.Tensor:
