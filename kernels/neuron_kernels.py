@@ -47,7 +47,7 @@ import triton.language as tl
 
 from snnrun.kernels.dialect import jit_copy
 from snnrun.kernels.neuron_op import KernelArgs
-from snnrun.kernels.surrogate_jit import surrogate_grad
+from snnrun.kernels.surrogate_jit import kernel_sg, surrogate_grad
 from snnrun.net import dynamics
 
 CHUNK = 8  # steps between float32 checkpoints (a power of two: the backward tile height)
@@ -253,7 +253,7 @@ def forward(
         neuron_fwd_kernel[(triton.cdiv(n, block),)](
             x, v_init, dec, spikes, v_last, ckpt, v_seq if store_v_seq else spikes, n, t,
             DECAY_PTR=dec_ptr, STORE_V=store_v_seq, CHUNK=CHUNK, BLOCK=block, num_warps=4,
-            **args.kwargs(),
+            **_constants(args),
         )  # fmt: skip
     return spikes, v_last, v_seq, ckpt
 
@@ -287,9 +287,15 @@ def backward(
         neuron_bwd_kernel[(programs,)](
             grad_s, grad_v_last, x, ckpt, dec, grad_x, grad_v0, partials, n, t,
             DECAY_PTR=dec_ptr, NEED_DGRAD=need_decay_grad, CHUNK=CHUNK, BLOCK=block,
-            num_warps=4, **args.kwargs(),
+            num_warps=4, **_constants(args),
         )  # fmt: skip
     return grad_x, grad_v0, partials.sum()
+
+
+def _constants(args: KernelArgs) -> dict[str, float | int | bool | triton.runtime.JITFunction]:
+    """``args`` as the kernels take them: ``SG`` through :func:`surrogate_jit.kernel_sg` (a
+    user's surrogate as its jitted formula)."""
+    return {**args.kwargs(), "SG": kernel_sg(args.SG)}
 
 
 def _on_device(x: torch.Tensor) -> contextlib.AbstractContextManager:

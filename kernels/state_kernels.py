@@ -49,7 +49,7 @@ from snnrun.kernels.neuron_kernels import (
     reset,
     v_rest,
 )
-from snnrun.kernels.surrogate_jit import surrogate_grad
+from snnrun.kernels.surrogate_jit import kernel_sg, surrogate_grad
 from snnrun.net.state_loop import State
 
 KIND_ALIF, KIND_SYNAPTIC = 0, 1
@@ -337,7 +337,9 @@ def backward(
     partials = _empty(max(programs, 1), 2, like=x, dtype=torch.float32)
     if n == 0:
         return gx, gq0, gv0, partials.zero_().sum(0) if need_par_grad else None
-    common = dict(HAS_GVS=gvs is not None, SG=cfg.sg, CHUNK=CHUNK, BLOCK=block, num_warps=4)
+    common = dict(
+        HAS_GVS=gvs is not None, SG=kernel_sg(cfg.sg), CHUNK=CHUNK, BLOCK=block, num_warps=4
+    )
     gvs = gvs if gvs is not None else gs
     with _on_device(x):
         if cfg.kind == KIND_ALIF:

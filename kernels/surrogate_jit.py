@@ -11,6 +11,11 @@ does not recompile). A surrogate registered without a branch here stops the kern
 at the ``tl.static_assert`` of the else-branch; :func:`surrogate_code` makes the same check in
 Python, and the dispatch test runs every registered surrogate.
 
+A user's surrogate (``surrogate._target_``, code < 0) reaches the kernels as its formula itself:
+:func:`kernel_sg` turns its code into its jitted copy, a constexpr ``SG`` that
+:func:`surrogate_grad` calls (Triton keys the compiled kernel on that copy's source, so an edited
+formula recompiles).
+
 Importing this module imports Triton; :mod:`snnrun.kernels` imports it lazily.
 """
 
@@ -20,7 +25,7 @@ import triton
 import triton.language as tl
 
 from snnrun.kernels.dialect import jit_copy
-from snnrun.net.surrogate import SURROGATES
+from snnrun.net.surrogate import SURROGATES, USER_SPECS
 
 
 def _jit(name: str) -> triton.runtime.JITFunction:
@@ -65,10 +70,19 @@ KERNEL_SURROGATES: tuple[str, ...] = (
 )
 
 
+@triton.constexpr_function
+def is_formula(sg):
+    """Whether the constexpr ``SG`` is a user's jitted formula (not a registered code)."""
+    return callable(sg)
+
+
 @triton.jit
 def surrogate_grad(x, alpha, SG: tl.constexpr):
-    """``g'(x)`` of the surrogate with code ``SG`` (float32 ``x`` [BLOCK], runtime ``alpha``)."""
-    if SG == SG_ATAN:
+    """``g'(x)`` of the surrogate with code ``SG``, or of the user's formula ``SG``
+    (:func:`kernel_sg`) (float32 ``x`` [BLOCK], runtime ``alpha``)."""
+    if is_formula(SG):
+        g = SG(x, alpha)
+    elif SG == SG_ATAN:
         g = sg_atan(x, alpha)
     elif SG == SG_SIGMOID:
         g = sg_sigmoid(x, alpha)
@@ -88,6 +102,20 @@ def surrogate_grad(x, alpha, SG: tl.constexpr):
         tl.static_assert(False, "surrogate code without a Triton branch (kernels/surrogate_jit.py)")
         g = x
     return g
+
+
+_USER_JIT: dict[int, triton.runtime.JITFunction] = {}
+
+
+def kernel_sg(code: int) -> int | triton.runtime.JITFunction:
+    """The kernels' ``SG`` for a surrogate's code: a registered code itself, a user's formula
+    (code < 0) compiled (once per process)."""
+    if code >= 0:
+        return code
+    if code not in _USER_JIT:
+        spec = USER_SPECS[code]
+        _USER_JIT[code] = jit_copy(spec.formula, f"sg_user_{spec.name}")
+    return _USER_JIT[code]
 
 
 def surrogate_code(name: str) -> int:

@@ -31,14 +31,14 @@ LAYOUTS = ("contiguous", "channels_last")
 
 def train_step(net: str, args: argparse.Namespace, layout: str) -> Callable[..., object]:
     """The runner's train step on the composed experiment, its network in ``layout``."""
-    from snnrun.engine.trainer import Trainer
+    from snnrun.engine.trainer import Trainer, TrainSettings
     from snnrun.run.build import build_run
 
     torch.manual_seed(0)
     run = build_run(snnrun_conf(net, args, "neuron.backend=torch"))
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     run.model.to(memory_format=fmt)  # whatever run/build.place chose
-    trainer = Trainer(run, run.model)
+    trainer = Trainer(run, run.model, settings=TrainSettings.of(run.config))
     trainer.net.train()
     return trainer.train_step
 

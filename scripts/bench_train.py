@@ -139,7 +139,7 @@ def snnrun_row(net: str, args: argparse.Namespace, variant: str) -> tuple[Step, 
     ``compile`` (the runner's ``compile=true``), ``autograd`` (``neuron.backend=autograd``, the
     reference loop the default ``torch`` backend replaced), ``nchw`` (without the runner's
     channels_last), ``step`` (encoder + net + loss compiled as one graph, a candidate)."""
-    from snnrun.engine.trainer import Trainer
+    from snnrun.engine.trainer import Trainer, TrainSettings
     from snnrun.run.build import build_run
 
     compiled = variant == "compile"
@@ -150,7 +150,7 @@ def snnrun_row(net: str, args: argparse.Namespace, variant: str) -> tuple[Step, 
         run.model.to(memory_format=torch.contiguous_format)
     model = run.model
     net_mod = torch.compile(run.model) if compiled else run.model  # as run._fit does
-    trainer = Trainer(run, net_mod)
+    trainer = Trainer(run, net_mod, settings=TrainSettings.of(run.config))
     if variant == "step":
         trainer.forward = torch.compile(trainer.forward)
     trainer.net.train()

@@ -193,3 +193,28 @@ def test_optuna_sweep_goes_on_past_a_failed_trial(tmp_path) -> None:
     best_acc = max(read_metrics(j)[-1]["max_test_acc"] for j in jobs[1:])
     assert f"best_value: {best_acc}" in best
     assert (sweep / "summary.csv").is_file() and (sweep / "summary.txt").is_file()
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PLUGGED = [f"--config-dir={EXAMPLES / 'conf'}", "loss=tet", "dataset=digits8",
+           "+callbacks.loss_ema._target_=plugins.callback.LossEMA"]  # fmt: skip
+
+
+def test_your_own_code_runs_in_launcher_jobs_and_on_two_ranks(tmp_path, monkeypatch) -> None:
+    """A user's loss, dataset and stateful callback (examples/plugins, on PYTHONPATH) in joblib
+    worker processes and on 2 torchrun ranks: each job and rank rebuilds them from the config,
+    the callback's key joins every record, and run.json names the user modules."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    monkeypatch.setenv("PYTHONPATH", str(EXAMPLES))
+    args = [*PLUGGED, *[o for o in TINY if not o.startswith("epochs=")], "epochs=2"]
+    sweep = tmp_path / "sweep"
+    run_snnrun([*args[:1], "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *args[1:],
+                "loss.lamb=0.001,0.5", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)  # fmt: skip
+    torchrun([*args, f"hydra.run.dir={tmp_path / 'ranks'}"], cwd=tmp_path)
+    for run_dir in [sweep / "0", sweep / "1", tmp_path / "ranks"]:
+        records = read_metrics(run_dir)
+        assert len(records) == 2 and all("loss_ema" in r for r in records), run_dir
+        modules = RunDir(run_dir).read_info()["provenance"]["user_modules"]
+        assert {"plugins.tet", "plugins.data", "plugins.callback"} <= set(modules), modules
+    lambs = [RunDir(sweep / j).read_config()["loss"]["lamb"] for j in ("0", "1")]
+    assert lambs == [0.001, 0.5]

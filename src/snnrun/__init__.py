@@ -1,6 +1,8 @@
 """snnrun: a Hydra-configured experiment runner for spiking neural networks.
 
-``snnrun.load_run(path)`` opens a run dir for tools and notebooks (see :mod:`snnrun.api`).
+``snnrun.load_run(path)`` opens a run dir for tools and notebooks (see :mod:`snnrun.api`);
+``snnrun.Callback`` is the base class of your own callbacks (``callbacks:``, see
+:mod:`snnrun.engine.callback`).
 """
 
 import math
@@ -9,7 +11,7 @@ from omegaconf import OmegaConf
 
 from snnrun.core.version import __version__
 
-__all__ = ["__version__", "load_run"]
+__all__ = ["Callback", "__version__", "load_run"]
 
 # ${mul:a,b,...} in configs, e.g. Linear(C*4*4) as "${mul:${model.channels},16}"; ${div:a,b}
 # the integer quotient, e.g. Spikformer's first stem width E/8 as "${div:${model.embed_dim},8}".
@@ -23,3 +25,12 @@ def load_run(path, which="best", device="cpu"):
     from snnrun.api import load_run as _load_run
 
     return _load_run(path, which, device)
+
+
+def __getattr__(name):
+    """``snnrun.Callback``, imported when first asked for (``import snnrun`` stays light)."""
+    if name == "Callback":
+        from snnrun.engine.callback import Callback
+
+        return Callback
+    raise AttributeError(f"module 'snnrun' has no attribute {name!r}")

@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from snnrun.cli.options import os_error
-from snnrun.cli.precheck import check_overrides, spell_out_init_from
+from snnrun.cli.precheck import check_overrides, spell_out_init_from, spell_out_targets
 from snnrun.core import distributed
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.stop import Stopped
@@ -148,6 +148,7 @@ def main() -> None:
     from snnrun.core.stop import stop_on_sigterm
 
     spell_out_init_from(sys.argv)
+    spell_out_targets(sys.argv)
     args = sys.argv[1:]
     try:
         try:

@@ -147,7 +147,7 @@ def evaluate(opts: EvalOptions) -> Evaluation:
     import torch
 
     from snnrun.api import build_network
-    from snnrun.data.dataset import CLASS_NAMES, build_splits, make_loader
+    from snnrun.data.dataset import build_splits, make_loader
     from snnrun.data.encoder import build_encoder
     from snnrun.engine.loss import build_loss
     from snnrun.engine.monitor import build_monitors
@@ -197,15 +197,13 @@ def evaluate(opts: EvalOptions) -> Evaluation:
         "split": opts.split,
         "dataset": config["dataset"],
         "T": config["T"],
-        "encoder": config["encoder"]["name"],
+        "encoder": config["encoder"].get("_target_") or config["encoder"]["name"],
         "device": str(device),
         "overrides": {**({"dataset": opts.dataset} if opts.dataset else {}), **opts.overrides},
         "samples": len(dataset),
         "acc": result["acc"],
         "loss": result["loss"],
-        "per_class": _per_class(
-            confusion, splits.class_names or CLASS_NAMES.get(config["dataset"]["name"])
-        ),
+        "per_class": _per_class(confusion, splits.class_names),
         "confusion": confusion.tolist(),
         "recorded_test_acc": recorded.get("test_acc"),
         "recorded_test_loss": recorded.get("test_loss"),

@@ -1,7 +1,7 @@
 """Before Hydra writes anything: the overrides compose (of a sweep, its first job), added keys
-are read by something, values have the right types and ranges, logger keys exist, early
-stopping's keys are not tuned while it is off, and the run or sweep dir does not hold runs
-already. Every refusal is one line."""
+are read by something, every ``_target_`` in the groups imports, values have the right types and
+ranges, logger keys exist, early stopping's keys are not tuned while it is off, and the run or
+sweep dir does not hold runs already. Every refusal is one line."""
 
 from __future__ import annotations
 
@@ -17,10 +17,14 @@ from omegaconf.errors import OmegaConfBaseException
 from snnrun.cli.options import os_error
 from snnrun.core.compose import compose_config, config_dir_overrides
 from snnrun.core.errors import SnnrunError, one_line
+from snnrun.core.plugin import TARGET, import_target
 
 # sections whose builders take their keys as keyword arguments and refuse unknown ones
 OPEN_SECTIONS = ("model", "neuron", "surrogate", "dataset", "encoder", "loss", "optimizer",
                  "scheduler", "logger")  # fmt: skip
+# groups that may name the user's code by _target_ (and each callbacks.<name>)
+TARGET_GROUPS = ("loss", "dataset", "encoder", "optimizer", "scheduler", "surrogate", "augment",
+                 "monitor")  # fmt: skip
 
 
 def spell_out_init_from(argv: list[str]) -> None:
@@ -29,6 +33,16 @@ def spell_out_init_from(argv: list[str]) -> None:
     for i, arg in enumerate(argv):
         if arg.startswith("init_from="):
             argv[i] = "init_from.path=" + arg.split("=", 1)[1]
+
+
+def spell_out_targets(argv: list[str]) -> None:
+    """``loss._target_=my_pkg.TET`` sets the key whether or not the group has it (as
+    ``++loss._target_=...``: a built-in group has none, a user's YAML may); rewritten in place,
+    before Hydra."""
+    for i, arg in enumerate(argv):
+        key = arg.split("=", 1)[0]
+        if "=" in arg and key.endswith("." + TARGET) and not key.startswith(("+", "~")):
+            argv[i] = "++" + arg
 
 
 def _first_job(args: list[str]) -> list[str]:
@@ -61,7 +75,8 @@ def check_overrides(args: list[str]) -> None:
     except Exception as e:
         raise SnnrunError(_without_append_hint(one_line(e)) + _known_keys_hint(str(e), overrides)
                           ) from None  # fmt: skip
-    _refuse_unused_keys(overrides)
+    _refuse_unused_keys(overrides, cfg)
+    import_targets(cfg)
     _check_value_types(job, cfg)
     refuse_idle_early_stopping(overrides, cfg.get("early_stopping") or {})
     _check_values(cfg)
@@ -75,6 +90,23 @@ def check_overrides(args: list[str]) -> None:
             _make_dir(Path(value).expanduser())
         if key == "hydra.sweep.dir" and sweep and not auto:
             _refuse_existing_sweep(Path(value).expanduser())
+
+
+def import_targets(cfg: DictConfig) -> None:
+    """Every ``_target_`` of the groups (and of ``callbacks.<name>``) imports: a missing module
+    or class is one line naming it (and ``PYTHONPATH``) before anything is written."""
+    for label in [*TARGET_GROUPS, *_callback_labels(cfg)]:
+        try:
+            target = OmegaConf.select(cfg, f"{label}.{TARGET}", default=None)
+        except OmegaConfBaseException:
+            continue  # an interpolation only a run resolves: the run imports it
+        if target is not None:
+            import_target(target, label)
+
+
+def _callback_labels(cfg: DictConfig) -> list[str]:
+    callbacks = cfg.get("callbacks")
+    return [f"callbacks.{name}" for name in callbacks] if isinstance(callbacks, DictConfig) else []
 
 
 def _check_value_types(overrides: list[str], cfg: DictConfig) -> None:
@@ -130,7 +162,7 @@ def _check_values(cfg: DictConfig) -> None:
     """The run-level checks of :func:`run.check_values` (``T=0``, ``batch_size=0``...) and the
     logger's keys (``+logger.notes=x``) and ``init_from``'s source before Hydra creates the run
     dir."""
-    from snnrun.engine.trainer import check_early_stopping
+    from snnrun.engine.callback import check_early_stopping
     from snnrun.run.build import check_values
     from snnrun.run.init_from import check_init_from
     from snnrun.run.logger import check_logger_conf
@@ -168,17 +200,31 @@ def _without_append_hint(message: str) -> str:
     return re.sub(r"\s*To append to your config use \+\S+", "", message)
 
 
-def _refuse_unused_keys(overrides: list[str]) -> None:
-    """``+key=value`` adds a key; outside the open sections nothing would read it."""
+def _refuse_unused_keys(overrides: list[str], cfg: DictConfig) -> None:
+    """``+key=value`` adds a key; outside the open sections (and the groups naming the user's
+    code by ``_target_``, whose keys are its arguments) nothing would read it."""
     for a in overrides:
         if a.startswith("+"):
             key = a.lstrip("+").split("=", 1)[0]
-            if key.startswith("hydra.") or key.split(".")[0] in OPEN_SECTIONS:
+            if (
+                key.startswith("hydra.")
+                or key.split(".")[0] in OPEN_SECTIONS
+                or _has_target(cfg, key.rsplit(".", 1)[0])
+            ):
                 continue
             raise SnnrunError(
                 f"{a}: snnrun has no key {key!r} and would ignore it; see snnrun --cfg job "
                 "for the keys there are"
             )
+
+
+def _has_target(cfg: DictConfig, key: str) -> bool:
+    """Whether the mapping at ``key`` (``monitor``, ``callbacks.mine``) names a ``_target_``."""
+    try:
+        node = OmegaConf.select(cfg, key, default=None)
+    except OmegaConfBaseException:
+        return False
+    return isinstance(node, DictConfig) and node.get(TARGET) is not None
 
 
 def _known_keys_hint(message: str, args: list[str]) -> str:

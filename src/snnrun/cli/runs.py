@@ -15,6 +15,8 @@ dir's own sub-folders and hidden folders are not searched). One row per run:
   no result), ``damaged`` (its ``run.json`` cannot be read);
 - ``best`` / ``last``: the best and the last epoch's ``test_acc`` (``?``: the last one is not a
   number; the note says so);
+- ``metrics`` (only when a listed run has them): the last epoch's values of the keys the run's
+  callbacks declare (``run.json``'s ``callback_metrics``), ``key=value``;
 - ``overrides``: what the run was started with (``hydra.*`` left out); those every listed run
   shares go in the title, once;
 - ``note``: why it stopped, diverged, failed or is damaged (the reason, without the advice
@@ -37,6 +39,7 @@ as one unified-style diff, an entry a line with its index in its run's list.
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -54,7 +57,7 @@ from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.progress import console
 from snnrun.run.resume import ABSENT as NO_VALUE
 from snnrun.run.resume import config_diff
-from snnrun.run.rundir import STATUSES, RunDir, RunDirError
+from snnrun.run.rundir import INFO, STATUSES, RunDir, RunDirError
 
 USAGE = (
     "snnrun runs [<folder or run dir>=outputs] [status=<s>[,<s>...]] [sort=date|best|last] "
@@ -111,6 +114,7 @@ class Row:
     overrides: list[str]
     odd: str = ""  # a test_acc that is not a number (the last such), for the note
     last_odd: bool = False  # the last epoch's test_acc is such a one (shown as ``?``)
+    metrics: str = ""  # the callbacks' keys in the last record: ``key=value ...``
 
 
 def parse_args(args: list[str]) -> RunsOptions:
@@ -169,7 +173,26 @@ def read_row(rundir: RunDir) -> Row:
         overrides=rundir.overrides(),
         odd=f"test_acc {odd[-1][1]!r} in epoch {odd[-1][0]} is not a number" if odd else "",
         last_odd=bool(odd) and odd[-1][0] == len(accs),
+        metrics=_callback_metrics(rundir, history[-1] if history else {}),
     )
+
+
+def _callback_metrics(rundir: RunDir, last: dict[str, Any]) -> str:
+    """``key=value`` for each key the run's callbacks declare (``run.json``), as the last
+    record holds it; "" when there are none (or ``run.json`` cannot be read: its note is the
+    status's)."""
+    try:
+        info = json.loads((rundir.path / INFO).read_bytes())
+    except (OSError, ValueError):
+        return ""
+    keys = info.get("callback_metrics") if isinstance(info, dict) else None
+    if not isinstance(keys, list):
+        return ""
+    return " ".join(f"{k}={_metric(last[k])}" for k in keys if isinstance(k, str) and k in last)
+
+
+def _metric(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _name(config: dict[str, Any], group: str, default: str) -> str:
@@ -229,8 +252,10 @@ def runs_table(rows: list[Row], root: Path) -> Table:
     # the others fold too, except the status and the numbers
     runs = [_relative(r.path, root) for r in rows]
     kept = {"status": 8, "epochs": 7, "best": 6, "last": 6}
-    for name in ("run", "started", "model / dataset", "status", "epochs", "best", "last",
-                 "overrides", "note"):  # fmt: skip
+    metrics = any(r.metrics for r in rows)  # a column only when a run's callbacks add keys
+    names = ("run", "started", "model / dataset", "status", "epochs", "best", "last",
+             *(("metrics",) if metrics else ()), "overrides", "note")  # fmt: skip
+    for name in names:
         table.add_column(name, justify="right" if name in kept and name != "status" else "left",
                          overflow="fold", min_width=kept.get(name),
                          ratio=1 if name in ("overrides", "note") else None)  # fmt: skip
@@ -245,6 +270,7 @@ def runs_table(rows: list[Row], root: Path) -> Table:
             f"{r.done}/{planned}",
             _acc(r.best),
             "?" if r.last_odd else _acc(r.last),
+            *((escape(r.metrics),) if metrics else ()),
             escape(" ".join(o for o in r.overrides if o not in shared)),
             escape(note),
         )

@@ -11,6 +11,7 @@ import datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -87,8 +88,9 @@ def progress_bar() -> Progress:
     )
 
 
-def print_epoch(record: dict[str, Any], epochs: int) -> None:
-    """One line per epoch: train, validation (with a split), test, speed, learning rate."""
+def print_epoch(record: dict[str, Any], epochs: int, added: dict[str, Any] | None = None) -> None:
+    """One line per epoch: train, validation (with a split), test, speed, learning rate, then
+    ``added`` (the keys callbacks added to the record: ``key=value``)."""
     val = (f"val_loss={record['val_loss']:.4f} val_acc={record['val_acc']:.4f}  "
            if "val_loss" in record else "")  # fmt: skip
     console.print(
@@ -97,6 +99,14 @@ def print_epoch(record: dict[str, Any], epochs: int) -> None:
         f"test_loss={record['test_loss']:.4f} test_acc={record['test_acc']:.4f}  "
         f"max_test_acc={record['max_test_acc']:.4f}  "
         f"{record['train_samples_per_s']:,.0f}/{record['test_samples_per_s']:,.0f} samples/s "
-        f"(train/test)  {record['epoch_seconds']:.1f}s  lr={record['lr']:.3g}",
+        f"(train/test)  {record['epoch_seconds']:.1f}s  lr={record['lr']:.3g}"
+        f"{''.join(f'  {escape(k)}={_value(v)}' for k, v in (added or {}).items())}",
         highlight=False,
     )
+
+
+def _value(value: Any) -> str:
+    """A record value on the console line: a number to 4 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return escape(str(value))

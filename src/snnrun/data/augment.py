@@ -16,6 +16,12 @@ Every sample draws from its own generator, seeded with :func:`sample_seed` ``(se
 resumed run and an unbroken one, any ``num_workers`` and any number of ranks see the same
 images; torch's global generators are never touched. Mixup is absent: the losses
 (:mod:`snnrun.engine.loss`) take class indices, not soft targets.
+
+``augment._target_=my_pkg.MyAugment`` builds the user's augment instead, with the group's other
+keys (but ``name``) as its arguments (the built-in's keys, ``crop_padding``... of the group the
+override lands on, only where it takes them), held to the same protocol as :class:`ImageAugment`
+(:class:`snnrun.core.protocols.Augment`): ``augment(x [N, C, H, W], seeds [N])``; the datasets
+call both alike, with the same per-sample seeds.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from snnrun.core import protocols
 from snnrun.core.errors import SnnrunError
+from snnrun.core.plugin import TARGET, has_target, import_target, instantiate_target, takes
 
 KEYS = ("name", "crop_padding", "flip", "autoaugment", "cutout")
 Step = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -97,9 +105,15 @@ class ImageAugment:
 
 def build_augment(
     options: dict[str, Any] | None, shape: tuple[int, ...], mean: Sequence[float] | None = None
-) -> ImageAugment | None:
+) -> protocols.Augment | None:
     """The ``augment`` group's steps for samples ``shape`` (``[C, H, W]``); None when all are
-    off. ``mean``: the dataset's normalisation mean, Cutout's fill (0 without one)."""
+    off. ``mean``: the dataset's normalisation mean, Cutout's fill (0 without one). With
+    ``_target_``: the user's augment, checked against the protocol."""
+    if has_target(options):
+        target = options[TARGET]
+        built = import_target(target, "augment")
+        own = {k: v for k, v in options.items() if k not in KEYS[1:] or takes(built, k)}
+        return protocols.check("augment", instantiate_target(own, "augment"), target)
     options = dict(options or {})
     unknown = sorted(set(options) - set(KEYS))
     if unknown:

@@ -8,6 +8,11 @@ first N samples. Loaders shuffle by a permutation seeded with (seed, epoch), so 
 sees the same order; under torchrun each rank loads its share of every global batch. A static
 dataset's training split gets the ``augment`` group (``dataset.augment``, :mod:`.augment`), whose
 draws are keyed by (seed, epoch, sample index) through the loader's :class:`Batch`.
+
+A user's dataset (``dataset._target_=my_pkg.MyData``) is built with the group's keys but snnrun's
+own (:data:`SNNRUN_KEYS`, applied to it as to a built-in: limits, augment, validation split) and
+held to :class:`snnrun.core.protocols.DatasetSplits`; its torch Datasets become
+:class:`UserSet` s, so the loaders, the augmentation and the hold-out treat them as the built-ins.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from __future__ import annotations
 import gzip
 import math
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +30,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from snnrun.core import protocols
 from snnrun.core.distributed import ShardedBatches, World
 from snnrun.core.errors import SnnrunError, one_line
+from snnrun.core.plugin import TARGET, PluginError, has_target, instantiate_target
 from snnrun.core.registry import Registry
-from snnrun.data.augment import ImageAugment, build_augment, sample_seed
+from snnrun.data.augment import build_augment, sample_seed
 
 
 class DatasetError(SnnrunError, RuntimeError):
@@ -55,7 +63,18 @@ class Batch(list):
         self.seed, self.epoch = seed, epoch
 
 
-Transform = Callable[[torch.Tensor], torch.Tensor] | ImageAugment
+Transform = protocols.Augment  # transform(x [N, ...], seeds [N]) -> [N, ...]
+
+
+class Unkeyed:
+    """An event dataset's augment ``f(x)`` (:mod:`snnrun.data.events.augment`, which draws from
+    torch's generator) as a :data:`Transform`: the seeds go unused."""
+
+    def __init__(self, augment: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.augment = augment
+
+    def __call__(self, x: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        return self.augment(x)
 
 
 class SampleSet(Dataset):
@@ -64,9 +83,10 @@ class SampleSet(Dataset):
     A batch is ``(x, y)``: ``x`` float32 ``[N, *shape]`` (stored values times ``scale``, then
     ``transform`` when set, e.g. augmentation on the training split, then ``normalize`` when
     set), ``y`` int64 ``[N]``; ``dataset[i]`` is one sample as stored and normalised, without
-    ``transform``. An :class:`~snnrun.data.augment.ImageAugment` transform draws from sample
-    ``i``'s own generator, seeded by (seed, epoch, i) of the :class:`Batch` asking for it ((0, 0)
-    for a plain list); any other transform is called as ``transform(x)``.
+    ``transform``. The transform is called as ``transform(x, seeds)`` (the augment protocol,
+    :class:`snnrun.core.protocols.Augment`: the built-in ``augment`` group's and a user's alike):
+    sample ``i`` draws from its own generator, seeded by (seed, epoch, i) of the :class:`Batch`
+    asking for it ((0, 0) for a plain list).
     Subclasses say where the stored samples live (:meth:`fetch`).
     """
 
@@ -91,22 +111,26 @@ class SampleSet(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def stored(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stored samples and the labels at ``index``."""
+        return self.fetch(index), self.labels[index]
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample ``i`` as stored, never augmented (the loaders use :meth:`__getitems__`)."""
-        return self._normalized(self._floats(torch.tensor([i])))[0], self.labels[i]
+        x, y = self.stored(torch.tensor([i]))
+        return self._normalized(self._floats(x))[0], y[0]
 
     def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(idx, dtype=torch.long)
-        x = self._floats(index)
-        if isinstance(self.transform, ImageAugment):
+        x, y = self.stored(index)
+        x = self._floats(x)
+        if self.transform is not None:
             seed, epoch = (idx.seed, idx.epoch) if isinstance(idx, Batch) else (0, 0)
             x = self.transform(x, [sample_seed(seed, epoch, i) for i in index.tolist()])
-        elif self.transform is not None:
-            x = self.transform(x)
-        return self._normalized(x), self.labels[index]
+        return self._normalized(x), y
 
-    def _floats(self, index: torch.Tensor) -> torch.Tensor:
-        x = self.fetch(index).float()
+    def _floats(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
         return x.mul_(self.scale) if self.scale != 1.0 else x
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,10 +170,7 @@ class ArrayFileDataset(SampleSet):
     """
 
     def __init__(
-        self,
-        path: Path,
-        labels: torch.Tensor,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        self, path: Path, labels: torch.Tensor, transform: Transform | None = None
     ) -> None:
         super().__init__(labels, 1.0, transform)
         self.path = Path(path)
@@ -189,6 +210,40 @@ class IndexedSet(SampleSet):
         return IndexedSet(self.parent, self.index[:n], self.transform)
 
 
+class UserSet(SampleSet):
+    """A user's torch Dataset of ``(x, y)`` pairs (``dataset._target_``), its first ``size``
+    samples: a batch reads ``dataset[i]`` once per sample and stacks the ``x`` (float32, neither
+    scaled nor normalised: the user's values). ``labels`` are read only when asked for (the
+    validation hold-out): from the dataset's ``targets`` or ``labels`` when it has one, else by
+    one pass over its samples, which loads every sample once."""
+
+    def __init__(self, dataset: Any, size: int | None = None) -> None:
+        self.dataset, self.size = dataset, len(dataset) if size is None else size
+        self.scale, self.transform, self.normalize = 1.0, None, None
+
+    @cached_property
+    def labels(self) -> torch.Tensor:  # type: ignore[override]
+        for name in ("targets", "labels"):
+            given = getattr(self.dataset, name, None)
+            if given is not None and len(given) == len(self.dataset):
+                return torch.as_tensor(given)[: self.size].long()
+        return torch.tensor([int(self.dataset[i][1]) for i in range(self.size)])
+
+    def __len__(self) -> int:
+        return self.size
+
+    def fetch(self, index: torch.Tensor) -> torch.Tensor:
+        return self.stored(index)[0]
+
+    def stored(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self.dataset[i] for i in index.tolist()]
+        x = torch.stack([torch.as_tensor(x) for x, _ in pairs])
+        return x, torch.tensor([int(y) for _, y in pairs], dtype=torch.long)
+
+    def head(self, n: int | None) -> UserSet:
+        return self if n is None or n >= self.size else UserSet(self.dataset, n)
+
+
 @dataclass
 class Splits:
     """A dataset's two splits and what one sample is.
@@ -212,11 +267,16 @@ DatasetBuilder = Callable[[dict[str, Any]], Splits]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 
 
+# The dataset group's keys snnrun applies itself: a user's ``_target_`` gets the others.
+SNNRUN_KEYS = ("name", "augment", "train_limit", "test_limit", "val_fraction")
+
+
 def build_splits(options: dict[str, Any]) -> Splits:
-    """The dataset named ``options['name']``, cut to ``train_limit`` / ``test_limit``; a static
-    dataset's training split gets ``options['augment']`` (the ``augment`` group, interpolated into
-    the dataset's config); with ``val_fraction`` > 0 a validation split is held out of the (cut)
-    training set, never augmented."""
+    """The dataset named ``options['name']`` (or the user's ``options['_target_']``), cut to
+    ``train_limit`` / ``test_limit``; a static dataset's training split gets
+    ``options['augment']`` (the ``augment`` group, interpolated into the dataset's config); with
+    ``val_fraction`` > 0 a validation split is held out of the (cut) training set, never
+    augmented."""
     options = dict(options)
     fraction = options.pop("val_fraction", 0) or 0
     for key in ("train_limit", "test_limit"):
@@ -225,16 +285,56 @@ def build_splits(options: dict[str, Any]) -> Splits:
             raise DatasetError(f"dataset.{key} must be a positive number or null, got {n}")
     if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
         raise DatasetError(f"dataset.val_fraction must be in [0, 1), got {fraction!r}")
-    splits = DATASETS.get(options["name"])(options)
+    if has_target(options):
+        splits = user_splits(options)
+    else:
+        splits = DATASETS.get(options["name"])(options)
+        splits.class_names = splits.class_names or CLASS_NAMES.get(options["name"])
     splits.train = splits.train.head(options.get("train_limit"))
     splits.test = splits.test.head(options.get("test_limit"))
-    if not splits.sequence:  # an event dataset's builder reads its own dataset.augment
+    if splits.sequence:  # an event dataset's builder reads its own dataset.augment
+        if splits.train.transform is not None:
+            splits.train.transform = Unkeyed(splits.train.transform)
+    else:
         norm = splits.train.normalize
         mean = norm.mean if norm is not None else None
         splits.train.transform = build_augment(options.get("augment"), splits.sample_shape, mean)
     if fraction:
+        if splits.val is not None:
+            raise DatasetError(f"dataset: {options[TARGET]} has a validation split of its own; "
+                               "drop dataset.val_fraction")  # fmt: skip
         splits.train, splits.val = hold_out(splits.train, fraction)
     return splits
+
+
+def user_splits(options: dict[str, Any]) -> Splits:
+    """``options['_target_']`` called with the keys but :data:`SNNRUN_KEYS`, held to the dataset
+    protocol (:class:`snnrun.core.protocols.DatasetSplits`); one sample of each split must have
+    the ``sample_shape`` it declares. Its splits become :class:`UserSet` s."""
+    target = options[TARGET]
+    arguments = {k: v for k, v in options.items() if k not in SNNRUN_KEYS}
+    data = protocols.check("dataset", instantiate_target(arguments, "dataset"), target)
+    what = f"dataset: {target}"
+    classes, sequence = data.num_classes, bool(getattr(data, "sequence", False))
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise PluginError(f"{what}.num_classes must be a positive integer, got {classes!r}")
+    shape = tuple(int(n) for n in data.sample_shape)
+    sets = {k: UserSet(getattr(data, k)) for k in ("train", "test", "val")
+            if getattr(data, k, None) is not None}  # fmt: skip
+    for key, split in sets.items():
+        if not len(split):
+            raise PluginError(f"{what}: its {key} split holds no samples")
+        x = split[0][0]
+        got = tuple(x.shape[1:] if sequence else x.shape)
+        if got != shape:
+            steps = " (without T)" if sequence else ""
+            raise PluginError(f"{what}: {key}[0] is x of shape {list(got)}{steps} but its "
+                              f"sample_shape is {list(shape)}")  # fmt: skip
+    names = getattr(data, "class_names", None)
+    if names is not None and len(names) != classes:
+        raise PluginError(f"{what}: {len(names)} class_names for num_classes={classes}")
+    return Splits(sets["train"], sets["test"], shape, classes, sequence, sets.get("val"),
+                  list(names) if names is not None else None)  # fmt: skip
 
 
 def hold_out(train: SampleSet, fraction: float, seed: int = 0) -> tuple[SampleSet, SampleSet]:

@@ -5,7 +5,9 @@ expand over T. Sequence datasets (event frames, spike bins) give ``[N, T, ...]``
 ``none`` turns into ``[T, N, ...]`` with one transpose (a view; the first time-folded layer makes
 it contiguous once), and ``delta`` into spikes where the sequence changes. Each builder declares
 which kind it takes (:func:`takes_sequences`), and :func:`build_encoder` checks it against the
-dataset.
+dataset. A user's encoder (``_target_``, :class:`snnrun.core.protocols.Encoder`) may say the same
+with a ``sequence`` attribute (True: it takes ``[N, T, ...]`` sequences; False: static
+``[N, ...]`` samples); without one it is taken for either kind, unchecked.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any
 
 import torch
 
+from snnrun.core import protocols
 from snnrun.core.errors import SnnrunError
+from snnrun.core.plugin import has_target, instantiate_target
 from snnrun.core.registry import Registry
 
 Encoder = Callable[[torch.Tensor, int], torch.Tensor]
@@ -115,17 +119,26 @@ def none() -> Encoder:
 
 
 def build_encoder(options: dict[str, Any], sequence: bool | None = None) -> Encoder:
-    """The encoder ``options['name']``; ``sequence`` (the dataset's kind, None = unchecked) must
-    match what it takes."""
+    """The encoder ``options['name']`` (or the user's, ``_target_``); ``sequence`` (the
+    dataset's kind, None = unchecked) must match what it takes."""
+    if has_target(options):
+        target = options["_target_"]
+        encoder = protocols.check("encoder", instantiate_target(options, "encoder"), target)
+        _check_kind(f"encoder: {target}", getattr(encoder, "sequence", None), sequence)
+        return encoder
     options = dict(options)
     name = options.pop("name")
     builder = ENCODERS.get(name)
-    takes = getattr(builder, "sequence", False)
-    if sequence is not None and takes != sequence:
-        if sequence:
-            raise SnnrunError(f"encoder={name} expands static images, but this dataset's samples "
-                              "are already sequences [T, ...]; use encoder=none")  # fmt: skip
-        raise SnnrunError(f"encoder={name} takes sequence datasets (event frames), but this "
-                          "dataset's samples are static; use encoder=direct or poisson"
-                          )  # fmt: skip
+    _check_kind(f"encoder={name}", getattr(builder, "sequence", False), sequence)
     return builder(**options)
+
+
+def _check_kind(encoder: str, takes: bool | None, sequence: bool | None) -> None:
+    """``encoder`` takes sequences (``takes``; None: either kind) as the dataset gives them."""
+    if sequence is None or takes is None or bool(takes) == sequence:
+        return
+    if sequence:
+        raise SnnrunError(f"{encoder} expands static images, but this dataset's samples are "
+                          "already sequences [T, ...]; use encoder=none")  # fmt: skip
+    raise SnnrunError(f"{encoder} takes sequence datasets (event frames), but this dataset's "
+                      "samples are static; use encoder=direct or poisson")  # fmt: skip

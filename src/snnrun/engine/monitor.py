@@ -23,6 +23,7 @@ summed over ranks under torchrun (the record covers the whole test set).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from snnrun.core import protocols
 from snnrun.core.distributed import sum_over_ranks
 from snnrun.core.errors import SnnrunError
+from snnrun.core.plugin import has_target, import_target, instantiate_target, takes
 from snnrun.core.progress import console
 from snnrun.core.registry import Registry
 from snnrun.net.attention import SpikingSelfAttention
@@ -338,10 +341,31 @@ def _coverage(conv: nn.Module, size: tuple[int, ...], device: torch.device) -> t
     return _COVERAGE[key]
 
 
-def build_monitors(options: dict[str, Any], model: nn.Module) -> list[Monitor]:
-    """The ``monitor`` group: ``counters`` names registered monitors; the rest are options."""
+def build_monitors(options: dict[str, Any], model: nn.Module) -> list[Any]:
+    """The ``monitor`` group: ``counters`` names registered monitors; the rest are options.
+
+    With ``_target_``, the user's monitor (``Monitor(model, **keys)``,
+    :class:`snnrun.core.protocols.Monitor`) runs after the counters, if any are named: the keys
+    the counters read (``silent_below``, ``mac_pj``...) go to them, and to the user's class
+    only when its signature names them; every other key is its argument."""
     options = {k: v for k, v in options.items() if k != "name"}
-    return [MONITORS.get(name)(model, **options) for name in options.pop("counters", [])]
+    counters = options.pop("counters", None) or []
+    built: list[Any] = [MONITORS.get(name)(model, **options) for name in counters]
+    if has_target(options):
+        target = options["_target_"]
+        cls = import_target(target, "monitor")
+        mine = {k: v for k, v in options.items() if k not in _counter_keys() or takes(cls, k)}
+        built.append(protocols.check("monitor", instantiate_target(mine, "monitor", model), target))
+    return built
+
+
+def _counter_keys() -> set[str]:
+    """The keyword arguments the registered monitors take (besides the model)."""
+    keys = set()
+    for name in MONITORS.names():
+        params = inspect.signature(MONITORS.get(name)).parameters.values()
+        keys |= {p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD} - {"model"}
+    return keys
 
 
 class _Active:

@@ -1,4 +1,10 @@
-"""Optimizer and learning-rate scheduler registries (schedulers step once per epoch)."""
+"""Optimizer and learning-rate scheduler registries (schedulers step once per epoch).
+
+A group with ``_target_`` builds the user's class instead (:mod:`snnrun.core.protocols`):
+``Optimizer(params, **keys)`` and ``Scheduler(optimizer, **keys)``, the group's other keys as
+arguments (over a built-in group, its keys: ``optimizer._target_=...`` over ``optimizer=sgd``
+passes ``lr``, ``momentum``, ``weight_decay``); ``clip_grad_norm`` stays the trainer's.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ from typing import Any
 
 import torch
 
+from snnrun.core import protocols
+from snnrun.core.plugin import has_target, instantiate_target
 from snnrun.core.registry import Registry
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
@@ -36,7 +44,7 @@ def _none(optimizer: torch.optim.Optimizer):
 def build_optimizer(options: dict[str, Any], params: Iterable[torch.nn.Parameter]):
     """The optimizer; ``clip_grad_norm`` is the trainer's (checked here: positive or null)."""
     options = dict(options)
-    name = options.pop("name")
+    name = options.pop("name", None)
     clip = options.pop("clip_grad_norm", None)
     if clip is not None and (
         not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip <= 0
@@ -44,11 +52,17 @@ def build_optimizer(options: dict[str, Any], params: Iterable[torch.nn.Parameter
         raise ValueError(f"clip_grad_norm must be a positive number or null, got {clip!r}")
     if "betas" in options:
         options["betas"] = tuple(options["betas"])
+    if has_target(options):
+        built = instantiate_target(options, "optimizer", params)
+        return protocols.check("optimizer", built, options["_target_"])
     return OPTIMIZERS.get(name)(params, **options)
 
 
 def build_scheduler(options: dict[str, Any], optimizer: torch.optim.Optimizer):
     """The scheduler, or None for ``scheduler=none``."""
+    if has_target(options):
+        built = instantiate_target(options, "scheduler", optimizer)
+        return protocols.check("scheduler", built, options["_target_"])
     options = dict(options)
     return SCHEDULERS.get(options.pop("name"))(optimizer, **options)
 

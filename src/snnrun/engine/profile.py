@@ -1,6 +1,6 @@
 """``debug=profile``: torch.profiler over a few training steps, written into the run dir.
 
-The trainer calls :meth:`StepProfiler.step` after each training step. The profiler skips one
+A callback on the trainer's seam: each training step ends a profiler step. It skips one
 step, warms up on one, records ``steps`` (CPU, and CUDA when the run is on a GPU, with shapes
 and memory), then writes ``trace.json`` (open it in chrome://tracing or ui.perfetto.dev) and
 ``top_ops.txt``, the operators by self time, also printed.
@@ -9,16 +9,18 @@ and memory), then writes ``trace.json`` (open it in chrome://tracing or ui.perfe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from snnrun.core.progress import console
+from snnrun.engine.callback import Callback, FitContext
 
 ROWS = 15  # operators in the table
 
 
-class StepProfiler:
+class StepProfiler(Callback):
     """Records ``steps`` training steps (after 1 skipped and 1 warm-up) into ``folder``."""
 
     def __init__(self, folder: Path, steps: int, device: torch.device) -> None:
@@ -34,14 +36,17 @@ class StepProfiler:
             record_shapes=True,
             profile_memory=True,
         )
+        self.stopped = True  # until the fit starts
+
+    def on_fit_start(self, run: FitContext) -> None:
         self.profiler.start()
         self.stopped = False
 
-    def step(self) -> None:
+    def on_train_batch_end(self, run: FitContext, batch: Any, loss: torch.Tensor) -> None:
         if not self.stopped:
             self.profiler.step()
 
-    def finish(self) -> None:
+    def on_fit_end(self, run: FitContext, record: dict[str, Any] | None) -> None:
         """Stop (also when training had fewer steps than asked: what was recorded is written)."""
         if not self.stopped:
             self.stopped = True

@@ -17,9 +17,6 @@ from the run's ``neuron`` / ``surrogate`` groups through :func:`make_neuron`::
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,6 +25,7 @@ from typing import Any
 from torch import nn
 
 from snnrun.core.errors import SnnrunError, one_line
+from snnrun.core.plugin import PluginError, import_target, takes
 from snnrun.net.layers import LAYERS, Context, ModelBuildError, Shape
 from snnrun.net.neuron import SpikingNeuron
 
@@ -58,52 +56,6 @@ def building(ctx: Context) -> Iterator[None]:
         _BUILDING.reset(token)
 
 
-def _import(target: str, label: str) -> Any:
-    """``pkg.module.Name`` → the object: the longest importable module, then its attributes. A
-    module that imports but lacks the attribute is named as such, with close names."""
-    parts = target.split(".")
-    if len(parts) < 2:
-        raise ModelBuildError(f"{label}: give the full path of {target}, as my_pkg.MyLayer")
-    obj, found = _longest_module(parts, label)
-    for i in range(found, len(parts)):
-        if not hasattr(obj, parts[i]):
-            names = [n for n in dir(obj) if not n.startswith("_")]
-            close = difflib.get_close_matches(parts[i], names, n=3)
-            hint = f" (close: {', '.join(close)})" if close else ""
-            raise ModelBuildError(
-                f"{label}: {'.'.join(parts[:i])} was found but has no attribute "
-                f"{parts[i]}{hint}; check _target_"
-            )
-        obj = getattr(obj, parts[i])
-    return obj
-
-
-def _longest_module(parts: list[str], label: str) -> tuple[Any, int]:
-    """The module named by the longest prefix of ``parts`` (short of the last) that imports,
-    and how many parts it took; an import error inside a module is its own line."""
-    for n in range(len(parts) - 1, 0, -1):
-        module = ".".join(parts[:n])
-        try:
-            return importlib.import_module(module), n
-        except ModuleNotFoundError as e:
-            if e.name and (module + ".").startswith(e.name + "."):
-                continue  # this prefix is no module: try a shorter one
-            raise ModelBuildError(f"{label}: importing {module} failed ({one_line(e)})") from None
-        except ImportError as e:
-            raise ModelBuildError(f"{label}: importing {module} failed ({one_line(e)})") from None
-    raise ModelBuildError(
-        f"{label}: cannot import {'.'.join(parts)} (no module named {parts[0]!r}); put its "
-        "package on PYTHONPATH"
-    )
-
-
-def _takes(cls: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(cls).parameters
-    except (TypeError, ValueError):  # builtins without a signature
-        return False
-
-
 @LAYERS.register("module")
 def _module(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
     from hydra.errors import InstantiationException
@@ -114,8 +66,11 @@ def _module(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module
     label = f"{ctx.path} (module)"
     if not target or not isinstance(target, str):
         raise ModelBuildError(f"{label}: give the class as _target_: my_pkg.MyLayer")
-    cls = _import(target, label)
-    if _takes(cls, "in_shape") and "in_shape" not in options:
+    try:
+        cls = import_target(target, label)
+    except PluginError as e:
+        raise ModelBuildError(str(e)) from None
+    if takes(cls, "in_shape") and "in_shape" not in options:
         options["in_shape"] = tuple(in_shape)
     try:
         with building(ctx):

@@ -5,31 +5,44 @@
 :mod:`snnrun.net.dialect`: the torch backends call it on tensors, the Triton kernels compile the
 very same function (``snnrun.kernels.surrogate_jit``). Formulas take their parameter as a
 runtime value.
+
+A user's surrogate is the same: ``surrogate._target_=my_pkg.my_grad`` names a function
+``g'(x, <param>)`` in the dialect, imported (never called to build anything); its parameter is
+its second argument, set by the group key of that name (its default otherwise). A built-in's
+parameter key of another name (``alpha`` of the ``atan`` group an inline override lands on) is
+ignored; any other key is refused. A built-in is a registered :class:`SurrogateSpec`, a user's
+an imported one (:func:`user_spec`, codes < 0).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from snnrun.core.errors import one_line
+from snnrun.core.plugin import TARGET, PluginError, has_target, import_target
 from snnrun.core.registry import Registry
 from snnrun.net.dialect import tl
 
 
 @dataclass(frozen=True)
 class SurrogateSpec:
-    """A registered surrogate: its name, parameter name/default, and derivative formula."""
+    """A surrogate: its name, parameter name/default, and derivative formula (registered, or a
+    user's: :func:`user_spec`)."""
 
     name: str
     param: str
-    default: float
+    default: float | None  # None: a user's formula without one (the group must set it)
     formula: Callable  # g'(x, param) in the tl dialect
-    code: int  # compile-time id for the Triton kernels
+    code: int  # compile-time id for the Triton kernels: >= 0 registered, < 0 a user's
 
 
 SURROGATES: Registry[SurrogateSpec] = Registry("surrogate")
+USER_SPECS: dict[int, SurrogateSpec] = {}  # the user formulas imported in this process, by code
 
 
 def surrogate(name: str, param: str, default: float) -> Callable[[Callable], Callable]:
@@ -114,14 +127,16 @@ class _SpikeFunction(torch.autograd.Function):
 
 @dataclass(frozen=True)
 class Surrogate:
-    """A surrogate choice with its parameter value: ``spike = Surrogate('atan', 2.0)(x)``."""
+    """A surrogate choice with its parameter value: ``spike = Surrogate('atan', 2.0)(x)``;
+    ``spec`` is the registered one of ``name`` unless given (a user's, :func:`user_spec`)."""
 
     name: str
     value: float
+    spec: SurrogateSpec = field(default=None, repr=False)  # type: ignore[assignment]
 
-    @property
-    def spec(self) -> SurrogateSpec:
-        return SURROGATES.get(self.name)
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            object.__setattr__(self, "spec", SURROGATES.get(self.name))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Spike ``(x >= 0)`` whose gradient is ``g'(x)``."""
@@ -135,8 +150,73 @@ class Surrogate:
         return f"{self.name}({self.spec.param}={self.value:g})"
 
 
-def build_surrogate(options) -> Surrogate:
-    """From the ``surrogate`` config group: ``{name: atan, alpha: 2.0}``."""
-    spec = SURROGATES.get(options["name"])
+def build_surrogate(options: Mapping[str, Any]) -> Surrogate:
+    """From the ``surrogate`` config group: ``{name: atan, alpha: 2.0}``, or a user's
+    ``{_target_: my_pkg.my_grad, alpha: 3.0}`` (``name`` then only labels the group)."""
+    if not has_target(options):
+        spec = SURROGATES.get(options["name"])
+        return Surrogate(spec.name, float(options.get(spec.param, spec.default)), spec)
+    spec = user_spec(options[TARGET])
+    what = f"surrogate: {options[TARGET]}"
+    builtin = {s.param for s in map(SURROGATES.get, SURROGATES.names())}  # the group's, inline
+    extra = sorted(set(options) - {TARGET, "name", spec.param} - builtin)
+    if extra:
+        raise PluginError(f"{what} takes one parameter, {spec.param}, not {', '.join(extra)}; "
+                          f"set surrogate.{spec.param} instead")  # fmt: skip
     value = options.get(spec.param, spec.default)
-    return Surrogate(spec.name, float(value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PluginError(f"{what}: its parameter {spec.param} needs a number; set "
+                          f"surrogate.{spec.param} (got {value!r})")  # fmt: skip
+    return Surrogate(spec.name, float(value), spec)
+
+
+def user_spec(target: str) -> SurrogateSpec:
+    """The user's formula ``target`` (``my_pkg.my_grad``), imported and checked: it takes
+    exactly ``(x, param)`` and gives a tensor of ``x``'s shape on a probe; one
+    :class:`~snnrun.core.plugin.PluginError` otherwise. The same formula keeps one code."""
+    formula = import_target(target, "surrogate")
+    for spec in USER_SPECS.values():
+        if spec.formula is formula:
+            return spec
+    what = f"surrogate: {target}"
+    param, default = _parameter(formula, what)
+    spec = SurrogateSpec(formula.__name__, param, default, formula, code=-1 - len(USER_SPECS))
+    _probe(spec, what)
+    USER_SPECS[spec.code] = spec
+    return spec
+
+
+def _parameter(formula: Any, what: str) -> tuple[str, float | None]:
+    """The name and default of the formula's parameter, its second of exactly two arguments."""
+    shape = "a function g'(x, param) in the tl dialect (snnrun.net.dialect)"
+    if not inspect.isfunction(formula):
+        kind = "a class" if inspect.isclass(formula) else f"a {type(formula).__name__}"
+        raise PluginError(f"{what} must be {shape}, not {kind}")
+    params = list(inspect.signature(formula).parameters.values())
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(params) != 2 or params[1].kind not in plain:
+        raise PluginError(f"{what} must be {shape}: it takes exactly (x, param), got "
+                          f"({', '.join(map(str, params))})")  # fmt: skip
+    names = sorted(set(inspect.getclosurevars(formula).globals) - {"tl"})
+    if names:
+        raise PluginError(f"{what} reads {', '.join(names)}; a surrogate may read only tl (the "
+                          "dialect of snnrun.net.dialect: the Triton kernels compile it with tl "
+                          "alone)")  # fmt: skip
+    default = params[1].default
+    return params[1].name, None if default is inspect.Parameter.empty else default
+
+
+def _probe(spec: SurrogateSpec, what: str) -> None:
+    """``g'`` on a small tensor gives a tensor of its shape."""
+    x = torch.linspace(-2.0, 2.0, 7)
+    value = spec.default if isinstance(spec.default, (int, float)) else 1.0
+    try:
+        out = spec.formula(x, float(value))
+    except Exception as e:  # the user's code
+        raise PluginError(f"{what}({spec.param}={value:g}) failed on a probe tensor: "
+                          f"{type(e).__name__}: {one_line(e)}; write it in the tl dialect "
+                          "(snnrun.net.dialect)") from None  # fmt: skip
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PluginError(f"{what} must return a tensor of x's shape [7] on a probe x, "
+                          f"got {got}")  # fmt: skip

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from snnrun.core.compose import flatten
 from snnrun.core.distributed import World
 from snnrun.core.errors import SnnrunError, one_line
+from snnrun.core.plugin import has_target
 from snnrun.core.progress import console
 from snnrun.data.dataset import Splits, build_splits, make_loader
 from snnrun.data.encoder import Encoder, build_encoder
@@ -147,10 +148,11 @@ def build_run(config: dict[str, Any], world: World | None = None) -> Run:
     record_backend_that_runs(config, device)
     seed_everything(config["seed"])
     splits = build_splits(config["dataset"])
-    augment = (config.get("augment") or {}).get("name", "none")
-    if splits.sequence and augment != "none":
+    augment = config.get("augment") or {}
+    if splits.sequence and (has_target(augment) or augment.get("name", "none") != "none"):
+        chosen = augment["_target_"] if has_target(augment) else augment["name"]
         raise SnnrunError(
-            f"augment={augment} is for static images; event datasets take dataset.augment.flip / "
+            f"augment={chosen} is for static images; event datasets take dataset.augment.flip / "
             "crop_padding / event_drop"
         )
     model = build_model(

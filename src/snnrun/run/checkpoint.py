@@ -50,6 +50,7 @@ class Checkpoint(TypedDict):
     state: dict[str, Any]  # TrainState: epoch, global_step, best_acc, history
     rng: list[dict[str, Any]]  # one entry per rank (version 1 of one process: a dict)
     logger: dict[str, Any]
+    callbacks: dict[str, dict[str, Any]]  # each user callback's state_dict() by name (not before)
     config: dict[str, Any]  # the resolved config
     overrides: list[str]  # what composed it
 

@@ -1,5 +1,6 @@
-"""What a run was made with, for ``run.json``: the command, the versions, the code and the
-machine (each start and each resume record their own)."""
+"""What a run was made with, for ``run.json``: the command, the versions, the code (snnrun's and
+the user's ``_target_`` modules') and the machine (each start and each resume record their
+own)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import torch
 
 import snnrun.core.version
 from snnrun.core.distributed import World
+from snnrun.core.plugin import user_modules
 
 
 def provenance(device: torch.device, world: World) -> dict[str, Any]:
     """``command`` (argv), ``versions`` (python, torch, triton, cuda, snnrun), ``git`` (the
     commit and dirty flag of the snnrun install and of the working directory, each None outside
-    a repository), ``host``, ``device`` (its name) and ``world_size``."""
+    a repository), ``user_modules`` (each module a ``_target_`` was imported from, outside
+    snnrun: ``{module: {"file", "sha256"}}``), ``host``, ``device`` (its name) and
+    ``world_size``."""
     return {
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "versions": {
@@ -34,6 +38,7 @@ def provenance(device: torch.device, world: World) -> dict[str, Any]:
             "snnrun": git_state(Path(snnrun.core.version.__file__).parent),
             "cwd": git_state(Path.cwd()),
         },
+        "user_modules": user_modules(),
         "host": socket.gethostname(),
         "device": device_name(device),
         "world_size": world.size,

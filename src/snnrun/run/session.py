@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,22 @@ from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.progress import console
 from snnrun.core.stop import Stopped, graceful_stop
 from snnrun.core.version import __version__
+from snnrun.engine.builtin_callbacks import (
+    ConsoleProgress,
+    DivergedError,
+    DivergenceGuard,
+    EarlyStopping,
+)
+from snnrun.engine.callback import Callback, Watch, build_callbacks, declared_metrics, watches
 from snnrun.engine.optim import follow_horizon
 from snnrun.engine.profile import StepProfiler
-from snnrun.engine.trainer import DivergedError, Trainer, TrainState, Watch, watches
+from snnrun.engine.trainer import Trainer, TrainSettings, TrainState
 from snnrun.net.summary import markdown, summary_table, totals
 from snnrun.run.build import Run, build_run, data_identity, refuse_existing_run, resolve_paths
+from snnrun.run.callbacks import Checkpoints, Logging, TrainingFigures
 from snnrun.run.checkpoint import VERSION as CHECKPOINT_VERSION
 from snnrun.run.checkpoint import Checkpoint, capture_rng, restore_rng
 from snnrun.run.init_from import apply_init_from
-from snnrun.run.logger import RunLogger
 from snnrun.run.provenance import provenance
 from snnrun.run.resume import auto_resume
 from snnrun.run.rundir import (
@@ -158,8 +166,10 @@ def _fit(
     main = world.is_main
     console.quiet = not main
     console.print(f"run dir: {rundir.path}", highlight=False)
+    user = build_callbacks(config.get("callbacks"))  # before the data: a bad one fails fast
     run = build_run(config, world)
-    stopping = watches(config, run.val_loader is not None)[1]  # refused before a resume writes
+    has_val = run.val_loader is not None
+    best, stopping = watches(config, has_val, declared_metrics(user))  # before a resume writes
     data = {"name": config["dataset"]["name"], **data_identity(run.splits)}
     state, logger_state = TrainState(), None
     if checkpoint is None:
@@ -169,11 +179,13 @@ def _fit(
             info = {"run_id": run_id, "snnrun_version": __version__, "data": data,
                     "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                     "provenance": provenance(run.device, world)}  # fmt: skip
+            if declared_metrics(user):  # the keys ``snnrun runs`` shows
+                info["callback_metrics"] = list(declared_metrics(user))
             rundir.write_info({**info, "init_from": origin} if origin else info)
     else:
         run_id = checkpoint["run_id"]
         _check_same_data(checkpoint["data"], data, config)
-        state, logger_state, change = _restore(checkpoint, run)
+        state, logger_state, change = _restore(checkpoint, run, user)
         if main:
             rundir.rewrite_metrics(state.history)
             made = provenance(run.device, world)  # each resume says what it ran with
@@ -184,29 +196,15 @@ def _fit(
         rundir.write_config(config)
     _describe(run, rundir, main, stopping)
 
-    debug = config.get("debug") or {}
-    keep_checkpoints = debug.get("checkpoint", True)
+    def payload(st: TrainState) -> Checkpoint:
+        return checkpoint_payload(run, st, overrides, run_id, data, user)
 
-    def on_epoch_end(st: TrainState, record: dict[str, Any], is_best: bool) -> None:
-        if not keep_checkpoints:  # debug.checkpoint=false: the record only (on every rank)
-            if main:
-                rundir.append_metrics(record)
-            return
-        payload = checkpoint_payload(run, st, overrides, run_id, data)  # every rank's RNG
-        if main:
-            rundir.save_epoch(payload, record, is_best)
-            run.logger.log_checkpoint(rundir, record["epoch"], is_best)
-            _render_during_training(config["viz"], rundir, st, run.logger)
-
+    loggers = Logging(run.logger, rundir, run_id, config, logger_state, config["log_every"])
+    callbacks = _callbacks(config, run, rundir, user, best, stopping, loggers, payload)
     net = _compiled(run.model) if config["compile"] else run.model  # checkpoints keep .model
-    trainer = Trainer(run, _data_parallel(net, run, config), net)
-    if debug.get("profile_steps") and main:
-        trainer.profiler = StepProfiler(rundir.path / "profile", debug["profile_steps"], run.device)
-    run.logger.start(rundir, run_id, config, logger_state, state.history)
-    try:
-        trainer.fit(config["epochs"], state, on_epoch_end)
-    finally:
-        run.logger.finish()
+    trainer = Trainer(run, _data_parallel(net, run, config), net,
+                      settings=TrainSettings.of(config), callbacks=callbacks)  # fmt: skip
+    trainer.fit(config["epochs"], state, rundir.path)
     _report(state, rundir.path)
     return state.best_acc
 
@@ -248,24 +246,46 @@ def _data_parallel(net: torch.nn.Module, run: Run, config: dict[str, Any]) -> to
     return DistributedDataParallel(net, device_ids=[run.device.index] if cuda else None)
 
 
-def _render_during_training(
-    viz: dict[str, Any], rundir: RunDir, state: TrainState, logger: RunLogger
-) -> None:
-    """``viz.every_n_epochs``: the cheap figures (curves, firing rates) into the run dir."""
-    every = viz.get("every_n_epochs") or 0
-    if every <= 0 or state.epoch % every:
-        return
-    from snnrun.report.render import render_cheap
-
-    figures = render_cheap(rundir, state.history, viz.get("format", "png"))
-    logger.log_figures(figures, state.global_step)
+def _callbacks(
+    config: dict[str, Any],
+    run: Run,
+    rundir: RunDir,
+    user: dict[str, Callback],
+    best: Watch,
+    stopping: Watch | None,
+    loggers: Logging,
+    payload: Callable[[TrainState], Checkpoint],
+) -> list[Callback]:
+    """The trainer's callbacks, in the order they are called: the profiler (``debug=profile``),
+    the divergence guard (before anything is written), the user's (their keys join the record
+    before anything reads it), early stopping, the console, the loggers, the checkpoints and
+    metrics file, the figures of ``viz.every_n_epochs``."""
+    main, debug = run.world.is_main, config.get("debug") or {}
+    keep = debug.get("checkpoint", True)  # debug.checkpoint=false: the metrics line only
+    steps = debug.get("profile_steps")
+    profiler = [StepProfiler(rundir.path / "profile", steps, run.device)] if steps and main else []
+    optimizer, stop_options = config["optimizer"], config.get("early_stopping") or {}
+    guard = DivergenceGuard(optimizer.get("lr"), optimizer.get("clip_grad_norm"),
+                            config["precision"]["name"], keep)  # fmt: skip
+    patience, delta = stop_options.get("patience", 5), stop_options.get("min_delta", 0.0)
+    every, fmt = config["viz"].get("every_n_epochs") or 0, config["viz"].get("format", "png")
+    figures = [TrainingFigures(rundir, every, fmt, run.logger)] if main and keep else []
+    files = Checkpoints(rundir, best, payload, keep, main)
+    stop = EarlyStopping(stopping, patience, delta)
+    return [*profiler, guard, *user.values(), stop, ConsoleProgress(), loggers, files, *figures]
 
 
 def checkpoint_payload(
-    run: Run, state: TrainState, overrides: list[str], run_id: str, data: dict[str, Any]
+    run: Run,
+    state: TrainState,
+    overrides: list[str],
+    run_id: str,
+    data: dict[str, Any],
+    callbacks: dict[str, Callback],
 ) -> Checkpoint:
-    """Everything a resume needs, the resolved config, the overrides that composed it, and
-    what rebuilding the network needs (``data``): the :class:`Checkpoint` schema."""
+    """Everything a resume needs, the resolved config, the overrides that composed it, what
+    rebuilding the network needs (``data``) and the user's callbacks' states by name: the
+    :class:`Checkpoint` schema."""
     scaler = run.precision.scaler
     return {
         "version": CHECKPOINT_VERSION,
@@ -278,16 +298,18 @@ def checkpoint_payload(
         "state": vars(state),
         "rng": gather(capture_rng()),  # one entry per rank
         "logger": run.logger.state_dict(),
+        "callbacks": {name: callback.state_dict() for name, callback in callbacks.items()},
         "config": run.config,
         "overrides": overrides,
     }
 
 
 def _restore(
-    payload: Checkpoint, run: Run
+    payload: Checkpoint, run: Run, callbacks: dict[str, Callback]
 ) -> tuple[TrainState, dict[str, Any], dict[str, Any] | None]:
-    """Load every state a checkpoint holds, the RNGs last, after all building is done; also
-    the schedule's horizon change when ``epochs`` moved it (for ``run.json``)."""
+    """Load every state a checkpoint holds (a callback's by its name; one the checkpoint
+    lacks starts afresh), the RNGs last, after all building is done; also the schedule's
+    horizon change when ``epochs`` moved it (for ``run.json``)."""
     change = None
     try:
         run.model.load_state_dict(payload["model"])
@@ -298,6 +320,10 @@ def _restore(
         if run.precision.scaler is not None and payload.get("scaler") is not None:
             run.precision.scaler.load_state_dict(payload["scaler"])
         state = TrainState(**payload["state"])
+        saved = payload.get("callbacks") or {}
+        for name, callback in callbacks.items():
+            if name in saved:
+                callback.load_state_dict(saved[name])
         _restore_rng(payload["rng"], run)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise SnnrunError(f"checkpoint does not fit the configured run: {one_line(e)}"
