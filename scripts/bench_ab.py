@@ -2,6 +2,7 @@
 """A/B training speed of two commits on the same commands, in the same environment.
 
     python scripts/bench_ab.py BASE [HEAD] [--cases quickstart fmnist_c32] [--rounds 5]
+        [--slice 0.2 | --steps [--cpu-time]]
 
 Each commit's tree is checked out in a temporary git worktree and run against the current
 environment with no install (``PYTHONPATH=<tree>/src``; its ``conf/`` and ``kernels/`` are linked
@@ -24,6 +25,13 @@ runs both sides at once, taking turns on the machine every 0.2 s (SIGSTOP / SIGC
 spell falls on both; each side's figure is then its best epoch among those it finished while
 both ran (half a solo run's speed; the ratio is what counts). A/A: 1.00 in 6 rounds. Run an A/A
 first (``bench_ab.py HEAD``: the commit against its own clean tree) to see the spread.
+
+``--steps`` measures the train step alone, with both trees in ONE process
+(``scripts/bench_steps.py``): their steps interleave batch by batch, so the process's luck and a
+slow spell land on both; ``--cpu-time`` (one torch thread, steps timed by CPU time) also leaves
+out the preemptions of a busy machine: the least noisy figure (A/A per-round 0.987
+[0.965-1.002] in 6 rounds while other jobs ran). It leaves out start-up, the test pass and the
+per-epoch work, which ``--slice`` keeps.
 
 Cases (data from ``../shared/data`` beside the repo, or ``$SNNRUN_DATA``):
 

@@ -247,6 +247,29 @@ def test_a_user_monitor_joins_the_counters(monkeypatch, tmp_path: Path, plugs: s
     assert "firing_rate/L2" in record and "synops/ac" in record
 
 
+def test_the_other_doors_from_a_user_config_dir(monkeypatch, tmp_path: Path, plugs: str) -> None:
+    """encoder, optimizer, scheduler and monitor each from a YAML file of the user's
+    ``--config-dir`` (``group=name``), in one run: each is the user's object."""
+    files = {
+        "encoder/doubled.yaml": f"_target_: {plugs}.Doubled\nname: doubled\ngain: 3.0\n",
+        "optimizer/counting.yaml": f"_target_: {plugs}.CountingSGD\nlr: 0.02\n",
+        "scheduler/halving.yaml": "_target_: torch.optim.lr_scheduler.ExponentialLR\ngamma: 0.5\n",
+        "monitor/batches.yaml": f"_target_: {plugs}.Batches\nkey: batches\n",
+    }
+    for name, text in files.items():
+        (tmp_path / "conf" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "conf" / name).write_text(text)
+    choices = ["encoder=doubled", "optimizer=counting", "scheduler=halving", "monitor=batches"]
+    args = run_args(tmp_path, *choices, "epochs=2")
+    train_in_process(monkeypatch, f"--config-dir={tmp_path / 'conf'}",
+                     *[a for a in args if a != "epochs=1"])  # fmt: skip
+    seen = sys.modules[plugs].SEEN
+    assert seen["encoder"] == [4] * 2 * (TRAIN_BATCHES + TEST_BATCHES)
+    assert seen["steps"] == 2 * TRAIN_BATCHES
+    lrs = [(r["lr"], r["batches"]) for r in records(tmp_path)]  # TINY's optimizer.lr=0.01, halved
+    assert lrs == [(0.01, 2.0), (0.005, 2.0)]
+
+
 # --- bad plug-ins: one line, exit 2, no run dir ------------------------------------------------
 
 
