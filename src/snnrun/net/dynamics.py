@@ -199,7 +199,8 @@ def v_after(dyn: Dynamics, h: torch.Tensor) -> torch.Tensor:
 
 
 def dv_dh(dyn: Dynamics, h: torch.Tensor, s: torch.Tensor, sg: torch.Tensor) -> torch.Tensor | None:
-    """``dV[t]/dH[t]`` for the boolean spike ``s``; None where it is 1."""
+    """``dV[t]/dH[t]`` for the spike ``s`` (boolean, or 0/1 in ``h``'s dtype); None where it is
+    1."""
     if dyn.kind == "leaky" or (not dyn.hard_reset and dyn.detach_reset):
         return None
     return eq_dv_dh(h, s.to(h.dtype), sg, dyn.v_threshold, dyn.v_reset, dyn.code,

@@ -76,7 +76,7 @@ class _NeuronLoop(torch.autograd.Function):
             if g_v_seq is not None:
                 g_v = g_v_seq[t] if g_v is None else g_v + g_v_seq[t]
             h = h_seq[t]
-            s = h >= dyn.v_threshold
+            s = torch.ge(h, dyn.v_threshold, out=torch.empty_like(h))  # S[t] in h's dtype: one pass
             sg = dyn.surrogate.grad(h - dyn.v_threshold)
             g_h = g_spikes[t] * sg if g_spikes is not None else torch.zeros_like(h)
             if g_v is not None:
