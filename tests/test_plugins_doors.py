@@ -177,6 +177,9 @@ def test_tet_from_a_user_config_dir_records_its_module(monkeypatch, tmp_path: Pa
         "sha256": hashlib.sha256(tet.read_bytes()).hexdigest(),
     }
     assert "_target_: plugins.tet.TET" in (run / "config.yaml").read_text()
+    later = tmp_path / "later"  # the next run of this process (a sweep's job) has no TET
+    train_in_process(monkeypatch, *TINY, f"hydra.run.dir={later}")
+    assert json.loads((later / "run.json").read_text())["provenance"]["user_modules"] == {}
 
 
 def test_tet_inline_takes_its_keys(monkeypatch, tmp_path: Path) -> None:

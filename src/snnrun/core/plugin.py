@@ -106,12 +106,16 @@ def takes(obj: Any, name: str) -> bool:
         return False
 
 
-def user_modules() -> dict[str, dict[str, str]]:
-    """Every module a ``_target_`` was imported from, outside snnrun: ``{module: {"file",
-    "sha256"}}`` (for ``run.json``'s provenance)."""
+def user_modules(config: Any) -> dict[str, dict[str, str]]:
+    """The modules the ``_target_`` strings of ``config`` (a run config, at any depth) were
+    imported from, outside snnrun: ``{module: {"file", "sha256"}}`` (for ``run.json``'s
+    provenance; another run's targets imported earlier in the process are not this run's)."""
+    targets = set(_targets(config))
     found = {}
     for module, file in sorted(_IMPORTED.items()):
         if module == "snnrun" or module.startswith("snnrun."):
+            continue
+        if not any(t.startswith(module + ".") for t in targets):
             continue
         try:
             with open(file, "rb") as f:
@@ -120,3 +124,13 @@ def user_modules() -> dict[str, dict[str, str]]:
             continue
         found[module] = {"file": file, "sha256": digest}
     return found
+
+
+def _targets(node: Any) -> list[str]:
+    """Every ``_target_`` string in a nested config."""
+    if isinstance(node, Mapping):
+        own = [node[TARGET]] if isinstance(node.get(TARGET), str) else []
+        return own + [t for v in node.values() for t in _targets(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _targets(v)]
+    return []

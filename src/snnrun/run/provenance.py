@@ -19,11 +19,11 @@ from snnrun.core.distributed import World
 from snnrun.core.plugin import user_modules
 
 
-def provenance(device: torch.device, world: World) -> dict[str, Any]:
+def provenance(device: torch.device, world: World, config: dict[str, Any]) -> dict[str, Any]:
     """``command`` (argv), ``versions`` (python, torch, triton, cuda, snnrun), ``git`` (the
     commit and dirty flag of the snnrun install and of the working directory, each None outside
-    a repository), ``user_modules`` (each module a ``_target_`` was imported from, outside
-    snnrun: ``{module: {"file", "sha256"}}``), ``host``, ``device`` (its name) and
+    a repository), ``user_modules`` (each module a ``_target_`` of ``config`` was imported
+    from, outside snnrun: ``{module: {"file", "sha256"}}``), ``host``, ``device`` (its name) and
     ``world_size``."""
     return {
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
@@ -38,7 +38,7 @@ def provenance(device: torch.device, world: World) -> dict[str, Any]:
             "snnrun": git_state(Path(snnrun.core.version.__file__).parent),
             "cwd": git_state(Path.cwd()),
         },
-        "user_modules": user_modules(),
+        "user_modules": user_modules(config),
         "host": socket.gethostname(),
         "device": device_name(device),
         "world_size": world.size,

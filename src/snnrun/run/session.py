@@ -178,7 +178,7 @@ def _fit(
         if main:
             info = {"run_id": run_id, "snnrun_version": __version__, "data": data,
                     "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    "provenance": provenance(run.device, world)}  # fmt: skip
+                    "provenance": provenance(run.device, world, config)}  # fmt: skip
             if declared_metrics(user):  # the keys ``snnrun runs`` shows
                 info["callback_metrics"] = list(declared_metrics(user))
             rundir.write_info({**info, "init_from": origin} if origin else info)
@@ -188,7 +188,7 @@ def _fit(
         state, logger_state, change = _restore(checkpoint, run, user)
         if main:
             rundir.rewrite_metrics(state.history)
-            made = provenance(run.device, world)  # each resume says what it ran with
+            made = provenance(run.device, world, config)  # each resume says what it ran with
             rundir.record_resume({"epochs": config["epochs"], **(change or {}), "provenance": made})
         console.print(f"resuming {rundir.path} at epoch {state.epoch + 1} of {config['epochs']} "
                       f"({state.epoch} done, best test_acc {state.best_acc:.4f})")  # fmt: skip
