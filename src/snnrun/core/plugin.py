@@ -6,7 +6,7 @@ labels it (in the summary and ``snnrun runs``). The target is imported here firs
 missing package, module or attribute is one line naming it (and ``PYTHONPATH``) instead of
 Hydra's traceback. Every module imported this way is remembered with its file and SHA-256 for
 ``run.json`` (:func:`user_modules`). What the built object must provide is its group's protocol
-(:mod:`snnrun.core.protocols`), checked before the run dir is written.
+(:mod:`snnrun.core.protocols`), checked when the run is built, before its first record.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ Shapes: ``T`` time steps, ``N`` the batch, ``...`` one sample's shape. A group c
 override such as ``loss._target_=my_pkg.TET``) with ``_target_`` builds the user's object with
 the group's other keys as keyword arguments (:mod:`snnrun.core.plugin`); the built-ins are
 written to the same protocols. :func:`check` holds an object to its group's protocol when the
-run is built, before its run dir is written: a missing method, a wrong signature or a missing
-attribute is one line naming the group, the class and what is missing.
+run is built, before its first record or checkpoint: a missing method, a wrong signature or a
+missing attribute is one line naming the group, the class and what is missing (a fresh run
+refused there leaves no run dir behind).
 
 - ``loss``: :class:`Loss`.
 - ``dataset``: the target is called with the group's keys and returns :class:`DatasetSplits`.
