@@ -242,9 +242,11 @@ def build_neuron(options: dict[str, Any], surrogate_options: dict[str, Any]) -> 
 
 
 def merge_neuron_options(group: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
-    """A model entry's neuron settings over the group's; switching ``name`` keeps only the
-    group keys the new neuron accepts (``{type: neuron, name: lif}`` in a ``neuron=plif`` run
-    keeps ``v_threshold``, ``detach_reset``, ``backend``... but not ``init_tau``)."""
+    """A model entry's neuron settings: over the run's ``neuron`` group when the entry names the
+    group's neuron (or none); when it names another, over that neuron's own defaults, keeping
+    of the group only how the run runs its neurons (:data:`LAYER_KEYS`: ``backend``,
+    ``step_mode``, ``store_v_seq``). ``{type: recurrent, name: alif}`` in a ``neuron=lif`` run
+    is an ALIF with ALIF's ``tau`` 20 and soft reset, not LIF's ``tau`` 2 and hard reset."""
     if "kind" in entry or "kind" in group:
         raise TypeError(OLD_KEY)
     known = {"name", *(k for n in NEURONS.names() for k in NEURONS.get(n).OPTIONS)}
@@ -256,8 +258,10 @@ def merge_neuron_options(group: dict[str, Any], entry: dict[str, Any]) -> dict[s
             f"no neuron reads {keys}; remove or respell it ({group['name']}'s keys: {own})"
         )
     name = entry.get("name", group["name"])
+    if name == group["name"]:
+        return {**group, **entry, "name": name}
     accepted = NEURONS.get(name).OPTIONS
-    kept = {k: v for k, v in group.items() if k in accepted}
+    kept = {k: v for k, v in group.items() if k in LAYER_KEYS and k in accepted}
     return {**kept, **entry, "name": name}
 
 

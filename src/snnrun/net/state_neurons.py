@@ -79,6 +79,7 @@ class ALIFNeuron(StateNeuron):
     def __init__(self, tau: float = 20.0, tau_adapt: float = 200.0, beta_a: float = 1.8, **kw: Any):
         tau = checked("alif", "tau", tau, "> 1")
         tau_adapt = checked("alif", "tau_adapt", tau_adapt, "> 0")
+        kw = {"v_reset": None, **kw}  # soft by default (e-prop's reset), as conf/neuron/alif.yaml
         super().__init__(make_dynamics("lif", kw, "alif"), **layer_options(kw))
         self.tau, self.tau_adapt, self.beta_a = tau, tau_adapt, float(beta_a)
         self.rho = math.exp(-1.0 / self.tau_adapt)
