@@ -133,7 +133,7 @@ def test_a_killed_run_with_stateful_callbacks_resumes_exactly(tmp_path) -> None:
     """The example callbacks (examples/plugins/callback.py: moving averages over epochs and
     over steps, kept in each checkpoint): SIGKILL mid-run, resume, and every record equals an
     unbroken run's; ``loss_ema`` picks the best checkpoint."""
-    args = [*FC, "dataset.train_limit=256", "epochs=3",
+    args = [*FC, "dataset.train_limit=256", "epochs=10",  # epochs take ms: room for the kill
             "+callbacks.weights._target_=plugins.callback.WeightNorm",
             "+callbacks.loss_ema._target_=plugins.callback.LossEMA",
             "checkpoint.monitor=loss_ema", "checkpoint.mode=min"]  # fmt: skip
@@ -146,7 +146,7 @@ def test_a_killed_run_with_stateful_callbacks_resumes_exactly(tmp_path) -> None:
     wait_for_epochs(killed, 1, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
-    assert 1 <= len(read_metrics(killed)) < 3, "the kill should land mid-training"
+    assert 1 <= len(read_metrics(killed)) < 10, "the kill should land mid-training"
     run_snnrun([f"resume={killed}"], cwd=tmp_path, env=env)
     assert without_timing(read_metrics(killed)) == expected
     saved = load_checkpoint(killed / "checkpoint_latest.pt")["callbacks"]
