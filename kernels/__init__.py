@@ -33,8 +33,7 @@ import torch
 from snnrun.kernels.neuron_op import triton_neuron
 from snnrun.net.dynamics import BACKENDS, BackendResult, Decay, Dynamics
 from snnrun.net.neuron_loop import handwritten_loop
-from snnrun.net.state_loop import FUSED, Fused
-from snnrun.net.state_neurons import ALIFNeuron, SynapticNeuron
+from snnrun.net.state_loop import STATE_BACKENDS, chunked_states
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -82,21 +81,15 @@ def triton_backend(
     return triton_neuron(x_seq, v, decay, dyn, store_v_seq)
 
 
-def _states(kind: int) -> Fused:
-    """alif (0) / synaptic (1) through :mod:`.state_kernels` (imported on the first launch);
-    None where the kernels cannot run (:func:`fallback_reason`): the torch loop runs then."""
+@STATE_BACKENDS.register("triton")
+def triton_states(owner, x_seq, state, params, step, store_v_seq):  # a state_loop.StateBackend
+    """A multi-state neuron's kernels, written from the trace of its step
+    (:mod:`.step_kernels`, imported on the first launch); the torch loop where they cannot run."""
+    if _falls_back(x_seq.device.type):
+        return chunked_states(owner, x_seq, state, params, step, store_v_seq)
+    from snnrun.kernels.step_kernels import traced_states
 
-    def fused(owner, x_seq, state, params, store_v_seq):  # the state_loop.Fused signature
-        if _falls_back(x_seq.device.type):
-            return None
-        from snnrun.kernels.state_kernels import fused_states
-
-        return fused_states(kind, owner, x_seq, state, params, store_v_seq)
-
-    return fused
+    return traced_states(owner, x_seq, state, params, step, store_v_seq)
 
 
-FUSED[ALIFNeuron.step] = _states(0)
-FUSED[SynapticNeuron.step] = _states(1)
-
-__all__ = ["HAVE_TRITON", "INTERPRET", "triton_backend", "triton_neuron"]
+__all__ = ["HAVE_TRITON", "INTERPRET", "triton_backend", "triton_neuron", "triton_states"]

@@ -588,22 +588,47 @@ SM90_SCRIPT = textwrap.dedent(
         k = triton.compile(ASTSource(K.neuron_bwd_kernel, sig(K.neuron_bwd_kernel, bwd), cb,
                                      aligned), target=GPUTarget("cuda", 90, 32))
         assert k.asm["ptx"].count("bar.sync") <= 1, "tile layout conversions through smem"
-    from snnrun.kernels import state_kernels as S  # they call the shared charge and reset
-    f32 = "fp32"
-    for kind in (0, 1):
-        fwd = dict(x_ptr="*bf16", q0_ptr="*fp32", v0_ptr="*fp32", par_ptr="*fp32", s_ptr="*bf16",
-                   qlast_ptr="*fp32", vlast_ptr="*fp32", ckpt_ptr="*fp32", vseq_ptr="*bf16",
-                   N="i32", T="i32", v_th=f32, v_reset=f32, p0=f32, p1=f32, beta_a=f32)
-        cf = dict(KIND=kind, HARD=True, DECAY_INPUT=True, STORE_V=True, CHUNK=K.CHUNK, BLOCK=256)
-        triton.compile(ASTSource(S.states_fwd_kernel, sig(S.states_fwd_kernel, fwd), cf, aligned),
-                       target=GPUTarget("cuda", 90, 32))
-    half = ("gs_ptr", "gvs_ptr", "x_ptr", "gx_ptr")
-    for fn, cb in ((S.alif_bwd_kernel, dict(HARD=True, DETACH=False, DECAY_INPUT=True)),
-                   (S.synaptic_bwd_kernel, dict(NEED_PGRAD=True))):
-        cb = dict(cb, HAS_GVS=True, SG=0, CHUNK=K.CHUNK, BLOCK=128)
-        types = {n: ("*bf16" if n in half else "*fp32") if n.endswith("_ptr") else
-                 "i32" if n in ("N", "T") else f32 for n in fn.arg_names if n not in cb}
-        triton.compile(ASTSource(fn, sig(fn, types), cb, aligned), target=GPUTarget("cuda", 90, 32))
+    import torch
+    import triton.language as tl
+    from snnrun.kernels.step_codegen import kernel_source
+    from snnrun.kernels.step_kernels import compiled, traced
+    from snnrun.net.neuron import build_neuron
+
+    import snnrun
+    from snnrun import tl as d
+
+    class EveryOp(snnrun.Neuron):  # every operation of the dialect, a tensor parameter per neuron
+        STATES = {"v": 0.0, "u": 0.1}
+
+        def params(self):
+            return {"k": torch.ones(3)}
+
+        def step(self, x, st, p):
+            v, u = st["v"], st["u"]
+            h = (v + d.sigmoid(x) * p["k"] - d.exp(-d.abs(u)) / (2.0 + u * u)
+                 + d.maximum(x, 0.1) - d.minimum(v, -1.0))
+            s = self.fire(h - self.v_threshold)
+            v = d.where((h > 2.0) | (u < -5.0), 0.0, h - d.detach(s))
+            return s, {"v": v, "u": u * 0.9 + s}
+
+    layers = [build_neuron({"name": "alif", "v_reset": 0.0}, {"name": "atan"}),
+              build_neuron({"name": "synaptic", "learn_alpha": True}, {"name": "atan"}),
+              EveryOp()]
+    half = ("x_ptr", "s_ptr", "vseq_ptr", "gs_ptr", "gvs_ptr", "gx_ptr")
+    for layer in layers:
+        step, params = layer.step, layer.params()
+        if isinstance(layer, snnrun.Neuron):
+            step, params = layer.flat_step, list(params.values())
+        trace, spike, new = traced(step, 2, params)
+        kinds = ["scalar" if p.numel() == 1 else "element"
+                 for p in params if isinstance(p, torch.Tensor)]
+        fwd, bwd = compiled(kernel_source(trace.ops, spike, new, kinds))
+        for fn, cb in ((fwd, dict(STORE_V=True)), (bwd, dict(HAS_GVS=True, SG=0))):
+            cb = dict(cb, CHUNK=K.CHUNK, BLOCK=128, ACC=tl.float32)
+            types = {n: ("*bf16" if n in half else "*fp32") if n.endswith("_ptr") else
+                     "i32" if n in ("N", "T") else "fp32" for n in fn.arg_names if n not in cb}
+            triton.compile(ASTSource(fn, sig(fn, types), cb, aligned),
+                           target=GPUTarget("cuda", 90, 32))
     print("ok")
     """
 )

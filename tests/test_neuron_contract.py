@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from snnrun.net.neuron import NEURONS, build_neuron, merge_neuron_options
 
-from conftest import REPO, train_in_process
+from conftest import (
+    REPO,
+    TINY,
+    assert_one_line_error,
+    cli,
+    make_user_package,
+    read_metrics,
+    train_in_process,
+)
 
 ATAN = {"name": "atan", "alpha": 2.0}
 BUILT_IN = [n for n in NEURONS.names() if n != "psn"]  # psn's T is the run's
@@ -50,3 +60,157 @@ def test_recurrent_alif_in_a_lif_run_is_alif(tmp_path: Path, monkeypatch):
     summary = (tmp_path / "run" / "summary.md").read_text()
     assert "alif tau=20 tau_adapt=200" in summary and "soft" in summary.split("alif")[1][:120]
     assert "lif tau=2 v_th=1 hard" in summary  # the readout keeps the run's group
+
+
+# --- a user's neurons, written in a test package's file only ----------------------------------
+USER_NEURONS = '''
+import torch
+from torch import nn
+
+import snnrun
+from snnrun import tl
+
+
+class QIF(snnrun.Neuron):
+    """Quadratic integrate-and-fire: V += (V (V - v_c) + X) / tau; spike at V >= v_th."""
+
+    STATES = {"v": 0.0}
+
+    def __init__(self, tau=2.0, v_c=0.5, **kw):
+        super().__init__(**kw)
+        self.tau, self.v_c = tau, v_c
+
+    def step(self, x, states, params):
+        v = states["v"]
+        h = v + (v * (v - self.v_c) + x) / self.tau
+        s = self.fire(h - self.v_threshold)
+        return s, {"v": h * (1.0 - s)}
+
+
+class Izhikevich(snnrun.Neuron):
+    """Izhikevich (2003), regular spiking: Euler steps of dt ms, the input times gain."""
+
+    STATES = {"v": -65.0, "u": -13.0}
+
+    def __init__(self, a=0.02, b=0.2, c=-65.0, d=8.0, dt=0.5, gain=20.0, v_peak=30.0, **kw):
+        super().__init__(**kw)
+        self.a, self.b, self.c, self.d = a, b, c, d
+        self.dt, self.gain, self.v_peak = dt, gain, v_peak
+
+    def step(self, x, states, params):
+        v, u = states["v"], states["u"]
+        h = v + self.dt * (0.04 * v * v + 5.0 * v + 140.0 - u + self.gain * x)
+        s = self.fire(h - self.v_peak)
+        u = u + self.dt * self.a * (self.b * v - u) + self.d * s
+        return s, {"v": tl.where(s > 0.0, self.c, h), "u": u}
+
+
+class LearnedQIF(QIF):
+    """QIF with a learned 1/tau: one per layer (shape ()) or one per feature."""
+
+    def __init__(self, shape=(), **kw):
+        super().__init__(**kw)
+        self.k = nn.Parameter(torch.full(tuple(shape), 0.5))
+
+    def params(self):
+        return {"k": self.k.clamp(0.05, 1.0)}
+
+    def step(self, x, states, params):
+        v = states["v"]
+        h = v + (tl.maximum(v * (v - self.v_c), -1.0) + tl.abs(x)) * params["k"]
+        s = self.fire(h - self.v_threshold)
+        return s, {"v": h - tl.detach(s) * self.v_threshold}
+'''
+
+
+@pytest.fixture
+def user_pkg(tmp_path: Path, monkeypatch):
+    yield from make_user_package(tmp_path, monkeypatch, "my_neurons", USER_NEURONS)
+
+
+CASES = {
+    "qif": ("QIF", {}),
+    "izhikevich": ("Izhikevich", {}),
+    "learned_layer": ("LearnedQIF", {"shape": ()}),
+    "learned_feature": ("LearnedQIF", {"shape": (5,)}),
+}
+
+
+def _grads(layer, x: torch.Tensor, w: torch.Tensor) -> dict[str, torch.Tensor]:
+    x = x.clone().requires_grad_()
+    spikes = layer(x)
+    v = layer.v
+    ((spikes * w).sum() + (v * w[0]).sum()).backward()
+    out = {"s": spikes.detach(), "v": v.detach(), "gx": x.grad}
+    out.update({f"g_{n}": p.grad for n, p in layer.named_parameters()})
+    return out
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("case", CASES)
+def test_user_neuron_backends_agree_with_the_reference(user_pkg, case, backend):
+    """float64: spikes exact, gradients within 1e-6 relative of the autograd reference."""
+    import importlib
+
+    cls_name, kw = CASES[case]
+    cls = getattr(importlib.import_module(user_pkg), cls_name)
+    torch.manual_seed(0)
+    x = torch.rand(13, 3, 5, dtype=torch.float64) * (4.0 if case == "izhikevich" else 1.5)
+    w = torch.randn(13, 3, 5, dtype=torch.float64)
+    ref = cls(backend="autograd", **kw).double()
+    got = cls(backend=backend, **kw).double()
+    want, have = _grads(ref, x, w), _grads(got, x, w)
+    assert want["s"].sum() > 0 and not want["s"].all()  # the case spikes, and not everywhere
+    assert torch.equal(have["s"], want["s"])
+    for key in want:
+        if key != "s":
+            scale = want[key].abs().max().clamp_min(1e-12)
+            assert (have[key] - want[key]).abs().max() / scale <= 1e-6, key
+
+
+@pytest.mark.parametrize("backend", ["autograd", "torch", "triton"])
+@pytest.mark.parametrize("neuron", ["QIF", "Izhikevich"])
+def test_user_neuron_trains_through_the_command(user_pkg, tmp_path, monkeypatch, neuron, backend):
+    monkeypatch.chdir(tmp_path)
+    train_in_process(
+        monkeypatch, *TINY, f"neuron._target_={user_pkg}.{neuron}", f"neuron.backend={backend}",
+        "dataset.train_limit=64", "dataset.test_limit=32", "hydra.run.dir=run",
+    )  # fmt: skip
+    records = read_metrics(tmp_path / "run")
+    assert len(records) == 1 and math.isfinite(records[0]["train_loss"])
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert f"{neuron.lower()} " in summary and f", {backend}" in summary
+
+
+def test_step_modes_agree(user_pkg):
+    import importlib
+
+    cls = importlib.import_module(user_pkg).Izhikevich
+    x = torch.rand(9, 4, dtype=torch.float64) * 4
+    multi = cls().double()(x)
+    single = cls(step_mode="s").double()
+    assert torch.equal(torch.stack([single(xt) for xt in x]), multi)
+
+
+def test_a_python_branch_in_a_step_is_one_line(user_pkg):
+    import importlib
+
+    class Branchy(importlib.import_module(user_pkg).QIF):
+        def step(self, x, states, params):
+            if states["v"] > 0.5:
+                return super().step(x, states, params)
+            return super().step(2 * x, states, params)
+
+    from snnrun.kernels.step_kernels import traced
+
+    layer = Branchy()
+    with pytest.raises(TypeError, match=r"tl\.where\(cond, a, b\)"):
+        traced(layer.flat_step, 1, [])
+
+
+def test_a_target_that_is_no_neuron_is_one_line(tmp_path, monkeypatch, capsys):
+    gen = make_user_package(tmp_path, monkeypatch, "not_neurons", "class Thing:\n    pass\n")
+    name = next(gen)
+    code, err = cli(monkeypatch, capsys, *TINY, f"neuron._target_={name}.Thing",
+                    f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert_one_line_error(code, err, f"{name}.Thing is not a snnrun.Neuron subclass")

@@ -1,5 +1,6 @@
-"""The fused alif / synaptic kernels (``kernels/state_kernels.py``) against the float64 reference
-loop (``state_loop.reference_states``) run with the very same step function.
+"""The fused alif / synaptic kernels (written from the trace of their step,
+``kernels/step_kernels.py``) against the float64 reference loop (``state_loop.reference_states``)
+run with the very same step function.
 
 As in ``test_kernels.py``: the reference is recomputed in float64 from the values the kernel saw
 (half inputs upcast); neurons whose threshold argument (``H - theta``, and synaptic's ``V - V_th``
@@ -19,9 +20,8 @@ import torch
 from test_kernels import AMBIGUOUS, DEVICE, HALF, ON_GPU, needs_kernels, rel_err
 
 import snnrun.kernels as kernels
-from snnrun.net import state_loop
 from snnrun.net.neuron import build_neuron
-from snnrun.net.state_loop import reference_states, run_states
+from snnrun.net.state_loop import chunked_states, reference_states
 from snnrun.net.state_neurons import StateNeuron, SynapticNeuron
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -118,8 +118,8 @@ def run(layer, runner, x, state, weights, device: str, dtype: torch.dtype) -> di
     return {k: v.detach().cpu() for k, v in out.items()}
 
 
-def triton_states(x, state, params, step):
-    return run_states("triton", x, state, params, step)
+def triton_states(x, state, params, step, store_v_seq=True):
+    return kernels.triton_states(step.__self__, x, state, params, step, store_v_seq)
 
 
 def check(case: Case, t: int, n: int, dtype: torch.dtype, seed: int = 0) -> dict:
@@ -237,40 +237,46 @@ def test_v_seq_only_when_asked(kind: str) -> None:
     layer = Case(kind).layer().to(DEVICE)
     x, state = make_inputs(Case(kind), 9, 20, torch.float32, seed=2)
     x, state = x.to(DEVICE), tuple(s.to(DEVICE) for s in state)
-    with_v = run_states("triton", x, state, layer.params(), layer.step)
-    without = run_states("triton", x, state, layer.params(), layer.step, store_v_seq=False)
-    torch_loop = run_states("torch", x, state, layer.params(), layer.step, store_v_seq=False)
+    with_v = triton_states(x, state, layer.params(), layer.step)
+    without = triton_states(x, state, layer.params(), layer.step, store_v_seq=False)
+    torch_loop = chunked_states(layer, x, state, layer.params(), layer.step, False)
     assert with_v[2] is not None and without[2] is None and torch_loop[2] is None
     assert torch.equal(with_v[0], without[0]) and torch.equal(with_v[0], torch_loop[0])
 
 
 @needs_kernels
 def test_empty_neuron_axis_and_per_neuron_decays() -> None:
+    """No neurons: empty outputs. One alpha per neuron: the kernels take it (one value per
+    neuron) and give the torch loop's values and gradient."""
     layer = Case("synaptic").layer().to(DEVICE)
     x = torch.zeros(4, 0, device=DEVICE)
-    spikes, (i, v), v_seq = run_states("triton", x, (x[0], x[0]), layer.params(), layer.step)
+    spikes, (i, v), v_seq = triton_states(x, (x[0], x[0]), layer.params(), layer.step)
     assert spikes.shape == v_seq.shape == (4, 0) and i.shape == v.shape == (0,)
-    x = torch.rand(4, 5, device=DEVICE)
-    params = [torch.full((5,), 0.5, device=DEVICE), layer.params()[1]]
-    with pytest.raises(ValueError, match="one alpha and one beta per layer"):
-        run_states("triton", x, (x[0], x[0]), params, layer.step)
+    x = torch.rand(9, 5, device=DEVICE) * 2
+    results = []
+    for run_ in (triton_states, lambda *a: chunked_states(layer, *a, True)):
+        alpha = torch.linspace(0.1, 0.9, 5, device=DEVICE).requires_grad_()
+        spikes, last, _ = run_(x, (x[0] * 0, x[0] * 0), [alpha, layer.params()[1]], layer.step)
+        (spikes.sum() + last[1].sum()).backward()
+        results.append((spikes, last[1], alpha.grad))
+    assert results[0][0].sum() > 0
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 class _Doubled(SynapticNeuron):
-    """A subclass whose step differs from the one the kernels implement."""
+    """A subclass with a step of its own."""
 
     def step(self, x, state, params):
         return super().step(2.0 * x, state, params)
 
 
 @needs_kernels
-def test_a_redefined_step_runs_the_torch_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The kernels are keyed by the step function: a subclass's own step never reaches them."""
-    monkeypatch.setattr(state_loop, "_noted", set())
+def test_a_redefined_step_gets_kernels_of_its_own() -> None:
+    """The kernels are written from the layer's own step: a subclass's step reaches them."""
     layer = _Doubled(alpha=0.6, beta=0.7, backend="triton").double()
     x = torch.rand(11, 6, dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match="no fused kernel for _Doubled.step"):
-        spikes = layer(x)
+    spikes = layer(x)
     expected, _, _ = reference_states(x, layer.initial_state(x[0]), layer.params(), layer.step)
     assert torch.equal(spikes, expected) and spikes.sum() > 0
 
@@ -279,12 +285,12 @@ def test_a_redefined_step_runs_the_torch_loop(monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.skipif(ON_GPU, reason="the CPU fallback")
 def test_cpu_without_interpreter_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """No CUDA device and no interpreter: one warning, the torch loop, no kernel launch."""
-    from snnrun.kernels import state_kernels
+    from snnrun.kernels import step_kernels
 
     monkeypatch.setattr(kernels, "INTERPRET", False)
     monkeypatch.setattr(kernels, "HAVE_TRITON", True)
     monkeypatch.setattr(kernels, "_warned", set())
-    monkeypatch.setattr(state_kernels, "fused_states", None)  # a launch would fail
+    monkeypatch.setattr(step_kernels, "traced_states", None)  # a launch would fail
     layer, ref = Case("alif").layer("triton"), Case("alif").layer("torch")
     x = torch.rand(9, 2, 5) * 1.5
     with pytest.warns(RuntimeWarning, match="needs a CUDA device"):

@@ -2,7 +2,9 @@
 
 ``snnrun.load_run(path)`` opens a run dir for tools and notebooks (see :mod:`snnrun.api`);
 ``snnrun.Callback`` is the base class of your own callbacks (``callbacks:``, see
-:mod:`snnrun.engine.callback`).
+:mod:`snnrun.engine.callback`); ``snnrun.Neuron`` the base class of your own neurons
+(``neuron._target_``, see :mod:`snnrun.net.step_neuron`), whose step is written in ``snnrun.tl``
+(:mod:`snnrun.net.dialect`).
 """
 
 import math
@@ -11,7 +13,7 @@ from omegaconf import OmegaConf
 
 from snnrun.core.version import __version__
 
-__all__ = ["Callback", "__version__", "load_run"]
+__all__ = ["Callback", "Neuron", "__version__", "load_run", "tl"]
 
 # ${mul:a,b,...} in configs, e.g. Linear(C*4*4) as "${mul:${model.channels},16}"; ${div:a,b}
 # the integer quotient, e.g. Spikformer's first stem width E/8 as "${div:${model.embed_dim},8}".
@@ -28,9 +30,18 @@ def load_run(path, which="best", device="cpu"):
 
 
 def __getattr__(name):
-    """``snnrun.Callback``, imported when first asked for (``import snnrun`` stays light)."""
+    """``snnrun.Callback``, ``snnrun.Neuron``, ``snnrun.tl``, imported when first asked for
+    (``import snnrun`` stays light)."""
     if name == "Callback":
         from snnrun.engine.callback import Callback
 
         return Callback
+    if name == "Neuron":
+        from snnrun.net.step_neuron import Neuron
+
+        return Neuron
+    if name == "tl":
+        from snnrun.net.dialect import tl
+
+        return tl
     raise AttributeError(f"module 'snnrun' has no attribute {name!r}")

@@ -10,6 +10,7 @@ one step ``[N, ...]`` per call and keeps ``v`` between calls, giving results ide
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from snnrun.core.plugin import TARGET, PluginError, has_target, import_target
 from snnrun.core.registry import Registry
 from snnrun.net.dynamics import BACKENDS, Decay, Dynamics, charge
 from snnrun.net.surrogate import Surrogate, build_surrogate
@@ -232,13 +234,43 @@ OLD_KEY = (
 
 
 def build_neuron(options: dict[str, Any], surrogate_options: dict[str, Any]) -> SpikingNeuron:
-    """A neuron layer from the ``neuron`` group (``name`` picks the class) and a surrogate."""
+    """A neuron layer from the ``neuron`` group (``name`` picks the class, or ``_target_`` names
+    a user's ``snnrun.Neuron``: it gets the keys its ``__init__`` takes) and a surrogate."""
     options = dict(options)
     if "kind" in options:
         raise TypeError(OLD_KEY)
-    cls = NEURONS.get(options.pop("name"))
     surrogate: Surrogate = build_surrogate(surrogate_options)
+    if has_target(options):
+        cls = user_neuron(options.pop(TARGET))
+        options.pop("name", None)
+        return cls(surrogate=surrogate, **{k: v for k, v in options.items() if k in accepted(cls)})
+    cls = NEURONS.get(options.pop("name"))
     return cls(surrogate=surrogate, **options)
+
+
+def user_neuron(target: str) -> type[SpikingNeuron]:
+    """The class ``target`` names, held to the neuron protocol: a ``snnrun.Neuron`` subclass."""
+    cls = import_target(target, "neuron")
+    if not (isinstance(cls, type) and issubclass(cls, SpikingNeuron)):
+        raise PluginError(
+            f"neuron: {target} is not a snnrun.Neuron subclass; subclass snnrun.Neuron and give "
+            "it STATES and step(x, states, params)"
+        )
+    return cls
+
+
+def accepted(cls: type) -> set[str]:
+    """The keyword arguments ``cls(...)`` takes: its ``__init__``'s, and its bases' through
+    ``**kw``."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is nn.Module:
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names - {"self"}
 
 
 def merge_neuron_options(group: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
@@ -249,20 +281,23 @@ def merge_neuron_options(group: dict[str, Any], entry: dict[str, Any]) -> dict[s
     is an ALIF with ALIF's ``tau`` 20 and soft reset, not LIF's ``tau`` 2 and hard reset."""
     if "kind" in entry or "kind" in group:
         raise TypeError(OLD_KEY)
-    known = {"name", *(k for n in NEURONS.names() for k in NEURONS.get(n).OPTIONS)}
-    unknown = sorted(set(group) - known)
+    known = {"name", TARGET, *(k for n in NEURONS.names() for k in NEURONS.get(n).OPTIONS)}
+    unknown = [] if TARGET in group else sorted(set(group) - known)
     if unknown:  # another neuron's key stays unused: a recipe's neuron may be switched
         keys = ", ".join(f"neuron.{k}" for k in unknown)
         own = ", ".join(NEURONS.get(group["name"]).OPTIONS)
         raise TypeError(
             f"no neuron reads {keys}; remove or respell it ({group['name']}'s keys: {own})"
         )
-    name = entry.get("name", group["name"])
-    if name == group["name"]:
+    name = entry.get("name", group.get("name"))
+    if TARGET not in entry and ("name" not in entry or (name == group.get("name")
+                                                        and TARGET not in group)):  # fmt: skip
         return {**group, **entry, "name": name}
+    kept = {k: v for k, v in group.items() if k in LAYER_KEYS}
+    if TARGET in entry:  # a user's neuron in one entry: its own defaults too
+        return {**kept, **entry}
     accepted = NEURONS.get(name).OPTIONS
-    kept = {k: v for k, v in group.items() if k in LAYER_KEYS and k in accepted}
-    return {**kept, **entry, "name": name}
+    return {**{k: v for k, v in kept.items() if k in accepted}, **entry, "name": name}
 
 
 def reset_states(module: nn.Module) -> None:

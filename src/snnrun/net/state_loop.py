@@ -1,8 +1,9 @@
-"""The time loop of neurons with several states (``alif``: ``(V, a)``; ``synaptic``: ``(I, V)``).
+"""The time loop of neurons with several states (``alif``: ``(a, V)``; ``synaptic``: ``(I, V)``;
+a user's :class:`snnrun.Neuron`).
 
-A kind is defined once, as its one-step function ``step(x, state, params) -> (S, state)``
-elementwise over ``[N, ...]`` (autograd-traceable; the surrogate gives ``S`` its gradient).
-Both backends read that definition:
+A neuron is defined once, as its one-step function ``step(x, state, params) -> (S, state)``
+elementwise over ``[N, ...]`` in the ``tl`` dialect (autograd-traceable; the surrogate gives ``S``
+its gradient). Every backend in :data:`STATE_BACKENDS` reads that definition:
 
 - ``autograd``: :func:`reference_states`, a Python loop over T with autograd through every op;
 - ``torch``: :class:`_ChunkedLoop`, one autograd node per layer: the forward runs without a graph
@@ -11,30 +12,27 @@ Both backends read that definition:
   back-propagating through them (``torch.autograd.grad``), so memory grows with
   ``T / CHUNK`` states rather than with every intermediate of every step. The values are the
   reference's; the gradients equal them up to float summation order.
-
-``triton``: the fused kernels registered in :data:`FUSED` for the layer's step function
-(``snnrun.kernels`` fills it for ``alif`` and ``synaptic``; float32 states, see
-``kernels/state_kernels.py``); where they cannot run (no CUDA device, no Triton: one warning from
-``snnrun.kernels``) or for a step without kernels (a subclass that redefines ``step``: one note per
-class), the ``torch`` loop.
+- ``triton`` (registered by ``snnrun.kernels``): fused kernels written from a trace of the step,
+  with the same chunked design (``kernels/step_kernels.py``); where they cannot run (no CUDA
+  device, no Triton: one warning), the ``torch`` loop.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from snnrun.core.registry import Registry
+
 CHUNK = 8  # steps between saved states (the Triton kernels' checkpoint interval too)
 State = tuple[torch.Tensor, ...]
 Step = Callable[[torch.Tensor, State, Sequence[Any]], tuple[torch.Tensor, State]]
 StatesResult = tuple[torch.Tensor, State, torch.Tensor | None]
-# (layer, x_seq, state, params, store_v_seq) -> the result, or None where the kernels cannot run
-Fused = Callable[[Any, torch.Tensor, State, Sequence[Any], bool], StatesResult | None]
-FUSED: dict[Callable, Fused] = {}  # a step function (ALIFNeuron.step) -> its fused kernels
-_noted: set[str] = set()
+# (layer, x_seq, state, params, step, store_v_seq) -> (spikes, last state, V per step or None)
+StateBackend = Callable[[Any, torch.Tensor, State, Sequence[Any], Step, bool], StatesResult]
+STATE_BACKENDS: Registry[StateBackend] = Registry("neuron backend")
 
 
 def reference_states(
@@ -121,41 +119,29 @@ def _zeros_for(grads: list[torch.Tensor | None], like: State) -> list[torch.Tens
 
 
 def run_states(
-    backend: str,
-    x_seq: torch.Tensor,
-    state: State,
-    params: Sequence[Any],
-    step: Step,
-    store_v_seq: bool = True,
+    owner: Any, x_seq: torch.Tensor, state: State, params: Sequence[Any], step: Step
 ) -> StatesResult:
-    """``(spikes, last state, V after each step)`` through ``backend``; ``V`` is None when
-    ``store_v_seq`` is False (the fused kernels then skip writing it)."""
-    if backend == "triton":
-        result = _fused(x_seq, state, params, step, store_v_seq)
-        if result is not None:
-            return result
-    if backend == "autograd":
-        spikes, last, vs = reference_states(x_seq, state, params, step)
-    else:
-        spikes, vs, *rest = _ChunkedLoop.apply(step, len(state), x_seq, *state, *params)
-        last = tuple(rest)
+    """``(spikes, last state, V after each step)`` of the layer ``owner`` through its backend;
+    ``V`` is None unless ``owner.store_v_seq`` (the fused kernels then skip writing it)."""
+    backend = STATE_BACKENDS.get(owner.backend)
+    return backend(owner, x_seq, state, params, step, owner.store_v_seq)
+
+
+@STATE_BACKENDS.register("autograd")
+def autograd_states(
+    owner: Any, x_seq: torch.Tensor, state: State, params: Sequence[Any], step: Step,
+    store_v_seq: bool,
+) -> StatesResult:  # fmt: skip
+    """The reference loop (:func:`reference_states`)."""
+    spikes, last, vs = reference_states(x_seq, state, params, step)
     return spikes, last, vs if store_v_seq else None
 
 
-def _fused(
-    x_seq: torch.Tensor, state: State, params: Sequence[Any], step: Step, store_v_seq: bool
-) -> StatesResult | None:
-    """The fused kernels of ``step``'s function, or None (the torch loop runs)."""
-    fused = FUSED.get(getattr(step, "__func__", step))
-    if fused is not None:
-        return fused(getattr(step, "__self__", None), x_seq, state, params, store_v_seq)
-    name = getattr(step, "__qualname__", repr(step))
-    if name not in _noted:
-        _noted.add(name)
-        warnings.warn(
-            f"neuron.backend=triton has no fused kernel for {name}; it runs the torch backend "
-            "(the same values)",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-    return None
+@STATE_BACKENDS.register("torch")
+def chunked_states(
+    owner: Any, x_seq: torch.Tensor, state: State, params: Sequence[Any], step: Step,
+    store_v_seq: bool,
+) -> StatesResult:  # fmt: skip
+    """The chunked-recompute node (:class:`_ChunkedLoop`)."""
+    spikes, vs, *rest = _ChunkedLoop.apply(step, len(state), x_seq, *state, *params)
+    return spikes, tuple(rest), vs if store_v_seq else None

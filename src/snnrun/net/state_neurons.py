@@ -1,11 +1,11 @@
 """Neurons beyond one membrane: ``alif`` (adaptive threshold), ``synaptic`` (a synaptic current
 before the membrane) and ``psn`` (parallel: no state, no reset).
 
-``alif`` and ``synaptic`` are each defined once, by their one-step function :meth:`step`, which
-the backends run (:mod:`snnrun.net.state_loop`: the ``autograd`` reference loop, the ``torch``
-chunked-recompute node; ``triton``: fused kernels with the same chunked design,
-``kernels/state_kernels.py``, tested against the reference). ``psn`` is one matrix product over
-the time axis.
+``alif`` and ``synaptic`` are each defined once, by their one-step function :meth:`step` in the
+``tl`` dialect, which every backend runs (:mod:`snnrun.net.state_loop`: the ``autograd``
+reference loop, the ``torch`` chunked-recompute node; ``triton``: the fused kernels written from
+its trace, ``kernels/step_kernels.py``), as a user's :class:`snnrun.Neuron` is. ``psn`` is one
+matrix product over the time axis.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from snnrun.core.errors import SnnrunError
+from snnrun.net.dialect import tl
 from snnrun.net.dynamics import Decay, charge, reset
 from snnrun.net.neuron import (
     COMMON_OPTIONS,
@@ -27,12 +28,13 @@ from snnrun.net.neuron import (
     layer_options,
     make_dynamics,
 )
-from snnrun.net.state_loop import State, run_states
+from snnrun.net.state_loop import State, Step, run_states
 
 
 class StateNeuron(SpikingNeuron):
     """A neuron whose state is a tuple (its last entry the membrane ``V``), stepped by
-    :meth:`step`; ``self.v`` is that ``V``."""
+    :meth:`step` (in the ``tl`` dialect, firing through :meth:`fire`); ``self.v`` is that
+    ``V``."""
 
     def reset(self) -> None:
         super().reset()
@@ -47,12 +49,19 @@ class StateNeuron(SpikingNeuron):
     def step(self, x: torch.Tensor, state: State, params: list[Any]) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
+    def fire(self, z: Any) -> Any:
+        """The spike ``Heaviside(z)``, with the run's surrogate gradient ``g'(z)``."""
+        return self.dynamics.surrogate(z)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x, self.step, self.params())
+
+    def run(self, x: torch.Tensor, step: Step, params: list[Any]) -> torch.Tensor:
+        """Spikes for ``x`` (``[T, N, ...]``, or ``[N, ...]`` when step_mode='s'), stepping
+        ``step`` from the kept state (or the initial one)."""
         x_seq = x.unsqueeze(0) if self.step_mode == "s" else x
         state = getattr(self, "state", None) or self.initial_state(x_seq[0])
-        spikes, self.state, v_seq = run_states(
-            self.backend, x_seq, state, self.params(), self.step, self.store_v_seq
-        )
+        spikes, self.state, v_seq = run_states(self, x_seq, state, params, step)
         self.v = self.state[-1]
         if self.store_v_seq:
             self._keep_v_seq(v_seq)
@@ -97,8 +106,8 @@ class ALIFNeuron(StateNeuron):
         a, v = state
         dyn = self.dynamics
         h = charge(dyn, v, x, params[0])
-        s = dyn.surrogate(h - (dyn.v_threshold + self.beta_a * a))
-        v = reset(dyn, h, s.detach() if dyn.detach_reset else s)
+        s = self.fire(h - (dyn.v_threshold + self.beta_a * a))
+        v = reset(dyn, h, tl.detach(s) if dyn.detach_reset else s)
         return s, (self.rho * a + s, v)
 
     def _decay_repr(self) -> list[str]:
@@ -167,7 +176,7 @@ class SynapticNeuron(StateNeuron):
         alpha, beta = params
         i = alpha * i + x
         h = charge(self.dynamics, v, i, beta)  # leaky's: beta V + I - V_th R
-        return self.dynamics.surrogate(h - self.dynamics.v_threshold), (i, h)
+        return self.fire(h - self.dynamics.v_threshold), (i, h)
 
     def _decay_repr(self) -> list[str]:
         learned = {True: " (learned)", False: ""}

@@ -26,7 +26,7 @@ import torch
 from snnrun.core.errors import one_line
 from snnrun.core.plugin import TARGET, PluginError, has_target, import_target
 from snnrun.core.registry import Registry
-from snnrun.net.dialect import tl
+from snnrun.net.dialect import Var, tl
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,10 @@ class Surrogate:
             object.__setattr__(self, "spec", SURROGATES.get(self.name))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Spike ``(x >= 0)`` whose gradient is ``g'(x)``."""
+        """Spike ``(x >= 0)`` whose gradient is ``g'(x)`` (on a traced step's value: the trace's
+        ``fire``, whose gradient the kernels take from the layer's surrogate)."""
+        if isinstance(x, Var):
+            return x.trace.op("fire", x)
         return _SpikeFunction.apply(x, self.spec.formula, self.value)
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
