@@ -1,7 +1,7 @@
 """Fused Triton neuron kernels, shipped as ``snnrun.kernels`` (top-level ``kernels/`` in the repo).
 
 Importing this package registers the ``triton`` neuron backend in
-:data:`snnrun.net.dynamics.BACKENDS`. The import is cheap and needs only torch: it defines the
+:data:`snnrun.neuron.dynamics.BACKENDS`. The import is cheap and needs only torch: it defines the
 ``snnrun::neuron_forward`` / ``snnrun::neuron_backward`` custom ops (:mod:`.neuron_op`); Triton
 itself and the kernels (:mod:`.neuron_kernels`, :mod:`.surrogate_jit`) are imported on the first
 launch.
@@ -13,7 +13,7 @@ Where the kernels run, per call, by the device of the input:
   Triton reads it when the kernels are defined): the same kernels through Triton's interpreter
   (slow; this is how the tests check them without a GPU).
 - CPU tensors otherwise: the default ``torch`` backend
-  (:mod:`snnrun.net.neuron_loop`), after one warning ``neuron.backend=triton needs a CUDA
+  (:mod:`snnrun.neuron.neuron_loop`), after one warning ``neuron.backend=triton needs a CUDA
   device; falling back to the torch backend on cpu``.
 - Triton not installed: the ``torch`` backend, after one warning that names
   ``pip install triton``.
@@ -31,9 +31,9 @@ import warnings
 import torch
 
 from snnrun.kernels.neuron_op import triton_neuron
-from snnrun.net.dynamics import BACKENDS, BackendResult, Decay, Dynamics
-from snnrun.net.neuron_loop import handwritten_loop
-from snnrun.net.state_loop import STATE_BACKENDS, chunked_states
+from snnrun.neuron.dynamics import BACKENDS, BackendResult, Decay, Dynamics
+from snnrun.neuron.neuron_loop import handwritten_loop
+from snnrun.neuron.state_loop import STATE_BACKENDS, chunked_states
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"

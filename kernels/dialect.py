@@ -1,4 +1,4 @@
-"""Compile a formula of the ``tl`` dialect (:mod:`snnrun.net.dialect`) for the Triton kernels.
+"""Compile a formula of the ``tl`` dialect (:mod:`snnrun.neuron.dialect`) for the Triton kernels.
 
 The formula is not re-typed: :func:`jit_copy` rebuilds the function from its code object with the
 global ``tl`` bound to ``triton.language`` instead of the torch shim, and wraps the copy with

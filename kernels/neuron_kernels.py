@@ -7,7 +7,7 @@ are made contiguous once by the caller). One program owns ``BLOCK`` neurons for 
 and keeps their membrane in float32 registers; ``N`` is masked at the tail.
 
 The equations are not written here: :data:`charge`, :data:`reset` and the derivatives are the
-``eq_*`` functions of :mod:`snnrun.net.dynamics` (the ones the torch backends run), compiled by
+``eq_*`` functions of :mod:`snnrun.neuron.dynamics` (the ones the torch backends run), compiled by
 :func:`snnrun.kernels.dialect.jit_copy`. With ``k`` the decay (``1/tau``, PLIF ``sigmoid(w)``,
 leaky ``beta``), ``H[t] = charge(V[t-1], X[t])``, ``S[t] = [H[t] - V_th >= 0]``,
 ``V[t] = reset(H[t], S[t])``. A launch's scalars come from one place,
@@ -40,20 +40,23 @@ and the checkpoints. Total ``5B + 8/CHUNK`` bytes: with CHUNK = 8, 21 bytes for 
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
 import triton
 import triton.language as tl
 
 from snnrun.kernels.dialect import jit_copy
-from snnrun.kernels.neuron_op import KernelArgs
 from snnrun.kernels.surrogate_jit import kernel_sg, surrogate_grad
-from snnrun.net import dynamics
+from snnrun.neuron import dynamics
+
+if TYPE_CHECKING:  # neuron_op imports this module on the first launch
+    from snnrun.kernels.neuron_op import KernelArgs
 
 CHUNK = 8  # steps between float32 checkpoints (a power of two: the backward tile height)
 POISON = False  # tests: fill every output with NaN before the launch (to see each one written)
 
-# The equations of snnrun.net.dynamics, compiled (state_kernels.py reuses charge and reset).
+# The equations of snnrun.neuron.dynamics, compiled.
 charge = jit_copy(dynamics.eq_charge, "charge")
 reset = jit_copy(dynamics.eq_reset, "reset")
 dv_dh = jit_copy(dynamics.eq_dv_dh, "dv_dh")

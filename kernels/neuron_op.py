@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from snnrun.net.dynamics import BackendResult, Decay, Dynamics
+from snnrun.neuron.dynamics import BackendResult, Decay, Dynamics
 
 CHUNK = 8  # = neuron_kernels.CHUNK (kept here so that tracing needs no Triton import)
 

@@ -1,6 +1,6 @@
 """Triton source for a neuron's fused forward and backward, written from a trace of its step.
 
-:class:`snnrun.net.dialect.Trace` records a step's operations (``e0 = x * p0``, ``e1 = fire(e0
+:class:`snnrun.neuron.dialect.Trace` records a step's operations (``e0 = x * p0``, ``e1 = fire(e0
 - 1.0)`` ...). :func:`kernel_source` writes, for ``S`` states and ``P`` parameters:
 
 - ``fwd``: one program owns ``BLOCK`` neurons for all T steps with the states in registers (in
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from snnrun.net.dialect import Var
+from snnrun.neuron.dialect import Var
 
 FORWARD = {
     "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",

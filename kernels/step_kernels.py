@@ -1,6 +1,6 @@
 """A :class:`snnrun.Neuron`'s fused Triton kernels, from a trace of its step, and their launch.
 
-:func:`traced_states` traces the layer's step (:class:`snnrun.net.dialect.Trace`), has
+:func:`traced_states` traces the layer's step (:class:`snnrun.neuron.dialect.Trace`), has
 :mod:`.step_codegen` write the ``fwd`` / ``bwd`` kernels' text, compiles it once per text
 (:func:`compiled`: the text is given to ``linecache`` under a name of its own, where
 ``triton.jit`` reads a function's source) and runs both through one autograd node,
@@ -26,8 +26,8 @@ import triton.language as tl
 from snnrun.kernels.neuron_kernels import CHUNK, _empty, _on_device, bwd_block, fwd_block
 from snnrun.kernels.step_codegen import kernel_source
 from snnrun.kernels.surrogate_jit import kernel_sg, surrogate_grad
-from snnrun.net.dialect import Trace, Var
-from snnrun.net.state_loop import State, Step
+from snnrun.neuron.dialect import Trace, Var
+from snnrun.neuron.state_loop import State, Step
 
 Kernels = tuple[Any, Any]
 _COMPILED: dict[str, Kernels] = {}

@@ -1,7 +1,7 @@
 """The registered surrogate formulas compiled for Triton: ``surrogate_grad(x, alpha, SG)``.
 
-Each surrogate in :data:`snnrun.net.surrogate.SURROGATES` is ONE Python function written in the
-``tl`` dialect (see :mod:`snnrun.net.dialect`). This module does not re-type them: it compiles
+Each surrogate in :data:`snnrun.neuron.surrogate.SURROGATES` is ONE Python function written in the
+``tl`` dialect (see :mod:`snnrun.neuron.dialect`). This module does not re-type them: it compiles
 each with :func:`snnrun.kernels.dialect.jit_copy`.
 
 The kernels pick the formula at compile time: ``SG`` is the surrogate's stable ``code`` (a
@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from snnrun.kernels.dialect import jit_copy
-from snnrun.net.surrogate import SURROGATES, USER_SPECS
+from snnrun.neuron.surrogate import SURROGATES, USER_SPECS
 
 
 def _jit(name: str) -> triton.runtime.JITFunction:

@@ -58,7 +58,7 @@ CSNN_ROWS = ("csnn lif autograd", "csnn lif torch", "csnn alif torch", "csnn psn
 
 
 def _snnrun_layer(kind: str, backend: str, T: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    from snnrun.net.neuron import build_neuron
+    from snnrun.neuron.neurons import build_neuron
 
     options = {"name": kind, "backend": backend}
     options.update({"lif": {"tau": 2.0}, "alif": {"tau": 2.0, "tau_adapt": 20.0, "beta_a": 0.2},

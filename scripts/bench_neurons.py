@@ -3,7 +3,7 @@
 
 Compares, in one run and on identical inputs ``x`` [T, N] (mean 0.5, std 0.8: many spikes):
 
-- ``snnrun torch``: the reference loop (:func:`snnrun.net.dynamics.reference_loop`), LIF tau=2,
+- ``snnrun torch``: the reference loop (:func:`snnrun.neuron.dynamics.reference_loop`), LIF tau=2,
   atan.
 - ``snnrun torch+compile``: the same loop under ``torch.compile`` (default Inductor backend).
 - ``snnrun triton``: the fused kernels (:mod:`snnrun.kernels`); also ``snnrun triton leaky``.
@@ -46,8 +46,8 @@ from pathlib import Path
 import torch
 
 import snnrun.kernels  # registers the triton backend
-from snnrun.net.dynamics import BACKENDS, Dynamics, reference_loop
-from snnrun.net.surrogate import Surrogate
+from snnrun.neuron.dynamics import BACKENDS, Dynamics, reference_loop
+from snnrun.neuron.surrogate import Surrogate
 
 REPO = Path(__file__).resolve().parents[1]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

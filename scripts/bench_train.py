@@ -343,7 +343,7 @@ def eval_fold(model: nn.Module, data: list, T: int, args: argparse.Namespace) ->
     folded into the convolution before it (a copy; spikes are compared)."""
     import copy
 
-    from snnrun.net.neuron import reset_states
+    from snnrun.neuron.neurons import reset_states
 
     model.eval()
     reset_states(model)  # no state from the last training step (non-leaf tensors)

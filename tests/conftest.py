@@ -23,7 +23,7 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from snnrun.core.compose import compose_config
-from snnrun.net.neuron import SpikingNeuron
+from snnrun.neuron.neurons import SpikingNeuron
 from snnrun.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]

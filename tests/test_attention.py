@@ -15,7 +15,7 @@ from torch import nn
 from snnrun.net.attention import SpikingSelfAttention
 from snnrun.net.layers import LAYERS, Context
 from snnrun.net.model import ModelBuildError, SpikingNetwork, build_model
-from snnrun.net.neuron import SpikingNeuron, reset_states
+from snnrun.neuron.neurons import SpikingNeuron, reset_states
 
 from conftest import TINY, compose, read_metrics, train_in_process
 

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 import snnrun.kernels as kernels
-from snnrun.net.dynamics import BACKENDS, Dynamics, charge, reference_loop
-from snnrun.net.surrogate import SURROGATES, Surrogate
+from snnrun.neuron.dynamics import BACKENDS, Dynamics, charge, reference_loop
+from snnrun.neuron.surrogate import SURROGATES, Surrogate
 
 REPO = Path(__file__).resolve().parents[1]
 ON_GPU = torch.cuda.is_available() and not kernels.INTERPRET
@@ -334,7 +334,7 @@ def test_shapes_and_empty_neuron_axis() -> None:
 @pytest.mark.parametrize("step_mode", ["m", "s"])
 def test_layers_match_torch_backend(kind: str, options: dict, step_mode: str) -> None:
     """The neuron layers give the torch backend's spikes and learned-decay gradient."""
-    from snnrun.net.neuron import NEURONS, reset_states
+    from snnrun.neuron.neurons import NEURONS, reset_states
 
     x = (0.6 + 0.8 * torch.randn(6, 4, 9, generator=torch.Generator().manual_seed(7))).to(DEVICE)
     results = []
@@ -421,7 +421,7 @@ def test_torch_compile_fullgraph() -> None:
 @needs_kernels
 def test_torch_compile_model_with_neuron_layers() -> None:
     """A model whose neuron layers (with state) use the triton backend compiles in one graph."""
-    from snnrun.net.neuron import NEURONS, reset_states
+    from snnrun.neuron.neurons import NEURONS, reset_states
 
     torch.manual_seed(3)
     net = torch.nn.Sequential(
@@ -507,7 +507,7 @@ FALLBACK_SCRIPT = textwrap.dedent(
     import warnings
     import torch
     import snnrun.kernels as kernels
-    from snnrun.net.dynamics import Dynamics, reference_loop
+    from snnrun.neuron.dynamics import Dynamics, reference_loop
 
     assert "triton" not in sys.modules, "importing snnrun.kernels must not import triton"
     dyn = Dynamics("lif")
@@ -592,7 +592,7 @@ SM90_SCRIPT = textwrap.dedent(
     import triton.language as tl
     from snnrun.kernels.step_codegen import kernel_source
     from snnrun.kernels.step_kernels import compiled, traced
-    from snnrun.net.neuron import build_neuron
+    from snnrun.neuron.neurons import build_neuron
 
     import snnrun
     from snnrun import tl as d

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from snnrun.net.layers import LAYERS, Context
 from snnrun.net.model import ModelBuildError, SpikingNetwork, build_model
-from snnrun.net.neuron import LeakyNeuron, LIFNeuron, PLIFNeuron
+from snnrun.neuron.neurons import LeakyNeuron, LIFNeuron, PLIFNeuron
 
 from conftest import compose
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from snnrun.net.neuron import NEURONS, build_neuron, merge_neuron_options
+from snnrun.neuron.neurons import NEURONS, build_neuron, merge_neuron_options
 
 from conftest import (
     REPO,
@@ -214,3 +214,25 @@ def test_a_target_that_is_no_neuron_is_one_line(tmp_path, monkeypatch, capsys):
     code, err = cli(monkeypatch, capsys, *TINY, f"neuron._target_={name}.Thing",
                     f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert_one_line_error(code, err, f"{name}.Thing is not a snnrun.Neuron subclass")
+
+
+def test_a_user_neuron_run_resumes_evaluates_and_refuses_nir_in_one_line(
+    user_pkg, tmp_path, monkeypatch, capsys
+):
+    """Checkpoints and resume carry a user's neuron (its parameters too); NIR export, which has
+    no node for it, is one line."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    args = [*TINY, f"neuron._target_={user_pkg}.LearnedQIF",
+            "dataset.train_limit=64", "dataset.test_limit=32", f"hydra.run.dir={run}"]  # fmt: skip
+    train_in_process(monkeypatch, *args)
+    train_in_process(monkeypatch, f"resume={run}", "epochs=2")
+    assert [r["epoch"] for r in read_metrics(run)] == [0, 1]
+    from snnrun.run.checkpoint import load_checkpoint
+
+    learned = [v for k, v in load_checkpoint(run / "checkpoint_latest.pt")["model"].items()
+               if k.endswith(".k")]  # fmt: skip
+    assert len(learned) == 4 and all(v.shape == () for v in learned)
+    train_in_process(monkeypatch, "eval", str(run))
+    code, err = cli(monkeypatch, capsys, "export", str(run), "format=nir")
+    assert_one_line_error(code, err, "LearnedQIF is your own neuron (snnrun.Neuron)")

@@ -13,10 +13,10 @@ import itertools
 import pytest
 import torch
 
-from snnrun.net.dynamics import BACKENDS, Dynamics, reference_loop
-from snnrun.net.neuron import build_neuron, reset_states
-from snnrun.net.neuron_loop import handwritten_loop
-from snnrun.net.surrogate import SURROGATES, Surrogate
+from snnrun.neuron.dynamics import BACKENDS, Dynamics, reference_loop
+from snnrun.neuron.neuron_loop import handwritten_loop
+from snnrun.neuron.neurons import build_neuron, reset_states
+from snnrun.neuron.surrogate import SURROGATES, Surrogate
 
 V_TH, V_RESET = 0.8, -0.1
 

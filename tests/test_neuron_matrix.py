@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from snnrun.net.surrogate import SURROGATES
+from snnrun.neuron.surrogate import SURROGATES
 
 from conftest import TINY, read_metrics, train_in_process
 

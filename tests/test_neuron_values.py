@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from snnrun.core.errors import SnnrunError
-from snnrun.net.state_neurons import PSNNeuron
+from snnrun.neuron.state_neurons import PSNNeuron
 
 from conftest import TINY, assert_one_line_error, cli
 

@@ -1,8 +1,8 @@
 """Neuron and surrogate equations, checked against an independent float64 implementation.
 
 The reference below is plain numpy: an explicit per-step loop for the forward (charge, fire,
-reset as written in ``snnrun.net.dynamics``) and a hand-written backward-through-time recursion for
-the gradients, so nothing here runs autograd through snnrun's code to produce expected values.
+reset as written in ``snnrun.neuron.dynamics``) and a hand-written backward-through-time recursion
+for the gradients, so nothing here runs autograd through snnrun's code to produce expected values.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from snnrun.net.neuron import IFNeuron, LeakyNeuron, LIFNeuron, PLIFNeuron
-from snnrun.net.surrogate import SURROGATES, Surrogate
+from snnrun.neuron.neurons import IFNeuron, LeakyNeuron, LIFNeuron, PLIFNeuron
+from snnrun.neuron.surrogate import SURROGATES, Surrogate
 
 T, N = 8, 64
 V_TH, V_RESET, TAU, BETA = 0.8, -0.2, 3.0, 0.6

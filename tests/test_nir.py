@@ -34,7 +34,7 @@ from snnrun.cli import command as cli
 from snnrun.cli import export as export_verb
 from snnrun.core.errors import SnnrunError
 from snnrun.net.model import SpikingNetwork
-from snnrun.net.neuron import SpikingNeuron
+from snnrun.neuron.neurons import SpikingNeuron
 from snnrun.nir import graph as nir_graph
 from snnrun.run.build import neuron_groups
 from snnrun.run.checkpoint import load_checkpoint

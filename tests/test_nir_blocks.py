@@ -30,7 +30,7 @@ from snnrun.api import build_network, load_run
 from snnrun.net.blocks import Residual
 from snnrun.net.layers import Entry
 from snnrun.net.model import SpikingNetwork, build_model
-from snnrun.net.neuron import SpikingNeuron
+from snnrun.neuron.neurons import SpikingNeuron
 from snnrun.nir import graph as nir_graph
 from snnrun.run.build import neuron_groups
 

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from snnrun.net.model import SpikingNetwork, build_model
-from snnrun.net.state_neurons import SynapticNeuron
+from snnrun.neuron.state_neurons import SynapticNeuron
 from snnrun.nir import graph as nir_graph
 from snnrun.run.build import neuron_groups
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from snnrun.api import load_run
-from snnrun.net.dynamics import BACKENDS, reference_loop
+from snnrun.neuron.dynamics import BACKENDS, reference_loop
 from snnrun.run import onnx as onnx_export
 from snnrun.run.checkpoint import load_checkpoint
 from snnrun.run.rundir import CHECKPOINTS

@@ -24,8 +24,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from snnrun.net.neuron import IFNeuron, LeakyNeuron, LIFNeuron, PLIFNeuron
-from snnrun.net.surrogate import Surrogate
+from snnrun.neuron.neurons import IFNeuron, LeakyNeuron, LIFNeuron, PLIFNeuron
+from snnrun.neuron.surrogate import Surrogate
 
 pytestmark = pytest.mark.peers
 

@@ -15,9 +15,9 @@ import yaml
 from snnrun.core.distributed import World
 from snnrun.core.errors import SnnrunError
 from snnrun.data.dataset import build_splits, make_loader
-from snnrun.net.dynamics import BACKENDS, Dynamics
-from snnrun.net.neuron import build_neuron
-from snnrun.net.surrogate import build_surrogate
+from snnrun.neuron.dynamics import BACKENDS, Dynamics
+from snnrun.neuron.neurons import build_neuron
+from snnrun.neuron.surrogate import build_surrogate
 
 from conftest import (
     REPO,
@@ -217,7 +217,7 @@ def test_user_surrogate_kernels_equal_torch_backend(kind: str, examples) -> None
 
 
 BOX = """
-from snnrun.net.dialect import tl
+from snnrun.neuron.dialect import tl
 
 def box(x, width=1.0):
     return tl.where(tl.abs(x) < 0.5 * width, 1.0 / width + 0.0 * x, 0.0 * x)

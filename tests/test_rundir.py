@@ -19,7 +19,7 @@ from snnrun.data.encoder import build_encoder
 from snnrun.engine.monitor import FiringRates, SynapticOps, monitoring, spike_fed
 from snnrun.net.layers import TimeFolded
 from snnrun.net.model import SpikingNetwork, build_model
-from snnrun.net.neuron import IFNeuron
+from snnrun.neuron.neurons import IFNeuron
 from snnrun.run.build import neuron_groups
 from snnrun.run.rundir import RunDir
 from snnrun.run.wandb_files import artifact_records

@@ -20,9 +20,9 @@ import torch
 from test_kernels import AMBIGUOUS, DEVICE, HALF, ON_GPU, needs_kernels, rel_err
 
 import snnrun.kernels as kernels
-from snnrun.net.neuron import build_neuron
-from snnrun.net.state_loop import chunked_states, reference_states
-from snnrun.net.state_neurons import StateNeuron, SynapticNeuron
+from snnrun.neuron.neurons import build_neuron
+from snnrun.neuron.state_loop import chunked_states, reference_states
+from snnrun.neuron.state_neurons import StateNeuron, SynapticNeuron
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

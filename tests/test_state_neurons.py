@@ -12,10 +12,10 @@ import torch
 from test_events import write_shd
 
 from snnrun.core.errors import SnnrunError
-from snnrun.net.dynamics import charge, fire_and_reset
-from snnrun.net.neuron import NEURONS, build_neuron, layer_options, make_dynamics
-from snnrun.net.state_loop import CHUNK
-from snnrun.net.state_neurons import ALIFNeuron, PSNNeuron, StateNeuron, SynapticNeuron
+from snnrun.neuron.dynamics import charge, fire_and_reset
+from snnrun.neuron.neurons import NEURONS, build_neuron, layer_options, make_dynamics
+from snnrun.neuron.state_loop import CHUNK
+from snnrun.neuron.state_neurons import ALIFNeuron, PSNNeuron, StateNeuron, SynapticNeuron
 
 from conftest import (
     TINY,

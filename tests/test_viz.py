@@ -370,8 +370,8 @@ def test_probe_of_a_recurrent_net(neuron: str) -> None:
     """The recurrent neuron (called once per step with ``[1, N, ...]``): its recorded spikes are
     the network's own output, and its charge is ``H[t]`` for every step, computed here by hand:
     ``H[t] = charge(V[t-1], X[t] + P(S[t-1]))`` with X the recurrent entry's input."""
-    from snnrun.net.dynamics import charge, fire_and_reset
-    from snnrun.net.neuron import reset_states
+    from snnrun.neuron.dynamics import charge, fire_and_reset
+    from snnrun.neuron.neurons import reset_states
 
     torch.manual_seed(0)
     model = _recurrent_net(neuron)

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from snnrun.net.model import SpikingNetwork, build_model
-from snnrun.net.neuron import SpikingNeuron
+from snnrun.neuron.neurons import SpikingNeuron
 
 from conftest import TINY, compose, read_metrics, train_in_process
 

@@ -1,4 +1,4 @@
-"""A surrogate gradient of your own, in the ``tl`` dialect of ``snnrun.net.dialect``.
+"""A surrogate gradient of your own, in the ``tl`` dialect of ``snnrun.neuron.dialect``.
 
 The function is ``g'(x, <param>)``, ``x = H - V_th``; its second argument is the surrogate's one
 parameter, set by the group key of that name (``surrogate.alpha=...``), its default otherwise.
@@ -7,7 +7,7 @@ Use only arithmetic, literal numbers and ``tl.exp``, ``tl.abs``, ``tl.sigmoid``,
 compile the very same function (``neuron.backend=triton``).
 """
 
-from snnrun.net.dialect import tl
+from snnrun.neuron.dialect import tl
 
 
 def exponential(x, alpha=2.0):

@@ -3,8 +3,8 @@
 ``snnrun.load_run(path)`` opens a run dir for tools and notebooks (see :mod:`snnrun.api`);
 ``snnrun.Callback`` is the base class of your own callbacks (``callbacks:``, see
 :mod:`snnrun.engine.callback`); ``snnrun.Neuron`` the base class of your own neurons
-(``neuron._target_``, see :mod:`snnrun.net.step_neuron`), whose step is written in ``snnrun.tl``
-(:mod:`snnrun.net.dialect`).
+(``neuron._target_``, see :mod:`snnrun.neuron.contract`), whose step is written in ``snnrun.tl``
+(:mod:`snnrun.neuron.dialect`).
 """
 
 import math
@@ -37,11 +37,12 @@ def __getattr__(name):
 
         return Callback
     if name == "Neuron":
-        from snnrun.net.step_neuron import Neuron
+        import snnrun.net  # noqa: F401  (the network registers the triton backend)
+        from snnrun.neuron.contract import Neuron
 
         return Neuron
     if name == "tl":
-        from snnrun.net.dialect import tl
+        from snnrun.neuron.dialect import tl
 
         return tl
     raise AttributeError(f"module 'snnrun' has no attribute {name!r}")

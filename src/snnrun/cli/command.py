@@ -15,12 +15,12 @@ run import what they use."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import hydra
@@ -53,12 +53,7 @@ HYDRA_FLAGS_WITHOUT_RUN = (
 
 
 # verb -> "module:function" taking the arguments after the verb (the module has a USAGE line)
-VERBS = {
-    "viz": "snnrun.cli.viz:main",
-    "eval": "snnrun.cli.evaluate:main",
-    "export": "snnrun.cli.export:main",
-    "runs": "snnrun.cli.runs:main",
-}
+VERBS = ("viz", "eval", "export", "runs")
 
 
 def _error_line(error: BaseException) -> str:
@@ -134,13 +129,25 @@ def _resume(target: str, overrides: list[str]) -> None:
 def _run_verb(verb: str, args: list[str]) -> None:
     """``snnrun <verb> ...``: the verb's ``main``; ``-h`` prints its usage, and so does no
     argument unless the verb needs none (``ARGS_OPTIONAL``: ``snnrun runs``)."""
-    module_name, function = VERBS[verb].split(":")
-    module = importlib.import_module(module_name)
+    module = _verb_module(verb)
     bare = not args and not getattr(module, "ARGS_OPTIONAL", False)
     if bare or (args and args[0] in ("-h", "--help")):
         print(f"usage: {module.USAGE}")
         return
-    getattr(module, function)(args)
+    module.main(args)
+
+
+def _verb_module(verb: str) -> ModuleType:
+    """The module of ``verb`` (one of :data:`VERBS`), imported now."""
+    if verb == "viz":
+        from snnrun.cli import viz as module
+    elif verb == "eval":
+        from snnrun.cli import evaluate as module
+    elif verb == "export":
+        from snnrun.cli import export as module
+    else:
+        from snnrun.cli import runs as module
+    return module
 
 
 def main() -> None:

@@ -16,7 +16,9 @@ refused there leaves no run dir behind).
 - ``augment``: :class:`Augment` (static images, training split only).
 - ``monitor``: ``Monitor(model, **keys)`` (:class:`Monitor`), over every test pass.
 - ``surrogate``: a function ``g'(x, <param>)`` in the ``tl`` dialect of
-  :mod:`snnrun.net.dialect` (see :mod:`snnrun.net.surrogate`), so the Triton kernels compile it.
+  :mod:`snnrun.neuron.dialect` (see :mod:`snnrun.neuron.surrogate`), so the Triton kernels
+  compile it.
+- ``neuron``: a ``snnrun.Neuron`` subclass (:mod:`snnrun.neuron.contract`).
 - ``callbacks``: subclasses of ``snnrun.Callback``.
 """
 

@@ -42,8 +42,8 @@ from snnrun.net.attention import SpikingSelfAttention
 from snnrun.net.blocks import Block, Recurrent, Residual
 from snnrun.net.layers import TimeFolded
 from snnrun.net.model import SpikingNetwork
-from snnrun.net.neuron import SpikingNeuron
-from snnrun.net.state_neurons import PSNNeuron
+from snnrun.neuron.neurons import SpikingNeuron
+from snnrun.neuron.state_neurons import PSNNeuron
 
 
 class Monitor:

@@ -1,17 +1,12 @@
-"""The network: neurons (equations, surrogates, backends), layers, blocks and the model builder.
+"""The network: layers, blocks, attention, your own modules, the model builder and its summary.
 
-Importing the package wires the neuron backends into :data:`snnrun.net.dynamics.BACKENDS`:
-``autograd`` (the reference loop, :mod:`snnrun.net.dynamics`), ``torch`` (the handwritten
-backward, :mod:`snnrun.net.neuron_loop`) and ``triton`` (:mod:`snnrun.kernels`, which falls back
-to ``torch`` where the kernels cannot run). :func:`make_neuron` is public: a user's
-``{type: module}`` class builds its neurons from the run's groups with it.
+Its neurons come from :mod:`snnrun.neuron` (their equations, surrogates and the ``autograd`` and
+``torch`` backends); importing this package imports :mod:`snnrun.kernels`, which registers the
+``triton`` backend (falling back to ``torch`` where the kernels cannot run). :func:`make_neuron`
+is public: a user's ``{type: module}`` class builds its neurons from the run's groups with it.
 """
 
-import importlib
-
-from snnrun.net import neuron_loop, state_neurons  # noqa: F401  (register "torch"; alif, synaptic, psn)
+import snnrun.kernels  # noqa: F401  (registers the triton backend)
 from snnrun.net.custom import make_neuron
-
-importlib.import_module("snnrun.kernels")  # registers "triton" (kernels/ lies outside src/)
 
 __all__ = ["make_neuron"]

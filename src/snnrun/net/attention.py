@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from snnrun.net.layers import LAYERS, Context, ModelBuildError, Shape
-from snnrun.net.neuron import SpikingNeuron
+from snnrun.neuron.neurons import SpikingNeuron
 
 NeuronFactory = Callable[[dict[str, Any]], SpikingNeuron]  # overrides -> neuron
 OPTIONS = ("heads", "scale", "attn_v_threshold", "qkv_bias", "proj_bias", "neuron")

@@ -33,7 +33,7 @@ from torch import nn
 from snnrun.core.registry import Registry
 from snnrun.core.stop import check_stop
 from snnrun.net.layers import LAYERS, Context, ModelBuildError, Shape, build_layers
-from snnrun.net.neuron import SpikingNeuron, Stateful
+from snnrun.neuron.neurons import SpikingNeuron, Stateful
 
 CONNECTS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("connect")
 CONNECTS.register("add")(lambda a, s: a + s)

@@ -27,7 +27,7 @@ from torch import nn
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.plugin import PluginError, import_target, takes
 from snnrun.net.layers import LAYERS, Context, ModelBuildError, Shape
-from snnrun.net.neuron import SpikingNeuron
+from snnrun.neuron.neurons import SpikingNeuron
 
 _BUILDING: ContextVar[Context | None] = ContextVar("snnrun_building", default=None)
 
@@ -41,7 +41,7 @@ def make_neuron(**options: Any) -> SpikingNeuron:
         raise SnnrunError(
             "make_neuron() is called while snnrun builds a {type: module} entry (in its "
             "__init__); outside a build, use "
-            "snnrun.net.neuron.build_neuron(options, surrogate_options)"
+            "snnrun.neuron.neurons.build_neuron(options, surrogate_options)"
         )
     return ctx.neuron(options)
 

@@ -20,7 +20,7 @@ from torch import nn
 from snnrun.core.compose import FLATTEN, MAX_NESTING, short_path
 from snnrun.core.errors import SnnrunError
 from snnrun.core.registry import Registry, UnknownNameError
-from snnrun.net.neuron import SpikingNeuron, Stateful, build_neuron, merge_neuron_options
+from snnrun.neuron.neurons import SpikingNeuron, Stateful, build_neuron, merge_neuron_options
 
 Shape = tuple[int, ...]
 LayerBuilder = Callable[..., nn.Module]  # (options, in_shape, context) -> module

@@ -27,7 +27,7 @@ from snnrun.net.layers import (
     build_layers,
     check_nesting,
 )
-from snnrun.net.neuron import SpikingNeuron, reset_states
+from snnrun.neuron.neurons import SpikingNeuron, reset_states
 
 __all__ = ["ModelBuildError", "SpikingNetwork", "build_model", "label"]
 

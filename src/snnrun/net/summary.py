@@ -17,7 +17,7 @@ from torch import nn
 
 from snnrun.net.blocks import Block, Recurrent, Residual
 from snnrun.net.model import SpikingNetwork
-from snnrun.net.neuron import SpikingNeuron
+from snnrun.neuron.neurons import SpikingNeuron
 
 BLOCKS = (Block, Residual)  # rows whose output another row already counts
 

@@ -65,8 +65,9 @@ from snnrun.net.layers import (
     Voting,
     walk_entries,
 )
-from snnrun.net.neuron import IFNeuron, LeakyNeuron, LIFNeuron, PLIFNeuron, SpikingNeuron
-from snnrun.net.state_neurons import ALIFNeuron, PSNNeuron, SynapticNeuron
+from snnrun.neuron.contract import Neuron
+from snnrun.neuron.neurons import IFNeuron, LeakyNeuron, LIFNeuron, PLIFNeuron, SpikingNeuron
+from snnrun.neuron.state_neurons import ALIFNeuron, PSNNeuron, SynapticNeuron
 
 DT = 1e-4  # seconds per step, as snnTorch and SpikingJelly write NIR
 LAYER_KEY = "snnrun_layer"  # node metadata: the snnrun row that wrote the node
@@ -802,6 +803,12 @@ class _Writer:
         if type(module) in _NO_NODE:
             neurons = ", ".join(r.name for r in TABLE if r.export and _is_neuron(r.layer))
             raise NirError(f"{where}: {_NO_NODE[type(module)]}; neurons that export: {neurons}")
+        if row is None and isinstance(module, Neuron):
+            neurons = ", ".join(r.name for r in TABLE if r.export and _is_neuron(r.layer))
+            raise NirError(
+                f"{where}: {type(module).__name__} is your own neuron (snnrun.Neuron), which NIR "
+                f"has no node for; neurons that export: {neurons}"
+            )
         if row is None:
             raise NirError(
                 f"{where}: snnrun writes no NIR node for {type(module).__name__}; the layers "

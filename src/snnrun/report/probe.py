@@ -93,7 +93,7 @@ def _recording(model: Any, x_seq: torch.Tensor) -> tuple[Any, dict, Any, float]:
     the last neuron layer's charge ``H`` and threshold (on the CPU, float32)."""
     import torch
 
-    from snnrun.net.neuron import reset_states
+    from snnrun.neuron.neurons import reset_states
 
     neurons = dict(model.neurons())
     if not neurons:

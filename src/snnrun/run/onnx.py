@@ -40,9 +40,9 @@ from torch import nn
 
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.progress import console
-from snnrun.net.dynamics import BACKENDS
 from snnrun.net.model import SpikingNetwork, label
-from snnrun.net.neuron import SpikingNeuron
+from snnrun.neuron.dynamics import BACKENDS
+from snnrun.neuron.neurons import SpikingNeuron
 from snnrun.report.probe import MAX_BATCH, encode_batch
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """The ``torch`` backend: the time loop in plain PyTorch with a handwritten backward.
 
-Same equations (read from :mod:`snnrun.net.dynamics`) and operation order as the reference loop
-(:func:`~snnrun.net.dynamics.reference_loop`, the ``autograd`` backend), but one autograd node
+Same equations (read from :mod:`snnrun.neuron.dynamics`) and operation order as the reference loop
+(:func:`~snnrun.neuron.dynamics.reference_loop`, the ``autograd`` backend), but one autograd node
 per layer instead of ~10 per step: the forward runs without a graph and keeps only
 ``H [T, N, ...]`` (and, for a learned decay, ``X`` and ``V[-1]``); the backward walks time in
 reverse (once: no double backward):
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from snnrun.net.dynamics import (
+from snnrun.neuron.dynamics import (
     BACKENDS,
     BackendResult,
     Decay,

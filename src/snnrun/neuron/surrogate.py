@@ -2,7 +2,7 @@
 
 ``S = Heaviside(x)`` with ``x = H - V_th`` (a spike when ``H >= V_th``); the backward pass uses
 ``dS/dx ≈ g'(x)``. Every surrogate is ONE formula below, written in the math dialect of
-:mod:`snnrun.net.dialect`: the torch backends call it on tensors, the Triton kernels compile the
+:mod:`snnrun.neuron.dialect`: the torch backends call it on tensors, the Triton kernels compile the
 very same function (``snnrun.kernels.surrogate_jit``). Formulas take their parameter as a
 runtime value.
 
@@ -26,7 +26,7 @@ import torch
 from snnrun.core.errors import one_line
 from snnrun.core.plugin import TARGET, PluginError, has_target, import_target
 from snnrun.core.registry import Registry
-from snnrun.net.dialect import Var, tl
+from snnrun.neuron.dialect import Var, tl
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def user_spec(target: str) -> SurrogateSpec:
 
 def _parameter(formula: Any, what: str) -> tuple[str, float | None]:
     """The name and default of the formula's parameter, its second of exactly two arguments."""
-    shape = "a function g'(x, param) in the tl dialect (snnrun.net.dialect)"
+    shape = "a function g'(x, param) in the tl dialect (snnrun.neuron.dialect)"
     if not inspect.isfunction(formula):
         kind = "a class" if inspect.isclass(formula) else f"a {type(formula).__name__}"
         raise PluginError(f"{what} must be {shape}, not {kind}")
@@ -203,7 +203,7 @@ def _parameter(formula: Any, what: str) -> tuple[str, float | None]:
     names = sorted(set(inspect.getclosurevars(formula).globals) - {"tl"})
     if names:
         raise PluginError(f"{what} reads {', '.join(names)}; a surrogate may read only tl (the "
-                          "dialect of snnrun.net.dialect: the Triton kernels compile it with tl "
+                          "dialect of snnrun.neuron.dialect: the Triton kernels compile it with tl "
                           "alone)")  # fmt: skip
     default = params[1].default
     return params[1].name, None if default is inspect.Parameter.empty else default
@@ -218,7 +218,7 @@ def _probe(spec: SurrogateSpec, what: str) -> None:
     except Exception as e:  # the user's code
         raise PluginError(f"{what}({spec.param}={value:g}) failed on a probe tensor: "
                           f"{type(e).__name__}: {one_line(e)}; write it in the tl dialect "
-                          "(snnrun.net.dialect)") from None  # fmt: skip
+                          "(snnrun.neuron.dialect)") from None  # fmt: skip
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
         got = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
         raise PluginError(f"{what} must return a tensor of x's shape [7] on a probe x, "

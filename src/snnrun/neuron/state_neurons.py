@@ -2,7 +2,7 @@
 before the membrane) and ``psn`` (parallel: no state, no reset).
 
 ``alif`` and ``synaptic`` are each defined once, by their one-step function :meth:`step` in the
-``tl`` dialect, which every backend runs (:mod:`snnrun.net.state_loop`: the ``autograd``
+``tl`` dialect, which every backend runs (:mod:`snnrun.neuron.state_loop`: the ``autograd``
 reference loop, the ``torch`` chunked-recompute node; ``triton``: the fused kernels written from
 its trace, ``kernels/step_kernels.py``), as a user's :class:`snnrun.Neuron` is. ``psn`` is one
 matrix product over the time axis.
@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from snnrun.core.errors import SnnrunError
-from snnrun.net.dialect import tl
-from snnrun.net.dynamics import Decay, charge, reset
-from snnrun.net.neuron import (
+from snnrun.neuron.dialect import tl
+from snnrun.neuron.dynamics import Decay, charge, reset
+from snnrun.neuron.neurons import (
     COMMON_OPTIONS,
     LAYER_KEYS,
     NEURONS,
@@ -28,7 +28,7 @@ from snnrun.net.neuron import (
     layer_options,
     make_dynamics,
 )
-from snnrun.net.state_loop import State, Step, run_states
+from snnrun.neuron.state_loop import State, Step, run_states
 
 
 class StateNeuron(SpikingNeuron):

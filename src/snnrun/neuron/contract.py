@@ -4,7 +4,7 @@ A neuron written this way runs on every backend from that one definition:
 
 - ``autograd``: the reference loop over :meth:`Neuron.step`, autograd through every op;
 - ``torch``: one autograd node per layer that keeps the states every few steps and recomputes
-  the rest in the backward (:mod:`snnrun.net.state_loop`): nothing ``[T, N, ...]`` is saved but
+  the rest in the backward (:mod:`snnrun.neuron.state_loop`): nothing ``[T, N, ...]`` is saved but
   the input;
 - ``triton``: fused forward and backward kernels that ``snnrun.kernels`` writes from a trace of
   the step (``kernels/step_kernels.py``), the gradient included, so no derivative is written by
@@ -33,7 +33,7 @@ summary (the membrane is the state named ``v``, else the first), checkpoints and
             return s, {"v": h * (1.0 - s)}
 
 ``step`` is elementwise over ``[N, ...]`` and written in the ``tl`` dialect
-(:mod:`snnrun.net.dialect`): arithmetic, comparisons, ``tl.where`` ... but no Python ``if`` on a
+(:mod:`snnrun.neuron.dialect`): arithmetic, comparisons, ``tl.where`` ... but no Python ``if`` on a
 value. Numbers on ``self`` (``self.tau``) are constants of the compiled kernel; what is learned,
 or a tensor, comes through :meth:`Neuron.params` (a scalar, or a tensor that broadcasts to the
 step's ``[N, ...]``).
@@ -46,11 +46,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from snnrun.net.dynamics import ATAN, Dynamics
-from snnrun.net.neuron import COMMON_OPTIONS
-from snnrun.net.state_loop import State
-from snnrun.net.state_neurons import StateNeuron
-from snnrun.net.surrogate import Surrogate
+from snnrun.neuron.dynamics import ATAN, Dynamics
+from snnrun.neuron.neurons import COMMON_OPTIONS
+from snnrun.neuron.state_loop import State
+from snnrun.neuron.state_neurons import StateNeuron
+from snnrun.neuron.surrogate import Surrogate
 
 Step = tuple[torch.Tensor, dict[str, Any]]
 
@@ -113,7 +113,7 @@ class Neuron(StateNeuron):
         return self.run(x, self.flat_step, values)
 
     def reset_kind(self) -> str:
-        return "own"
+        return ""  # the step says how it resets
 
     def _decay_repr(self) -> list[str]:
         own = inspect.signature(type(self).__init__).parameters

@@ -1,6 +1,6 @@
 """Spiking neuron layers: IF, LIF, PLIF and snnTorch's Leaky over ``[T, N, ...]``.
 
-A layer holds its :class:`~snnrun.net.dynamics.Dynamics`, its learned decay (PLIF, Leaky) and its
+A layer holds its :class:`~snnrun.neuron.dynamics.Dynamics`, its learned decay (PLIF, Leaky) and its
 membrane state ``v``. The backend (``torch`` loop or ``triton`` kernel) is looked up once at build
 time; ``forward`` just calls it. ``step_mode='m'`` takes ``[T, N, ...]``; ``step_mode='s'`` takes
 one step ``[N, ...]`` per call and keeps ``v`` between calls, giving results identical to 'm'
@@ -20,8 +20,8 @@ from torch import nn
 
 from snnrun.core.plugin import TARGET, PluginError, has_target, import_target
 from snnrun.core.registry import Registry
-from snnrun.net.dynamics import BACKENDS, Decay, Dynamics, charge
-from snnrun.net.surrogate import Surrogate, build_surrogate
+from snnrun.neuron.dynamics import BACKENDS, Decay, Dynamics, charge
+from snnrun.neuron.surrogate import Surrogate, build_surrogate
 
 NEURONS: Registry[type[SpikingNeuron]] = Registry("neuron")
 COMMON_OPTIONS = ("v_threshold", "surrogate", "backend", "step_mode", "store_v_seq")

@@ -17,11 +17,11 @@ One step of a neuron layer (SpikingJelly's charge → fire → reset), elementwi
   ``V[t] = H[t] - V_th S[t]``; ``detach_reset`` cuts the gradient through that ``S``.
   ``leaky`` keeps ``V[t] = H[t]`` (its reset happens in the next charge).
 
-The equations are written here once, in the math dialect of :mod:`snnrun.net.dialect`
+The equations are written here once, in the math dialect of :mod:`snnrun.neuron.dialect`
 (``eq_charge``, ``eq_reset`` and the derivatives ``eq_dv_dh``, ``eq_dh_dv``, ``eq_dh_dx``,
 ``eq_dh_dk``), with the kind as a compile-time code (``Dynamics.code``: 0 if, 1 lif, 2 leaky). The
 reference loop (autograd through :func:`charge` and :func:`fire_and_reset`), the handwritten
-backward of :mod:`snnrun.net.neuron_loop` and the Triton kernels (``kernels/neuron_kernels.py``
+backward of :mod:`snnrun.neuron.neuron_loop` and the Triton kernels (``kernels/neuron_kernels.py``
 compiles these very functions) all run them. A backend is a function with the :data:`Backend`
 signature, registered in :data:`BACKENDS`; the neuron layer picks one when it is built.
 """
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 import torch
 
 from snnrun.core.registry import Registry
-from snnrun.net.dialect import tl
-from snnrun.net.surrogate import Surrogate
+from snnrun.neuron.dialect import tl
+from snnrun.neuron.surrogate import Surrogate
 
 KINDS = ("if", "lif", "leaky")
 ATAN = Surrogate("atan", 2.0)
@@ -228,8 +228,8 @@ def reference_loop(
 ) -> BackendResult:
     """Reference multi-step update: a Python loop over T, autograd through every op.
 
-    The ``autograd`` backend; the default ``torch`` backend (:mod:`snnrun.net.neuron_loop`) computes
-    the same values with a handwritten backward, and the tests hold both to this one."""
+    The ``autograd`` backend; the default ``torch`` backend (:mod:`snnrun.neuron.neuron_loop`)
+    computes the same values with a handwritten backward, and the tests hold both to this one."""
     spikes, v_seq = [], []
     for x in x_seq:
         s, v = fire_and_reset(dyn, charge(dyn, v, x, decay))
