@@ -36,7 +36,7 @@ def test_built_wheel_ships_configs_and_kernels(tmp_path) -> None:
                              check=True).stdout.split()  # fmt: skip
     for name in tracked:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, source / name)
+        shutil.copy2(REPO / name, source / name, follow_symlinks=False)  # src/snnrun/kernels
     wheels, site = tmp_path / "wheels", tmp_path / "site"
     pip = [sys.executable, "-m", "pip"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
@@ -44,7 +44,12 @@ def test_built_wheel_ships_configs_and_kernels(tmp_path) -> None:
     (wheel,) = wheels.glob("snnrun-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)  # fmt: skip
-    for shipped in ("conf/config.yaml", "conf/model/csnn.yaml", "kernels/neuron_kernels.py"):
+    for shipped in (
+        "conf/config.yaml",
+        "conf/model/csnn.yaml",
+        "kernels/neuron_kernels.py",
+        "neuron/contract.py",
+    ):
         assert (site / "snnrun" / shipped).is_file(), shipped
     code = (
         "import sys, snnrun; assert snnrun.__file__.startswith(sys.argv[1]), snnrun.__file__;"
