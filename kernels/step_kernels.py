@@ -50,8 +50,9 @@ def traced(step: Step, n_states: int, params: Sequence[Any]) -> tuple[Trace, Any
     is a Python number stays a number: a constant of the kernel)."""
     trace = Trace()
     state = tuple(trace.input(f"q{i}") for i in range(n_states))
-    values = [trace.input(f"p{j}") if isinstance(p, torch.Tensor) else p
-              for j, p in enumerate(params)]  # fmt: skip
+    tensors = iter(range(len(params)))  # the tensors are p0, p1 ... in order (numbers stay)
+    values = [trace.input(f"p{next(tensors)}") if isinstance(p, torch.Tensor) else p
+              for p in params]  # fmt: skip
     spike, new = step(trace.input("x"), state, values)
     return trace, spike, new
 

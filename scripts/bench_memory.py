@@ -13,6 +13,8 @@ Rows, one layer ``x [T, N]`` (N = 32768, mean 0.5, std 0.8: many spikes):
 
 - ``snnrun lif autograd`` / ``torch`` / ``triton`` (CUDA only): LIF tau=2, atan;
 - ``snnrun alif`` / ``synaptic`` ``autograd`` / ``torch``; ``snnrun psn`` (one ``[T, T]`` product);
+- ``user qif autograd`` / ``torch`` / ``triton`` (CUDA only): a user's neuron,
+  ``examples/plugins/neuron.py``'s QIF (``snnrun.Neuron``: its step only);
 - ``spikingjelly lif``: SpikingJelly 2.0 ``LIFNode(tau=2, ATan)``, multi-step, its torch backend;
 - ``snntorch leaky`` / ``synaptic``: snnTorch 1.0 ``Leaky`` / ``Synaptic``, a Python loop over T.
 
@@ -50,6 +52,9 @@ LAYER_ROWS = {  # row -> (bytes per neuron-step the design keeps, a note)
     "snnrun alif torch": ("5 (X, 2 states every 8 steps)", ""),
     "snnrun synaptic torch": ("5 (X, 2 states every 8 steps)", ""),
     "snnrun psn": ("X and H (8)", "no time loop"),
+    "user qif autograd": ("every intermediate", "examples/plugins/neuron.py"),
+    "user qif torch": ("4.5 (X, its state every 8 steps)", "examples/plugins/neuron.py"),
+    "user qif triton": ("4.5 (X, its state every 8 steps)", "CUDA only"),
     "spikingjelly lif": ("its own (H, float32)", "SpikingJelly 2.0"),
     "snntorch leaky": ("every intermediate", "snnTorch 1.0"),
     "snntorch synaptic": ("every intermediate", "snnTorch 1.0"),
@@ -64,6 +69,21 @@ def _snnrun_layer(kind: str, backend: str, T: int) -> Callable[[torch.Tensor], t
     options.update({"lif": {"tau": 2.0}, "alif": {"tau": 2.0, "tau_adapt": 20.0, "beta_a": 0.2},
                     "synaptic": {}, "psn": {"T": T}}[kind])  # fmt: skip
     layer = build_neuron(options, ATAN)
+
+    def fwd(x: torch.Tensor) -> torch.Tensor:
+        layer.reset()
+        return layer(x)
+
+    return fwd
+
+
+def _user_layer(backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """examples/plugins/neuron.py's QIF, as a user's run builds it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import snnrun.net  # noqa: F401  (registers the triton backend)
+    from plugins.neuron import QIF
+
+    layer = QIF(backend=backend)
 
     def fwd(x: torch.Tensor) -> torch.Tensor:
         layer.reset()
@@ -106,6 +126,8 @@ def _layer_case(row: str, T: int, device: torch.device):
     if row.startswith("snnrun"):
         _, kind, *backend = row.split()
         fwd = _snnrun_layer(kind, backend[0] if backend else "torch", T)
+    elif row.startswith("user"):
+        fwd = _user_layer(row.split()[-1])
     else:
         fwd = _peer_layer(row)
 

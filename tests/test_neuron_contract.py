@@ -22,6 +22,7 @@ from conftest import (
 )
 
 ATAN = {"name": "atan", "alpha": 2.0}
+FC = ["model=fc", *(a for a in TINY if not a.startswith("model."))]  # neurons on [N, 10] only
 BUILT_IN = [n for n in NEURONS.names() if n != "psn"]  # psn's T is the run's
 
 
@@ -173,7 +174,7 @@ def test_user_neuron_backends_agree_with_the_reference(user_pkg, case, backend):
 def test_user_neuron_trains_through_the_command(user_pkg, tmp_path, monkeypatch, neuron, backend):
     monkeypatch.chdir(tmp_path)
     train_in_process(
-        monkeypatch, *TINY, f"neuron._target_={user_pkg}.{neuron}", f"neuron.backend={backend}",
+        monkeypatch, *FC, f"neuron._target_={user_pkg}.{neuron}", f"neuron.backend={backend}",
         "dataset.train_limit=64", "dataset.test_limit=32", "hydra.run.dir=run",
     )  # fmt: skip
     records = read_metrics(tmp_path / "run")
@@ -236,3 +237,86 @@ def test_a_user_neuron_run_resumes_evaluates_and_refuses_nir_in_one_line(
     train_in_process(monkeypatch, "eval", str(run))
     code, err = cli(monkeypatch, capsys, "export", str(run), "format=nir")
     assert_one_line_error(code, err, "LearnedQIF is your own neuron (snnrun.Neuron)")
+
+
+# --- learned tau and threshold per layer, channel or neuron ----------------------------------
+LEARNED = {
+    "lif-tau-channel": ("lif", {"learn_tau": "channel"}),
+    "lif-threshold-neuron": ("lif", {"learn_threshold": "neuron", "v_reset": None}),
+    "lif-both-layer": ("lif", {"learn_tau": "layer", "learn_threshold": "layer",
+                               "detach_reset": True}),
+    "leaky-tau-channel": ("leaky", {"learn_tau": "channel", "learn_threshold": "channel"}),
+    "alif-both-channel": ("alif", {"learn_tau": "channel", "learn_threshold": "neuron",
+                                   "tau": 3.0, "beta_a": 0.3}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("case", LEARNED)
+def test_learned_tau_and_threshold_gradients_match_the_reference(case, backend):
+    """float64, input [T, N, C, L] = [11, 2, 3, 5]: spikes exact, the gradients of x and of the
+    learned values within 1e-6 of the autograd reference."""
+    name, options = LEARNED[case]
+    torch.manual_seed(1)
+    x = torch.rand(11, 2, 3, 5, dtype=torch.float64) * 1.5
+    w = torch.randn(11, 2, 3, 5, dtype=torch.float64)
+    layers = []
+    for b in ("autograd", backend):
+        layer = build_neuron({"name": name, "backend": b, **options}, ATAN, in_shape=(3, 5))
+        with torch.no_grad():  # distinct values per channel / neuron
+            for p in layer.parameters():
+                p.add_(torch.linspace(-0.2, 0.2, p.numel(), dtype=p.dtype).view(p.shape))
+        layers.append(layer.double())
+    want, have = (_grads(layer, x, w) for layer in layers)
+    assert 0 < want["s"].mean() < 1
+    assert torch.equal(have["s"], want["s"])
+    shapes = {k: tuple(p.shape) for k, p in layers[0].named_parameters()}
+    assert any(len(s) > 0 for s in shapes.values()) or case == "lif-both-layer", shapes
+    for key in want:
+        if key != "s":
+            scale = want[key].abs().max().clamp_min(1e-12)
+            assert (have[key] - want[key]).abs().max() / scale <= 1e-6, key
+
+
+@pytest.mark.parametrize(
+    ("model", "backend", "shapes"),
+    [("csnn", "torch", {"layers.2.w": (4, 1, 1), "layers.2.v_th": (4, 28, 28)}),
+     ("fc", "triton", {"layers.2.w": (10,), "layers.2.v_th": (10,)})],
+)  # fmt: skip
+def test_learned_per_channel_values_train_through_the_command(
+    tmp_path, monkeypatch, model, backend, shapes
+):
+    """neuron.learn_tau=channel and learn_threshold=neuron: the conv neurons learn [C, 1, 1]
+    decays and [C, H, W] thresholds (a linear layer's: [F]), kept in the checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    train_in_process(
+        monkeypatch, *(TINY if model == "csnn" else FC), "neuron=lif", "neuron.learn_tau=channel",
+        "neuron.learn_threshold=neuron", f"neuron.backend={backend}", "dataset.train_limit=64",
+        "dataset.test_limit=32", "hydra.run.dir=run",
+    )  # fmt: skip
+    from snnrun.run.checkpoint import load_checkpoint
+
+    weights = load_checkpoint(tmp_path / "run" / "checkpoint_latest.pt")["model"]
+    assert {k: tuple(weights[k].shape) for k in shapes} == shapes
+    w = weights["layers.2.w"].flatten()
+    assert (w != w[0]).any()  # learned apart, one value per channel
+    assert f"lif tau=2 v_th=1 hard atan, {backend}" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_a_bad_learn_mode_is_one_line(tmp_path, monkeypatch, capsys):
+    code, err = cli(monkeypatch, capsys, *TINY, "neuron=lif", "neuron.learn_tau=channels",
+                    f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert_one_line_error(code, err, "learn_tau one of layer, channel, neuron", "channels")
+
+
+def test_the_example_neuron_from_a_config_dir(tmp_path, monkeypatch):
+    """examples/conf/neuron/izhikevich.yaml: a user's neuron as a config group of its own."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    args = [a for a in FC if not a.startswith("neuron=")]
+    train_in_process(monkeypatch, "--config-dir", str(REPO / "examples" / "conf"), *args,
+                     "neuron=izhikevich", "neuron.gain=40", "hydra.run.dir=run")  # fmt: skip
+    assert (
+        "izhikevich a=0.02 b=0.2 c=-65 d=8 dt=0.5 gain=40"
+        in (tmp_path / "run" / "summary.md").read_text()
+    )

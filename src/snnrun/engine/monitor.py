@@ -165,7 +165,7 @@ def silent_causes(silent: list[SpikingNeuron], model: nn.Module, steps: int) -> 
             f"BatchNorm's running statistics, which the test pass uses, from only {n} training "
             f"batch{'es' if n != 1 else ''} (train more steps)"
         )
-    taus = [1.0 / float(m.decay()) for m in silent if _leaks_input(m)]
+    taus = [1.0 / float(torch.as_tensor(m.decay()).mean()) for m in silent if _leaks_input(m)]
     if steps and taus:
         tau = max(taus)
         reached = 1.0 - (1.0 - 1.0 / tau) ** steps

@@ -220,6 +220,6 @@ def _recurrent(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Mod
             f"{ctx.path} (recurrent): psn computes all T steps at once and cannot be fed its own "
             "spikes step by step; pick a neuron with a state (name: lif, leaky, alif, ...)"
         )
-    recurrent = Recurrent(ctx.neuron(options), projection)
+    recurrent = Recurrent(ctx.neuron(options, in_shape), projection)
     recurrent.out_shape = tuple(in_shape)  # never run on a dummy input at build time
     return recurrent

@@ -43,11 +43,13 @@ class Context:
     path: str = "model.layers"  # the entry's config path: "model.layers[3].body[1]"
     classes: int | None = None  # the dataset's class count: what a size given as ``auto`` is
 
-    def neuron(self, options: dict[str, Any]) -> SpikingNeuron:
-        """A neuron from the groups' settings, overridden by ``options`` (a ``neuron`` entry's)."""
+    def neuron(self, options: dict[str, Any], in_shape: Shape | None = None) -> SpikingNeuron:
+        """A neuron from the groups' settings, overridden by ``options`` (a ``neuron`` entry's);
+        ``in_shape`` (per sample) sizes what it learns per channel or neuron."""
         options = dict(options)
         surrogate = options.pop("surrogate", None) or self.neuron_groups["surrogate"]
-        return build_neuron(merge_neuron_options(self.neuron_groups["neuron"], options), surrogate)
+        merged = merge_neuron_options(self.neuron_groups["neuron"], options)
+        return build_neuron(merged, surrogate, in_shape)
 
 
 @dataclass(frozen=True)
@@ -316,4 +318,4 @@ def _voting(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module
 @LAYERS.register("neuron")
 def _neuron(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
     """A neuron layer: the ``neuron``/``surrogate`` groups' settings, overridden by the entry."""
-    return ctx.neuron(options)
+    return ctx.neuron(options, in_shape)

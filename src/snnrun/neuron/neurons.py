@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -20,11 +20,15 @@ from torch import nn
 
 from snnrun.core.plugin import TARGET, PluginError, has_target, import_target
 from snnrun.core.registry import Registry
-from snnrun.neuron.dynamics import BACKENDS, Decay, Dynamics, charge
+from snnrun.neuron.dialect import tl
+from snnrun.neuron.dynamics import BACKENDS, Decay, Dynamics, charge, eq_charge, eq_reset
+from snnrun.neuron.state_loop import State, run_states
 from snnrun.neuron.surrogate import Surrogate, build_surrogate
 
 NEURONS: Registry[type[SpikingNeuron]] = Registry("neuron")
 COMMON_OPTIONS = ("v_threshold", "surrogate", "backend", "step_mode", "store_v_seq")
+LEARN_OPTIONS = ("learn_tau", "learn_threshold")
+LEARN_MODES = ("layer", "channel", "neuron")
 
 
 class Stateful(nn.Module):
@@ -57,6 +61,36 @@ class SpikingNeuron(Stateful):
         self.store_v_seq = store_v_seq
         self.v: torch.Tensor | None = None
         self.v_seq: torch.Tensor | None = None
+        self.learn_tau: str | None = None
+        self.learn_threshold: str | None = None
+
+    def learn(self, tau_init: float | None, learn_tau: Any, learn_threshold: Any,
+              in_shape: Sequence[int] | None) -> None:  # fmt: skip
+        """``learn_tau`` / ``learn_threshold`` (``layer``, ``channel`` or ``neuron``): the
+        decay's parameter ``w`` (starting at ``tau_init``; None: the subclass keeps its own) and
+        the threshold ``v_th`` become parameters of that shape. A layer that learns one runs as
+        a one-state step (:meth:`equations_step`), which every backend takes."""
+        name = type(self).__name__.removesuffix("Neuron").lower()
+        self.learn_tau, self.learn_threshold = learn_tau or None, learn_threshold or None
+        if self.learn_tau and tau_init is not None:
+            shape = learned_shape(name, "learn_tau", self.learn_tau, in_shape)
+            self.w = nn.Parameter(torch.full(shape, tau_init))
+        if self.learn_threshold:
+            shape = learned_shape(name, "learn_threshold", self.learn_threshold, in_shape)
+            self.v_th = nn.Parameter(torch.full(shape, self.dynamics.v_threshold))
+
+    def threshold(self) -> float | torch.Tensor:
+        """``V_th``: the learned one (:meth:`learn`), else the number."""
+        return self.v_th if self.learn_threshold else self.dynamics.v_threshold
+
+    def equations_step(self, x: Any, state: State, params: list[Any]) -> tuple[Any, State]:
+        """One step of this layer's equations with ``params = [decay, V_th]`` as values (learned
+        ones of any shape): charge, fire, reset, in the dialect."""
+        (v,), (k, v_th), dyn = state, params, self.dynamics
+        h = eq_charge(v, x, k, v_th, dyn.v_rest, dyn.code, dyn.decay_input, dyn.reset_code)
+        s = dyn.surrogate(h - v_th)
+        kept = tl.detach(s) if dyn.detach_reset else s
+        return s, (eq_reset(h, kept, v_th, dyn.v_reset, dyn.code, dyn.reset_code),)
 
     def decay(self) -> Decay:
         """The decay the charge equation reads (``k = 1/tau`` or ``beta``); None for IF."""
@@ -71,9 +105,13 @@ class SpikingNeuron(Stateful):
         """Spikes ``[T, N, ...]`` for ``x`` ``[T, N, ...]`` (or ``[N, ...]`` when step_mode='s')."""
         x_seq = x.unsqueeze(0) if self.step_mode == "s" else x
         v = self.v if self.v is not None else torch.full_like(x_seq[0], self.dynamics.v_rest)
-        spikes, self.v, v_seq = self.backend_fn(
-            x_seq, v, self.decay(), self.dynamics, self.store_v_seq
-        )
+        if self.learn_tau or self.learn_threshold:
+            params = [self.decay(), self.threshold()]
+            spikes, (self.v,), v_seq = run_states(self, x_seq, (v,), params, self.equations_step)
+        else:
+            spikes, self.v, v_seq = self.backend_fn(
+                x_seq, v, self.decay(), self.dynamics, self.store_v_seq
+            )
         if self.store_v_seq:
             self._keep_v_seq(v_seq)
         return spikes[0] if self.step_mode == "s" else spikes
@@ -98,8 +136,9 @@ class SpikingNeuron(Stateful):
     def extra_repr(self) -> str:
         d = self.dynamics
         reset = "soft" if not d.hard_reset else f"hard(v_reset={d.v_reset:g})"
+        learned = f" (learned per {self.learn_threshold})" if self.learn_threshold else ""
         parts = [
-            f"v_threshold={d.v_threshold:g}",
+            f"v_threshold={d.v_threshold:g}{learned}",
             f"reset={reset if d.kind != 'leaky' else 'subtract'}",
             *self._decay_repr(),
             f"detach_reset={d.detach_reset}" if d.kind != "leaky" else None,
@@ -125,18 +164,29 @@ class IFNeuron(SpikingNeuron):
 class LIFNeuron(SpikingNeuron):
     """Leaky integrate-and-fire with a fixed ``tau`` (``k = 1/tau``)."""
 
-    OPTIONS = (*SpikingNeuron.OPTIONS, "tau", "decay_input")
+    OPTIONS = (*SpikingNeuron.OPTIONS, "tau", "decay_input", *LEARN_OPTIONS)
 
-    def __init__(self, tau: float = 2.0, **kw: Any) -> None:
+    def __init__(
+        self,
+        tau: float = 2.0,
+        learn_tau: str | None = None,
+        learn_threshold: str | None = None,
+        in_shape: Sequence[int] | None = None,
+        **kw: Any,
+    ) -> None:
         tau = checked("lif", "tau", tau, "> 1")
         super().__init__(make_dynamics("lif", kw), **layer_options(kw))
         self.tau = tau
+        self.learn(-math.log(tau - 1.0), learn_tau, learn_threshold, in_shape)
 
     def decay(self) -> Decay:
-        return 1.0 / self.tau
+        """``1/tau``; learned (``learn_tau``): ``sigmoid(w)``, ``w`` starting at
+        ``-log(tau - 1)`` as PLIF's."""
+        return self.w.sigmoid() if self.learn_tau else 1.0 / self.tau
 
     def _decay_repr(self) -> list[str]:
-        return [f"tau={self.tau:g}", f"decay_input={self.dynamics.decay_input}"]
+        learned = f" (learned per {self.learn_tau})" if self.learn_tau else ""
+        return [f"tau={self.tau:g}{learned}", f"decay_input={self.dynamics.decay_input}"]
 
 
 @NEURONS.register("plif")
@@ -166,15 +216,28 @@ class LeakyNeuron(SpikingNeuron):
     """snnTorch ``Leaky``: ``U[t] = beta U[t-1] + X[t] - U_thr R[t]``, beta in [0, 1] (a
     learned beta is clamped there)."""
 
-    OPTIONS = (*COMMON_OPTIONS, "beta", "learn_beta")
+    OPTIONS = (*COMMON_OPTIONS, "beta", "learn_beta", *LEARN_OPTIONS)
 
-    def __init__(self, beta: float = 0.5, learn_beta: bool = False, **kw: Any) -> None:
+    def __init__(
+        self,
+        beta: float = 0.5,
+        learn_beta: bool = False,
+        learn_tau: str | None = None,
+        learn_threshold: str | None = None,
+        in_shape: Sequence[int] | None = None,
+        **kw: Any,
+    ) -> None:
         kw = {**kw, "v_reset": None, "detach_reset": True}
         super().__init__(make_dynamics("leaky", kw), **layer_options(kw))
-        beta_t = torch.tensor(checked("leaky", "beta", beta, "in [0, 1]"))
-        self.learn_beta = learn_beta
-        if learn_beta:
-            self.beta = nn.Parameter(beta_t)
+        beta = checked("leaky", "beta", beta, "in [0, 1]")
+        if learn_beta and learn_tau:
+            raise ValueError("leaky: learn_beta and learn_tau both learn beta; set one of them")
+        self.learn(None, learn_tau, learn_threshold, in_shape)
+        shape = learned_shape("leaky", "learn_tau", learn_tau, in_shape) if learn_tau else ()
+        beta_t = torch.full(shape, beta)
+        self.learn_beta = bool(learn_beta or learn_tau)
+        if self.learn_beta:
+            self.beta = nn.Parameter(beta_t)  # learn_tau: beta per layer / channel / neuron
         else:
             self.register_buffer("beta", beta_t)
 
@@ -182,7 +245,31 @@ class LeakyNeuron(SpikingNeuron):
         return self.beta.clamp(0.0, 1.0)
 
     def _decay_repr(self) -> list[str]:
-        return [f"beta={self.beta.item():g}" + (" (learned)" if self.learn_beta else "")]
+        shown = self.beta.flatten()[0].item()
+        per = f" per {self.learn_tau}" if self.learn_tau else ""
+        return [f"beta={shown:g}" + (f" (learned{per})" if self.learn_beta else "")]
+
+
+def learned_shape(
+    neuron: str, key: str, mode: Any, in_shape: Sequence[int] | None
+) -> tuple[int, ...]:
+    """The shape of a value learned per ``mode`` for inputs ``[T, N, *in_shape]``: ``()``
+    (``layer``), ``[C, 1, ...]`` (``channel``: the first per-sample axis) or ``in_shape``
+    (``neuron``)."""
+    if mode not in LEARN_MODES:
+        raise ValueError(
+            f"{neuron} needs {key} one of layer, channel, neuron (or null), got {mode!r}; set "
+            f"neuron.{key}"
+        )
+    if mode == "layer":
+        return ()
+    if in_shape is None:
+        raise ValueError(
+            f"{neuron}: {key}={mode} needs the layer's input shape, which snnrun gives to neuron "
+            f"and recurrent entries; set {key}: layer (or null) here, or pass in_shape"
+        )
+    shape = tuple(int(d) for d in in_shape)
+    return shape if mode == "neuron" else (shape[0], *(1,) * (len(shape) - 1))
 
 
 LAYER_KEYS = ("backend", "step_mode", "store_v_seq")
@@ -233,9 +320,14 @@ OLD_KEY = (
 )
 
 
-def build_neuron(options: dict[str, Any], surrogate_options: dict[str, Any]) -> SpikingNeuron:
+def build_neuron(
+    options: dict[str, Any],
+    surrogate_options: dict[str, Any],
+    in_shape: Sequence[int] | None = None,
+) -> SpikingNeuron:
     """A neuron layer from the ``neuron`` group (``name`` picks the class, or ``_target_`` names
-    a user's ``snnrun.Neuron``: it gets the keys its ``__init__`` takes) and a surrogate."""
+    a user's ``snnrun.Neuron``: it gets the keys its ``__init__`` takes) and a surrogate;
+    ``in_shape`` (per sample) goes to a class that takes it (to size learned values)."""
     options = dict(options)
     if "kind" in options:
         raise TypeError(OLD_KEY)
@@ -243,8 +335,11 @@ def build_neuron(options: dict[str, Any], surrogate_options: dict[str, Any]) -> 
     if has_target(options):
         cls = user_neuron(options.pop(TARGET))
         options.pop("name", None)
-        return cls(surrogate=surrogate, **{k: v for k, v in options.items() if k in accepted(cls)})
-    cls = NEURONS.get(options.pop("name"))
+        options = {k: v for k, v in options.items() if k in accepted(cls)}
+    else:
+        cls = NEURONS.get(options.pop("name"))
+    if in_shape is not None and "in_shape" in accepted(cls):
+        options["in_shape"] = tuple(in_shape)
     return cls(surrogate=surrogate, **options)
 
 

@@ -7,7 +7,8 @@ its gradient). Every backend in :data:`STATE_BACKENDS` reads that definition:
 
 - ``autograd``: :func:`reference_states`, a Python loop over T with autograd through every op;
 - ``torch``: :class:`_ChunkedLoop`, one autograd node per layer: the forward runs without a graph
-  and keeps only ``X`` and the float32 state at every :data:`CHUNK`-th step; the backward walks
+  and keeps only ``X`` and the float32 state at every :data:`CHUNK`-th step (and writes ``V`` per
+  step only when it is asked for); the backward walks
   the chunks in reverse, re-running each chunk's steps with autograd from its saved state and
   back-propagating through them (``torch.autograd.grad``), so memory grows with
   ``T / CHUNK`` states rather than with every intermediate of every step. The values are the
@@ -52,31 +53,36 @@ class _ChunkedLoop(torch.autograd.Function):
     """See the module docstring; inputs: x_seq, n states, then the params (tensors or floats)."""
 
     @staticmethod
-    def forward(ctx: Any, step: Step, n_states: int, x_seq: torch.Tensor, *rest: Any):  # type: ignore[override]
+    def forward(
+        ctx: Any, step: Step, n_states: int, store_v: bool, x_seq: torch.Tensor, *rest: Any
+    ):  # type: ignore[override]
         state, params = tuple(rest[:n_states]), rest[n_states:]
-        saved, spikes, vs = [], torch.empty_like(x_seq), torch.empty_like(x_seq)
+        saved, spikes = [], torch.empty_like(x_seq)
+        vs = torch.empty_like(x_seq) if store_v else x_seq.new_empty(0)
         for t in range(x_seq.shape[0]):
             if t % CHUNK == 0:
                 saved.append(tuple(_wide(s) for s in state))
             spikes[t], state = step(x_seq[t], state, params)
-            vs[t] = state[-1]
+            if store_v:
+                vs[t] = state[-1]
         ctx.step, ctx.n_states, ctx.saved_states = step, n_states, saved
         tensors = [p for p in params if isinstance(p, torch.Tensor)]
         ctx.param_is_tensor = [isinstance(p, torch.Tensor) for p in params]
         ctx.floats = [p for p in params if not isinstance(p, torch.Tensor)]
         ctx.dtypes = [s.dtype for s in state]
         ctx.save_for_backward(x_seq, *tensors)
+        ctx.set_materialize_grads(False)
         return (spikes, vs, *(s.detach() for s in state))
 
     @staticmethod
-    def backward(ctx: Any, g_spikes: torch.Tensor, g_vs: torch.Tensor, *g_last: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, g_spikes, g_vs, *g_last):  # type: ignore[override]
         x_seq, *tensors = ctx.saved_tensors
         params = _params(ctx.param_is_tensor, tensors, ctx.floats)
         learned = [i for i, p in enumerate(params)
                    if isinstance(p, torch.Tensor) and p.requires_grad]  # fmt: skip
         g_params: list[torch.Tensor | None] = [None] * len(params)
         g_x = torch.zeros_like(x_seq)
-        g_state = [g if g is not None else None for g in g_last]
+        g_state = list(g_last)
         T = x_seq.shape[0]
         for c in range(len(ctx.saved_states) - 1, -1, -1):
             start, stop = c * CHUNK, min((c + 1) * CHUNK, T)
@@ -91,8 +97,13 @@ class _ChunkedLoop(torch.autograd.Function):
                     s, cur = ctx.step(xs[t], cur, local)
                     s_out.append(s)
                     v_out.append(cur[-1])
-                outputs = [torch.stack(s_out), torch.stack(v_out), *cur]
-                grads_in = [g_spikes[start:stop], g_vs[start:stop], *_zeros_for(g_state, cur)]
+                outputs, grads_in = list(cur), _zeros_for(g_state, cur)
+                if g_spikes is not None:
+                    outputs.append(torch.stack(s_out))
+                    grads_in.append(g_spikes[start:stop])
+                if g_vs is not None and g_vs.numel():
+                    outputs.append(torch.stack(v_out))
+                    grads_in.append(g_vs[start:stop])
                 wrt = [xs, *state, *(local[i] for i in learned)]
                 grads = torch.autograd.grad(outputs, wrt, grads_in, allow_unused=True)
             g_x[start:stop] = grads[0] if grads[0] is not None else 0
@@ -101,7 +112,7 @@ class _ChunkedLoop(torch.autograd.Function):
                 g = grads[1 + ctx.n_states + j]
                 if g is not None:
                     g_params[i] = g if g_params[i] is None else g_params[i] + g
-        return (None, None, g_x, *g_state, *g_params)
+        return (None, None, None, g_x, *g_state, *g_params)
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
@@ -143,5 +154,5 @@ def chunked_states(
     store_v_seq: bool,
 ) -> StatesResult:  # fmt: skip
     """The chunked-recompute node (:class:`_ChunkedLoop`)."""
-    spikes, vs, *rest = _ChunkedLoop.apply(step, len(state), x_seq, *state, *params)
+    spikes, vs, *rest = _ChunkedLoop.apply(step, len(state), store_v_seq, x_seq, *state, *params)
     return spikes, tuple(rest), vs if store_v_seq else None

@@ -11,6 +11,7 @@ matrix product over the time axis.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,10 +19,11 @@ from torch import nn
 
 from snnrun.core.errors import SnnrunError
 from snnrun.neuron.dialect import tl
-from snnrun.neuron.dynamics import Decay, charge, reset
+from snnrun.neuron.dynamics import Decay, charge, eq_reset
 from snnrun.neuron.neurons import (
     COMMON_OPTIONS,
     LAYER_KEYS,
+    LEARN_OPTIONS,
     NEURONS,
     SpikingNeuron,
     checked,
@@ -83,35 +85,53 @@ class ALIFNeuron(StateNeuron):
     ``tau_adapt`` and ``tau`` are in steps. The state is ``(a[t+1], V[t])``.
     """
 
-    OPTIONS = (*SpikingNeuron.OPTIONS, "tau", "decay_input", "tau_adapt", "beta_a")
+    OPTIONS = (*SpikingNeuron.OPTIONS, "tau", "decay_input", "tau_adapt", "beta_a", *LEARN_OPTIONS)
 
-    def __init__(self, tau: float = 20.0, tau_adapt: float = 200.0, beta_a: float = 1.8, **kw: Any):
+    def __init__(
+        self,
+        tau: float = 20.0,
+        tau_adapt: float = 200.0,
+        beta_a: float = 1.8,
+        learn_tau: str | None = None,
+        learn_threshold: str | None = None,
+        in_shape: Sequence[int] | None = None,
+        **kw: Any,
+    ) -> None:
         tau = checked("alif", "tau", tau, "> 1")
         tau_adapt = checked("alif", "tau_adapt", tau_adapt, "> 0")
         kw = {"v_reset": None, **kw}  # soft by default (e-prop's reset), as conf/neuron/alif.yaml
         super().__init__(make_dynamics("lif", kw, "alif"), **layer_options(kw))
         self.tau, self.tau_adapt, self.beta_a = tau, tau_adapt, float(beta_a)
         self.rho = math.exp(-1.0 / self.tau_adapt)
+        self.learn(-math.log(tau - 1.0), learn_tau, learn_threshold, in_shape)
 
     def decay(self) -> Decay:
-        return 1.0 / self.tau
+        """``1/tau``; learned (``learn_tau``): ``sigmoid(w)``."""
+        return self.w.sigmoid() if self.learn_tau else 1.0 / self.tau
 
     def initial_state(self, x: torch.Tensor) -> State:
         return torch.zeros_like(x), torch.full_like(x, self.dynamics.v_rest)
 
     def params(self) -> list[Any]:
-        return [1.0 / self.tau]
+        """``[k, V_th]``: numbers, or the learned tensors."""
+        return [self.decay(), self.threshold()]
 
     def step(self, x: torch.Tensor, state: State, params: list[Any]) -> tuple[torch.Tensor, State]:
         a, v = state
-        dyn = self.dynamics
-        h = charge(dyn, v, x, params[0])
-        s = self.fire(h - (dyn.v_threshold + self.beta_a * a))
-        v = reset(dyn, h, tl.detach(s) if dyn.detach_reset else s)
+        (k, v_th), dyn = params, self.dynamics
+        h = charge(dyn, v, x, k)
+        s = self.fire(h - (v_th + self.beta_a * a))
+        kept = tl.detach(s) if dyn.detach_reset else s
+        v = eq_reset(h, kept, v_th, dyn.v_reset, dyn.code, dyn.reset_code)
         return s, (self.rho * a + s, v)
 
     def _decay_repr(self) -> list[str]:
-        return [f"tau={self.tau:g}", f"tau_adapt={self.tau_adapt:g}", f"beta_a={self.beta_a:g}"]
+        learned = f" (learned per {self.learn_tau})" if self.learn_tau else ""
+        return [
+            f"tau={self.tau:g}{learned}",
+            f"tau_adapt={self.tau_adapt:g}",
+            f"beta_a={self.beta_a:g}",
+        ]
 
     def charge_seq(self, x: torch.Tensor, v_after: torch.Tensor) -> torch.Tensor:
         """What the output figure draws against ``v_threshold``: ``H[t] - beta_a a[t]``, the

@@ -279,7 +279,17 @@ def _if_to(m: IFNeuron, s: ExportStep) -> list[Any]:
     ]
 
 
+def _fixed(m: SpikingNeuron, s: ExportStep) -> None:
+    """Refuse a neuron that learned its tau or threshold per channel or neuron (one line)."""
+    if m.learn_tau or m.learn_threshold:
+        raise NirError(
+            f"{s.label}: a learned tau or threshold (neuron.learn_tau, neuron.learn_threshold) "
+            "has no NIR export yet; export a run trained without them"
+        )
+
+
 def _lif_node(tau_steps: float, m: SpikingNeuron, s: ExportStep, neuron: str) -> list[Any]:
+    _fixed(m, s)
     v_reset, meta = _reset(m, s, neuron)
     r = 1.0 if m.dynamics.decay_input else tau_steps
     thr = m.dynamics.v_threshold
@@ -305,6 +315,7 @@ def _plif_to(m: PLIFNeuron, s: ExportStep) -> list[Any]:
 
 def _leaky_to(m: LeakyNeuron, s: ExportStep) -> list[Any]:
     """snnTorch's own mapping: ``tau = dt / (1 - beta)``, ``R = tau / dt``."""
+    _fixed(m, s)
     beta = m.decay().item()
     if beta >= 1.0:
         raise NirError(f"{s.label}: leaky with beta=1 has no leak (no finite NIR tau)")
