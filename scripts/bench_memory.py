@@ -80,8 +80,9 @@ def _snnrun_layer(kind: str, backend: str, T: int) -> Callable[[torch.Tensor], t
 def _user_layer(backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """examples/plugins/neuron.py's QIF, as a user's run builds it."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    import snnrun.net  # noqa: F401  (registers the triton backend)
     from plugins.neuron import QIF
+
+    import snnrun.net  # noqa: F401  (registers the triton backend)
 
     layer = QIF(backend=backend)
 

@@ -63,55 +63,22 @@ def test_recurrent_alif_in_a_lif_run_is_alif(tmp_path: Path, monkeypatch):
     assert "lif tau=2 v_th=1 hard" in summary  # the readout keeps the run's group
 
 
-# --- a user's neurons, written in a test package's file only ----------------------------------
+# --- the user's neurons: examples/plugins/neuron.py (outside snnrun) and a test package's ---
 USER_NEURONS = '''
 import torch
 from torch import nn
+from plugins.neuron import QIF  # examples/plugins/neuron.py: the user's QIF and Izhikevich
 
-import snnrun
 from snnrun import tl
-
-
-class QIF(snnrun.Neuron):
-    """Quadratic integrate-and-fire: V += (V (V - v_c) + X) / tau; spike at V >= v_th."""
-
-    STATES = {"v": 0.0}
-
-    def __init__(self, tau=2.0, v_c=0.5, **kw):
-        super().__init__(**kw)
-        self.tau, self.v_c = tau, v_c
-
-    def step(self, x, states, params):
-        v = states["v"]
-        h = v + (v * (v - self.v_c) + x) / self.tau
-        s = self.fire(h - self.v_threshold)
-        return s, {"v": h * (1.0 - s)}
-
-
-class Izhikevich(snnrun.Neuron):
-    """Izhikevich (2003), regular spiking: Euler steps of dt ms, the input times gain."""
-
-    STATES = {"v": -65.0, "u": -13.0}
-
-    def __init__(self, a=0.02, b=0.2, c=-65.0, d=8.0, dt=0.5, gain=20.0, v_peak=30.0, **kw):
-        super().__init__(**kw)
-        self.a, self.b, self.c, self.d = a, b, c, d
-        self.dt, self.gain, self.v_peak = dt, gain, v_peak
-
-    def step(self, x, states, params):
-        v, u = states["v"], states["u"]
-        h = v + self.dt * (0.04 * v * v + 5.0 * v + 140.0 - u + self.gain * x)
-        s = self.fire(h - self.v_peak)
-        u = u + self.dt * self.a * (self.b * v - u) + self.d * s
-        return s, {"v": tl.where(s > 0.0, self.c, h), "u": u}
 
 
 class LearnedQIF(QIF):
     """QIF with a learned 1/tau: one per layer (shape ()) or one per feature."""
 
-    def __init__(self, shape=(), **kw):
+    def __init__(self, shape=(), in_shape=None, **kw):
         super().__init__(**kw)
         self.k = nn.Parameter(torch.full(tuple(shape), 0.5))
+        self.in_shape = in_shape  # the layer's per-sample input shape, given by the builder
 
     def params(self):
         return {"k": self.k.clamp(0.05, 1.0)}
@@ -126,14 +93,17 @@ class LearnedQIF(QIF):
 
 @pytest.fixture
 def user_pkg(tmp_path: Path, monkeypatch):
+    """``plugins`` (examples/plugins: the user's QIF and Izhikevich) on the path, and a test
+    package ``my_neurons`` with a QIF that learns its 1/tau."""
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
     yield from make_user_package(tmp_path, monkeypatch, "my_neurons", USER_NEURONS)
 
 
 CASES = {
-    "qif": ("QIF", {}),
-    "izhikevich": ("Izhikevich", {}),
-    "learned_layer": ("LearnedQIF", {"shape": ()}),
-    "learned_feature": ("LearnedQIF", {"shape": (5,)}),
+    "qif": ("plugins.neuron", "QIF", {}),
+    "izhikevich": ("plugins.neuron", "Izhikevich", {}),
+    "learned_layer": ("my_neurons", "LearnedQIF", {"shape": ()}),
+    "learned_feature": ("my_neurons", "LearnedQIF", {"shape": (5,)}),
 }
 
 
@@ -153,8 +123,8 @@ def test_user_neuron_backends_agree_with_the_reference(user_pkg, case, backend):
     """float64: spikes exact, gradients within 1e-6 relative of the autograd reference."""
     import importlib
 
-    cls_name, kw = CASES[case]
-    cls = getattr(importlib.import_module(user_pkg), cls_name)
+    module, cls_name, kw = CASES[case]
+    cls = getattr(importlib.import_module(module), cls_name)
     torch.manual_seed(0)
     x = torch.rand(13, 3, 5, dtype=torch.float64) * (4.0 if case == "izhikevich" else 1.5)
     w = torch.randn(13, 3, 5, dtype=torch.float64)
@@ -174,7 +144,7 @@ def test_user_neuron_backends_agree_with_the_reference(user_pkg, case, backend):
 def test_user_neuron_trains_through_the_command(user_pkg, tmp_path, monkeypatch, neuron, backend):
     monkeypatch.chdir(tmp_path)
     train_in_process(
-        monkeypatch, *FC, f"neuron._target_={user_pkg}.{neuron}", f"neuron.backend={backend}",
+        monkeypatch, *FC, f"neuron._target_=plugins.neuron.{neuron}", f"neuron.backend={backend}",
         "dataset.train_limit=64", "dataset.test_limit=32", "hydra.run.dir=run",
     )  # fmt: skip
     records = read_metrics(tmp_path / "run")
@@ -186,7 +156,7 @@ def test_user_neuron_trains_through_the_command(user_pkg, tmp_path, monkeypatch,
 def test_step_modes_agree(user_pkg):
     import importlib
 
-    cls = importlib.import_module(user_pkg).Izhikevich
+    cls = importlib.import_module("plugins.neuron").Izhikevich
     x = torch.rand(9, 4, dtype=torch.float64) * 4
     multi = cls().double()(x)
     single = cls(step_mode="s").double()
@@ -196,7 +166,7 @@ def test_step_modes_agree(user_pkg):
 def test_a_python_branch_in_a_step_is_one_line(user_pkg):
     import importlib
 
-    class Branchy(importlib.import_module(user_pkg).QIF):
+    class Branchy(importlib.import_module("plugins.neuron").QIF):
         def step(self, x, states, params):
             if states["v"] > 0.5:
                 return super().step(x, states, params)
@@ -320,3 +290,9 @@ def test_the_example_neuron_from_a_config_dir(tmp_path, monkeypatch):
         "izhikevich a=0.02 b=0.2 c=-65 d=8 dt=0.5 gain=40"
         in (tmp_path / "run" / "summary.md").read_text()
     )
+
+
+def test_a_user_neuron_that_takes_in_shape_gets_it(user_pkg):
+    layer = build_neuron({"_target_": f"{user_pkg}.LearnedQIF", "name": "lif", "tau": 3.0},
+                         ATAN, in_shape=(3, 5))  # fmt: skip
+    assert layer.in_shape == (3, 5) and layer.tau == 3.0

@@ -12,31 +12,15 @@ A neuron written this way runs on every backend from that one definition:
 
 It also gets step modes ``s`` and ``m``, the ``recurrent`` entry, the monitors, figures and
 summary (the membrane is the state named ``v``, else the first), checkpoints and resume
-(its ``nn.Parameter`` s and buffers are the module's)::
-
-    import snnrun
-    from snnrun import tl
-
-    class QIF(snnrun.Neuron):
-        '''Quadratic integrate-and-fire: V += (V (V - v_c) + X) / tau; spike at V >= v_th.'''
-
-        STATES = {"v": 0.0}
-
-        def __init__(self, tau: float = 2.0, v_c: float = 0.5, **kw):
-            super().__init__(**kw)
-            self.tau, self.v_c = tau, v_c
-
-        def step(self, x, states, params):
-            v = states["v"]
-            h = v + (v * (v - self.v_c) + x) / self.tau
-            s = self.fire(h - self.v_threshold)
-            return s, {"v": h * (1.0 - s)}
+(its ``nn.Parameter`` s and buffers are the module's). ``examples/plugins/neuron.py`` holds two
+(QIF and Izhikevich); README "Your own neuron" shows one whole.
 
 ``step`` is elementwise over ``[N, ...]`` and written in the ``tl`` dialect
 (:mod:`snnrun.neuron.dialect`): arithmetic, comparisons, ``tl.where`` ... but no Python ``if`` on a
 value. Numbers on ``self`` (``self.tau``) are constants of the compiled kernel; what is learned,
 or a tensor, comes through :meth:`Neuron.params` (a scalar, or a tensor that broadcasts to the
-step's ``[N, ...]``).
+step's ``[N, ...]``). An ``__init__`` that takes ``in_shape`` gets the layer's per-sample input
+shape (``[C, H, W]``, ``[F]``), to size a parameter per channel or per neuron.
 """
 
 from __future__ import annotations
@@ -52,7 +36,7 @@ from snnrun.neuron.state_loop import State
 from snnrun.neuron.state_neurons import StateNeuron
 from snnrun.neuron.surrogate import Surrogate
 
-Step = tuple[torch.Tensor, dict[str, Any]]
+StepResult = tuple[torch.Tensor, dict[str, Any]]  # (S[t], the new states by name)
 
 
 class Neuron(StateNeuron):
@@ -83,7 +67,7 @@ class Neuron(StateNeuron):
         """The step's ``params``: learned or tensor values by name (none by default)."""
         return {}
 
-    def step(self, x: Any, states: dict[str, Any], params: dict[str, Any]) -> Step:  # type: ignore[override]
+    def step(self, x: Any, states: dict[str, Any], params: dict[str, Any]) -> StepResult:  # type: ignore[override]
         """``(S[t], new states)`` from ``X[t]`` and the states after step t-1."""
         raise NotImplementedError(f"{type(self).__name__} must define step(x, states, params)")
 

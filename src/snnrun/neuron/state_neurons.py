@@ -138,11 +138,11 @@ class ALIFNeuron(StateNeuron):
         charge less the adaptation's rise of the threshold, so that a spike is where it reaches
         ``v_threshold`` (``a`` re-run from 0, as at the start of every batch), ``[T, ...]``."""
         h = super().charge_seq(x, v_after)
-        a, shown = torch.zeros_like(h[0]), torch.empty_like(h)
-        for t in range(h.shape[0]):
-            shown[t] = h[t] - self.beta_a * a
-            spiked = h[t] - (self.dynamics.v_threshold + self.beta_a * a) >= 0
-            a = self.rho * a + spiked.to(h.dtype)
+        shown, params, state = torch.empty_like(h), self.params(), self.initial_state(h[0])
+        with torch.no_grad():
+            for t in range(h.shape[0]):  # a[t] from the step itself
+                shown[t] = h[t] - self.beta_a * state[0]
+                _, state = self.step(x[t], state, params)
         return shown
 
 
