@@ -26,21 +26,27 @@ FC = ["model=fc", *(a for a in TINY if not a.startswith("model."))]  # neurons o
 BUILT_IN = [n for n in NEURONS.names() if n != "psn"]  # psn's T is the run's
 
 
-def group(name: str) -> dict:
+def group_of(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "neuron" / f"{name}.yaml"))
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_class_defaults_are_the_group_files(name):
     """What an entry gets when it names a neuron: the class's defaults, which are its YAML's."""
-    from_yaml = build_neuron(group(name), ATAN)
+    from_yaml = build_neuron(group_of(name), ATAN)
     from_class = build_neuron({"name": name}, ATAN)
     assert repr(from_class) == repr(from_yaml)
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_another_neuron_takes_its_own_defaults(name):
-    lif = {**group("lif"), "tau": 3.0, "v_threshold": 0.5, "backend": "autograd", "step_mode": "s"}
+    lif = {
+        **group_of("lif"),
+        "tau": 3.0,
+        "v_threshold": 0.5,
+        "backend": "autograd",
+        "step_mode": "s",
+    }
     merged = merge_neuron_options(lif, {"name": name})
     if name == "lif":
         assert merged == lif
@@ -296,3 +302,44 @@ def test_a_user_neuron_that_takes_in_shape_gets_it(user_pkg):
     layer = build_neuron({"_target_": f"{user_pkg}.LearnedQIF", "name": "lif", "tau": 3.0},
                          ATAN, in_shape=(3, 5))  # fmt: skip
     assert layer.in_shape == (3, 5) and layer.tau == 3.0
+
+
+def test_a_user_neuron_in_a_recurrent_entry_and_the_figures(user_pkg, tmp_path, monkeypatch):
+    """model=rsnn: the recurrent entry steps a user's QIF one step at a time; viz draws it."""
+    monkeypatch.chdir(tmp_path)
+    train_in_process(
+        monkeypatch, "model=rsnn", "model.hidden=8", "neuron._target_=plugins.neuron.QIF",
+        "dataset.train_limit=64", "dataset.test_limit=32", "epochs=1", "T=4", "logger=none",
+        "hydra.run.dir=run",
+    )  # fmt: skip
+    rows = (tmp_path / "run" / "summary.md").read_text().splitlines()
+    assert any("recurrent" in r and "qif tau=2 v_c=0.5" in r for r in rows), rows
+    train_in_process(monkeypatch, "viz", str(tmp_path / "run"))
+    assert list((tmp_path / "run" / "figures").glob("*.png"))
+
+
+def test_a_version_3_checkpoint_keeps_the_network_it_trained():
+    """Runs saved before the override rule changed (checkpoint version 3): an entry that names
+    another neuron gets, written out, the group keys it took then (dvsgesture_plif's FC LIFs
+    trained with the group's detach_reset=true); a current checkpoint's config is unchanged."""
+    from snnrun.run.checkpoint import VERSION, migrate
+
+    group = {**group_of("plif"), "detach_reset": True, "v_threshold": 0.5}
+    layers = [{"type": "neuron", "name": "lif", "tau": 2.0},
+              {"type": "sequential", "layers": [{"type": "recurrent", "name": "alif",
+                                                 "layers": [{"type": "linear"}]}]},
+              {"type": "neuron"},
+              {"type": "spiking_self_attention", "neuron": {"name": "leaky"}}]  # fmt: skip
+    config = {"neuron": group, "model": {"layers": layers}}
+    old = migrate({"version": 3, "config": config}, Path("old.pt"))["config"]["model"]["layers"]
+    assert old[0] == {"type": "neuron", "name": "lif", "tau": 2.0, "decay_input": True,
+                      "v_threshold": 0.5, "v_reset": 0.0, "detach_reset": True,
+                      "backend": "torch", "step_mode": "m", "store_v_seq": False}  # fmt: skip
+    recurrent = old[1]["layers"][0]
+    assert recurrent["detach_reset"] is True and recurrent["v_reset"] == 0.0
+    assert old[2] == {"type": "neuron"}  # the group's own neuron: nothing to write out
+    assert old[3]["neuron"]["v_threshold"] == 0.5 and "detach_reset" not in old[3]["neuron"]
+    merged = merge_neuron_options(group, {k: v for k, v in old[0].items() if k != "type"})
+    assert merged["detach_reset"] is True  # the network the run trained
+    current = migrate({"version": VERSION, "config": config}, Path("new.pt"))["config"]
+    assert current == config

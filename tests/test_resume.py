@@ -166,7 +166,7 @@ def test_checkpoints_carry_their_schema_version(work, tmp_path) -> None:
     version 2 named the neuron with ``kind``) is migrated to the current schema on load; one
     from a newer snnrun is one line naming the fix."""
     current = load_checkpoint(work / BEST)
-    assert current["version"] == VERSION == 3
+    assert current["version"] == VERSION == 4
     fixture = load_checkpoint(REPO / "tests" / "fixtures" / "run_3fa185d" / LATEST)
     assert fixture["version"] == VERSION and fixture["config"]["neuron"]["name"] == "lif"
     neuron = dict(current["config"]["neuron"])

@@ -24,14 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypedDict
 
 from snnrun.core.errors import SnnrunError
-from snnrun.core.migrate import renamed_neuron_keys
+from snnrun.core.migrate import explicit_entry_neurons, renamed_neuron_keys
 
 if TYPE_CHECKING:
     import torch
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-VERSION = 3  # 1: before the key existed (3fa185d and earlier); 2: the neuron's key was "kind"
+VERSION = 4  # 1: before the key existed (3fa185d and earlier); 2: the neuron's key was "kind";
+# 3: an entry naming another neuron took the run's neuron group's keys
 REQUIRED_KEYS = ("model", "optimizer", "state", "rng", "config")
 
 
@@ -57,7 +58,8 @@ class Checkpoint(TypedDict):
 
 def migrate(payload: dict[str, Any], path: Path) -> Checkpoint:
     """A loaded payload as the current :class:`Checkpoint`: version 1 gains its version; up to
-    version 2 the config and overrides name the neuron with ``kind`` (now ``name``); a
+    version 2 the config and overrides name the neuron with ``kind`` (now ``name``); up to
+    version 3 an entry naming another neuron took the group's keys (written out now); a
     checkpoint of a newer snnrun is refused as one line."""
     version = payload.setdefault("version", 1)
     if not isinstance(version, int) or version > VERSION:
@@ -71,7 +73,12 @@ def migrate(payload: dict[str, Any], path: Path) -> Checkpoint:
             "neuron.name=" + o.removeprefix("neuron.kind=") if o.startswith("neuron.kind=") else o
             for o in payload.get("overrides", [])
         ]
-        payload["version"] = VERSION
+    if version < 4:
+        from snnrun.neuron.neurons import NEURONS
+
+        options_of = lambda name: NEURONS.get(name).OPTIONS  # noqa: E731
+        payload["config"] = explicit_entry_neurons(payload["config"], options_of)
+    payload["version"] = VERSION
     return payload  # type: ignore[return-value]
 
 
