@@ -276,7 +276,8 @@ def test_learned_per_channel_values_train_through_the_command(
     assert {k: tuple(weights[k].shape) for k in shapes} == shapes
     w = weights["layers.2.w"].flatten()
     assert (w != w[0]).any()  # learned apart, one value per channel
-    assert f"lif tau=2 v_th=1 hard atan, {backend}" in (tmp_path / "run" / "summary.md").read_text()
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert f"lif tau=2/channel v_th=1/neuron hard atan, {backend}" in summary
 
 
 def test_a_bad_learn_mode_is_one_line(tmp_path, monkeypatch, capsys):

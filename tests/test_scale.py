@@ -72,7 +72,7 @@ def _rank_pid(run_dir: Path, rank: int) -> int:
 
 def test_two_ranks_one_killed_mid_epoch_resume_exactly(tmp_path) -> None:
     """Rank 1 SIGKILLed: rank 0 ends with one line and the resume hint (not gloo's traceback
-    through Hydra); the resume continues exactly."""
+    through Hydra, nor torchrun's SIGTERM as a traceback); the resume continues exactly."""
     args = [*TINY, "epochs=4", "encoder=poisson", "dataset.train_limit=512"]
     torchrun([*args, f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path)
     killed = tmp_path / "killed"
@@ -86,7 +86,10 @@ def test_two_ranks_one_killed_mid_epoch_resume_exactly(tmp_path) -> None:
     finally:
         kill_everything_of(killed)
     ours = [line for line in err.splitlines() if line.startswith("snnrun: ")]
-    assert len(ours) == 1 and "another rank ended" in ours[0], err
+    # rank 0 learns of the death from gloo (mid-collective) or, when torchrun's SIGTERM comes
+    # first (a loaded machine, rank 0 between collectives), from the signal: one line either way
+    ended = ("another rank ended", "stopped by SIGTERM")
+    assert len(ours) == 1 and any(e in ours[0] for e in ended), err
     assert ours[0].endswith(f"resume={killed}") and "Error executing job" not in err
     done = len(read_metrics(killed))
     assert 1 <= done < 4, "the run was not killed mid-training"

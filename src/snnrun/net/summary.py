@@ -42,10 +42,19 @@ def _neuron(layer: nn.Module) -> str:
         return ""
     d = layer.dynamics
     reset = layer.reset_kind()
-    decay = " ".join(p.split(" (")[0] for p in layer._decay_repr() if not p.startswith("decay_"))
+    decay = " ".join(_short(p) for p in layer._decay_repr() if not p.startswith("decay_"))
     kind = type(layer).__name__.removesuffix("Neuron").lower()
-    parts = [kind, decay, f"v_th={d.v_threshold:g}", reset, d.surrogate.name]
+    v_th = f"v_th={d.v_threshold:g}" + (
+        f"/{layer.learn_threshold}" if layer.learn_threshold else ""
+    )
+    parts = [kind, decay, v_th, reset, d.surrogate.name]
     return " ".join(p for p in parts if p) + f", {layer.backend}"
+
+
+def _short(part: str) -> str:
+    """``tau=2 (learned per channel)`` as ``tau=2/channel``; other notes dropped."""
+    value, _, note = part.partition(" (")
+    return f"{value}/{note.removeprefix('learned per ').rstrip(')')}" if "per " in note else value
 
 
 def summary_table(model: SpikingNetwork, T: int) -> Table:

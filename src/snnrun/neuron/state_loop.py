@@ -7,12 +7,12 @@ its gradient). Every backend in :data:`STATE_BACKENDS` reads that definition:
 
 - ``autograd``: :func:`reference_states`, a Python loop over T with autograd through every op;
 - ``torch``: :class:`_ChunkedLoop`, one autograd node per layer: the forward runs without a graph
-  and keeps only ``X`` and the float32 state at every :data:`CHUNK`-th step (and writes ``V`` per
-  step only when it is asked for); the backward walks
-  the chunks in reverse, re-running each chunk's steps with autograd from its saved state and
-  back-propagating through them (``torch.autograd.grad``), so memory grows with
-  ``T / CHUNK`` states rather than with every intermediate of every step. The values are the
-  reference's; the gradients equal them up to float summation order.
+  and keeps only ``X`` and the float32 state at every :data:`CHUNK`-th step (it writes ``V`` per
+  step only when asked); the backward walks the chunks in reverse, re-running each chunk's steps
+  with autograd from its saved state and back-propagating through them
+  (``torch.autograd.grad``), so memory grows with ``T / CHUNK`` states rather than with every
+  intermediate of every step. The values are the reference's; the gradients equal them up to
+  float summation order.
 - ``triton`` (registered by ``snnrun.kernels``): fused kernels written from a trace of the step,
   with the same chunked design (``kernels/step_kernels.py``); where they cannot run (no CUDA
   device, no Triton: one warning), the ``torch`` loop.
