@@ -44,7 +44,7 @@ setup() {
   for entry in "$REPO"/src/snnrun/*; do
     ln -s "$entry" "$shim/snnrun/"
   done
-  ln -s "$REPO/kernels" "$shim/snnrun/kernels"
+  ln -sfn "$REPO/kernels" "$shim/snnrun/kernels"  # src/snnrun/kernels links there too
   ln -s "$REPO/conf" "$shim/snnrun/conf"
   export PYTHONPATH="/tmp/site:$shim:$REPO${PYTHONPATH:+:$PYTHONPATH}"
   {
