@@ -82,7 +82,8 @@ class Neuron(StateNeuron):
 
     def flat_step(self, x: Any, state: State, values: list[Any]) -> tuple[Any, State]:
         """:meth:`step` on the states as a tuple in ``state_names`` order (the membrane last)."""
-        names = getattr(self, "_param_names", None) or list(self.params())
+        names = getattr(self, "_param_names", None)  # set by forward; a bare trace asks
+        names = list(self.params()) if names is None else names
         s, new = self.step(x, dict(zip(self.state_names, state)), dict(zip(names, values)))
         if not isinstance(new, dict) or set(new) != set(self.state_names):
             got = sorted(new) if isinstance(new, dict) else type(new).__name__
