@@ -1,7 +1,9 @@
 """Fused Triton neuron kernels, shipped as ``snnrun.kernels`` (top-level ``kernels/`` in the repo).
 
 Importing this package registers the ``triton`` neuron backend in
-:data:`snnrun.neuron.dynamics.BACKENDS`. The import is cheap and needs only torch: it defines the
+:data:`snnrun.neuron.state_loop.BACKENDS`: the one-membrane kernels for a layer whose step is those
+equations (``closed_form``: if, lif, plif, leaky), kernels written from a trace of the step for
+every other neuron (:mod:`.step_kernels`). The import is cheap and needs only torch: it defines the
 ``snnrun::neuron_forward`` / ``snnrun::neuron_backward`` custom ops (:mod:`.neuron_op`); Triton
 itself and the kernels (:mod:`.neuron_kernels`, :mod:`.surrogate_jit`) are imported on the first
 launch.
@@ -31,9 +33,9 @@ import warnings
 import torch
 
 from snnrun.kernels.neuron_op import triton_neuron
-from snnrun.neuron.dynamics import BACKENDS, BackendResult, Decay, Dynamics
-from snnrun.neuron.neuron_loop import handwritten_loop
-from snnrun.neuron.state_loop import STATE_BACKENDS, chunked_states
+from snnrun.neuron.dynamics import Decay, Dynamics, MembraneResult
+from snnrun.neuron.neuron_loop import handwritten_loop, torch_states
+from snnrun.neuron.state_loop import BACKENDS
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -71,25 +73,30 @@ def _falls_back(device_type: str) -> bool:
 _falls_back._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
-@BACKENDS.register("triton")
-def triton_backend(
+def triton_membrane(
     x_seq: torch.Tensor, v: torch.Tensor, decay: Decay, dyn: Dynamics, store_v_seq: bool
-) -> BackendResult:
-    """Fused kernels on CUDA (or the interpreter); the torch loop otherwise (see above)."""
+) -> MembraneResult:
+    """The one-membrane kernels on CUDA (or the interpreter); the handwritten torch loop
+    otherwise (see above)."""
     if _falls_back(x_seq.device.type):
         return handwritten_loop(x_seq, v, decay, dyn, store_v_seq)
     return triton_neuron(x_seq, v, decay, dyn, store_v_seq)
 
 
-@STATE_BACKENDS.register("triton")
-def triton_states(owner, x_seq, state, params, step, store_v_seq):  # a state_loop.StateBackend
-    """A multi-state neuron's kernels, written from the trace of its step
-    (:mod:`.step_kernels`, imported on the first launch); the torch loop where they cannot run."""
+@BACKENDS.register("triton")
+def triton_states(owner, x_seq, state, params, step, store_v_seq):  # a state_loop.Backend
+    """:func:`triton_membrane` where ``owner.closed_form()`` gives the equations, else kernels
+    written from the trace of the step (:mod:`.step_kernels`, imported on the first launch);
+    the torch backend where they cannot run."""
     if _falls_back(x_seq.device.type):
-        return chunked_states(owner, x_seq, state, params, step, store_v_seq)
+        return torch_states(owner, x_seq, state, params, step, store_v_seq)
+    dyn = owner.closed_form()
+    if dyn is not None:
+        spikes, v, v_seq = triton_neuron(x_seq, state[0], params[0], dyn, store_v_seq)
+        return spikes, (v,), v_seq
     from snnrun.kernels.step_kernels import traced_states
 
     return traced_states(owner, x_seq, state, params, step, store_v_seq)
 
 
-__all__ = ["HAVE_TRITON", "INTERPRET", "triton_backend", "triton_neuron", "triton_states"]
+__all__ = ["HAVE_TRITON", "INTERPRET", "triton_membrane", "triton_neuron", "triton_states"]

@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from snnrun.neuron.dynamics import BackendResult, Decay, Dynamics
+from snnrun.neuron.dynamics import Decay, Dynamics, MembraneResult
 
 CHUNK = 8  # = neuron_kernels.CHUNK (kept here so that tracing needs no Triton import)
 
@@ -153,7 +153,7 @@ torch.library.register_autograd("snnrun::neuron_forward", _backward, setup_conte
 
 def triton_neuron(
     x_seq: Tensor, v: Tensor, decay: Decay, dyn: Dynamics, store_v_seq: bool
-) -> BackendResult:
+) -> MembraneResult:
     """The ``triton`` backend: ``(spikes [T, ...] x.dtype, v_last [...] f32, v_seq or None)``.
 
     ``x_seq`` [T, ...] is flattened to [T, N]; a non-contiguous input is copied once to a

@@ -46,7 +46,8 @@ from pathlib import Path
 import torch
 
 import snnrun.kernels  # registers the triton backend
-from snnrun.neuron.dynamics import BACKENDS, Dynamics, reference_loop
+from snnrun.neuron.dynamics import Dynamics, reference_loop
+from snnrun.neuron.neuron_loop import handwritten_loop
 from snnrun.neuron.surrogate import Surrogate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ class Impl:
 
 
 def _snnrun(backend: str, dyn: Dynamics, decay: float | torch.Tensor) -> Callable:
-    fn = BACKENDS.get(backend)
+    fn = {"torch": handwritten_loop, "triton": snnrun.kernels.triton_membrane}[backend]
 
     def build(device: torch.device) -> Fwd:
         # A tensor decay lives on the device, like a layer's beta buffer (no copy per call).

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import snnrun.kernels as kernels
-from snnrun.neuron.dynamics import BACKENDS, Dynamics, charge, reference_loop
+from snnrun.neuron.dynamics import Dynamics, charge, reference_loop
 from snnrun.neuron.surrogate import SURROGATES, Surrogate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,7 +142,7 @@ def check_case(case: Case, t: int, n: int, dtype: torch.dtype, seed: int = 0) ->
     gs = (torch.randn(t, n, generator=g) * keep).to(dtype)
     gv = torch.randn(n, generator=g) * keep
     ref = run(reference_loop, x, v0, decay, dyn, gs, gv, torch.float64, "cpu")
-    out = run(kernels.triton_backend, x, v0, decay, dyn, gs, gv, dtype, DEVICE)
+    out = run(kernels.triton_membrane, x, v0, decay, dyn, gs, gv, dtype, DEVICE)
 
     assert out["s"].dtype == dtype and out["v_seq"].dtype == dtype
     assert out["v_last"].dtype == torch.float32 and out["gx"].dtype == dtype
@@ -260,7 +260,7 @@ def test_non_contiguous_input_matches_contiguous() -> None:
     results = []
     for x in (strided, dense):
         x = x.detach().requires_grad_()
-        s, v_last, _ = kernels.triton_backend(x, torch.zeros_like(x[0]), 0.5, dyn, False)
+        s, v_last, _ = kernels.triton_membrane(x, torch.zeros_like(x[0]), 0.5, dyn, False)
         (s.sum() + v_last.square().sum()).backward()
         assert s.shape == x.shape and v_last.shape == x.shape[1:]
         results.append((s, v_last, x.grad))
@@ -283,7 +283,7 @@ def test_state_carries_across_calls(neuron: str) -> None:
         d = _leaf(case.decay(), torch.float32, DEVICE)
         state, spikes = v, []
         for part in (xs[:split], xs[split:]) if split else (xs,):
-            s, state, _ = kernels.triton_backend(part, state, d, dyn, False)
+            s, state, _ = kernels.triton_membrane(part, state, d, dyn, False)
             spikes.append(s)
         s = torch.cat(spikes)
         ((s * gs).sum() + state.sum()).backward()
@@ -303,7 +303,7 @@ def test_v_last_unused_and_v_seq_not_differentiable() -> None:
     s64, _, _ = reference_loop(x64, v0.double(), 0.5, dyn, False)
     s64.sum().backward()
     x = x.requires_grad_()
-    s, v_last, v_seq = kernels.triton_backend(x, v0, 0.5, dyn, True)
+    s, v_last, v_seq = kernels.triton_membrane(x, v0, 0.5, dyn, True)
     assert v_last.requires_grad and not v_seq.requires_grad
     s.sum().backward()
     assert rel_err(x.grad.cpu(), x64.grad.cpu()) < 1e-5  # both on one device
@@ -313,14 +313,15 @@ def test_v_last_unused_and_v_seq_not_differentiable() -> None:
 def test_shapes_and_empty_neuron_axis() -> None:
     dyn = Case("if").dynamics()
     x = torch.randn(3, 2, 4, 5, 5, device=DEVICE)
-    s, v_last, v_seq = kernels.triton_backend(x, torch.zeros_like(x[0]), None, dyn, False)
+    s, v_last, v_seq = kernels.triton_membrane(x, torch.zeros_like(x[0]), None, dyn, False)
     assert s.shape == x.shape and v_last.shape == x.shape[1:] and v_seq is None
     assert v_last.dtype == torch.float32
     empty = torch.zeros(4, 0, device=DEVICE)
-    s, v_last, v_seq = kernels.triton_backend(empty, torch.zeros(0, device=DEVICE), None, dyn, True)
+    v0 = torch.zeros(0, device=DEVICE)
+    s, v_last, v_seq = kernels.triton_membrane(empty, v0, None, dyn, True)
     assert s.shape == (4, 0) and v_last.shape == (0,) and v_seq.shape == (4, 0)
     with pytest.raises(ValueError, match="one decay per layer"):
-        kernels.triton_backend(x, x[0], torch.full((5,), 0.5), Case("plif").dynamics(), False)
+        kernels.triton_membrane(x, x[0], torch.full((5,), 0.5), Case("plif").dynamics(), False)
 
 
 # --------------------------------------------------------------------------- the layers
@@ -362,13 +363,13 @@ def test_autocast_bf16_sees_the_cast_input() -> None:
     dyn = Case("plif", "soft").dynamics()
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
         y = linear(x)
-        s, v_last, _ = kernels.triton_backend(
+        s, v_last, _ = kernels.triton_membrane(
             y, torch.zeros_like(y[0]), torch.tensor(0.5), dyn, False
         )
     assert y.dtype == torch.bfloat16 and s.dtype == torch.bfloat16
     (s.float().sum() + v_last.sum()).backward()
     assert linear.weight.grad is not None and linear.weight.grad.isfinite().all()
-    plain, v_plain, _ = kernels.triton_backend(
+    plain, v_plain, _ = kernels.triton_membrane(
         y.detach(), torch.zeros_like(y[0]), torch.tensor(0.5), dyn, False
     )
     assert torch.equal(s, plain) and torch.equal(v_last, v_plain)
@@ -385,7 +386,7 @@ def test_grad_scaler_scales_exactly(dtype: torch.dtype) -> None:
     for scale in (False, True):
         xs, v = x.detach().clone().requires_grad_(), v0.detach().clone().requires_grad_()
         d = torch.tensor(0.45, device=DEVICE, requires_grad=True)
-        s, v_last, _ = kernels.triton_backend(xs, v, d, dyn, False)
+        s, v_last, _ = kernels.triton_membrane(xs, v, d, dyn, False)
         loss = s.float().sum() + v_last.sum()
         (scaler.scale(loss) if scale else loss).backward()
         grads.append((xs.grad, v.grad, d.grad))
@@ -402,7 +403,7 @@ def test_torch_compile_fullgraph() -> None:
     dyn = Case("plif", "hard").dynamics()
 
     def step(x: torch.Tensor, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        s, v_last, _ = BACKENDS.get("triton")(x * 1.5, v, d.sigmoid(), dyn, False)
+        s, v_last, _ = kernels.triton_membrane(x * 1.5, v, d.sigmoid(), dyn, False)
         return s.sum() + v_last.sum()
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
@@ -515,10 +516,10 @@ FALLBACK_SCRIPT = textwrap.dedent(
     v = torch.zeros(30)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        compiled = torch.compile(kernels.triton_backend, fullgraph=True, backend="eager")
+        compiled = torch.compile(kernels.triton_membrane, fullgraph=True, backend="eager")
         s_compiled = compiled(x, v, 0.5, dyn, False)[0]  # the fallback traces without a break
-        s, v_last, _ = kernels.triton_backend(x, v, 0.5, dyn, False)
-        kernels.triton_backend(x, v, 0.5, dyn, False)
+        s, v_last, _ = kernels.triton_membrane(x, v, 0.5, dyn, False)
+        kernels.triton_membrane(x, v, 0.5, dyn, False)
     ref, v_ref, _ = reference_loop(x, v, 0.5, dyn, False)
     assert torch.equal(s, ref) and torch.equal(v_last, v_ref) and torch.equal(s_compiled, ref)
     messages = [str(w.message) for w in caught if "neuron.backend=triton" in str(w.message)]
@@ -551,7 +552,7 @@ def test_missing_triton_falls_back_naming_pip(monkeypatch: pytest.MonkeyPatch) -
     dyn = Dynamics("if")
     x = torch.randn(4, 6) + 0.5
     with pytest.warns(RuntimeWarning, match=r"pip install triton"):
-        s, _, _ = kernels.triton_backend(x, torch.zeros(6), None, dyn, False)
+        s, _, _ = kernels.triton_membrane(x, torch.zeros(6), None, dyn, False)
     assert torch.equal(s, reference_loop(x, torch.zeros(6), None, dyn, False)[0])
 
 
@@ -616,9 +617,7 @@ SM90_SCRIPT = textwrap.dedent(
               EveryOp()]
     half = ("x_ptr", "s_ptr", "vseq_ptr", "gs_ptr", "gvs_ptr", "gx_ptr")
     for layer in layers:
-        step, params = layer.step, layer.params()
-        if isinstance(layer, snnrun.Neuron):
-            step, params = layer.flat_step, list(params.values())
+        step, params = layer.flat_step, list(layer.params().values())
         trace, spike, new = traced(step, 2, params)
         kinds = ["scalar" if p.numel() == 1 else "element"
                  for p in params if isinstance(p, torch.Tensor)]

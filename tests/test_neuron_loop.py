@@ -13,9 +13,10 @@ import itertools
 import pytest
 import torch
 
-from snnrun.neuron.dynamics import BACKENDS, Dynamics, reference_loop
-from snnrun.neuron.neuron_loop import handwritten_loop
+from snnrun.neuron.dynamics import Dynamics, reference_loop
+from snnrun.neuron.neuron_loop import handwritten_loop, torch_states
 from snnrun.neuron.neurons import build_neuron, reset_states
+from snnrun.neuron.state_loop import BACKENDS
 from snnrun.neuron.surrogate import SURROGATES, Surrogate
 
 V_TH, V_RESET = 0.8, -0.1
@@ -161,13 +162,16 @@ def test_unused_outputs_and_frozen_inputs() -> None:
 def test_layers_default_to_it_and_step_mode_s_carries_the_gradient(kind: str) -> None:
     """``backend: torch`` (the default) is this loop; T single steps give the multi-step
     result and the same gradients, through the membrane carried between calls."""
-    assert BACKENDS.get("torch") is handwritten_loop
+    assert BACKENDS.get("torch") is torch_states
     grads = {}
     for mode in ("m", "s"):
         torch.manual_seed(0)
         layer = build_neuron({"name": kind, "step_mode": mode}, {"name": "atan"})
         x = (0.4 + torch.randn(5, 4, 3)).requires_grad_()
         out = layer(x) if mode == "m" else torch.stack([layer(xt) for xt in x])
+        assert layer.closed_form() is layer.dynamics
+        if mode == "m":  # the step is the equations: their handwritten node, one per layer
+            assert type(out.grad_fn).__name__ == "_NeuronLoopBackward"
         (out * torch.linspace(-1, 1, 3)).sum().backward()
         grads[mode] = (out.detach(), x.grad)
         reset_states(layer)

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from snnrun.api import load_run
-from snnrun.neuron.dynamics import BACKENDS, reference_loop
+from snnrun.neuron.state_loop import BACKENDS, autograd_states
 from snnrun.run import onnx as onnx_export
 from snnrun.run.checkpoint import load_checkpoint
 from snnrun.run.rundir import CHECKPOINTS
@@ -118,10 +118,10 @@ def test_triton_run_exports_through_the_reference_loop(
     assert "spikes equal" in out and (run_dir / "export" / "model.onnx").is_file()
 
 
-def _branchy(x_seq, v, decay, dyn, store_v_seq):
+def _branchy(owner, x_seq, state, params, step, store_v_seq):
     """The reference loop behind a Python branch on a tensor's value: trains, cannot trace."""
     if x_seq.sum() > -1e30:
-        return reference_loop(x_seq, v, decay, dyn, store_v_seq)
+        return autograd_states(owner, x_seq, state, params, step, store_v_seq)
     raise AssertionError("unreachable")
 
 

@@ -15,7 +15,9 @@ import yaml
 from snnrun.core.distributed import World
 from snnrun.core.errors import SnnrunError
 from snnrun.data.dataset import build_splits, make_loader
-from snnrun.neuron.dynamics import BACKENDS, Dynamics
+from snnrun.kernels import triton_membrane
+from snnrun.neuron.dynamics import Dynamics
+from snnrun.neuron.neuron_loop import handwritten_loop
 from snnrun.neuron.neurons import build_neuron
 from snnrun.neuron.surrogate import build_surrogate
 
@@ -206,9 +208,9 @@ def test_user_surrogate_kernels_equal_torch_backend(kind: str, examples) -> None
     g = torch.Generator().manual_seed(0)
     x0, v0, gs = torch.randn(5, 37, generator=g) + 0.5, torch.zeros(37), torch.randn(5, 37)
     results = []
-    for backend in ("torch", "triton"):
+    for loop in (handwritten_loop, triton_membrane):
         x = x0.clone().requires_grad_()
-        s, v_last, _ = BACKENDS.get(backend)(x, v0, 0.5 if kind == "lif" else None, dyn, False)
+        s, v_last, _ = loop(x, v0, 0.5 if kind == "lif" else None, dyn, False)
         ((s * gs).sum() + v_last.sum()).backward()
         results.append((s, v_last, x.grad))
     for a, b in zip(*results, strict=True):

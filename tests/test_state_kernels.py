@@ -14,15 +14,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
 from test_kernels import AMBIGUOUS, DEVICE, HALF, ON_GPU, needs_kernels, rel_err
 
 import snnrun.kernels as kernels
+from snnrun.neuron.contract import SpikingNeuron
 from snnrun.neuron.neurons import build_neuron
 from snnrun.neuron.state_loop import chunked_states, reference_states
-from snnrun.neuron.state_neurons import StateNeuron, SynapticNeuron
+from snnrun.neuron.state_neurons import SynapticNeuron
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -51,7 +53,7 @@ class Case:
     learn: tuple[str, ...] = ()  # synaptic: ("alpha", "beta")
     surrogate: str = "atan"
 
-    def layer(self, backend: str = "triton", **extra) -> StateNeuron:
+    def layer(self, backend: str = "triton", **extra) -> SpikingNeuron:
         if self.kind == "alif":
             options = {"tau": 2.5, "tau_adapt": 4.0, "beta_a": 0.3,
                        "detach_reset": self.detach_reset, "decay_input": self.decay_input,
@@ -74,6 +76,11 @@ class _Recorder:
         return self.inner(z)
 
 
+def flat(layer: SpikingNeuron) -> tuple[list, Any]:
+    """The layer's parameter values and step as the backends take them."""
+    return list(layer.params().values()), layer.flat_step
+
+
 def make_inputs(case: Case, t: int, n: int, dtype: torch.dtype, seed: int):
     """``x [T, N]`` (dtype) and the initial states ``(q, V) [N]`` float32, random, many spikes."""
     g = torch.Generator().manual_seed(seed)
@@ -87,14 +94,14 @@ def make_inputs(case: Case, t: int, n: int, dtype: torch.dtype, seed: int):
     return x.to(dtype), (q0, v0)
 
 
-def unambiguous(ref: StateNeuron, x: torch.Tensor, state) -> torch.Tensor:
+def unambiguous(ref: SpikingNeuron, x: torch.Tensor, state) -> torch.Tensor:
     """Neurons ``[N]`` whose every threshold decision is at least AMBIGUOUS away from a tie."""
     seen: list[torch.Tensor] = []
     dyn = ref.dynamics
     ref.dynamics = dataclasses.replace(dyn, surrogate=_Recorder(dyn.surrogate, seen))
     try:
         with torch.no_grad():
-            _, _, v_seq = reference_states(x.double(), state, ref.params(), ref.step)
+            _, _, v_seq = reference_states(x.double(), state, *flat(ref))
     finally:
         ref.dynamics = dyn
     margins = [torch.stack(seen)]
@@ -108,7 +115,7 @@ def run(layer, runner, x, state, weights, device: str, dtype: torch.dtype) -> di
     x = x.detach().to(device, dtype).requires_grad_()
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     state = tuple(s.detach().to(device, state_dtype).requires_grad_() for s in state)
-    spikes, last, v_seq = runner(x, state, layer.params(), layer.step)
+    spikes, last, v_seq = runner(x, state, *flat(layer))
     outputs = (spikes, v_seq, *last)
     sum(((o * w.to(device, o.dtype)).sum() for o, w in zip(outputs, weights))).backward()
     out = {"s": spikes, "v_seq": v_seq, "q": last[0], "v": last[1], "gx": x.grad,
@@ -237,9 +244,9 @@ def test_v_seq_only_when_asked(kind: str) -> None:
     layer = Case(kind).layer().to(DEVICE)
     x, state = make_inputs(Case(kind), 9, 20, torch.float32, seed=2)
     x, state = x.to(DEVICE), tuple(s.to(DEVICE) for s in state)
-    with_v = triton_states(x, state, layer.params(), layer.step)
-    without = triton_states(x, state, layer.params(), layer.step, store_v_seq=False)
-    torch_loop = chunked_states(layer, x, state, layer.params(), layer.step, False)
+    with_v = triton_states(x, state, *flat(layer))
+    without = triton_states(x, state, *flat(layer), store_v_seq=False)
+    torch_loop = chunked_states(layer, x, state, *flat(layer), False)
     assert with_v[2] is not None and without[2] is None and torch_loop[2] is None
     assert torch.equal(with_v[0], without[0]) and torch.equal(with_v[0], torch_loop[0])
 
@@ -250,13 +257,13 @@ def test_empty_neuron_axis_and_per_neuron_decays() -> None:
     neuron) and give the torch loop's values and gradient."""
     layer = Case("synaptic").layer().to(DEVICE)
     x = torch.zeros(4, 0, device=DEVICE)
-    spikes, (i, v), v_seq = triton_states(x, (x[0], x[0]), layer.params(), layer.step)
+    spikes, (i, v), v_seq = triton_states(x, (x[0], x[0]), *flat(layer))
     assert spikes.shape == v_seq.shape == (4, 0) and i.shape == v.shape == (0,)
     x = torch.rand(9, 5, device=DEVICE) * 2
     results = []
     for run_ in (triton_states, lambda *a: chunked_states(layer, *a, True)):
         alpha = torch.linspace(0.1, 0.9, 5, device=DEVICE).requires_grad_()
-        spikes, last, _ = run_(x, (x[0] * 0, x[0] * 0), [alpha, layer.params()[1]], layer.step)
+        spikes, last, _ = run_(x, (x[0] * 0, x[0] * 0), [alpha, flat(layer)[0][1]], layer.flat_step)
         (spikes.sum() + last[1].sum()).backward()
         results.append((spikes, last[1], alpha.grad))
     assert results[0][0].sum() > 0
@@ -277,7 +284,7 @@ def test_a_redefined_step_gets_kernels_of_its_own() -> None:
     layer = _Doubled(alpha=0.6, beta=0.7, backend="triton").double()
     x = torch.rand(11, 6, dtype=torch.float64)
     spikes = layer(x)
-    expected, _, _ = reference_states(x, layer.initial_state(x[0]), layer.params(), layer.step)
+    expected, _, _ = reference_states(x, layer.initial_state(x[0]), *flat(layer))
     assert torch.equal(spikes, expected) and spikes.sum() > 0
 
 

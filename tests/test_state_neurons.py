@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -12,10 +13,11 @@ import torch
 from test_events import write_shd
 
 from snnrun.core.errors import SnnrunError
-from snnrun.neuron.dynamics import charge, fire_and_reset
+from snnrun.neuron.contract import SpikingNeuron
+from snnrun.neuron.dynamics import charge
 from snnrun.neuron.neurons import NEURONS, build_neuron, layer_options, make_dynamics
 from snnrun.neuron.state_loop import CHUNK
-from snnrun.neuron.state_neurons import ALIFNeuron, PSNNeuron, StateNeuron, SynapticNeuron
+from snnrun.neuron.state_neurons import ALIFNeuron, PSNNeuron, SynapticNeuron
 
 from conftest import (
     TINY,
@@ -230,27 +232,25 @@ def test_options_these_neurons_do_not_have_are_refused() -> None:
         build_model({"layers": [recurrent]}, groups, (3,), 3)
 
 
-class _TraceLIF(StateNeuron):
+class _TraceLIF(SpikingNeuron):
     """A neuron no file of snnrun knows: LIF whose spikes leave a trace that inhibits it,
     ``u[t] = 0.5 u[t-1] + S[t-1]``, ``H = V + k (X - V) - w u``, soft reset."""
 
-    OPTIONS = (*StateNeuron.OPTIONS, "tau", "w")
+    STATES: ClassVar[dict[str, float]] = {"u": 0.0, "v": 0.0}
+    OPTIONS = (*SpikingNeuron.OPTIONS, "tau", "w")
 
     def __init__(self, tau: float = 2.0, w: float = 0.3, **kw) -> None:
         super().__init__(make_dynamics("lif", {**kw, "v_reset": None}), **layer_options(kw))
         self.k, self.w = 1.0 / tau, w
 
-    def initial_state(self, x: torch.Tensor):
-        return torch.zeros_like(x), torch.zeros_like(x)
+    def params(self) -> dict:
+        return {"k": self.k}
 
-    def params(self) -> list:
-        return [self.k]
-
-    def step(self, x, state, params):
-        u, v = state
-        h = charge(self.dynamics, v, x, params[0]) - self.w * u
-        s, v = fire_and_reset(self.dynamics, h)
-        return s, (0.5 * u + s, v)
+    def step(self, x, states, params):
+        u, v_th = states["u"], self.dynamics.v_threshold
+        h = charge(self.dynamics, states["v"], x, params["k"]) - self.w * u
+        s = self.fire(h - v_th)
+        return s, {"u": 0.5 * u + s, "v": h - v_th * s}
 
 
 def test_a_neuron_with_new_dynamics_is_its_definition_and_its_yaml(

@@ -370,7 +370,7 @@ def test_probe_of_a_recurrent_net(neuron: str) -> None:
     """The recurrent neuron (called once per step with ``[1, N, ...]``): its recorded spikes are
     the network's own output, and its charge is ``H[t]`` for every step, computed here by hand:
     ``H[t] = charge(V[t-1], X[t] + P(S[t-1]))`` with X the recurrent entry's input."""
-    from snnrun.neuron.dynamics import charge, fire_and_reset
+    from snnrun.neuron.dynamics import charge, membrane_step
     from snnrun.neuron.neurons import reset_states
 
     torch.manual_seed(0)
@@ -386,9 +386,9 @@ def test_probe_of_a_recurrent_net(neuron: str) -> None:
         feed = model.layers[:3](x)  # X[t], the recurrent entry's input
         v, s, expected = torch.full_like(feed[0], dyn.v_rest), torch.zeros_like(feed[0]), []
         for t in range(x.shape[0]):
-            h_t = charge(dyn, v, feed[t] + recurrent.projection(s[None])[0], cell.decay())
-            s, v = fire_and_reset(dyn, h_t)
-            expected.append(h_t)
+            x_t = feed[t] + recurrent.projection(s[None])[0]
+            expected.append(charge(dyn, v, x_t, cell.decay()))
+            s, v = membrane_step(dyn, x_t, v, cell.decay(), dyn.v_threshold)
     assert h.shape == out.shape and out.any() and not out.all()
     assert torch.allclose(h, torch.stack(expected), atol=1e-6)
     assert threshold == dyn.v_threshold

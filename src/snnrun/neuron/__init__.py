@@ -1,11 +1,14 @@
-"""The neurons: each is its state and one step, in the ``tl`` dialect (:mod:`.dialect`).
+"""The neurons: each is its states, its parameters and one step, in the ``tl`` dialect
+(:mod:`.dialect`).
 
-- :mod:`.contract`: ``snnrun.Neuron``, the base of a neuron written as its states, parameters and
-  ``step``; every backend runs that step (:mod:`.state_loop`);
-- :mod:`.state_neurons`: ``alif``, ``synaptic`` (such steps) and ``psn`` (a matrix product);
-- :mod:`.neurons`: the registry (``NEURONS``), ``if``, ``lif``, ``plif``, ``leaky`` (one membrane,
-  the equations of :mod:`.dynamics`, with the handwritten ``torch`` backward of
-  :mod:`.neuron_loop`), and how a layer is built from the config;
+- :mod:`.contract`: that contract (``SpikingNeuron``) and ``snnrun.Neuron``, the base of yours;
+- :mod:`.state_loop`: ``BACKENDS``, the one registry that runs a neuron's step over time
+  (``autograd``, the chunked-recompute node used by ``torch``);
+- :mod:`.neurons`: ``if``, ``lif``, ``plif``, ``leaky`` (one membrane: the equations of
+  :mod:`.dynamics`, whose handwritten ``torch`` backward is :mod:`.neuron_loop`), the registry
+  ``NEURONS`` and how a layer is built from the config;
+- :mod:`.state_neurons`: ``alif``, ``synaptic`` (steps of their own) and ``psn`` (a matrix
+  product);
 - :mod:`.surrogate`: the surrogate gradients.
 
 Importing it registers the ``autograd`` and ``torch`` backends; ``triton`` is registered by

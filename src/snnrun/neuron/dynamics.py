@@ -19,21 +19,19 @@ One step of a neuron layer (SpikingJelly's charge → fire → reset), elementwi
 
 The equations are written here once, in the math dialect of :mod:`snnrun.neuron.dialect`
 (``eq_charge``, ``eq_reset`` and the derivatives ``eq_dv_dh``, ``eq_dh_dv``, ``eq_dh_dx``,
-``eq_dh_dk``), with the kind as a compile-time code (``Dynamics.code``: 0 if, 1 lif, 2 leaky). The
-reference loop (autograd through :func:`charge` and :func:`fire_and_reset`), the handwritten
-backward of :mod:`snnrun.neuron.neuron_loop` and the Triton kernels (``kernels/neuron_kernels.py``
-compiles these very functions) all run them. A backend is a function with the :data:`Backend`
-signature, registered in :data:`BACKENDS`; the neuron layer picks one when it is built.
+``eq_dh_dk``), with the kind as a compile-time code (``Dynamics.code``: 0 if, 1 lif, 2 leaky).
+:func:`membrane_step` is the step of those neurons (``MembraneNeuron.step``, on tensors and on a
+trace); the handwritten backward of :mod:`snnrun.neuron.neuron_loop` and the one-membrane Triton
+kernels (``kernels/neuron_kernels.py`` compiles these very functions) run the same functions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from snnrun.core.registry import Registry
 from snnrun.neuron.dialect import tl
 from snnrun.neuron.surrogate import Surrogate
 
@@ -77,11 +75,8 @@ class Dynamics:
 
 
 Decay = float | torch.Tensor | None  # k = 1/tau (lif), beta (leaky), unused (if)
-BackendResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
-# (x_seq [T, N, ...], v_init [N, ...], decay, dynamics, store_v_seq) -> (spikes, v_last, v_seq)
-Backend = Callable[[torch.Tensor, torch.Tensor, Decay, Dynamics, bool], BackendResult]
-
-BACKENDS: Registry[Backend] = Registry("neuron backend")
+MembraneResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+"""A one-membrane loop's ``(spikes [T, N, ...], V[T-1], V after each step or None)``."""
 
 
 # --- the equations, in the tl dialect: KIND 0 if, 1 lif, 2 leaky; k the decay; V_r = v_rest --
@@ -181,10 +176,14 @@ def reset(dyn: Dynamics, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return eq_reset(h, s, dyn.v_threshold, dyn.v_reset, dyn.code, dyn.reset_code)
 
 
-def fire_and_reset(dyn: Dynamics, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(S[t], V[t])`` from ``H[t]``."""
-    s = dyn.surrogate(h - dyn.v_threshold)
-    return s, reset(dyn, h, s.detach() if dyn.detach_reset else s)
+def membrane_step(dyn: Dynamics, x: Any, v: Any, k: Any, v_th: Any) -> tuple[Any, Any]:
+    """``(S[t], V[t])`` from ``X[t] = x`` and ``V[t-1] = v``: charge, fire, reset, with the
+    decay ``k`` and threshold ``v_th`` as values (numbers, tensors of any shape that broadcasts,
+    or traced ones): the step of if, lif, plif and leaky."""
+    h = eq_charge(v, x, k, v_th, dyn.v_rest, dyn.code, dyn.decay_input, dyn.reset_code)
+    s = dyn.surrogate(h - v_th)
+    kept = tl.detach(s) if dyn.detach_reset else s
+    return s, eq_reset(h, kept, v_th, dyn.v_reset, dyn.code, dyn.reset_code)
 
 
 # --- the handwritten backward's view of the same step (boolean spikes, derivatives) -------
@@ -222,17 +221,16 @@ def dh_dk(dyn: Dynamics, v_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return eq_dh_dk(v_prev, x, dyn.v_rest, dyn.code, dyn.decay_input)
 
 
-@BACKENDS.register("autograd")
 def reference_loop(
     x_seq: torch.Tensor, v: torch.Tensor, decay: Decay, dyn: Dynamics, store_v_seq: bool
-) -> BackendResult:
-    """Reference multi-step update: a Python loop over T, autograd through every op.
-
-    The ``autograd`` backend; the default ``torch`` backend (:mod:`snnrun.neuron.neuron_loop`)
-    computes the same values with a handwritten backward, and the tests hold both to this one."""
+) -> MembraneResult:
+    """Reference multi-step update of one membrane: a Python loop over T of
+    :func:`membrane_step`, autograd through every op (the ``autograd`` backend's loop over such a
+    layer's step, without the layer: the tests and benchmarks hold the handwritten backward and
+    the one-membrane kernels to it)."""
     spikes, v_seq = [], []
     for x in x_seq:
-        s, v = fire_and_reset(dyn, charge(dyn, v, x, decay))
+        s, v = membrane_step(dyn, x, v, decay, dyn.v_threshold)
         spikes.append(s)
         if store_v_seq:
             v_seq.append(v)

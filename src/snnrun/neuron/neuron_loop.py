@@ -1,8 +1,10 @@
-"""The ``torch`` backend: the time loop in plain PyTorch with a handwritten backward.
+"""The ``torch`` backend: for a one-membrane neuron (``closed_form``: if, lif, plif, leaky) the
+time loop in plain PyTorch with a handwritten backward; for every other neuron the
+chunked-recompute node of :mod:`snnrun.neuron.state_loop`.
 
 Same equations (read from :mod:`snnrun.neuron.dynamics`) and operation order as the reference loop
-(:func:`~snnrun.neuron.dynamics.reference_loop`, the ``autograd`` backend), but one autograd node
-per layer instead of ~10 per step: the forward runs without a graph and keeps only
+(:func:`~snnrun.neuron.dynamics.reference_loop`, the ``autograd`` backend's), but one autograd
+node per layer instead of ~10 per step: the forward runs without a graph and keeps only
 ``H [T, N, ...]`` (and, for a learned decay, ``X`` and ``V[-1]``); the backward walks time in
 reverse (once: no double backward):
 
@@ -24,10 +26,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from snnrun.neuron.dynamics import (
-    BACKENDS,
-    BackendResult,
     Decay,
     Dynamics,
+    MembraneResult,
     charge,
     dh_dk,
     dh_dv,
@@ -36,6 +37,7 @@ from snnrun.neuron.dynamics import (
     next_v,
     v_after,
 )
+from snnrun.neuron.state_loop import BACKENDS, State, StatesResult, Step, chunked_states
 
 
 class _NeuronLoop(torch.autograd.Function):
@@ -117,11 +119,24 @@ def _times(g: torch.Tensor, factor: Decay) -> torch.Tensor:
     return g if not isinstance(factor, torch.Tensor) and factor == 1.0 else g * factor
 
 
-@BACKENDS.register("torch")
 def handwritten_loop(
     x_seq: torch.Tensor, v: torch.Tensor, decay: Decay, dyn: Dynamics, store_v_seq: bool
-) -> BackendResult:
+) -> MembraneResult:
     """Multi-step update ``[T, N, ...]`` with one autograd node (see the module docstring)."""
     decay_t = decay if isinstance(decay, torch.Tensor) else None
     decay_f = None if decay_t is not None else decay
     return _NeuronLoop.apply(x_seq, v, decay_t, decay_f, dyn, store_v_seq)
+
+
+@BACKENDS.register("torch")
+def torch_states(
+    owner: Any, x_seq: torch.Tensor, state: State, params: list[Any], step: Step,
+    store_v_seq: bool,
+) -> StatesResult:  # fmt: skip
+    """:func:`handwritten_loop` where ``owner.closed_form()`` gives the equations (``params``
+    ``[k, v_th]``), else :func:`~snnrun.neuron.state_loop.chunked_states`."""
+    dyn = owner.closed_form()
+    if dyn is None:
+        return chunked_states(owner, x_seq, state, params, step, store_v_seq)
+    spikes, v, v_seq = handwritten_loop(x_seq, state[0], params[0], dyn, store_v_seq)
+    return spikes, (v,), v_seq

@@ -1,11 +1,10 @@
-"""Spiking neuron layers: IF, LIF, PLIF and snnTorch's Leaky over ``[T, N, ...]``.
+"""The built-in neurons of one membrane, ``if``, ``lif``, ``plif`` and ``leaky``, the neuron
+registry (``NEURONS``) and how a layer is built from the config.
 
-A layer holds its :class:`~snnrun.neuron.dynamics.Dynamics`, its learned decay (PLIF, Leaky) and its
-membrane state ``v``. The backend (``torch`` loop or ``triton`` kernel) is looked up once at build
-time; ``forward`` just calls it. ``step_mode='m'`` takes ``[T, N, ...]``; ``step_mode='s'`` takes
-one step ``[N, ...]`` per call and keeps ``v`` between calls, giving results identical to 'm'
-(a network with 's' neurons feeds its layers one step at a time). State persists until
-:meth:`reset`; the network resets every :class:`Stateful` layer before each batch.
+Each is a :class:`~snnrun.neuron.contract.SpikingNeuron` (its states, parameters and one step;
+the contract a user's ``snnrun.Neuron`` follows): :class:`MembraneNeuron` steps the equations of
+:mod:`snnrun.neuron.dynamics` and says so (``closed_form``), so the ``torch`` and ``triton``
+backends give it their handwritten backward and one-membrane kernels.
 """
 
 from __future__ import annotations
@@ -20,56 +19,32 @@ from torch import nn
 
 from snnrun.core.plugin import TARGET, PluginError, has_target, import_target
 from snnrun.core.registry import Registry
-from snnrun.neuron.dialect import tl
-from snnrun.neuron.dynamics import BACKENDS, Decay, Dynamics, charge, eq_charge, eq_reset
-from snnrun.neuron.state_loop import State, run_states
+from snnrun.neuron.contract import COMMON_OPTIONS, SpikingNeuron, Stateful, StepResult
+from snnrun.neuron.dynamics import Decay, Dynamics, charge, membrane_step
 from snnrun.neuron.surrogate import Surrogate, build_surrogate
 
+__all__ = ["NEURONS", "SpikingNeuron", "Stateful", "build_neuron", "reset_states"]
+
 NEURONS: Registry[type[SpikingNeuron]] = Registry("neuron")
-COMMON_OPTIONS = ("v_threshold", "surrogate", "backend", "step_mode", "store_v_seq")
 LEARN_OPTIONS = ("learn_tau", "learn_threshold")
 LEARN_MODES = ("layer", "channel", "neuron")
 
 
-class Stateful(nn.Module):
-    """A layer with memory across time steps; :meth:`reset` forgets it."""
+class MembraneNeuron(SpikingNeuron):
+    """A neuron of one membrane ``v`` whose step is the equations of
+    :mod:`snnrun.neuron.dynamics` (:func:`~snnrun.neuron.dynamics.membrane_step`: charge, fire,
+    reset) with ``params`` ``{k: the decay, v_th: the threshold}``: if, lif, plif, leaky (and
+    alif's charge and reset)."""
 
-    def reset(self) -> None:
-        raise NotImplementedError
-
-
-class SpikingNeuron(Stateful):
-    """Base layer: runs the backend over time and keeps the membrane state."""
-
-    # Config keys this kind accepts (besides ``kind``).
-    OPTIONS: tuple[str, ...] = (*COMMON_OPTIONS, "v_reset", "detach_reset")
-
-    def __init__(
-        self,
-        dynamics: Dynamics,
-        backend: str = "torch",
-        step_mode: str = "m",
-        store_v_seq: bool = False,
-    ) -> None:
-        super().__init__()
-        if step_mode not in ("s", "m"):
-            raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")
-        self.dynamics = dynamics
-        self.backend = backend
-        self.backend_fn = BACKENDS.get(backend)
-        self.step_mode = step_mode
-        self.store_v_seq = store_v_seq
-        self.v: torch.Tensor | None = None
-        self.v_seq: torch.Tensor | None = None
-        self.learn_tau: str | None = None
-        self.learn_threshold: str | None = None
+    def __init__(self, dynamics: Dynamics, **layer: Any) -> None:
+        super().__init__(dynamics, **layer)
+        self.STATES = {"v": dynamics.v_rest}  # V[-1] = V_reset (hard reset), else 0
 
     def learn(self, tau_init: float | None, learn_tau: Any, learn_threshold: Any,
               in_shape: Sequence[int] | None) -> None:  # fmt: skip
         """``learn_tau`` / ``learn_threshold`` (``layer``, ``channel`` or ``neuron``): the
         decay's parameter ``w`` (starting at ``tau_init``; None: the subclass keeps its own) and
-        the threshold ``v_th`` become parameters of that shape. A layer that learns one runs as
-        a one-state step (:meth:`equations_step`), which every backend takes."""
+        the threshold ``v_th`` become parameters of that shape."""
         name = type(self).__name__.removesuffix("Neuron").lower()
         self.learn_tau, self.learn_threshold = learn_tau or None, learn_threshold or None
         if self.learn_tau and tau_init is not None:
@@ -79,47 +54,25 @@ class SpikingNeuron(Stateful):
             shape = learned_shape(name, "learn_threshold", self.learn_threshold, in_shape)
             self.v_th = nn.Parameter(torch.full(shape, self.dynamics.v_threshold))
 
-    def threshold(self) -> float | torch.Tensor:
-        """``V_th``: the learned one (:meth:`learn`), else the number."""
-        return self.v_th if self.learn_threshold else self.dynamics.v_threshold
-
-    def equations_step(self, x: Any, state: State, params: list[Any]) -> tuple[Any, State]:
-        """One step of this layer's equations with ``params = [decay, V_th]`` as values (learned
-        ones of any shape): charge, fire, reset, in the dialect."""
-        (v,), (k, v_th), dyn = state, params, self.dynamics
-        h = eq_charge(v, x, k, v_th, dyn.v_rest, dyn.code, dyn.decay_input, dyn.reset_code)
-        s = dyn.surrogate(h - v_th)
-        kept = tl.detach(s) if dyn.detach_reset else s
-        return s, (eq_reset(h, kept, v_th, dyn.v_reset, dyn.code, dyn.reset_code),)
-
     def decay(self) -> Decay:
         """The decay the charge equation reads (``k = 1/tau`` or ``beta``); None for IF."""
         return None
 
-    def reset(self) -> None:
-        """Forget the membrane state (``V[-1] = V_rest`` on the next call)."""
-        self.v = None
-        self.v_seq = None
+    def threshold(self) -> float | torch.Tensor:
+        """``V_th``: the learned one (:meth:`learn`), else the number."""
+        return self.v_th if self.learn_threshold else self.dynamics.v_threshold
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Spikes ``[T, N, ...]`` for ``x`` ``[T, N, ...]`` (or ``[N, ...]`` when step_mode='s')."""
-        x_seq = x.unsqueeze(0) if self.step_mode == "s" else x
-        v = self.v if self.v is not None else torch.full_like(x_seq[0], self.dynamics.v_rest)
-        if self.learn_tau or self.learn_threshold:
-            params = [self.decay(), self.threshold()]
-            spikes, (self.v,), v_seq = run_states(self, x_seq, (v,), params, self.equations_step)
-        else:
-            spikes, self.v, v_seq = self.backend_fn(
-                x_seq, v, self.decay(), self.dynamics, self.store_v_seq
-            )
-        if self.store_v_seq:
-            self._keep_v_seq(v_seq)
-        return spikes[0] if self.step_mode == "s" else spikes
+    def params(self) -> dict[str, Any]:
+        return {"k": self.decay(), "v_th": self.threshold()}
 
-    def reset_kind(self) -> str:
-        """``hard``, ``soft`` or ``subtract`` (``leaky``: decided by the previous membrane)."""
-        d = self.dynamics
-        return "subtract" if d.kind == "leaky" else ("hard" if d.hard_reset else "soft")
+    def step(self, x: Any, states: dict[str, Any], params: dict[str, Any]) -> StepResult:
+        s, v = membrane_step(self.dynamics, x, states["v"], params["k"], params["v_th"])
+        return s, {"v": v}
+
+    def closed_form(self) -> Dynamics | None:
+        """The equations, unless a value is learned per channel or neuron or the threshold is
+        learned (then the backends run the step: chunked recompute, traced kernels)."""
+        return None if self.learn_tau or self.learn_threshold else self.dynamics
 
     def charge_seq(self, x: torch.Tensor, v_after: torch.Tensor) -> torch.Tensor:
         """``H[t]``, the membrane before step t's reset, ``[T, ...]``, from the inputs ``x`` and
@@ -127,33 +80,9 @@ class SpikingNeuron(Stateful):
         v_before = torch.cat([torch.full_like(v_after[:1], self.dynamics.v_rest), v_after[:-1]])
         return charge(self.dynamics, v_before, x, self.decay())
 
-    def _keep_v_seq(self, v_seq: torch.Tensor) -> None:
-        if self.step_mode == "m" or self.v_seq is None:
-            self.v_seq = v_seq
-        else:
-            self.v_seq = torch.cat([self.v_seq, v_seq])
-
-    def extra_repr(self) -> str:
-        d = self.dynamics
-        reset = "soft" if not d.hard_reset else f"hard(v_reset={d.v_reset:g})"
-        learned = f" (learned per {self.learn_threshold})" if self.learn_threshold else ""
-        parts = [
-            f"v_threshold={d.v_threshold:g}{learned}",
-            f"reset={reset if d.kind != 'leaky' else 'subtract'}",
-            *self._decay_repr(),
-            f"detach_reset={d.detach_reset}" if d.kind != "leaky" else None,
-            f"surrogate={d.surrogate!r}",
-            f"step_mode={self.step_mode}",
-            f"backend={self.backend}",
-        ]
-        return ", ".join(p for p in parts if p)
-
-    def _decay_repr(self) -> list[str]:
-        return []
-
 
 @NEURONS.register("if")
-class IFNeuron(SpikingNeuron):
+class IFNeuron(MembraneNeuron):
     """Integrate-and-fire: ``H[t] = V[t-1] + X[t]``."""
 
     def __init__(self, **kw: Any) -> None:
@@ -161,7 +90,7 @@ class IFNeuron(SpikingNeuron):
 
 
 @NEURONS.register("lif")
-class LIFNeuron(SpikingNeuron):
+class LIFNeuron(MembraneNeuron):
     """Leaky integrate-and-fire with a fixed ``tau`` (``k = 1/tau``)."""
 
     OPTIONS = (*SpikingNeuron.OPTIONS, "tau", "decay_input", *LEARN_OPTIONS)
@@ -190,7 +119,7 @@ class LIFNeuron(SpikingNeuron):
 
 
 @NEURONS.register("plif")
-class PLIFNeuron(SpikingNeuron):
+class PLIFNeuron(MembraneNeuron):
     """Parametric LIF (Fang et al. 2021): ``k = 1/tau = sigmoid(w)``, one learned ``w`` per layer.
 
     ``w`` starts at ``-log(init_tau - 1)`` so that ``1/tau = 1/init_tau``.
@@ -212,7 +141,7 @@ class PLIFNeuron(SpikingNeuron):
 
 
 @NEURONS.register("leaky")
-class LeakyNeuron(SpikingNeuron):
+class LeakyNeuron(MembraneNeuron):
     """snnTorch ``Leaky``: ``U[t] = beta U[t-1] + X[t] - U_thr R[t]``, beta in [0, 1] (a
     learned beta is clamped there)."""
 

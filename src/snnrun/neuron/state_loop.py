@@ -1,21 +1,24 @@
-"""The time loop of neurons with several states (``alif``: ``(a, V)``; ``synaptic``: ``(I, V)``;
-a user's :class:`snnrun.Neuron`).
+"""The time loop of every neuron with a state, and :data:`BACKENDS`, the one registry of its
+backends.
 
-A neuron is defined once, as its one-step function ``step(x, state, params) -> (S, state)``
-elementwise over ``[N, ...]`` in the ``tl`` dialect (autograd-traceable; the surrogate gives ``S``
-its gradient). Every backend in :data:`STATE_BACKENDS` reads that definition:
+A neuron is defined once (:mod:`snnrun.neuron.contract`); a backend gets its step as
+``step(x, state, params) -> (S, state)`` with the states as a tuple (the membrane last) and the
+parameters as a list, elementwise over ``[N, ...]`` in the ``tl`` dialect (autograd-traceable;
+the surrogate gives ``S`` its gradient). A backend is a :data:`Backend`:
 
 - ``autograd``: :func:`reference_states`, a Python loop over T with autograd through every op;
-- ``torch``: :class:`_ChunkedLoop`, one autograd node per layer: the forward runs without a graph
+- ``torch`` (registered by :mod:`snnrun.neuron.neuron_loop`): the handwritten one-membrane node
+  where the layer's step is those equations (``closed_form``), else :func:`chunked_states`,
+  :class:`_ChunkedLoop`, one autograd node per layer: the forward runs without a graph
   and keeps only ``X`` and the float32 state at every :data:`CHUNK`-th step (it writes ``V`` per
   step only when asked); the backward walks the chunks in reverse, re-running each chunk's steps
   with autograd from its saved state and back-propagating through them
   (``torch.autograd.grad``), so memory grows with ``T / CHUNK`` states rather than with every
   intermediate of every step. The values are the reference's; the gradients equal them up to
   float summation order.
-- ``triton`` (registered by ``snnrun.kernels``): fused kernels written from a trace of the step,
-  with the same chunked design (``kernels/step_kernels.py``); where they cannot run (no CUDA
-  device, no Triton: one warning), the ``torch`` loop.
+- ``triton`` (registered by ``snnrun.kernels``): the one-membrane kernels, or fused kernels
+  written from a trace of the step with the same chunked design (``kernels/step_kernels.py``);
+  where they cannot run (no CUDA device, no Triton: one warning), the ``torch`` backend.
 """
 
 from __future__ import annotations
@@ -32,21 +35,22 @@ State = tuple[torch.Tensor, ...]
 Step = Callable[[torch.Tensor, State, Sequence[Any]], tuple[torch.Tensor, State]]
 StatesResult = tuple[torch.Tensor, State, torch.Tensor | None]
 # (layer, x_seq, state, params, step, store_v_seq) -> (spikes, last state, V per step or None)
-StateBackend = Callable[[Any, torch.Tensor, State, Sequence[Any], Step, bool], StatesResult]
-STATE_BACKENDS: Registry[StateBackend] = Registry("neuron backend")
+Backend = Callable[[Any, torch.Tensor, State, Sequence[Any], Step, bool], StatesResult]
+BACKENDS: Registry[Backend] = Registry("neuron backend")
 
 
 def reference_states(
-    x_seq: torch.Tensor, state: State, params: Sequence[Any], step: Step
-) -> tuple[torch.Tensor, State, torch.Tensor]:
+    x_seq: torch.Tensor, state: State, params: Sequence[Any], step: Step, store_v: bool = True
+) -> tuple[torch.Tensor, State, torch.Tensor | None]:
     """Spikes ``[T, N, ...]``, the last state and ``V`` after each step ``[T, N, ...]`` (a
-    state's last entry is the membrane ``V``)."""
+    state's last entry is the membrane ``V``; None unless ``store_v``)."""
     spikes, vs = [], []
     for x in x_seq:
         s, state = step(x, state, params)
         spikes.append(s)
-        vs.append(state[-1])
-    return torch.stack(spikes), state, torch.stack(vs)
+        if store_v:
+            vs.append(state[-1])
+    return torch.stack(spikes), state, torch.stack(vs) if store_v else None
 
 
 class _ChunkedLoop(torch.autograd.Function):
@@ -134,21 +138,19 @@ def run_states(
 ) -> StatesResult:
     """``(spikes, last state, V after each step)`` of the layer ``owner`` through its backend;
     ``V`` is None unless ``owner.store_v_seq`` (the fused kernels then skip writing it)."""
-    backend = STATE_BACKENDS.get(owner.backend)
+    backend = BACKENDS.get(owner.backend)
     return backend(owner, x_seq, state, params, step, owner.store_v_seq)
 
 
-@STATE_BACKENDS.register("autograd")
+@BACKENDS.register("autograd")
 def autograd_states(
     owner: Any, x_seq: torch.Tensor, state: State, params: Sequence[Any], step: Step,
     store_v_seq: bool,
 ) -> StatesResult:  # fmt: skip
     """The reference loop (:func:`reference_states`)."""
-    spikes, last, vs = reference_states(x_seq, state, params, step)
-    return spikes, last, vs if store_v_seq else None
+    return reference_states(x_seq, state, params, step, store_v_seq)
 
 
-@STATE_BACKENDS.register("torch")
 def chunked_states(
     owner: Any, x_seq: torch.Tensor, state: State, params: Sequence[Any], step: Step,
     store_v_seq: bool,

@@ -1,77 +1,39 @@
 """Neurons beyond one membrane: ``alif`` (adaptive threshold), ``synaptic`` (a synaptic current
 before the membrane) and ``psn`` (parallel: no state, no reset).
 
-``alif`` and ``synaptic`` are each defined once, by their one-step function :meth:`step` in the
-``tl`` dialect, which every backend runs (:mod:`snnrun.neuron.state_loop`: the ``autograd``
-reference loop, the ``torch`` chunked-recompute node; ``triton``: the fused kernels written from
-its trace, ``kernels/step_kernels.py``), as a user's :class:`snnrun.Neuron` is. ``psn`` is one
-matrix product over the time axis.
+``alif`` and ``synaptic`` are each defined once, by their ``STATES``, ``params`` and one
+``step`` in the ``tl`` dialect (the contract of :mod:`snnrun.neuron.contract`, as a user's
+:class:`snnrun.Neuron`), which every backend runs: the ``autograd`` reference loop, the ``torch``
+chunked-recompute node, the ``triton`` kernels written from its trace. ``psn`` is one matrix
+product over the time axis.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from snnrun.core.errors import SnnrunError
+from snnrun.neuron.contract import COMMON_OPTIONS, SpikingNeuron, StepResult
 from snnrun.neuron.dialect import tl
-from snnrun.neuron.dynamics import Decay, charge, eq_reset
+from snnrun.neuron.dynamics import Decay, Dynamics, charge, eq_reset
 from snnrun.neuron.neurons import (
-    COMMON_OPTIONS,
     LAYER_KEYS,
     LEARN_OPTIONS,
     NEURONS,
-    SpikingNeuron,
+    MembraneNeuron,
     checked,
     layer_options,
     make_dynamics,
 )
-from snnrun.neuron.state_loop import State, Step, run_states
-
-
-class StateNeuron(SpikingNeuron):
-    """A neuron whose state is a tuple (its last entry the membrane ``V``), stepped by
-    :meth:`step` (in the ``tl`` dialect, firing through :meth:`fire`); ``self.v`` is that
-    ``V``."""
-
-    def reset(self) -> None:
-        super().reset()
-        self.state: State | None = None
-
-    def initial_state(self, x: torch.Tensor) -> State:
-        raise NotImplementedError
-
-    def params(self) -> list[Any]:
-        raise NotImplementedError
-
-    def step(self, x: torch.Tensor, state: State, params: list[Any]) -> tuple[torch.Tensor, State]:
-        raise NotImplementedError
-
-    def fire(self, z: Any) -> Any:
-        """The spike ``Heaviside(z)``, with the run's surrogate gradient ``g'(z)``."""
-        return self.dynamics.surrogate(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x, self.step, self.params())
-
-    def run(self, x: torch.Tensor, step: Step, params: list[Any]) -> torch.Tensor:
-        """Spikes for ``x`` (``[T, N, ...]``, or ``[N, ...]`` when step_mode='s'), stepping
-        ``step`` from the kept state (or the initial one)."""
-        x_seq = x.unsqueeze(0) if self.step_mode == "s" else x
-        state = getattr(self, "state", None) or self.initial_state(x_seq[0])
-        spikes, self.state, v_seq = run_states(self, x_seq, state, params, step)
-        self.v = self.state[-1]
-        if self.store_v_seq:
-            self._keep_v_seq(v_seq)
-        return spikes[0] if self.step_mode == "s" else spikes
 
 
 @NEURONS.register("alif")
-class ALIFNeuron(StateNeuron):
+class ALIFNeuron(MembraneNeuron):
     """LIF with an adaptive threshold: the ALIF neuron of the LSNN (Bellec et al., NeurIPS 2018;
     e-prop, Nat. Commun. 2020, Methods, "ALIF")::
 
@@ -82,7 +44,8 @@ class ALIFNeuron(StateNeuron):
         V[t]     = H[t] - v_th S[t]            (soft: v_reset null, e-prop's reset)
                  | H[t] (1 - S[t]) + V_reset S[t]   (hard)
 
-    ``tau_adapt`` and ``tau`` are in steps. The state is ``(a[t+1], V[t])``.
+    ``tau_adapt`` and ``tau`` are in steps. The states are ``a`` (``a[t+1]`` after step t)
+    and ``v``.
     """
 
     OPTIONS = (*SpikingNeuron.OPTIONS, "tau", "decay_input", "tau_adapt", "beta_a", *LEARN_OPTIONS)
@@ -104,26 +67,22 @@ class ALIFNeuron(StateNeuron):
         self.tau, self.tau_adapt, self.beta_a = tau, tau_adapt, float(beta_a)
         self.rho = math.exp(-1.0 / self.tau_adapt)
         self.learn(-math.log(tau - 1.0), learn_tau, learn_threshold, in_shape)
+        self.STATES = {"a": 0.0, "v": self.dynamics.v_rest}
 
     def decay(self) -> Decay:
         """``1/tau``; learned (``learn_tau``): ``sigmoid(w)``."""
         return self.w.sigmoid() if self.learn_tau else 1.0 / self.tau
 
-    def initial_state(self, x: torch.Tensor) -> State:
-        return torch.zeros_like(x), torch.full_like(x, self.dynamics.v_rest)
-
-    def params(self) -> list[Any]:
-        """``[k, V_th]``: numbers, or the learned tensors."""
-        return [self.decay(), self.threshold()]
-
-    def step(self, x: torch.Tensor, state: State, params: list[Any]) -> tuple[torch.Tensor, State]:
-        a, v = state
-        (k, v_th), dyn = params, self.dynamics
+    def step(self, x: Any, states: dict[str, Any], params: dict[str, Any]) -> StepResult:
+        a, v, k, v_th, dyn = states["a"], states["v"], params["k"], params["v_th"], self.dynamics
         h = charge(dyn, v, x, k)
         s = self.fire(h - (v_th + self.beta_a * a))
         kept = tl.detach(s) if dyn.detach_reset else s
         v = eq_reset(h, kept, v_th, dyn.v_reset, dyn.code, dyn.reset_code)
-        return s, (self.rho * a + s, v)
+        return s, {"a": self.rho * a + s, "v": v}
+
+    def closed_form(self) -> Dynamics | None:
+        return None  # its threshold adapts: the backends run the step
 
     def _decay_repr(self) -> list[str]:
         learned = f" (learned per {self.learn_tau})" if self.learn_tau else ""
@@ -138,16 +97,17 @@ class ALIFNeuron(StateNeuron):
         charge less the adaptation's rise of the threshold, so that a spike is where it reaches
         ``v_threshold`` (``a`` re-run from 0, as at the start of every batch), ``[T, ...]``."""
         h = super().charge_seq(x, v_after)
-        shown, params, state = torch.empty_like(h), self.params(), self.initial_state(h[0])
+        shown, params = torch.empty_like(h), self.params()
+        states = {"a": torch.zeros_like(h[0]), "v": torch.full_like(h[0], self.dynamics.v_rest)}
         with torch.no_grad():
             for t in range(h.shape[0]):  # a[t] from the step itself
-                shown[t] = h[t] - self.beta_a * state[0]
-                _, state = self.step(x[t], state, params)
+                shown[t] = h[t] - self.beta_a * states["a"]
+                _, states = self.step(x[t], states, params)
         return shown
 
 
 @NEURONS.register("synaptic")
-class SynapticNeuron(StateNeuron):
+class SynapticNeuron(SpikingNeuron):
     """snnTorch 1.0's ``Synaptic`` (current-based LIF; NIR's ``CubaLIF``)::
 
         I[t] = alpha I[t-1] + X[t]
@@ -156,8 +116,10 @@ class SynapticNeuron(StateNeuron):
 
     ``alpha`` and ``beta`` in [0, 1] (learned with ``learn_alpha`` / ``learn_beta``, and clamped
     there); the reset subtracts the threshold, decided by the previous membrane, as ``leaky`` does.
-    The state is ``(I[t], V[t])``.
+    The states are ``i`` and ``v``, both 0 at first.
     """
+
+    STATES: ClassVar[dict[str, float]] = {"i": 0.0, "v": 0.0}
 
     OPTIONS = (*COMMON_OPTIONS, "alpha", "beta", "learn_alpha", "learn_beta")
 
@@ -185,18 +147,13 @@ class SynapticNeuron(StateNeuron):
     def decay(self) -> Decay:
         return self.beta.clamp(0.0, 1.0)
 
-    def initial_state(self, x: torch.Tensor) -> State:
-        return torch.zeros_like(x), torch.zeros_like(x)
+    def params(self) -> dict[str, Any]:
+        return {"alpha": self.alpha.clamp(0.0, 1.0), "beta": self.beta.clamp(0.0, 1.0)}
 
-    def params(self) -> list[Any]:
-        return [self.alpha.clamp(0.0, 1.0), self.beta.clamp(0.0, 1.0)]
-
-    def step(self, x: torch.Tensor, state: State, params: list[Any]) -> tuple[torch.Tensor, State]:
-        i, v = state
-        alpha, beta = params
-        i = alpha * i + x
-        h = charge(self.dynamics, v, i, beta)  # leaky's: beta V + I - V_th R
-        return self.fire(h - self.dynamics.v_threshold), (i, h)
+    def step(self, x: Any, states: dict[str, Any], params: dict[str, Any]) -> StepResult:
+        i = params["alpha"] * states["i"] + x
+        h = charge(self.dynamics, states["v"], i, params["beta"])  # leaky's: beta V + I - V_th R
+        return self.fire(h - self.dynamics.v_threshold), {"i": i, "v": h}
 
     def _decay_repr(self) -> list[str]:
         learned = {True: " (learned)", False: ""}
@@ -204,10 +161,6 @@ class SynapticNeuron(StateNeuron):
             f"alpha={self.alpha.item():g}{learned[self.learn_alpha]}",
             f"beta={self.beta.item():g}{learned[self.learn_beta]}",
         ]
-
-    def charge_seq(self, x: torch.Tensor, v_after: torch.Tensor) -> torch.Tensor:
-        """``V[t]`` before its spike is the state itself (the reset comes in the next step)."""
-        return v_after
 
 
 @NEURONS.register("psn")

@@ -336,7 +336,7 @@ def _leaky_to(m: LeakyNeuron, s: ExportStep) -> list[Any]:
 def _synaptic_to(m: SynapticNeuron, s: ExportStep) -> list[Any]:
     """snnTorch's own mapping to CubaLIF: ``tau_syn = dt/(1-alpha)``, ``tau_mem = dt/(1-beta)``,
     ``w_in = tau_syn/dt``, ``R = tau_mem/dt``; learned alpha / beta as they are now (clamped)."""
-    alpha, beta = (float(p.detach()) for p in m.params())
+    alpha, beta = (float(p.detach()) for p in m.params().values())
     for name, value in (("alpha", alpha), ("beta", beta)):
         if value >= 1.0:
             raise NirError(

@@ -41,7 +41,6 @@ from torch import nn
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.core.progress import console
 from snnrun.net.model import SpikingNetwork, label
-from snnrun.neuron.dynamics import BACKENDS
 from snnrun.neuron.neurons import SpikingNeuron
 from snnrun.report.probe import MAX_BATCH, encode_batch
 
@@ -114,7 +113,7 @@ def exportable(model: SpikingNetwork) -> tuple[SpikingNetwork, list[str]]:
     for name, neuron in net.neurons():
         if neuron.backend in BUILT_IN:
             switched += [name] if neuron.backend == "triton" else []
-            neuron.backend, neuron.backend_fn = REFERENCE, BACKENDS.get(REFERENCE)
+            neuron.backend = REFERENCE
     return net, switched
 
 
