@@ -122,22 +122,22 @@ class SpikingNeuron(Stateful):
     def flat_step(self, x: Any, state: State, values: list[Any]) -> tuple[Any, State]:
         """:meth:`step` on the states as a tuple in :attr:`state_names` order and the
         parameter values in :meth:`params` order (what the backends call)."""
-        names = getattr(self, "_param_names", None)  # set by forward; a bare trace asks
-        names = list(self.params()) if names is None else names
-        s, new = self.step(x, dict(zip(self.state_names, state)), dict(zip(names, values)))
-        if not isinstance(new, dict) or set(new) != set(self.STATES):
+        names = self.__dict__.get("_names")  # (states, params): set by forward; a bare trace asks
+        states, params = names if names is not None else (self.state_names, list(self.params()))
+        s, new = self.step(x, dict(zip(states, state)), dict(zip(params, values)))
+        if not isinstance(new, dict) or new.keys() != self.STATES.keys():
             got = sorted(new) if isinstance(new, dict) else type(new).__name__
             raise TypeError(
                 f"{type(self).__name__}.step must return (spikes, {{state: value}}) with the "
                 f"states {sorted(self.STATES)}, got {got}"
             )
-        return s, tuple(new[n] for n in self.state_names)
+        return s, tuple(new[n] for n in states)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Spikes for ``x`` (``[T, N, ...]``, or ``[N, ...]`` when step_mode='s'), stepping from
         the kept states (or the initial ones)."""
         params = self.params()
-        self._param_names, values = list(params), list(params.values())
+        self._names, values = (self.state_names, list(params)), list(params.values())
         x_seq = x.unsqueeze(0) if self.step_mode == "s" else x
         state = self.state if self.state is not None else self.initial_state(x_seq[0])
         spikes, self.state, v_seq = run_states(self, x_seq, state, values, self.flat_step)
