@@ -156,9 +156,11 @@ def _lif(tau: Any = 2e-4) -> nir.LIF:
 def test_import_refuses_what_snnrun_cannot_build() -> None:
     groups = neuron_groups(_conf([]))
     w = np.eye(4, dtype=np.float32)
-    li = nir.LI(tau=np.ones(4), r=np.ones(4), v_leak=np.zeros(4))
+    delay = nir.Delay(delay=np.ones(4))
+    li = nir.LI(tau=np.full(4, 2e-4), r=np.full(4, 2.0), v_leak=np.zeros(4))
     cases = [
-        (_graph(nir.Linear(weight=w), li), r"'n1' \(LI\) has no snnrun layer"),
+        (_graph(nir.Linear(weight=w), delay), r"'n1' \(Delay\) has no snnrun layer"),
+        (_graph(nir.Linear(weight=w), li), "LI with r=2, v_leak=0; snnrun's readout li has r = 1"),
         (
             _graph(nir.Linear(weight=w), _lif(np.array([2e-4, 2e-4, 3e-4, 2e-4]))),
             "tau differs between neurons",

@@ -1,5 +1,5 @@
 """Your own code by ``_target_`` in the ``loss``, ``encoder``, ``optimizer``, ``scheduler`` and
-``monitor`` groups, through the command: from a user's ``--config-dir`` (``loss=tet``) and inline
+``monitor`` groups, through the command: from a user's ``--config-dir`` (``loss=focal``) and inline
 (``loss._target_=pkg.Cls``); the user's object is the one used; a resume and ``eval`` build it
 again; ``run.json`` records its module's file and SHA-256; a bad plug-in is one line, exit 2, and
 leaves no run dir."""
@@ -144,51 +144,51 @@ def records(tmp_path: Path) -> list[dict]:
     return read_metrics(tmp_path / "run")
 
 
-# --- TET -------------------------------------------------------------------------------------
+# --- a user's loss: the focal loss -------------------------------------------------------------
 
 
-def test_tet_is_the_papers_loss_on_a_tiny_tensor(monkeypatch) -> None:
-    """(1 - λ) mean_t CE(O_t, y) + λ mean_t MSE(O_t, φ), by hand on T=2, N=2, 3 classes."""
+def test_focal_is_the_papers_loss_on_a_tiny_tensor(monkeypatch) -> None:
+    """mean_n -(1 - p_n)^gamma log p_n on the rates, by hand on T=2, N=2, 3 classes; gamma 0
+    is the cross-entropy of the rates."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
-    from plugins.tet import TET
+    from plugins.focal import FocalRate
 
     out = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], [[0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]])
     y = torch.tensor([0, 1])
-    ce = [F.cross_entropy(out[t], y) for t in range(2)]
-    mse = [((out[t] - 0.5) ** 2).mean() for t in range(2)]
-    hand = 0.9 * (ce[0] + ce[1]) / 2 + 0.1 * (mse[0] + mse[1]) / 2
-    assert torch.allclose(TET(lamb=0.1, phi=0.5)(out, y), hand)
-    assert TET()(out, y).dim() == 0
-    assert TET().predict(out).tolist() == [0, 1]  # mean over T: [.5, 0, .5] and [.5, 1.5, 0]
+    p = F.softmax(out.mean(0), -1)[[0, 1], [0, 1]]
+    hand = (-((1 - p) ** 1.5) * p.log()).mean()
+    assert torch.allclose(FocalRate(gamma=1.5)(out, y), hand)
+    assert torch.allclose(FocalRate(gamma=0.0)(out, y), F.cross_entropy(out.mean(0), y))
+    assert FocalRate().predict(out).tolist() == [0, 1]  # mean over T: [.5, 0, .5] and [.5, 1.5, 0]
 
 
-def test_tet_from_a_user_config_dir_records_its_module(monkeypatch, tmp_path: Path) -> None:
-    """``--config-dir examples/conf loss=tet`` with ``examples`` on the path; ``run.json`` names
+def test_focal_from_a_user_config_dir_records_its_module(monkeypatch, tmp_path: Path) -> None:
+    """``--config-dir examples/conf loss=focal`` with ``examples`` on the path; ``run.json`` names
     the module's file and SHA-256, ``config.yaml`` keeps the ``_target_``."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
     conf = EXAMPLES / "conf"
-    train_in_process(monkeypatch, "--config-dir", str(conf), "loss=tet", *run_args(tmp_path))
+    train_in_process(monkeypatch, "--config-dir", str(conf), "loss=focal", *run_args(tmp_path))
     assert records(tmp_path)[0]["train_loss"] > 0
     run = tmp_path / "run"
     modules = json.loads((run / "run.json").read_text())["provenance"]["user_modules"]
-    tet = EXAMPLES / "plugins" / "tet.py"
-    assert modules["plugins.tet"] == {
-        "file": str(tet),
-        "sha256": hashlib.sha256(tet.read_bytes()).hexdigest(),
+    focal = EXAMPLES / "plugins" / "focal.py"
+    assert modules["plugins.focal"] == {
+        "file": str(focal),
+        "sha256": hashlib.sha256(focal.read_bytes()).hexdigest(),
     }
-    assert "_target_: plugins.tet.TET" in (run / "config.yaml").read_text()
-    later = tmp_path / "later"  # the next run of this process (a sweep's job) has no TET
+    assert "_target_: plugins.focal.FocalRate" in (run / "config.yaml").read_text()
+    later = tmp_path / "later"  # the next run of this process (a sweep's job) has none
     train_in_process(monkeypatch, *TINY, f"hydra.run.dir={later}")
     assert json.loads((later / "run.json").read_text())["provenance"]["user_modules"] == {}
 
 
-def test_tet_inline_takes_its_keys(monkeypatch, tmp_path: Path) -> None:
-    """``loss._target_=plugins.tet.TET`` (no ``+``: the command spells it ``++``) over the
-    default ``loss: mse_rate`` (whose ``name`` is then a label), with ``+loss.lamb`` as an
+def test_a_user_loss_inline_takes_its_keys(monkeypatch, tmp_path: Path) -> None:
+    """``loss._target_=plugins.focal.FocalRate`` (no ``+``: the command spells it ``++``) over
+    the default ``loss: mse_rate`` (whose ``name`` is then a label), with ``+loss.gamma`` as an
     argument. (The other tests add the key with ``+``, which works as well.)"""
     monkeypatch.syspath_prepend(str(EXAMPLES))
-    train_in_process(monkeypatch, *run_args(tmp_path, "loss._target_=plugins.tet.TET",
-                                            "+loss.lamb=0.5"))  # fmt: skip
+    train_in_process(monkeypatch, *run_args(tmp_path, "loss._target_=plugins.focal.FocalRate",
+                                            "+loss.gamma=0.5"))  # fmt: skip
     assert records(tmp_path)[0]["train_loss"] > 0
 
 
@@ -352,28 +352,29 @@ def test_a_user_encoders_sequence_attribute_is_checked_against_the_data(plugs: s
 
 
 @pytest.fixture
-def tet_run(monkeypatch, tmp_path: Path) -> Path:
+def focal_run(monkeypatch, tmp_path: Path) -> Path:
     monkeypatch.syspath_prepend(str(EXAMPLES))
-    train_in_process(monkeypatch, *run_args(tmp_path, "+loss._target_=plugins.tet.TET"))
+    train_in_process(monkeypatch, *run_args(tmp_path, "+loss._target_=plugins.focal.FocalRate"))
     return tmp_path / "run"
 
 
-def test_resume_and_eval_build_the_user_loss_again(monkeypatch, tet_run: Path) -> None:
-    train_in_process(monkeypatch, f"resume={tet_run}", "epochs=2")
-    assert [r["epoch"] for r in read_metrics(tet_run)] == [0, 1]
-    train_in_process(monkeypatch, "eval", str(tet_run), "device=cpu")
-    (result,) = (tet_run / "eval").glob("*.json")
+def test_resume_and_eval_build_the_user_loss_again(monkeypatch, focal_run: Path) -> None:
+    train_in_process(monkeypatch, f"resume={focal_run}", "epochs=2")
+    assert [r["epoch"] for r in read_metrics(focal_run)] == [0, 1]
+    train_in_process(monkeypatch, "eval", str(focal_run), "device=cpu")
+    (result,) = (focal_run / "eval").glob("*.json")
     assert json.loads(result.read_text())["loss"] > 0
 
 
-def test_resume_and_eval_without_the_package_name_it(monkeypatch, capsys, tet_run: Path) -> None:
+def test_resume_and_eval_without_the_package_name_it(monkeypatch, capsys, focal_run: Path) -> None:
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(EXAMPLES)])
     for name in [m for m in sys.modules if m == "plugins" or m.startswith("plugins.")]:
         monkeypatch.delitem(sys.modules, name)
-    for args in ([f"resume={tet_run}", "epochs=2"], ["eval", str(tet_run), "device=cpu"]):
+    for args in ([f"resume={focal_run}", "epochs=2"], ["eval", str(focal_run), "device=cpu"]):
         code, err = cli(monkeypatch, capsys, *args)
-        assert_one_line_error(code, err, "loss: cannot import plugins.tet.TET", "PYTHONPATH")
-    assert len(read_metrics(tet_run)) == 1
+        needle = "loss: cannot import plugins.focal.FocalRate"
+        assert_one_line_error(code, err, needle, "PYTHONPATH")
+    assert len(read_metrics(focal_run)) == 1
 
 
 def test_eval_names_a_user_encoder_without_a_name(monkeypatch, tmp_path: Path, plugs: str) -> None:

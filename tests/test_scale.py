@@ -199,7 +199,7 @@ def test_optuna_sweep_goes_on_past_a_failed_trial(tmp_path) -> None:
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-PLUGGED = [f"--config-dir={EXAMPLES / 'conf'}", "loss=tet", "dataset=digits8",
+PLUGGED = [f"--config-dir={EXAMPLES / 'conf'}", "loss=focal", "dataset=digits8",
            "+callbacks.loss_ema._target_=plugins.callback.LossEMA"]  # fmt: skip
 
 
@@ -212,12 +212,12 @@ def test_your_own_code_runs_in_launcher_jobs_and_on_two_ranks(tmp_path, monkeypa
     args = [*PLUGGED, *[o for o in TINY if not o.startswith("epochs=")], "epochs=2"]
     sweep = tmp_path / "sweep"
     run_snnrun([*args[:1], "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *args[1:],
-                "loss.lamb=0.001,0.5", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)  # fmt: skip
+                "loss.gamma=0.5,2.0", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)  # fmt: skip
     torchrun([*args, f"hydra.run.dir={tmp_path / 'ranks'}"], cwd=tmp_path)
     for run_dir in [sweep / "0", sweep / "1", tmp_path / "ranks"]:
         records = read_metrics(run_dir)
         assert len(records) == 2 and all("loss_ema" in r for r in records), run_dir
         modules = RunDir(run_dir).read_info()["provenance"]["user_modules"]
-        assert {"plugins.tet", "plugins.data", "plugins.callback"} <= set(modules), modules
-    lambs = [RunDir(sweep / j).read_config()["loss"]["lamb"] for j in ("0", "1")]
-    assert lambs == [0.001, 0.5]
+        assert {"plugins.focal", "plugins.data", "plugins.callback"} <= set(modules), modules
+    gammas = [RunDir(sweep / j).read_config()["loss"]["gamma"] for j in ("0", "1")]
+    assert gammas == [0.5, 2.0]

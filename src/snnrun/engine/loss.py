@@ -1,11 +1,23 @@
-"""Losses on the output spikes ``[T, N, classes]``; each also says which class it predicts.
+"""Losses on the network's output ``[T, N, classes]`` (spikes, or a readout's membrane); each
+also says which class it predicts. Every loss here is written as a user's is (a callable
+``loss(out, y)`` with an optional ``predict(out)``), registered by name.
 
 - ``mse_rate``: MSE between the firing rate (mean over T) and the one-hot label (the
   SpikingJelly tutorials' default).
+- ``mse_count``: snnTorch's ``mse_count_loss``: MSE between each output's spike count and
+  ``int(correct_rate T)`` (the label) or ``int(incorrect_rate T)`` (the others), divided by T.
 - ``ce_rate``: cross-entropy with the firing rates as logits.
-- ``ce_count``: snnTorch's ``ce_rate_loss``: cross-entropy of the output at every step,
-  averaged over T.
-Prediction is the argmax of the firing rate (equivalently, of the spike count):
+- ``ce_per_step``: cross-entropy of the output at every step, averaged over T (snnTorch's
+  ``ce_rate_loss``); ``ce_count`` is its former name, kept for runs that name it.
+- ``tet``: TET (Deng et al., ICLR 2022), ``(1 - lambda) L_TET + lambda L_MSE`` with
+  ``L_TET = 1/T sum_t CE(O[t], y)`` and ``L_MSE = mean((O - phi)^2)`` over every step, neuron
+  and sample (the authors' code: ``lambda`` 1e-3, ``phi`` 1).
+- ``ce_max_membrane`` / ``ce_last_membrane``: cross-entropy of the maximum over T / of the last
+  step of the output (a non-spiking readout's membrane: Cramer et al. 2020, Zenke & Vogels
+  2021); each predicts the argmax of the same.
+
+Every cross-entropy takes ``label_smoothing`` (torch's: the target is ``(1 - e) onehot + e/K``).
+Prediction is otherwise the argmax of the firing rate (equivalently, of the spike count):
 :func:`rate_predict`, also the default of a user's loss (``_target_``) without ``predict``.
 """
 
@@ -46,18 +58,100 @@ class MSERate(RateLoss):
         return F.mse_loss(rate, F.one_hot(y, rate.shape[-1]).to(rate.dtype))
 
 
+@LOSSES.register("mse_count")
+class MSECount(RateLoss):
+    """snnTorch's ``mse_count_loss``: ``mean((C - C*)^2) / T`` with the spike counts
+    ``C = sum_t O[t]`` and the whole-spike targets ``C* = int(T correct_rate)`` (the label),
+    ``int(T incorrect_rate)`` (the other classes), as snnTorch rounds them."""
+
+    def __init__(self, correct_rate: float = 1.0, incorrect_rate: float = 0.0) -> None:
+        self.correct_rate, self.incorrect_rate = float(correct_rate), float(incorrect_rate)
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        steps, count = out.shape[0], out.float().sum(0)
+        hot = F.one_hot(y, count.shape[-1]).bool()
+        on, off = float(int(steps * self.correct_rate)), float(int(steps * self.incorrect_rate))
+        target = torch.where(hot, on, off)
+        return F.mse_loss(count, target) / steps
+
+
+class CrossEntropy(RateLoss):
+    """Base of the cross-entropy losses: ``label_smoothing`` in [0, 1)."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        smoothing = float(label_smoothing)
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(
+                f"label_smoothing must be in [0, 1), got {label_smoothing!r}; set "
+                "loss.label_smoothing=0.1 (or 0: off)"
+            )
+        self.label_smoothing = smoothing
+
+    def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of ``logits [N, classes]`` against ``y [N]``, smoothed."""
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+
+    def per_step(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``1/T sum_t CE(O[t], y)`` (one call over ``[T*N, classes]``: the same mean)."""
+        return self.ce(out.float().flatten(0, 1), y.repeat(out.shape[0]))
+
+
 @LOSSES.register("ce_rate")
-class CERate(RateLoss):
+class CERate(CrossEntropy):
     def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(out.float().mean(0), y)
+        return self.ce(out.float().mean(0), y)
 
 
-@LOSSES.register("ce_count")
-class CECount(RateLoss):
+@LOSSES.register("ce_count")  # its former name (the runs that name it keep their loss)
+@LOSSES.register("ce_per_step")
+class CEPerStep(CrossEntropy):
     def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        T = out.shape[0]
-        logits = out.float().flatten(0, 1)  # [T*N, classes]
-        return F.cross_entropy(logits, y.repeat(T))
+        return self.per_step(out, y)
+
+
+@LOSSES.register("tet")
+class TET(CrossEntropy):
+    """TET, ``(1 - lambda) L_TET + lambda L_MSE`` (the module docstring); the config keys are
+    ``lambda`` (1e-3) and ``phi`` (1.0), as in the paper."""
+
+    def __init__(self, phi: float = 1.0, label_smoothing: float = 0.0, **kw: Any) -> None:
+        super().__init__(label_smoothing)
+        lam = kw.pop("lambda", 1e-3)
+        if kw:
+            raise TypeError(f"tet has no option {', '.join(sorted(kw))} (it takes lambda, phi, "
+                            "label_smoothing)")  # fmt: skip
+        if not 0.0 <= float(lam) <= 1.0:
+            raise ValueError(f"tet needs lambda in [0, 1], got {lam!r}; set loss.lambda=0.001")
+        self.lam, self.phi = float(lam), float(phi)
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = self.per_step(out, y)
+        if self.lam == 0.0:
+            return loss
+        out = out.float()
+        return (1.0 - self.lam) * loss + self.lam * F.mse_loss(out, torch.full_like(out, self.phi))
+
+
+@LOSSES.register("ce_max_membrane")
+class CEMaxMembrane(CrossEntropy):
+    """Cross-entropy of ``max_t O[t]``; predicts its argmax."""
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.ce(self.logits(out), y)
+
+    def logits(self, out: torch.Tensor) -> torch.Tensor:
+        return out.float().amax(0)
+
+    def predict(self, out: torch.Tensor) -> torch.Tensor:
+        return self.logits(out).argmax(-1)
+
+
+@LOSSES.register("ce_last_membrane")
+class CELastMembrane(CEMaxMembrane):
+    """Cross-entropy of ``O[T-1]``; predicts its argmax."""
+
+    def logits(self, out: torch.Tensor) -> torch.Tensor:
+        return out[-1].float()
 
 
 class UserLoss(RateLoss):

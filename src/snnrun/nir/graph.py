@@ -65,6 +65,7 @@ from snnrun.net.layers import (
     Voting,
     walk_entries,
 )
+from snnrun.net.readout import Readout
 from snnrun.neuron.contract import Neuron
 from snnrun.neuron.neurons import IFNeuron, LeakyNeuron, LIFNeuron, PLIFNeuron, SpikingNeuron
 from snnrun.neuron.state_neurons import ALIFNeuron, PSNNeuron, SynapticNeuron
@@ -241,6 +242,21 @@ def _voting_to(m: Voting, s: ExportStep) -> list[Any]:
     (features,) = s.shape
     weight = np.kron(np.eye(features // m.k, dtype=np.float32), _full((1, m.k), 1.0 / m.k))
     return [nir.Linear(weight=weight, metadata=_meta("voting", k=m.k))]
+
+
+def _readout_to(m: Readout, s: ExportStep) -> list[Any]:
+    """``li``: NIR's ``LI`` with ``tau = tau dt``, ``r = 1``, ``v_leak = 0``
+    (``V += dt/tau (X - V)``); ``sum``: NIR's ``I`` with ``r = 1/dt`` (``V += r dt X``)."""
+    if m.kind == "li":
+        return [
+            nir.LI(
+                tau=_full64(s.shape, m.tau * s.dt),  # float32 would read back as 3.0000002
+                r=_full(s.shape, 1.0),
+                v_leak=_full(s.shape, 0.0),
+                metadata=_meta("readout"),
+            )
+        ]
+    return [nir.I(r=_full(s.shape, 1.0 / s.dt), metadata=_meta("readout"))]
 
 
 def _reset(m: SpikingNeuron, s: ExportStep, neuron: str) -> tuple[float, dict[str, Any]]:
@@ -502,6 +518,26 @@ def _scalar(node: Any, name: str, s: ImportStep) -> float:
     return float(values[0])
 
 
+def _readout_from(node: Any, s: ImportStep) -> list[nn.Module]:
+    """NIR's ``LI`` (``r = 1``, ``v_leak = 0``, ``tau > dt``) or ``I`` (``r dt = 1``) as a
+    ``readout`` entry."""
+    if isinstance(node, nir.I):
+        gain = _scalar(node, "r", s) * s.dt
+        if not np.isclose(gain, 1.0, rtol=1e-6):
+            raise NirError(f"{s.label}: I with r x dt = {gain:g}; snnrun's readout sum has 1")
+        return [_layer("readout", {"kind": "sum"}, s)]
+    tau_steps = _scalar(node, "tau", s) / s.dt
+    r, v_leak = _scalar(node, "r", s), _scalar(node, "v_leak", s)
+    if not (tau_steps > 1.0 and math.isfinite(tau_steps)):
+        raise NirError(f"{s.label}: tau/dt = {tau_steps:g} steps; snnrun's readout needs tau > dt")
+    if not np.isclose(r, 1.0, rtol=1e-6) or v_leak != 0.0:
+        raise NirError(
+            f"{s.label}: LI with r={r:g}, v_leak={v_leak:g}; snnrun's readout li has r = 1 and "
+            "v_leak = 0"
+        )
+    return [_layer("readout", {"kind": "li", "tau": _f32(tau_steps)}, s)]
+
+
 def _neuron(options: dict[str, Any], s: ImportStep) -> SpikingNeuron:
     return _layer("neuron", options, s)  # backend, step mode, surrogate: the run's groups
 
@@ -650,6 +686,7 @@ TABLE: tuple[Row, ...] = (
     Row("identity", nn.Identity, (), _identity_to, keeps_spikes=True, note="left out"),
     Row("add", None, ("Scale",), None, _scale_from, note="a residual's sum: Scale of ones"),
     Row("voting", Voting, ("Linear",), _voting_to, _linear_from, note="Linear of 1/k blocks"),
+    Row("readout", Readout, ("LI", "I"), _readout_to, _readout_from, note="li <-> LI, sum <-> I"),
     Row("if", IFNeuron, ("IF",), _if_to, _if_from),
     Row("lif", LIFNeuron, ("LIF",), _lif_to, _lif_from),
     Row("plif", PLIFNeuron, ("LIF",), _plif_to, _lif_from, note="learned tau written as tau"),
