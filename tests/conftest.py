@@ -199,6 +199,25 @@ def wait_for_epochs(run_dir: Path, n: int, proc: subprocess.Popen, timeout: floa
     assert len(read_metrics(run_dir)) >= n, proc.communicate()
 
 
+def killed_and_resumed(
+    args: list[str], cwd: Path, epochs: int, env: dict[str, str] | None = None
+) -> tuple[Path, list[dict]]:
+    """``snnrun args`` unbroken (``cwd/whole``), and again (``cwd/killed``) SIGKILLed after its
+    first epoch record and resumed; asserts the kill landed mid-training and every record of the
+    resumed run equals the unbroken run's. Returns the killed run's dir and those records."""
+    run_snnrun([*args, f"hydra.run.dir={cwd / 'whole'}"], cwd=cwd, env=env)
+    expected = without_timing(read_metrics(cwd / "whole"))
+    killed = cwd / "killed"
+    proc = start([*args, f"hydra.run.dir={killed}"], cwd=cwd, env=env)
+    wait_for_epochs(killed, 1, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert 1 <= len(read_metrics(killed)) < epochs, "the kill should land mid-training"
+    run_snnrun([f"resume={killed}"], cwd=cwd, env=env)
+    assert without_timing(read_metrics(killed)) == expected
+    return killed, expected
+
+
 def kill_everything_of(run_dir: Path) -> None:
     """SIGKILL every process whose command line names ``run_dir`` (torchrun starts each worker
     in a session of its own, so killing the launcher's process group leaves them running)."""

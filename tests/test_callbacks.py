@@ -5,8 +5,6 @@ stateful callback resumes exactly after a SIGKILL; ``snnrun.Callback`` without t
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,15 +19,12 @@ from conftest import (
     TINY,
     assert_one_line_error,
     cli,
+    killed_and_resumed,
     make_user_package,
     read_metrics,
-    run_snnrun,
     runs,
-    start,
     table_rows,
     train_in_process,
-    wait_for_epochs,
-    without_timing,
 )
 
 FC = [o for o in TINY if not o.startswith("model.")] + ["model=fc", "dataset.train_limit=64"]
@@ -138,17 +133,8 @@ def test_a_killed_run_with_stateful_callbacks_resumes_exactly(tmp_path) -> None:
             "+callbacks.loss_ema._target_=plugins.callback.LossEMA",
             "checkpoint.monitor=loss_ema", "checkpoint.mode=min"]  # fmt: skip
     env = {"PYTHONPATH": str(REPO / "examples")}
-    run_snnrun([*args, f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path, env=env)
-    expected = without_timing(read_metrics(tmp_path / "whole"))
+    killed, expected = killed_and_resumed(args, tmp_path, 10, env)
     assert {"weight_norm", "weight_norm_ema", "loss_ema"} <= set(expected[-1])
-    killed = tmp_path / "killed"
-    proc = start([*args, f"hydra.run.dir={killed}"], cwd=tmp_path, env=env)
-    wait_for_epochs(killed, 1, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert 1 <= len(read_metrics(killed)) < 10, "the kill should land mid-training"
-    run_snnrun([f"resume={killed}"], cwd=tmp_path, env=env)
-    assert without_timing(read_metrics(killed)) == expected
     saved = load_checkpoint(killed / "checkpoint_latest.pt")["callbacks"]
     assert saved["weights"]["ema"] == expected[-1]["weight_norm_ema"]
 

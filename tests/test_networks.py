@@ -3,8 +3,6 @@ builds, trains, resumes exactly, and reports firing rates for its nested neurons
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -15,11 +13,9 @@ from test_events import write_shd
 
 from conftest import (
     TINY,
+    killed_and_resumed,
     read_metrics,
-    run_snnrun,
-    start,
     train_in_process,
-    wait_for_epochs,
     without_timing,
 )
 
@@ -127,13 +123,4 @@ def test_network_trains_resumes_exactly_reports_nested_rates_and_renders(
 def test_a_killed_sew_run_resumes_exactly(setup: Path) -> None:
     """A real SIGKILL mid-training of a SEW network; the resume equals an unbroken run."""
     args = [*args_for("sew_iand", setup), "dataset.train_limit=512", "epochs=3"]
-    run_snnrun([*args, f"hydra.run.dir={setup / 'whole'}"], cwd=setup)
-    killed = setup / "killed"
-    proc = start([*args, f"hydra.run.dir={killed}"], cwd=setup)
-    wait_for_epochs(killed, 1, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert 1 <= len(read_metrics(killed)) < 3, "the kill should land mid-training"
-    run_snnrun([f"resume={killed}"], cwd=setup)
-    expected = without_timing(read_metrics(setup / "whole"))
-    assert without_timing(read_metrics(killed)) == expected
+    killed_and_resumed(args, setup, 3)

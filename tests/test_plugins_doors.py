@@ -333,7 +333,7 @@ def test_the_builders_need_no_name_beside_a_target(plugs: str) -> None:
     optimizer = build_optimizer({"_target_": "torch.optim.SGD", "lr": 0.5}, net.parameters())
     assert optimizer.param_groups[0]["lr"] == 0.5
     assert build_scheduler({"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 1},
-                           optimizer).step_size == 1  # fmt: skip
+                           optimizer, 10).step_size == 1  # fmt: skip
     assert build_loss({"_target_": f"{plugs}.Seven"})(torch.ones(2, 3, 4), None) == 7
     encode = build_encoder({"_target_": f"{plugs}.encode_twice", "_partial_": True}, False)
     assert encode(torch.ones(3, 5), 2).shape == (2, 3, 5)

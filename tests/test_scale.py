@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from snnrun.run.rundir import RunDir
 
@@ -55,6 +56,22 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path) -> Non
             assert abs(a[f"firing_rate/{layer}"] - b[f"firing_rate/{layer}"]) < 1e-3
     payload = RunDir(tmp_path / "two").load_checkpoint("latest")
     assert len(payload["rng"]) == 2  # every rank's random state
+
+
+def test_two_ranks_accumulating_match_one_process_with_the_whole_batch(tmp_path) -> None:
+    """2 ranks x 16 samples x 2 accumulated batches (DDP syncs the gradients at each group's
+    last batch only) train as one process with batches of 64."""
+    args = [*FC, "epochs=2", "encoder=direct"]
+    run_snnrun([*args, "batch_size=64", f"hydra.run.dir={tmp_path / 'one'}"], cwd=tmp_path)
+    torchrun([*args, "batch_size=32", "accumulate_grad_batches=2",
+              f"hydra.run.dir={tmp_path / 'two'}"], cwd=tmp_path)  # fmt: skip
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    for a, b in zip(one, two, strict=True):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-5 and a["test_acc"] == b["test_acc"]
+    w_one = RunDir(tmp_path / "one").load_checkpoint("latest")["model"]
+    w_two = RunDir(tmp_path / "two").load_checkpoint("latest")["model"]
+    for key in w_one:
+        torch.testing.assert_close(w_two[key], w_one[key], rtol=0, atol=1e-6)
 
 
 def _rank_pid(run_dir: Path, rank: int) -> int:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
 import sys
 
 import pytest
@@ -20,11 +18,10 @@ from conftest import (
     TINY,
     assert_one_line_error,
     cli,
+    killed_and_resumed,
     read_metrics,
     run_snnrun,
-    start,
     train_in_process,
-    wait_for_epochs,
     without_timing,
 )
 
@@ -112,20 +109,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path) -> None:
         "encoder=poisson",
         "T=3",
     ]
-    run_snnrun([*args, f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path)
-    expected = without_timing(read_metrics(tmp_path / "whole"))
-
-    killed = tmp_path / "killed"
-    proc = start([*args, f"hydra.run.dir={killed}"], cwd=tmp_path)
-    wait_for_epochs(killed, 1, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    done = len(read_metrics(killed))
-    assert 1 <= done < 4, "the kill should land mid-training"
-
-    run_snnrun([f"resume={killed}"], cwd=tmp_path)
-    assert without_timing(read_metrics(killed)) == expected
-
+    killed, expected = killed_and_resumed(args, tmp_path, 4)
     run_snnrun([f"resume={killed}", "epochs=5"], cwd=tmp_path)  # raise epochs and go on
     history = read_metrics(killed)
     assert [r["epoch"] for r in history] == [0, 1, 2, 3, 4]

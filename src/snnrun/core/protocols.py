@@ -85,7 +85,8 @@ class Optimizer(Protocol):
 
 @runtime_checkable
 class Scheduler(Protocol):
-    """``Scheduler(optimizer, **keys)``: stepped once per epoch; its state is checkpointed."""
+    """``Scheduler(optimizer, **keys)``: stepped once per epoch, or after every optimizer step
+    when it has ``per_step = True``; its state is checkpointed."""
 
     def step(self) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...

@@ -1,4 +1,7 @@
-"""Optimizer and learning-rate scheduler registries (schedulers step once per epoch).
+"""Optimizer and learning-rate scheduler registries.
+
+A scheduler steps once per epoch, or after every optimizer step when it says ``per_step = True``
+(``cosine`` with ``warmup_epochs`` or ``cooldown_epochs``: timm's shape, :class:`WarmupCosine`).
 
 A group with ``_target_`` builds the user's class instead (:mod:`snnrun.core.protocols`):
 ``Optimizer(params, **keys)`` and ``Scheduler(optimizer, **keys)``, the group's other keys as
@@ -26,18 +29,89 @@ OPTIMIZERS.register("adam")(torch.optim.Adam)
 OPTIMIZERS.register("adamw")(torch.optim.AdamW)
 
 
+class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
+    """timm's ``CosineLRScheduler`` stepped after every optimizer step (``t_in_epochs=False``,
+    one cycle, ``warmup_prefix=False``). At step ``t``, counted from 0 over the run::
+
+        lr(t) = warmup_lr + t (lr - warmup_lr) / W                       t < W
+              = eta_min + (lr - eta_min) (1 + cos(pi t / C)) / 2        W <= t < C
+              = eta_min                                                  t >= C (cooldown)
+
+    with ``W = warmup_epochs x S`` and ``C = (T_max - cooldown_epochs) x S`` steps (``S``: the
+    optimizer steps of one epoch). The cosine counts from step 0, so the warmup ends on its
+    curve, as timm's does; ``lr`` is the optimizer's."""
+
+    per_step = True  # the trainer steps it after every optimizer step
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        steps_per_epoch: int,
+        T_max: float,
+        eta_min: float,
+        warmup_epochs: float,
+        warmup_lr: float,
+        cooldown_epochs: float,
+    ) -> None:
+        if warmup_epochs < 0 or cooldown_epochs < 0 or cooldown_epochs >= T_max:
+            raise ValueError(
+                f"cosine needs warmup_epochs >= 0 and 0 <= cooldown_epochs < T_max={T_max}, got "
+                f"{warmup_epochs} and {cooldown_epochs}; set scheduler.warmup_epochs / "
+                "scheduler.cooldown_epochs"
+            )
+        self.steps_per_epoch, self.eta_min, self.warmup_lr = steps_per_epoch, eta_min, warmup_lr
+        self.warmup = round(warmup_epochs * steps_per_epoch)
+        self.cooldown_epochs, self.T_max = cooldown_epochs, T_max
+        self.cosine = round((T_max - cooldown_epochs) * steps_per_epoch)
+        super().__init__(optimizer)
+
+    def set_horizon(self, T_max: float) -> None:
+        """The cosine's length in epochs becomes ``T_max`` (a resume with more epochs)."""
+        self.T_max = T_max
+        self.cosine = round((T_max - self.cooldown_epochs) * self.steps_per_epoch)
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        return [self.lr_at(self.last_epoch, base) for base in self.base_lrs]
+
+    def lr_at(self, t: int, base: float) -> float:
+        """``lr(t)`` for the optimizer's learning rate ``base`` (the class docstring)."""
+        if t < self.warmup:
+            return self.warmup_lr + t * (base - self.warmup_lr) / self.warmup
+        if t >= self.cosine:
+            return self.eta_min
+        cos = math.cos(math.pi * t / self.cosine)
+        return self.eta_min + 0.5 * (base - self.eta_min) * (1 + cos)
+
+
 @SCHEDULERS.register("cosine")
-def _cosine(optimizer: torch.optim.Optimizer, T_max: int, eta_min: float = 0.0):
+def _cosine(
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    T_max: int,
+    eta_min: float = 0.0,
+    warmup_epochs: float = 0,
+    warmup_lr: float = 1e-5,
+    cooldown_epochs: float = 0,
+):
+    """Cosine annealing over ``T_max`` epochs: per epoch (torch's ``CosineAnnealingLR``), or
+    with ``warmup_epochs`` / ``cooldown_epochs`` timm's per-step shape (:class:`WarmupCosine`)."""
+    if warmup_epochs or cooldown_epochs:
+        return WarmupCosine(optimizer, steps_per_epoch, T_max, eta_min, warmup_epochs, warmup_lr,
+                            cooldown_epochs)  # fmt: skip
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=T_max, eta_min=eta_min)
 
 
 @SCHEDULERS.register("step")
-def _step(optimizer: torch.optim.Optimizer, step_size: int, gamma: float = 0.1):
+def _step(
+    optimizer: torch.optim.Optimizer, steps_per_epoch: int, step_size: int, gamma: float = 0.1
+):
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
 
 
 @SCHEDULERS.register("none")
-def _none(optimizer: torch.optim.Optimizer):
+def _none(optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     return None
 
 
@@ -58,13 +132,16 @@ def build_optimizer(options: dict[str, Any], params: Iterable[torch.nn.Parameter
     return OPTIMIZERS.get(name)(params, **options)
 
 
-def build_scheduler(options: dict[str, Any], optimizer: torch.optim.Optimizer):
-    """The scheduler, or None for ``scheduler=none``."""
+def build_scheduler(
+    options: dict[str, Any], optimizer: torch.optim.Optimizer, steps_per_epoch: int
+):
+    """The scheduler, or None for ``scheduler=none``; ``steps_per_epoch``: the optimizer steps
+    of one epoch (on this rank), for a scheduler stepped per step."""
     if has_target(options):
         built = instantiate_target(options, "scheduler", optimizer)
         return protocols.check("scheduler", built, options["_target_"])
     options = dict(options)
-    return SCHEDULERS.get(options.pop("name"))(optimizer, **options)
+    return SCHEDULERS.get(options.pop("name"))(optimizer, steps_per_epoch, **options)
 
 
 def follow_horizon(scheduler: Any, options: dict[str, Any]) -> dict[str, Any] | None:
@@ -74,6 +151,8 @@ def follow_horizon(scheduler: Any, options: dict[str, Any]) -> dict[str, Any] | 
     The change is printed; returned for the run's record (``epoch``: the next one to run,
     counted from 1; ``T_max``, ``lr``: before and after), or None when nothing changes.
     """
+    if isinstance(scheduler, WarmupCosine):
+        return _warmup_horizon(scheduler, options)
     if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
         return None
     if scheduler.T_max == options["T_max"]:
@@ -86,6 +165,19 @@ def follow_horizon(scheduler: Any, options: dict[str, Any]) -> dict[str, Any] | 
         group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * progress
     change = {"epoch": scheduler.last_epoch + 1, "T_max": [old_T, scheduler.T_max],
               "lr": [old_lr, groups[0]["lr"]]}  # fmt: skip
+    _say_horizon(change)
+    return change
+
+
+def _warmup_horizon(scheduler: WarmupCosine, options: dict[str, Any]) -> dict[str, Any] | None:
+    old_T = scheduler.T_max
+    if old_T == options["T_max"]:
+        return None
+    old_lr = scheduler.optimizer.param_groups[0]["lr"]
+    scheduler.set_horizon(options["T_max"])
+    change = {"epoch": scheduler.last_epoch // scheduler.steps_per_epoch + 1,
+              "T_max": [old_T, options["T_max"]],
+              "lr": [old_lr, scheduler.optimizer.param_groups[0]["lr"]]}  # fmt: skip
     _say_horizon(change)
     return change
 

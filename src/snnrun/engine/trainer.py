@@ -12,6 +12,7 @@ returns join the record before the next callback sees it), ``on_fit_end`` howeve
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from snnrun.core.distributed import active
+from snnrun.core.errors import SnnrunError
 from snnrun.core.stop import check_stop
 from snnrun.engine.callback import Callback, FitContext
 from snnrun.engine.testing import LossStep, Totals, test_pass
@@ -47,16 +49,28 @@ class TrainState:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The values training itself needs (``T``, ``optimizer.clip_grad_norm``: the session
-    reads them from the config)."""
+    """The values training itself needs (``T``, ``optimizer.clip_grad_norm``,
+    ``accumulate_grad_batches``: the session reads them from the config)."""
 
     T: int  # time steps per sample
     clip_grad_norm: float | None = None  # max total gradient L2 norm (None: no clipping)
+    accumulate: int = 1  # batches whose gradients make one optimizer step
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> TrainSettings:
-        """From a run config: ``T`` and ``optimizer.clip_grad_norm``."""
-        return cls(config["T"], config["optimizer"].get("clip_grad_norm") or None)
+        """From a run config (a config from before ``accumulate_grad_batches`` steps every
+        batch)."""
+        k = config.get("accumulate_grad_batches", 1)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise SnnrunError(
+                f"accumulate_grad_batches must be a whole number >= 1, got {k!r}; set "
+                "accumulate_grad_batches=1 (no accumulation) or the batches per optimizer step"
+            )
+        return cls(config["T"], config["optimizer"].get("clip_grad_norm") or None, k)
+
+    def optimizer_steps(self, batches: int) -> int:
+        """Optimizer steps in an epoch of ``batches`` (a last, smaller group steps too)."""
+        return -(-batches // self.accumulate)
 
 
 class Trainer:
@@ -69,7 +83,8 @@ class Trainer:
         self.run, self.net = run, net
         self.eval_net = eval_net if eval_net is not None else net  # a compiled net has no bool()
         self.step = LossStep(run.device, run.encoder, run.loss, run.precision, settings.T)
-        self.clip = settings.clip_grad_norm
+        self.clip, self.accumulate = settings.clip_grad_norm, settings.accumulate
+        self.per_step = getattr(run.scheduler, "per_step", False) is True  # else once per epoch
         self.clipped = (
             [p for g in run.optimizer.param_groups for p in g["params"]] if self.clip else []
         )
@@ -130,7 +145,7 @@ class Trainer:
             }
             if run.device.type == "cuda":
                 record["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
-            if run.scheduler is not None:
+            if run.scheduler is not None and not self.per_step:
                 run.scheduler.step()
             state.epoch = epoch + 1
             state.history.append(record)
@@ -146,11 +161,19 @@ class Trainer:
         return self.step(self.net, x, y)
 
     def train_epoch(self, loader: DataLoader, fit: FitContext) -> dict[str, Any]:
+        """One pass over ``loader``; with ``accumulate_grad_batches`` k, each group of k batches
+        (the epoch's last group may be smaller) adds ``loss / group size`` per batch to the
+        gradients and makes one optimizer step: the step of one batch k times larger."""
         self.net.train()
         totals = Totals()
-        for x, y in loader:
+        k, batches = self.accumulate, len(loader)
+        for i, (x, y) in enumerate(loader):
             y = y.to(self.run.device, non_blocking=True)
-            loss, correct = self.train_step(x, y)
+            group = min(k, batches - i // k * k)
+            last = i % k == group - 1
+            loss, correct = self.train_step(x, y, first=i % k == 0, last=last, share=1 / group)
+            if self.per_step and last:
+                self.run.scheduler.step()
             totals.add(loss, correct, len(y))
             fit.state.global_step += 1
             for callback in self.callbacks:
@@ -158,16 +181,25 @@ class Trainer:
             check_stop(self.collective)
         return totals.summary()
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, loss = self.forward(x, y)
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, first: bool = True, last: bool = True,
+        share: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Forward and backward of one batch, adding the gradient of ``share x loss`` (the
+        gradients are zeroed when ``first``); the optimizer steps when ``last`` (DDP syncs the
+        gradients only then). Returns the batch's loss and its correct predictions."""
         optimizer, scaler = self.run.optimizer, self.run.precision.scaler
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
+        no_sync = getattr(self.net, "no_sync", None)
+        with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+            out, loss = self.forward(x, y)
+            if first:
+                optimizer.zero_grad(set_to_none=True)
+            part = loss if share == 1.0 else loss * share
+            (part if scaler is None else scaler.scale(part)).backward()
+        if last and scaler is None:
             self._clip_gradients()
             optimizer.step()
-        else:
-            scaler.scale(loss).backward()
+        elif last:
             if self.clip:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             self._clip_gradients()

@@ -30,6 +30,7 @@ from snnrun.engine.loss import RateLoss, build_loss
 from snnrun.engine.monitor import Monitor, build_monitors
 from snnrun.engine.optim import build_optimizer, build_scheduler
 from snnrun.engine.precision import Precision, build_precision
+from snnrun.engine.trainer import TrainSettings
 from snnrun.net.layers import walk_entries
 from snnrun.net.model import SpikingNetwork, build_model
 from snnrun.nir.graph import pin_files
@@ -162,14 +163,16 @@ def build_run(config: dict[str, Any], world: World | None = None) -> Run:
     optimizer = _built(
         config, "optimizer", build_optimizer, config["optimizer"], model.parameters()
     )
-    scheduler = _built(config, "scheduler", build_scheduler, config["scheduler"], optimizer)
+    batch, seed, workers = config["batch_size"], config["seed"], config["num_workers"]
+    train_loader = make_loader(splits.train, batch, True, seed, workers, world)
+    steps = TrainSettings.of(config).optimizer_steps(len(train_loader))
+    scheduler = _built(config, "scheduler", build_scheduler, config["scheduler"], optimizer, steps)
     logger = _built(config, "logger", build_logger, config["logger"])
     encoder = _built(config, "encoder", build_encoder, config["encoder"], splits.sequence)
     loss = _built(config, "loss", build_loss, config["loss"])
     monitors = _built(config, "monitor", build_monitors, config["monitor"], model)
     if world.rank:
         seed_everything(config["seed"] + world.rank)
-    batch, seed, workers = config["batch_size"], config["seed"], config["num_workers"]
     return Run(
         config=config,
         device=device,
@@ -182,7 +185,7 @@ def build_run(config: dict[str, Any], world: World | None = None) -> Run:
         encoder=encoder,
         loss=loss,
         monitors=monitors,
-        train_loader=make_loader(splits.train, batch, True, seed, workers, world),
+        train_loader=train_loader,
         test_loader=make_loader(splits.test, batch, False, seed, workers, world),
         val_loader=make_loader(splits.val, batch, False, seed, workers, world)
         if splits.val is not None
