@@ -263,6 +263,33 @@ def test_autoaugment_is_seeded_per_sample_and_leaves_global_rng_alone() -> None:
         build_augment({"autoaugment": True}, (1, 28, 28))
 
 
+def test_randaugment_equals_torchvisions_on_the_same_seed() -> None:
+    """``randaugment: 2, randaugment_magnitude: 9`` is torchvision's ``RandAugment(2, 9)`` on
+    the uint8 image, its draws from the generator the sample's seed gives."""
+    from torchvision.transforms import RandAugment
+
+    aug = build_augment({"randaugment": 2, "randaugment_magnitude": 9}, (3, 16, 16))
+    x = torch.randint(0, 256, (6, 3, 16, 16)).float() / 255
+    seeds = [sample_seed(3, 1, i) for i in range(6)]
+    got = aug(x, seeds)
+    for img, seed, out in zip(x, seeds, got):
+        inner = int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(seed)))
+        torch.manual_seed(inner)
+        pixels = img.mul(255).round().clamp(0, 255).to(torch.uint8)
+        assert torch.equal(out, RandAugment(2, 9)(pixels).float() / 255)
+    assert not torch.equal(got, x)
+    with pytest.raises(SnnrunError, match="randaugment_magnitude must be a whole number"):
+        build_augment({"randaugment": 1, "randaugment_magnitude": 31}, (3, 16, 16))
+
+
+def test_randaugment_trains_through_the_command(monkeypatch, tmp_path) -> None:
+    """On the grey digits (RandAugment takes one channel too)."""
+    train_in_process(monkeypatch, *TINY, "augment=cifar", "augment.crop_padding=0",
+                     "augment.randaugment=1", f"hydra.run.dir={tmp_path}")  # fmt: skip
+    (record,) = read_metrics(tmp_path)
+    assert record["train_loss"] > 0
+
+
 def epoch_batches(splits, seed: int, epoch: int, workers: int = 0, world: World | None = None):
     loader = make_loader(splits.train, 16, True, seed, workers, world)
     loader.batch_sampler.set_epoch(epoch)
@@ -304,7 +331,8 @@ def test_augment_reaches_static_datasets_only_through_the_dataset_config() -> No
     conf = OmegaConf.to_container(compose(["dataset=cifar10", "augment=cifar"]), resolve=True)
     assert conf["dataset"]["augment"] == conf["augment"]
     assert conf["augment"] == {"name": "cifar", "crop_padding": 4, "flip": True,
-                               "autoaugment": False, "cutout": 0}  # fmt: skip
+                               "autoaugment": False, "randaugment": 0,
+                               "randaugment_magnitude": 9, "cutout": 0}  # fmt: skip
     strong = OmegaConf.to_container(compose(["augment=cifar_autoaugment"]), resolve=True)
     assert strong["augment"]["autoaugment"] and strong["augment"]["cutout"] == 16
     assert build_augment(compose([])["augment"], (3, 32, 32)) is None  # augment=none: off

@@ -7,6 +7,9 @@ Steps, in the order of the CIFAR recipes (DeVries & Taylor 2017; Cubuk et al. 20
   ``(i, j)`` uniform in ``[0, 2p]^2`` (torchvision's ``RandomCrop(H, padding=p)``).
 - ``flip``: mirror left-right with probability 1/2.
 - ``autoaugment``: torchvision's ``AutoAugment`` with its CIFAR10 policy, on the image as uint8.
+- ``randaugment: n`` (and ``randaugment_magnitude: m``, 9): torchvision's ``RandAugment`` with
+  ``n`` operations of magnitude ``m`` (timm's ``rand-m9-n1`` is ``n`` 1, ``m`` 9; timm's
+  magnitude noise ``mstd`` has no torchvision counterpart), on the image as uint8.
 - ``cutout: L``: one ``L x L`` square (clipped at the border) centred uniformly in the image is
   set to the dataset's mean colour, 0 after normalisation, as Cutout sets it (16 on CIFAR-10,
   8 on CIFAR-100 in the paper).
@@ -37,7 +40,15 @@ from snnrun.core import protocols
 from snnrun.core.errors import SnnrunError
 from snnrun.core.plugin import TARGET, has_target, import_target, instantiate_target, takes
 
-KEYS = ("name", "crop_padding", "flip", "autoaugment", "cutout")
+KEYS = (
+    "name",
+    "crop_padding",
+    "flip",
+    "autoaugment",
+    "randaugment",
+    "randaugment_magnitude",
+    "cutout",
+)
 Step = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 _MASK = (1 << 64) - 1
 
@@ -65,9 +76,9 @@ def flip(img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return img.flip(-1) if torch.rand((), generator=g) < 0.5 else img
 
 
-def autoaugment(img: torch.Tensor, g: torch.Generator, policy: Any) -> torch.Tensor:
-    """torchvision's AutoAugment ``policy`` on ``round(255 x)``; its draws come from the CPU
-    generator, seeded here from ``g`` and restored afterwards."""
+def torchvision_policy(img: torch.Tensor, g: torch.Generator, policy: Any) -> torch.Tensor:
+    """torchvision's ``policy`` (AutoAugment, RandAugment) on ``round(255 x)``; its draws come
+    from the CPU generator, seeded here from ``g`` and restored afterwards."""
     pixels = img.mul(255).round_().clamp_(0, 255).to(torch.uint8)
     inner = int(torch.randint(0, 2**62, (), generator=g))
     with torch.random.fork_rng(devices=[]):
@@ -120,7 +131,8 @@ def build_augment(
         raise SnnrunError(f"unknown augment key(s) {unknown}; known: {', '.join(KEYS[1:])}")
     padding, length = _count(options, "crop_padding"), _count(options, "cutout")
     flips, auto = bool(options.get("flip")), bool(options.get("autoaugment"))
-    if not (padding or length or flips or auto):
+    rand_ops = _count(options, "randaugment")
+    if not (padding or length or flips or auto or rand_ops):
         return None
     if len(shape) != 3:
         raise SnnrunError(f"augment={options.get('name')} needs images [C, H, W]; this dataset's "
@@ -133,7 +145,16 @@ def build_augment(
     if auto:
         from torchvision.transforms import AutoAugment, AutoAugmentPolicy
 
-        steps.append(partial(autoaugment, policy=AutoAugment(AutoAugmentPolicy.CIFAR10)))
+        steps.append(partial(torchvision_policy, policy=AutoAugment(AutoAugmentPolicy.CIFAR10)))
+    if rand_ops:
+        from torchvision.transforms import RandAugment
+
+        magnitude = options.get("randaugment_magnitude", 9)
+        if isinstance(magnitude, bool) or not isinstance(magnitude, int) or not 0 <= magnitude < 31:
+            raise SnnrunError(f"augment.randaugment_magnitude must be a whole number in [0, 30], "
+                              f"got {magnitude!r}")  # fmt: skip
+        policy = RandAugment(num_ops=rand_ops, magnitude=magnitude)
+        steps.append(partial(torchvision_policy, policy=policy))
     if length:
         fill = torch.tensor(list(mean) if mean is not None else [0.0] * shape[0])
         steps.append(partial(cutout, length=length, fill=fill.view(-1, 1, 1)))

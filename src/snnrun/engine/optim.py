@@ -115,9 +115,12 @@ def _none(optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     return None
 
 
-def build_optimizer(options: dict[str, Any], params: Iterable[torch.nn.Parameter]):
-    """The optimizer; ``clip_grad_norm`` is the trainer's (checked here: positive or null)."""
-    options = dict(options)
+def build_optimizer(
+    options: dict[str, Any], params: Iterable[torch.nn.Parameter], total_batch: int = 1
+):
+    """The optimizer; ``clip_grad_norm`` is the trainer's (checked here: positive or null);
+    ``lr`` scaled to ``total_batch`` when ``lr_base_size`` is set (:func:`scaled_lr`)."""
+    options = scaled_lr(options, total_batch)
     name = options.pop("name", None)
     clip = options.pop("clip_grad_norm", None)
     if clip is not None and (
@@ -130,6 +133,24 @@ def build_optimizer(options: dict[str, Any], params: Iterable[torch.nn.Parameter
         built = instantiate_target(options, "optimizer", params)
         return protocols.check("optimizer", built, options["_target_"])
     return OPTIMIZERS.get(name)(params, **options)
+
+
+def scaled_lr(options: dict[str, Any], total_batch: int) -> dict[str, Any]:
+    """The options with ``lr`` for the run's total batch ``B`` (``batch_size x
+    accumulate_grad_batches``) when ``lr_base_size`` says for which batch it is given:
+    ``lr B / lr_base_size`` (``lr_base_scale: linear``) or ``lr sqrt(B / lr_base_size)``
+    (``sqrt``, timm's rule for adaptive optimizers); both keys removed."""
+    options = dict(options)
+    size, scale = options.pop("lr_base_size", None), options.pop("lr_base_scale", "linear")
+    if size is None:
+        return options
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"lr_base_size must be a whole number of samples or null, got {size!r}")
+    if scale not in ("linear", "sqrt"):
+        raise ValueError(f"lr_base_scale must be linear or sqrt, got {scale!r}")
+    ratio = total_batch / size
+    options["lr"] = options["lr"] * (ratio if scale == "linear" else math.sqrt(ratio))
+    return options
 
 
 def build_scheduler(

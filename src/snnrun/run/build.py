@@ -160,12 +160,14 @@ def build_run(config: dict[str, Any], world: World | None = None) -> Run:
         config["model"], neuron_groups(config), splits.sample_shape, splits.num_classes
     )
     place(model, device)
+    settings = TrainSettings.of(config)
+    total_batch = config["batch_size"] * settings.accumulate
     optimizer = _built(
-        config, "optimizer", build_optimizer, config["optimizer"], model.parameters()
+        config, "optimizer", build_optimizer, config["optimizer"], model.parameters(), total_batch
     )
     batch, seed, workers = config["batch_size"], config["seed"], config["num_workers"]
     train_loader = make_loader(splits.train, batch, True, seed, workers, world)
-    steps = TrainSettings.of(config).optimizer_steps(len(train_loader))
+    steps = settings.optimizer_steps(len(train_loader))
     scheduler = _built(config, "scheduler", build_scheduler, config["scheduler"], optimizer, steps)
     logger = _built(config, "logger", build_logger, config["logger"])
     encoder = _built(config, "encoder", build_encoder, config["encoder"], splits.sequence)
