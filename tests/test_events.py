@@ -22,7 +22,6 @@ from snnrun.core.stop import Stopped, graceful_stop
 from snnrun.data.dataset import DatasetError, build_splits, make_loader
 from snnrun.data.encoder import build_encoder
 from snnrun.data.events import frames
-from snnrun.data.events.augment import build_augment
 from snnrun.data.events.cache import FOLDER
 from snnrun.data.events.readers import EVENT, Recording, events, read_aedat3
 
@@ -584,25 +583,6 @@ def test_encoder_none_transposes_and_mismatches_are_one_line() -> None:
     with pytest.raises(SnnrunError, match="encoder=direct or poisson"):
         build_encoder({"name": "none"}, sequence=False)
     build_encoder({"name": "direct"})  # unchecked when the dataset kind is not given
-
-
-def test_augmentations() -> None:
-    assert build_augment({}, (2, 8, 8)) is None
-    torch.manual_seed(0)
-    x = torch.randint(0, 5, (64, 3, 2, 8, 8)).float()
-    flipped = build_augment({"flip": True}, (2, 8, 8))(x.clone())
-    same = [torch.equal(a, b) for a, b in zip(flipped, x)]
-    mirrored = [torch.equal(a, b.flip(-1)) for a, b in zip(flipped, x)]
-    assert all(s or m for s, m in zip(same, mirrored)) and 10 < sum(mirrored) < 54
-    cropped = build_augment({"crop_padding": 2}, (2, 8, 8))(x.clone())
-    assert cropped.shape == x.shape and cropped.sum() <= x.sum()
-    dropped = build_augment({"event_drop": 0.25}, (2, 8, 8))(x.clone())
-    assert (dropped <= x).all() and abs(dropped.sum() / x.sum() - 0.75) < 0.02
-    assert build_augment({"event_drop": 0.5}, (700,)) is not None
-    with pytest.raises(SnnrunError, match="frames"):
-        build_augment({"flip": True}, (700,))
-    with pytest.raises(SnnrunError, match="known"):
-        build_augment({"rotate": 1}, (2, 8, 8))
 
 
 def test_augmentation_applies_to_training_batches_only(tmp_path: Path) -> None:

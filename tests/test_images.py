@@ -282,10 +282,46 @@ def test_randaugment_equals_torchvisions_on_the_same_seed() -> None:
         build_augment({"randaugment": 1, "randaugment_magnitude": 31}, (3, 16, 16))
 
 
+def test_random_erasing_is_torchvisions_box_with_noise_normalised_to_n01() -> None:
+    """``random_erasing: 1`` (always): torchvision's ``RandomErasing.get_params`` rectangle on
+    the sample's seeded draws, holding ``mean + std z``: after normalisation ``z``, torchvision's
+    noise; ``const``: the mean colour; 0.5: about half the images."""
+    from torchvision.transforms import RandomErasing
+
+    mean, std = (0.2, 0.4, 0.6), (0.5, 0.25, 0.1)
+    aug = build_augment({"random_erasing": 1.0}, (3, 20, 20), mean, std)
+    x = torch.rand(8, 3, 20, 20)
+    seeds = [sample_seed(5, 2, i) for i in range(8)]
+    got = aug(x, seeds)
+    m, s = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+    for img, seed, out in zip(x, seeds, got):
+        g = torch.Generator().manual_seed(seed)
+        assert float(torch.rand((), generator=g)) < 1.0
+        torch.manual_seed(int(torch.randint(0, 2**62, (), generator=g)))
+        i, j, h, w, z = RandomErasing.get_params(img, (0.02, 1 / 3), (0.3, 1 / 0.3), value=None)
+        expected = img.clone()
+        expected[:, i : i + h, j : j + w] = m + s * z
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(((out - m) / s)[:, i : i + h, j : j + w], z)
+    const = build_augment({"random_erasing": 1.0, "random_erasing_mode": "const"}, (3, 20, 20),
+                          mean, std)(x, seeds)  # fmt: skip
+    changed = const != x
+    assert changed.any() and torch.equal(const[changed], m.expand_as(x)[changed])
+    half = build_augment({"random_erasing": 0.5}, (3, 20, 20), mean, std)
+    many = torch.rand(200, 3, 20, 20)
+    erased = (half(many, [sample_seed(1, 0, i) for i in range(200)]) != many).flatten(1).any(1)
+    assert 70 < int(erased.sum()) < 130
+    with pytest.raises(SnnrunError, match="random_erasing must be a probability"):
+        build_augment({"random_erasing": 1.5}, (3, 8, 8))
+    with pytest.raises(SnnrunError, match="random_erasing_mode must be pixel"):
+        build_augment({"random_erasing": 0.5, "random_erasing_mode": "rand"}, (3, 8, 8))
+
+
 def test_randaugment_trains_through_the_command(monkeypatch, tmp_path) -> None:
-    """On the grey digits (RandAugment takes one channel too)."""
+    """On the grey digits (RandAugment takes one channel too), with random erasing."""
     train_in_process(monkeypatch, *TINY, "augment=cifar", "augment.crop_padding=0",
-                     "augment.randaugment=1", f"hydra.run.dir={tmp_path}")  # fmt: skip
+                     "augment.randaugment=1", "augment.random_erasing=0.25",
+                     f"hydra.run.dir={tmp_path}")  # fmt: skip
     (record,) = read_metrics(tmp_path)
     assert record["train_loss"] > 0
 
@@ -332,7 +368,8 @@ def test_augment_reaches_static_datasets_only_through_the_dataset_config() -> No
     assert conf["dataset"]["augment"] == conf["augment"]
     assert conf["augment"] == {"name": "cifar", "crop_padding": 4, "flip": True,
                                "autoaugment": False, "randaugment": 0,
-                               "randaugment_magnitude": 9, "cutout": 0}  # fmt: skip
+                               "randaugment_magnitude": 9, "cutout": 0, "random_erasing": 0.0,
+                               "random_erasing_mode": "pixel"}  # fmt: skip
     strong = OmegaConf.to_container(compose(["augment=cifar_autoaugment"]), resolve=True)
     assert strong["augment"]["autoaugment"] and strong["augment"]["cutout"] == 16
     assert build_augment(compose([])["augment"], (3, 32, 32)) is None  # augment=none: off

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from snnrun.engine.optim import WarmupCosine, build_scheduler
+from snnrun.run.checkpoint import load_checkpoint
 
 from conftest import (
     TINY,
@@ -105,9 +106,20 @@ def test_bad_cooldown_is_one_line(monkeypatch, capsys, tmp_path: Path) -> None:
     assert_one_line_error(code, err, "0 <= cooldown_epochs < T_max=3")
 
 
-def test_a_killed_run_with_warmup_resumes_exactly(tmp_path: Path) -> None:
-    """SIGKILL mid-run, resume: every record (its lr too) equals an unbroken run's."""
+def test_a_killed_run_with_warmup_mixup_and_ema_resumes_exactly(tmp_path: Path) -> None:
+    """SIGKILL mid-run, resume, with warmup and cooldown, mixup and CutMix, the weights'
+    average, crop, flip and random erasing: every record (its lr too) equals an unbroken
+    run's, and so do the final live and averaged weights."""
     args = [*FC, "epochs=10", "scheduler=cosine", "scheduler.warmup_epochs=2",
-            "scheduler.cooldown_epochs=2", "optimizer.lr=0.01"]  # fmt: skip
-    _, expected = killed_and_resumed(args, tmp_path, 10)
+            "scheduler.cooldown_epochs=2", "optimizer.lr=0.01", "mixup.alpha=0.8",
+            "mixup.cutmix_alpha=1.0", "mixup.off_epoch=8", "ema.decay=0.9", "augment=cifar",
+            "augment.random_erasing=0.25"]  # fmt: skip
+    killed, expected = killed_and_resumed(args, tmp_path, 10)
     assert expected[0]["lr"] == 1e-5 and expected[-1]["lr"] == 0.0
+    whole, resumed = (
+        load_checkpoint(d / "checkpoint_latest.pt") for d in (tmp_path / "whole", killed)
+    )
+    for name, tensor in whole["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
+    for name, tensor in whole["callbacks"]["ema"]["weights"].items():
+        assert torch.equal(resumed["callbacks"]["ema"]["weights"][name], tensor), name

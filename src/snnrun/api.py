@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from snnrun.engine.ema import evaluated_weights
 from snnrun.net.model import SpikingNetwork, build_model
 from snnrun.run.rundir import RunDir, find_run_dir
 
@@ -71,7 +72,7 @@ def load_run(
     payload = rundir.load_checkpoint(which)
     config = payload["config"]
     model = build_network(config, payload["data"])
-    model.load_state_dict(payload["model"])
+    model.load_state_dict(evaluated_weights(payload))
     model.to(device).eval()
     return LoadedRun(
         rundir=rundir,

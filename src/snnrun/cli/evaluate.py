@@ -149,6 +149,7 @@ def evaluate(opts: EvalOptions) -> Evaluation:
     from snnrun.api import build_network
     from snnrun.data.dataset import build_splits, make_loader
     from snnrun.data.encoder import build_encoder
+    from snnrun.engine.ema import evaluated_weights
     from snnrun.engine.loss import build_loss
     from snnrun.engine.monitor import build_monitors
     from snnrun.engine.precision import build_precision
@@ -167,7 +168,7 @@ def evaluate(opts: EvalOptions) -> Evaluation:
     _same_shape(payload["data"], _sample_shape(dataset, splits), splits.num_classes, config)
     model = build_network(config, payload["data"])
     try:
-        model.load_state_dict(payload["model"])
+        model.load_state_dict(evaluated_weights(payload))
     except RuntimeError as e:
         raise SnnrunError(
             f"the checkpoint's weights do not fit the network these overrides build: "

@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 @runtime_checkable
 class Loss(Protocol):
     """``loss(out [T, N, classes], y [N]) -> scalar tensor``; ``out`` is the network's output
-    spikes (or what your readout makes). An optional ``predict(out) -> [N]`` picks each
+    spikes (or what your readout makes); with mixup or cutmix on (``mixup``), ``y`` is soft
+    targets ``[N, classes]`` (rows summing to 1; ``snnrun.engine.loss.targets`` makes one-hot
+    rows of labels). An optional ``predict(out) -> [N]`` picks each
     sample's class for the accuracy; without it, the argmax of the mean over T. The first
     call's result is checked (a 0-dim tensor; ``predict``: ``[N]``); a loss that is an
     ``nn.Module`` is moved to the output's device."""
@@ -95,7 +97,8 @@ class Scheduler(Protocol):
 
 @runtime_checkable
 class Augment(Protocol):
-    """``augment(x [N, C, H, W], seeds [N]) -> [N, C, H, W]`` on training images; draw each
+    """``augment(x [N, C, H, W], seeds [N]) -> [N, C, H, W]`` on training images (the event
+    augment takes ``[N, T, ...]`` alike); draw each
     sample's randomness from ``torch.Generator().manual_seed(seeds[i])`` (seeded by run seed,
     epoch and sample index), so a resumed run draws what an unbroken one does. It must pickle
     (loader workers)."""

@@ -13,12 +13,17 @@ Steps, in the order of the CIFAR recipes (DeVries & Taylor 2017; Cubuk et al. 20
 - ``cutout: L``: one ``L x L`` square (clipped at the border) centred uniformly in the image is
   set to the dataset's mean colour, 0 after normalisation, as Cutout sets it (16 on CIFAR-10,
   8 on CIFAR-100 in the paper).
+- ``random_erasing: p``: with probability ``p`` one rectangle of area ``U(0.02, 1/3) H W`` and
+  aspect ``exp U(log 0.3, log 1/0.3)`` (10 tries to fit) is erased (Zhong et al. 2020; timm's
+  ``RandomErasing``, torchvision's draws): ``random_erasing_mode: pixel`` fills it with noise
+  that is ``N(0, 1)`` per pixel after normalisation (timm's ``remode pixel``), ``const`` with
+  the mean colour (0 after it). Last, as timm erases after normalising.
 
 Every sample draws from its own generator, seeded with :func:`sample_seed` ``(seed, epoch, i)``
 (``i``: its index in the split): the draws depend on nothing else, so two runs of one seed, a
 resumed run and an unbroken one, any ``num_workers`` and any number of ranks see the same
-images; torch's global generators are never touched. Mixup is absent: the losses
-(:mod:`snnrun.engine.loss`) take class indices, not soft targets.
+images; torch's global generators are never touched. Mixup and CutMix mix whole batches:
+the ``mixup`` section (:mod:`snnrun.engine.mixup`).
 
 ``augment._target_=my_pkg.MyAugment`` builds the user's augment instead, with the group's other
 keys (but ``name``) as its arguments (the built-in's keys, ``crop_padding``... of the group the
@@ -48,6 +53,8 @@ KEYS = (
     "randaugment",
     "randaugment_magnitude",
     "cutout",
+    "random_erasing",
+    "random_erasing_mode",
 )
 Step = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 _MASK = (1 << 64) - 1
@@ -97,6 +104,25 @@ def cutout(img: torch.Tensor, g: torch.Generator, length: int, fill: torch.Tenso
     return img
 
 
+def random_erasing(img: torch.Tensor, g: torch.Generator, p: float, mean: torch.Tensor,
+                   std: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """Erase one rectangle with probability ``p`` (the module docstring), with ``mean + std z``
+    (``z ~ N(0, 1)`` per pixel; ``std`` None: the mean colour)."""
+    if float(torch.rand((), generator=g)) >= p:
+        return img
+    from torchvision.transforms import RandomErasing
+
+    inner = int(torch.randint(0, 2**62, (), generator=g))
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(inner)
+        i, j, h, w, z = RandomErasing.get_params(img, (0.02, 1 / 3), (0.3, 1 / 0.3), value=None)
+    if h == img.shape[-2] and w == img.shape[-1]:  # no rectangle fitted: torchvision's "no erase"
+        return img
+    img = img.clone()
+    img[..., i : i + h, j : j + w] = mean if std is None else mean + std * z
+    return img
+
+
 class ImageAugment:
     """The enabled steps, applied per sample: ``augment(x [N, C, H, W], seeds [N]) -> x'``
     (picklable, for loader workers started by spawn)."""
@@ -115,11 +141,14 @@ class ImageAugment:
 
 
 def build_augment(
-    options: dict[str, Any] | None, shape: tuple[int, ...], mean: Sequence[float] | None = None
+    options: dict[str, Any] | None,
+    shape: tuple[int, ...],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> protocols.Augment | None:
     """The ``augment`` group's steps for samples ``shape`` (``[C, H, W]``); None when all are
-    off. ``mean``: the dataset's normalisation mean, Cutout's fill (0 without one). With
-    ``_target_``: the user's augment, checked against the protocol."""
+    off. ``mean`` / ``std``: the dataset's normalisation (Cutout's fill, erasing's noise; 0 / 1
+    without one). With ``_target_``: the user's augment, checked against the protocol."""
     if has_target(options):
         target = options[TARGET]
         built = import_target(target, "augment")
@@ -132,7 +161,8 @@ def build_augment(
     padding, length = _count(options, "crop_padding"), _count(options, "cutout")
     flips, auto = bool(options.get("flip")), bool(options.get("autoaugment"))
     rand_ops = _count(options, "randaugment")
-    if not (padding or length or flips or auto or rand_ops):
+    erasing = _probability(options, "random_erasing")
+    if not (padding or length or flips or auto or rand_ops or erasing):
         return None
     if len(shape) != 3:
         raise SnnrunError(f"augment={options.get('name')} needs images [C, H, W]; this dataset's "
@@ -155,10 +185,25 @@ def build_augment(
                               f"got {magnitude!r}")  # fmt: skip
         policy = RandAugment(num_ops=rand_ops, magnitude=magnitude)
         steps.append(partial(torchvision_policy, policy=policy))
+    fill = torch.tensor(list(mean) if mean is not None else [0.0] * shape[0]).view(-1, 1, 1)
     if length:
-        fill = torch.tensor(list(mean) if mean is not None else [0.0] * shape[0])
-        steps.append(partial(cutout, length=length, fill=fill.view(-1, 1, 1)))
+        steps.append(partial(cutout, length=length, fill=fill))
+    if erasing:
+        mode = options.get("random_erasing_mode", "pixel")
+        if mode not in ("pixel", "const"):
+            raise SnnrunError(f"augment.random_erasing_mode must be pixel (noise) or const (the "
+                              f"mean colour), got {mode!r}")  # fmt: skip
+        scale = torch.tensor(list(std) if std is not None else [1.0] * shape[0]).view(-1, 1, 1)
+        steps.append(partial(random_erasing, p=erasing, mean=fill,
+                             std=scale if mode == "pixel" else None))  # fmt: skip
     return ImageAugment(steps)
+
+
+def _probability(options: dict[str, Any], key: str) -> float:
+    value = options.get(key) or 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise SnnrunError(f"augment.{key} must be a probability in [0, 1] (0: off), got {value!r}")
+    return float(value)
 
 
 def _count(options: dict[str, Any], key: str) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import gzip
 import math
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -64,17 +64,6 @@ class Batch(list):
 
 
 Transform = protocols.Augment  # transform(x [N, ...], seeds [N]) -> [N, ...]
-
-
-class Unkeyed:
-    """An event dataset's augment ``f(x)`` (:mod:`snnrun.data.events.augment`, which draws from
-    torch's generator) as a :data:`Transform`: the seeds go unused."""
-
-    def __init__(self, augment: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        self.augment = augment
-
-    def __call__(self, x: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        return self.augment(x)
 
 
 class SampleSet(Dataset):
@@ -292,13 +281,12 @@ def build_splits(options: dict[str, Any]) -> Splits:
         splits.class_names = splits.class_names or CLASS_NAMES.get(options["name"])
     splits.train = splits.train.head(options.get("train_limit"))
     splits.test = splits.test.head(options.get("test_limit"))
-    if splits.sequence:  # an event dataset's builder reads its own dataset.augment
-        if splits.train.transform is not None:
-            splits.train.transform = Unkeyed(splits.train.transform)
-    else:
+    if not splits.sequence:  # an event dataset's builder reads its own dataset.augment
         norm = splits.train.normalize
-        mean = norm.mean if norm is not None else None
-        splits.train.transform = build_augment(options.get("augment"), splits.sample_shape, mean)
+        mean, std = (norm.mean, norm.std) if norm is not None else (None, None)
+        splits.train.transform = build_augment(
+            options.get("augment"), splits.sample_shape, mean, std
+        )
     if fraction:
         if splits.val is not None:
             raise DatasetError(f"dataset: {options[TARGET]} has a validation split of its own; "

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 HOOKS = ("on_fit_start", "on_train_batch_end", "on_epoch_end", "on_checkpoint", "on_fit_end",
          "state_dict", "load_state_dict")  # fmt: skip
+# hooks a callback that is no Callback subclass may lack (added after the first ones)
+OPTIONAL_HOOKS = ("on_train_batch_start", "on_evaluate_start", "on_evaluate_end")
 
 
 class Callback:
@@ -43,10 +45,16 @@ class Callback:
     ``Path``) and ``run.epochs`` (the epochs planned).
 
     - ``on_fit_start(run)``: before the first epoch (also of a resume).
-    - ``on_train_batch_end(run, batch, loss)``: after each optimizer step; ``batch`` is
-      ``(x, y)`` as the loader gives them (``x [N, ...]`` on the CPU, ``y [N]`` on the device),
-      ``loss`` the detached scalar tensor on the device (``.item()`` waits for the device: do
-      it every few steps, not every step).
+    - ``on_train_batch_start(run, batch) -> (x, y) | None``: before each training batch's
+      forward; ``batch`` is ``(x, y)`` as the loader gives them (``x [N, ...]`` on the CPU,
+      ``y [N]`` on the device). Return a changed batch to train on it instead (mixup returns
+      mixed inputs and soft targets ``y [N, classes]``: every built-in loss takes them).
+    - ``on_train_batch_end(run, batch, loss)``: after each training batch (``run.stepped``:
+      whether the optimizer stepped on it; with ``accumulate_grad_batches`` k, every k-th);
+      ``batch`` is the batch trained on, ``loss`` the detached scalar tensor on the device
+      (``.item()`` waits for the device: do it every few steps, not every step).
+    - ``on_evaluate_start(run)`` / ``on_evaluate_end(run)``: around each epoch's validation
+      and test passes (the EMA swaps its averaged weights in and back out).
     - ``on_epoch_end(run, record) -> dict | None``: after the test pass, on the epoch's
       record (``epoch`` 0-based, ``train_loss``, ``test_acc`` ...; ``run.state.epoch`` already
       counts this epoch). The keys returned join the record: ``metrics.jsonl``, every logger,
@@ -63,9 +71,18 @@ class Callback:
 
     def on_fit_start(self, run: FitContext) -> None: ...
 
+    def on_train_batch_start(
+        self, run: FitContext, batch: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None
+
     def on_train_batch_end(
         self, run: FitContext, batch: tuple[torch.Tensor, torch.Tensor], loss: torch.Tensor
     ) -> None: ...
+
+    def on_evaluate_start(self, run: FitContext) -> None: ...
+
+    def on_evaluate_end(self, run: FitContext) -> None: ...
 
     def on_epoch_end(self, run: FitContext, record: dict[str, Any]) -> dict[str, Any] | None:
         return None
@@ -82,14 +99,16 @@ class Callback:
 
 class FitContext:
     """What the hooks get as ``run``: the built :class:`~snnrun.run.build.Run` (its attributes
-    read through), ``state``, ``dir``, ``epochs`` and ``added`` (the keys the callbacks
-    returned for the current record, for the console line); :meth:`checkpoint_written` tells every
-    callback of a checkpoint file (called by whichever callback wrote it)."""
+    read through), ``state``, ``dir``, ``epochs``, ``stepped`` (whether the optimizer stepped on
+    the last training batch) and ``added`` (the keys the callbacks returned for the current
+    record, for the console line); :meth:`checkpoint_written` tells every callback of a
+    checkpoint file (called by whichever callback wrote it)."""
 
     def __init__(self, built: Run, state: TrainState, directory: Path | None, epochs: int,
                  callbacks: list[Callback]) -> None:  # fmt: skip
         self.built, self.state, self.dir, self.epochs = built, state, directory, epochs
         self.callbacks = callbacks
+        self.stepped = False
         self.added: dict[str, Any] = {}  # the keys the callbacks added to this epoch's record
 
     def __getattr__(self, name: str) -> Any:

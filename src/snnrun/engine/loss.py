@@ -17,6 +17,9 @@ also says which class it predicts. Every loss here is written as a user's is (a 
   2021); each predicts the argmax of the same.
 
 Every cross-entropy takes ``label_smoothing`` (torch's: the target is ``(1 - e) onehot + e/K``).
+Every loss takes soft targets ``y [N, classes]`` (mixup's, :mod:`snnrun.engine.mixup`) where
+it takes labels ``y [N]``: the one-hot rows become those rows (smoothed as a one-hot row is;
+with mixup this is timm's smoothing of the mixed targets).
 Prediction is otherwise the argmax of the firing rate (equivalently, of the spike count):
 :func:`rate_predict`, also the default of a user's loss (``_target_``) without ``predict``.
 """
@@ -31,6 +34,12 @@ import torch.nn.functional as F
 from snnrun.core import protocols
 from snnrun.core.plugin import PluginError, has_target, instantiate_target
 from snnrun.core.registry import Registry
+from snnrun.engine.rate_reg import RateRegularizer, build_rate_reg
+
+
+def targets(y: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """Labels ``y [N]`` as one-hot rows ``[N, classes]``; soft targets as they are."""
+    return F.one_hot(y, classes).to(dtype) if y.dim() == 1 else y.to(dtype)
 
 
 def rate_predict(out: torch.Tensor) -> torch.Tensor:
@@ -55,23 +64,23 @@ LOSSES: Registry[type[RateLoss]] = Registry("loss")
 class MSERate(RateLoss):
     def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         rate = out.float().mean(0)
-        return F.mse_loss(rate, F.one_hot(y, rate.shape[-1]).to(rate.dtype))
+        return F.mse_loss(rate, targets(y, rate.shape[-1], rate.dtype))
 
 
 @LOSSES.register("mse_count")
 class MSECount(RateLoss):
     """snnTorch's ``mse_count_loss``: ``mean((C - C*)^2) / T`` with the spike counts
     ``C = sum_t O[t]`` and the whole-spike targets ``C* = int(T correct_rate)`` (the label),
-    ``int(T incorrect_rate)`` (the other classes), as snnTorch rounds them."""
+    ``int(T incorrect_rate)`` (the other classes), as snnTorch rounds them; a soft target row
+    ``p`` asks for ``off + (on - off) p``."""
 
     def __init__(self, correct_rate: float = 1.0, incorrect_rate: float = 0.0) -> None:
         self.correct_rate, self.incorrect_rate = float(correct_rate), float(incorrect_rate)
 
     def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         steps, count = out.shape[0], out.float().sum(0)
-        hot = F.one_hot(y, count.shape[-1]).bool()
         on, off = float(int(steps * self.correct_rate)), float(int(steps * self.incorrect_rate))
-        target = torch.where(hot, on, off)
+        target = off + (on - off) * targets(y, count.shape[-1], count.dtype)
         return F.mse_loss(count, target) / steps
 
 
@@ -88,12 +97,15 @@ class CrossEntropy(RateLoss):
         self.label_smoothing = smoothing
 
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of ``logits [N, classes]`` against ``y [N]``, smoothed."""
+        """Cross-entropy of ``logits [N, classes]`` against ``y [N]`` (or soft ``[N, classes]``),
+        smoothed."""
+        y = y if y.dim() == 1 else y.to(logits.dtype)
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
     def per_step(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``1/T sum_t CE(O[t], y)`` (one call over ``[T*N, classes]``: the same mean)."""
-        return self.ce(out.float().flatten(0, 1), y.repeat(out.shape[0]))
+        steps = y.repeat(out.shape[0], *(1,) * (y.dim() - 1))
+        return self.ce(out.float().flatten(0, 1), steps)
 
 
 @LOSSES.register("ce_rate")
@@ -193,12 +205,34 @@ class UserLoss(RateLoss):
         return classes
 
 
-def build_loss(options: dict[str, Any]) -> RateLoss:
+def build_loss(options: dict[str, Any], model: torch.nn.Module | None = None) -> RateLoss:
     """The registered loss ``options['name']``, or the user's (``_target_``; ``name`` is then a
-    label) held to the loss protocol."""
+    label) held to the loss protocol; with ``model`` (training), plus ``rate_reg``'s penalty
+    on its spikes (:mod:`snnrun.engine.rate_reg`) when that is on."""
+    options = dict(options)
+    regularizer = build_rate_reg(options.pop("rate_reg", None))
     if has_target(options):
         target = options["_target_"]
-        loss = protocols.check("loss", instantiate_target(options, "loss"), target)
-        return UserLoss(loss, target)
-    options = dict(options)
-    return LOSSES.get(options.pop("name"))(**options)
+        loss: RateLoss = UserLoss(
+            protocols.check("loss", instantiate_target(options, "loss"), target), target
+        )
+    else:
+        loss = LOSSES.get(options.pop("name"))(**options)
+    if regularizer is None or model is None:
+        return loss
+    regularizer.attach(model)
+    return Regularized(loss, regularizer)
+
+
+class Regularized(RateLoss):
+    """A loss plus a regulariser's ``penalty()`` of the last forward; ``predict`` is the
+    loss's."""
+
+    def __init__(self, loss: RateLoss, regularizer: RateRegularizer) -> None:
+        self.loss, self.regularizer = loss, regularizer
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(out, y) + self.regularizer.penalty()
+
+    def predict(self, out: torch.Tensor) -> torch.Tensor:
+        return self.loss.predict(out)

@@ -67,7 +67,7 @@ class Monitor:
 MONITORS: Registry[type[Monitor]] = Registry("monitor counter")
 
 
-def _neurons(model: nn.Module) -> list[tuple[str, SpikingNeuron]]:
+def neuron_layers(model: nn.Module) -> list[tuple[str, SpikingNeuron]]:
     """``(label, layer)`` of every neuron at any depth: ``L3``, ``L4.body.2``..."""
     if isinstance(model, SpikingNetwork):
         return model.neurons()
@@ -83,7 +83,7 @@ class FiringRates(Monitor):
     ) -> None:
         super().__init__()
         self.model = model
-        self.neurons = _neurons(model)
+        self.neurons = neuron_layers(model)
         self.silent_below, self.saturated_above = silent_below, saturated_above
         self.spikes: dict[str, torch.Tensor | float] = {}
         self.count: dict[str, int] = {}

@@ -123,10 +123,7 @@ class Trainer:
                 if loader is not None:
                     loader.batch_sampler.set_epoch(epoch)
             train = self.train_epoch(run.train_loader, fit)
-            val = (test_pass(self.eval_net, run.val_loader, self.step, (), f"epoch {epoch + 1} val")
-                   if run.val_loader is not None else None)  # fmt: skip
-            test = test_pass(self.eval_net, run.test_loader, self.step, run.monitors,
-                             f"epoch {epoch + 1} test")  # fmt: skip
+            val, test = self.evaluate(fit, epoch)
             state.best_acc = max(state.best_acc, test["acc"])
             record = {
                 "epoch": epoch,
@@ -156,6 +153,23 @@ class Trainer:
                 fit.added.update(added)
             yield record
 
+    def evaluate(self, fit: FitContext, epoch: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """The validation pass (None without a validation split) and the test pass, between the
+        callbacks' ``on_evaluate_start`` and ``on_evaluate_end`` (the latter however it ends)."""
+        run = self.run
+        started = []
+        try:
+            for callback in self.callbacks:
+                _hook(callback, "on_evaluate_start")(fit)
+                started.append(callback)
+            val = (test_pass(self.eval_net, run.val_loader, self.step, (), f"epoch {epoch + 1} val")
+                   if run.val_loader is not None else None)  # fmt: skip
+            test = test_pass(self.eval_net, run.test_loader, self.step, run.monitors,
+                             f"epoch {epoch + 1} test")  # fmt: skip
+        finally:
+            _each(started, lambda cb: _hook(cb, "on_evaluate_end")(fit))
+        return val, test
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The one loss step (:class:`~snnrun.engine.testing.LossStep`) on the training net."""
         return self.step(self.net, x, y)
@@ -167,8 +181,11 @@ class Trainer:
         self.net.train()
         totals = Totals()
         k, batches = self.accumulate, len(loader)
+        starts = [_hook(cb, "on_train_batch_start") for cb in self.callbacks]
         for i, (x, y) in enumerate(loader):
             y = y.to(self.run.device, non_blocking=True)
+            for start in starts:
+                x, y = start(fit, (x, y)) or (x, y)
             group = min(k, batches - i // k * k)
             last = i % k == group - 1
             loss, correct = self.train_step(x, y, first=i % k == 0, last=last, share=1 / group)
@@ -176,6 +193,7 @@ class Trainer:
                 self.run.scheduler.step()
             totals.add(loss, correct, len(y))
             fit.state.global_step += 1
+            fit.stepped = last
             for callback in self.callbacks:
                 callback.on_train_batch_end(fit, (x, y), loss)
             check_stop(self.collective)
@@ -187,7 +205,8 @@ class Trainer:
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Forward and backward of one batch, adding the gradient of ``share x loss`` (the
         gradients are zeroed when ``first``); the optimizer steps when ``last`` (DDP syncs the
-        gradients only then). Returns the batch's loss and its correct predictions."""
+        gradients only then). Returns the batch's loss and its correct predictions (against
+        the most probable class of soft targets ``y [N, classes]``)."""
         optimizer, scaler = self.run.optimizer, self.run.precision.scaler
         no_sync = getattr(self.net, "no_sync", None)
         with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
@@ -205,7 +224,8 @@ class Trainer:
             self._clip_gradients()
             scaler.step(optimizer)
             scaler.update()
-        return loss.detach(), (self.run.loss.predict(out) == y).sum()
+        labels = y if y.dim() == 1 else y.argmax(-1)
+        return loss.detach(), (self.run.loss.predict(out) == labels).sum()
 
     def _clip_gradients(self) -> None:
         """``clip_grad_norm``: scale every gradient so their total L2 norm is at most the
@@ -218,6 +238,12 @@ class Trainer:
 def _plain(added: dict[str, Any] | None) -> dict[str, Any]:
     """A callback's keys for the record, a one-element tensor as its number."""
     return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in (added or {}).items()}
+
+
+def _hook(callback: Callback, name: str) -> Any:
+    """``callback``'s hook ``name``; one of ``OPTIONAL_HOOKS`` that a callback written without
+    subclassing :class:`Callback` lacks does nothing (the base class's)."""
+    return getattr(callback, name, None) or getattr(Callback(), name)
 
 
 def _each(callbacks: Sequence[Callback], call: Any) -> None:

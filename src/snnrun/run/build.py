@@ -154,7 +154,7 @@ def build_run(config: dict[str, Any], world: World | None = None) -> Run:
         chosen = augment["_target_"] if has_target(augment) else augment["name"]
         raise SnnrunError(
             f"augment={chosen} is for static images; event datasets take dataset.augment.flip / "
-            "crop_padding / event_drop"
+            "crop_padding / nda / event_drop / event_drop_time / event_drop_area"
         )
     model = build_model(
         config["model"], neuron_groups(config), splits.sample_shape, splits.num_classes
@@ -171,7 +171,7 @@ def build_run(config: dict[str, Any], world: World | None = None) -> Run:
     scheduler = _built(config, "scheduler", build_scheduler, config["scheduler"], optimizer, steps)
     logger = _built(config, "logger", build_logger, config["logger"])
     encoder = _built(config, "encoder", build_encoder, config["encoder"], splits.sequence)
-    loss = _built(config, "loss", build_loss, config["loss"])
+    loss = _built(config, "loss", build_loss, config["loss"], model)
     monitors = _built(config, "monitor", build_monitors, config["monitor"], model)
     if world.rank:
         seed_everything(config["seed"] + world.rank)

@@ -19,6 +19,7 @@ import torch
 
 from snnrun.core.errors import SnnrunError
 from snnrun.core.progress import console
+from snnrun.engine.ema import evaluated_weights
 from snnrun.run.checkpoint import Checkpoint, load_checkpoint
 from snnrun.run.rundir import CHECKPOINTS, RunDir
 
@@ -72,7 +73,7 @@ def _load(
 ) -> tuple[list[str], list[str]]:
     """(loaded, skipped) tensor names; with ``strict`` any difference is one line, and so is
     a source none of whose tensors fits."""
-    own, weights = model.state_dict(), payload["model"]
+    own, weights = model.state_dict(), evaluated_weights(payload)
     fits = {k for k, v in own.items() if k in weights and weights[k].shape == v.shape}
     if own and not fits:
         trained = (payload["config"].get("model") or {}).get("name", "?")

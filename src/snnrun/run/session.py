@@ -27,6 +27,9 @@ from snnrun.engine.builtin_callbacks import (
     EarlyStopping,
 )
 from snnrun.engine.callback import Callback, Watch, build_callbacks, declared_metrics, watches
+from snnrun.engine.ema import NAME as EMA_NAME
+from snnrun.engine.ema import WeightEMA
+from snnrun.engine.mixup import build_mixup
 from snnrun.engine.optim import follow_horizon
 from snnrun.engine.profile import StepProfiler
 from snnrun.engine.trainer import Trainer, TrainSettings, TrainState
@@ -166,7 +169,8 @@ def _fit(
     main = world.is_main
     console.quiet = not main
     console.print(f"run dir: {rundir.path}", highlight=False)
-    user = build_callbacks(config.get("callbacks"))  # before the data: a bad one fails fast
+    user = {**build_callbacks(config.get("callbacks")), **_averaging(config)}  # fail fast
+    mixing = build_mixup(config.get("mixup"))
     run = build_run(config, world)
     has_val = run.val_loader is not None
     best, stopping = watches(config, has_val, declared_metrics(user))  # before a resume writes
@@ -200,13 +204,26 @@ def _fit(
         return checkpoint_payload(run, st, overrides, run_id, data, user)
 
     loggers = Logging(run.logger, rundir, run_id, config, logger_state, config["log_every"])
-    callbacks = _callbacks(config, run, rundir, user, best, stopping, loggers, payload)
+    callbacks = _callbacks(config, run, rundir, [*filter(None, [mixing]), *user.values()], best,
+                           stopping, loggers, payload)  # fmt: skip
     net = _compiled(run.model) if config["compile"] else run.model  # checkpoints keep .model
     trainer = Trainer(run, _data_parallel(net, run, config), net,
                       settings=TrainSettings.of(config), callbacks=callbacks)  # fmt: skip
     trainer.fit(config["epochs"], state, rundir.path)
     _report(state, rundir.path)
     return state.best_acc
+
+
+def _averaging(config: dict[str, Any]) -> dict[str, Callback]:
+    """``ema.decay`` on: the weights' average (:mod:`snnrun.engine.ema`), a stateful callback
+    saved in the checkpoint under its name ``ema``, which a callback of the user's cannot take."""
+    decay = (config.get("ema") or {}).get("decay")
+    if decay is None:
+        return {}
+    if EMA_NAME in (config.get("callbacks") or {}):
+        raise SnnrunError(f"callbacks.{EMA_NAME} is the name of snnrun's weight average "
+                          "(ema.decay); give your callback another name")  # fmt: skip
+    return {EMA_NAME: WeightEMA(decay)}
 
 
 def _init_from(config: dict[str, Any], run: Run, main: bool) -> dict[str, Any] | None:
@@ -250,15 +267,16 @@ def _callbacks(
     config: dict[str, Any],
     run: Run,
     rundir: RunDir,
-    user: dict[str, Callback],
+    user: list[Callback],
     best: Watch,
     stopping: Watch | None,
     loggers: Logging,
     payload: Callable[[TrainState], Checkpoint],
 ) -> list[Callback]:
     """The trainer's callbacks, in the order they are called: the profiler (``debug=profile``),
-    the divergence guard (before anything is written), the user's (their keys join the record
-    before anything reads it), early stopping, the console, the loggers, the checkpoints and
+    the divergence guard (before anything is written), mixup and the weights' average (before the
+    user's, who see the batch trained on), the user's (their keys join the record before
+    anything reads it), early stopping, the console, the loggers, the checkpoints and
     metrics file, the figures of ``viz.every_n_epochs``."""
     main, debug = run.world.is_main, config.get("debug") or {}
     keep = debug.get("checkpoint", True)  # debug.checkpoint=false: the metrics line only
@@ -272,7 +290,7 @@ def _callbacks(
     figures = [TrainingFigures(rundir, every, fmt, run.logger)] if main and keep else []
     files = Checkpoints(rundir, best, payload, keep, main)
     stop = EarlyStopping(stopping, patience, delta)
-    return [*profiler, guard, *user.values(), stop, ConsoleProgress(), loggers, files, *figures]
+    return [*profiler, guard, *user, stop, ConsoleProgress(), loggers, files, *figures]
 
 
 def checkpoint_payload(
