@@ -26,7 +26,18 @@ PAPER = {
         "optimizer.name": "adamw", "optimizer.lr": 5e-4, "optimizer.weight_decay": 0.06,
         "scheduler.name": "cosine", "scheduler.eta_min": 1e-5, "scheduler.warmup_epochs": 20,
         "scheduler.warmup_lr": 1e-5, "scheduler.cooldown_epochs": 10, "loss.name": "ce_rate",
-        "loss.label_smoothing": 0.1,
+        "loss.label_smoothing": 0.1, "augment.flip": True, "augment.crop_padding": 0,
+        "augment.randaugment": 1, "augment.randaugment_magnitude": 9,
+        "augment.random_erasing": 0.25, "augment.random_erasing_mode": "const",
+        "mixup.alpha": 0.5, "mixup.cutmix_alpha": 0.0, "mixup.prob": 1.0, "mixup.off_epoch": 200,
+    },
+    "cifar10dvs_tet": {
+        "T": 10, "epochs": 100, "batch_size": 128, "model.name": "vggsnn", "model.resize": 48,
+        "dataset.name": "cifar10dvs", "dataset.split_by": "number", "dataset.augment.flip": True,
+        "dataset.augment.nda": True, "neuron.name": "lif", "neuron.tau": 2.0,
+        "neuron.decay_input": False, "surrogate.name": "triangle", "optimizer.name": "adam",
+        "optimizer.lr": 1e-3, "scheduler.name": "cosine", "loss.name": "tet",
+        "loss.lambda": 1e-4, "loss.phi": 1.0, "precision.name": "fp32",
     },
     "cifar10_sew_resnet18": {
         "T": 4, "epochs": 320, "batch_size": 256, "model.name": "sew_resnet18",
@@ -70,7 +81,7 @@ def test_recipe_composes_with_its_papers_settings(name: str) -> None:
     got = {key: lookup(conf, key) for key in PAPER[name]}
     assert got == pytest.approx(PAPER[name])
     assert conf["optimizer"]["weight_decay"] == PAPER[name].get("optimizer.weight_decay", 0.0)
-    assert conf["precision"]["name"] == "amp_fp16"  # every paper trained with AMP
+    assert conf["precision"]["name"] == PAPER[name].get("precision.name", "amp_fp16")
 
 
 @pytest.mark.parametrize("name", [n for n in PAPER if PAPER[n]["scheduler.name"] == "cosine"])
