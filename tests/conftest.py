@@ -169,6 +169,27 @@ def train_in_process(monkeypatch, *args: str) -> None:
     main()
 
 
+def user_model_args(tmp_path: Path, name: str, yaml_text: str) -> list[str]:
+    """TINY with the user's ``model=<name>`` (``yaml_text``) from a --config-dir of its own,
+    LIF neurons at threshold 0.5 (firing from the first epoch)."""
+    conf = tmp_path / "conf" / "model"
+    conf.mkdir(parents=True)
+    (conf / f"{name}.yaml").write_text(yaml_text)
+    return [*(a for a in TINY if not a.startswith("model.")), f"model={name}", "neuron=lif",
+            "neuron.v_threshold=0.5", f"hydra.searchpath=[file://{conf.parent}]"]  # fmt: skip
+
+
+def resumed_equals_unbroken(monkeypatch, tmp_path: Path, args: list[str]) -> Path:
+    """``args`` for 2 epochs unbroken (``tmp_path/whole``), and for 1 epoch resumed to 2: every
+    record equal but the timings; the unbroken run's dir."""
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train_in_process(monkeypatch, *args, "epochs=2", f"hydra.run.dir={whole}")
+    train_in_process(monkeypatch, *args, "epochs=1", f"hydra.run.dir={resumed}")
+    train_in_process(monkeypatch, f"resume={resumed}", "epochs=2")
+    assert without_timing(read_metrics(resumed)) == without_timing(read_metrics(whole))
+    return whole
+
+
 def make_read_only(monkeypatch, folder: Path) -> None:
     """``os.mkdir`` below ``folder`` fails as on a read-only file system (tests run as root,
     whom file modes do not stop)."""

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from snnrun.net.attention import SpikingSelfAttention
+from snnrun.net.attention import SpikeDrivenSelfAttention, SpikingSelfAttention
 from snnrun.net.layers import LAYERS, Context
 from snnrun.net.model import ModelBuildError, SpikingNetwork, build_model
 from snnrun.neuron.neurons import SpikingNeuron, reset_states
@@ -258,6 +258,51 @@ def test_spikformer_output_matches_spikingjelly() -> None:
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
 
 
+# --- SDSA ------------------------------------------------------------------------------------
+def sdsa(options: dict, in_shape=(8, 4, 4), *overrides: str) -> SpikeDrivenSelfAttention:
+    build = LAYERS.get("spike_driven_self_attention")
+    return build(options, in_shape, Context(groups("neuron=lif", *overrides)))
+
+
+def test_sdsa_matches_spikingjellys_module_behind_its_shortcut_neuron() -> None:
+    """``x + SDSA(neuron(x))`` equals SpikingJelly 2.0's SpikeDrivenSelfAttention (LIF, the
+    attention neuron at 0.5) on copied weights, float64, spikes at every neuron."""
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.layer.attention import SpikeDrivenSelfAttention as Theirs
+
+    body = [{"type": "neuron"}, {"type": "spike_driven_self_attention", "heads": 4}]
+    ours = LAYERS.get("residual")({"body": body}, (8, 4, 4), Context(groups("neuron=lif")))
+    theirs = Theirs(8, 4)
+    randomize(ours, seed=3)
+    theirs.load_state_dict(dict(zip(theirs.state_dict(), ours.state_dict().values())))
+    ours.double().eval(), theirs.double().eval()
+    x = torch.rand(3, 2, 8, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    functional.reset_net(theirs)
+    with torch.no_grad():
+        expected, out = theirs(x * 3), ours(x * 3)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    layer = ours.body[1]
+    rates = firing_rates(layer, lambda: layer(spikes(3, 2, 8, 4, 4)))
+    assert set(rates) == {"q_neuron", "k_neuron", "v_neuron", "attn_neuron"}
+    assert all(0.0 < r < 1.0 for r in rates.values()), rates
+
+
+def test_sdsa_on_tokens_and_with_a_firing_output() -> None:
+    """Tokens ``[C, L]`` (conv1d): the per-channel sum over tokens; ``fire: true`` ends in a
+    neuron (spikes out); the attention threshold reaches its neuron."""
+    layer = sdsa({"heads": 2, "fire": True, "attn_v_threshold": 0.25}, (8, 6)).double().eval()
+    assert isinstance(layer.q_conv, nn.Conv1d) and layer.proj_neuron is not None
+    assert layer.attn_neuron.dynamics.v_threshold == 0.25
+    with torch.no_grad():
+        out = layer(spikes(2, 3, 8, 6))
+    assert out.shape == (2, 3, 8, 6) and set(out.unique().tolist()) <= {0.0, 1.0}
+    maps = sdsa({}).double().eval()
+    with torch.no_grad():
+        real = maps(spikes(2, 3, 8, 4, 4))
+    assert maps.proj_neuron is None and not set(real.unique().tolist()) <= {0.0, 1.0}
+
+
 # --- errors ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("entry", "in_shape", "needles"),
@@ -267,14 +312,17 @@ def test_spikformer_output_matches_spikingjelly() -> None:
         ({"heads": 2}, (8, 4, 4), ["tokens [C, L], got [8, 4, 4]", "flatten, start_dim: 2"]),
         ({"heads": 2, "neuron": 3}, (8, 5), ["neuron must be a mapping"]),
         ({"heads": 2, "head": 2}, (8, 5), ["unknown option(s) head"]),
+        ({"type": "spike_driven_self_attention", "heads": 3}, (8, 4, 4), ["heads=3"]),
+        ({"type": "spike_driven_self_attention"}, (8,), ["maps [C, H, W] or tokens [C, L]"]),
+        ({"type": "spike_driven_self_attention", "scale": 1}, (8, 5), ["unknown option(s) scale"]),
     ],
 )
 def test_bad_ssa_entries_are_one_line(entry: dict, in_shape: tuple, needles: list[str]) -> None:
-    layers = [{"type": "spiking_self_attention", **entry}]
+    layer = {"type": "spiking_self_attention", **entry}
     with pytest.raises(ModelBuildError) as e:
-        build_model({"layers": layers}, groups(), in_shape, 10)
+        build_model({"layers": [layer]}, groups(), in_shape, 10)
     message = str(e.value)
-    assert "\n" not in message and message.startswith("model.layers[0] (spiking_self_attention)")
+    assert "\n" not in message and message.startswith(f"model.layers[0] ({layer['type']})")
     for needle in needles:
         assert needle in message, message
 

@@ -234,7 +234,7 @@ def test_errors_name_the_path_of_the_failing_entry() -> None:
         net([{"type": "residual", "body": [conv(2, stride=2)]}, *HEAD])
     with pytest.raises(ModelBuildError, match=r"connect=iand acts on spikes.*connect=add"):
         net([{"type": "residual", "body": [conv(2)], "connect": "iand"}, *HEAD])
-    with pytest.raises(ModelBuildError, match=r"unknown connect 'or'; known: add, and, iand"):
+    with pytest.raises(ModelBuildError, match=r"connect 'or'; known: add, and, concat, iand"):
         net([{"type": "residual", "body": [conv(2)], "connect": "or"}, *HEAD])
     with pytest.raises(ModelBuildError, match=r"times must be a non-negative integer, got -1"):
         net([{"type": "repeat", "times": -1, "layers": [conv(2)]}, *HEAD])

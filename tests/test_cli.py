@@ -25,7 +25,8 @@ def test_compile_true_trains_end_to_end(tmp_path: Path) -> None:
     """``compile=true`` (documented in the README) trains a nested network through the real
     command, and the checkpoint holds the plain network's weights (no ``_orig_mod.`` prefix).
     In the same run: ``neuron.backend=triton`` on a CPU records the torch backend that runs, in
-    the group and in nested entries, and the start prints the run dir and a compact layer
+    the group and in nested entries, the network given as model.layers is labelled custom, and
+    the start prints the run dir and a compact layer
     summary instead of the module repr."""
     args = [*TINY_FC, NESTED_FC, "compile=true", "T=2", "dataset.train_limit=64",
             "dataset.test_limit=32", "neuron.backend=triton", "hydra.run.dir=run"]  # fmt: skip
@@ -35,6 +36,7 @@ def test_compile_true_trains_end_to_end(tmp_path: Path) -> None:
     assert not any("_orig_mod" in k for k in run.model.state_dict())
     assert run.config["neuron"]["backend"] == "torch"
     assert run.config["model"]["layers"][3]["body"][0]["backend"] == "torch"
+    assert run.config["model"]["name"] == "custom" and "model=custom (" in proc.stdout
     assert {m.backend for _, m in run.model.neurons()} == {"torch"}
     assert "falling back to the torch backend on cpu; config.yaml records" in proc.stdout
     assert f"run dir: {tmp_path / 'run'}" in proc.stdout.replace("\n", "")

@@ -52,7 +52,12 @@ def spikingjelly(name: str, connect: str = "add", classes: int = 10) -> nn.Modul
     uninitialised (built on the meta device: VGG's initialisation alone costs seconds); the tests
     copy every tensor into it from snnrun's network."""
     from spikingjelly.activation_based import functional, neuron
-    from spikingjelly.activation_based.model import sew_resnet, spiking_resnet, spiking_vgg
+    from spikingjelly.activation_based.model import (
+        ms_resnet,
+        sew_resnet,
+        spiking_resnet,
+        spiking_vgg,
+    )
 
     builders: dict[str, Callable[..., nn.Module]] = {
         "spiking_resnet18": spiking_resnet.spiking_resnet18,
@@ -60,6 +65,7 @@ def spikingjelly(name: str, connect: str = "add", classes: int = 10) -> nn.Modul
         "sew_resnet18": lambda **kw: sew_resnet.sew_resnet18(cnf=connect.upper(), **kw),
         "sew_resnet34": lambda **kw: sew_resnet.sew_resnet34(cnf=connect.upper(), **kw),
         "spiking_vgg11": spiking_vgg.spiking_vgg11_bn,
+        "ms_resnet18": ms_resnet.ms_resnet18,
     }
     with torch.device("meta"):
         model = builders[name](spiking_neuron=neuron.IFNode, num_classes=classes)
@@ -77,11 +83,11 @@ def copy_by_order(source: nn.Module, target: nn.Module) -> None:
     target.load_state_dict({j: t for (_, t), (j, _) in pairs})
 
 
-def randomize(model: nn.Module, seed: int = 0) -> None:
+def randomize(model: nn.Module, seed: int = 0, shift: float = 1.0) -> None:
     """Weights and BatchNorm statistics (running ones too, so that eval mode reads them) that
     keep neurons firing some of the time at every depth: conv weights drawn with standard
     deviation 2/sqrt(fan in), linear weights rescaled to it (VGG's 120M classifier weights cost
-    more to draw than to run)."""
+    more to draw than to run); BatchNorm biases around ``shift``."""
     g = torch.Generator().manual_seed(seed)
 
     def draw(shape: torch.Size, scale: float, shift: float = 0.0) -> torch.Tensor:
@@ -102,7 +108,7 @@ def randomize(model: nn.Module, seed: int = 0) -> None:
                 m.running_mean.copy_(draw((c,), 0.2))
                 m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
                 m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(draw((c,), 0.3, 1.0))
+                m.bias.copy_(draw((c,), 0.3, shift))
 
 
 def spikes_of(
@@ -120,11 +126,15 @@ def spikes_of(
 
 
 def compare(
-    theirs: nn.Module, ours: SpikingNetwork, x: torch.Tensor, over_t: bool = False
+    theirs: nn.Module,
+    ours: SpikingNetwork,
+    x: torch.Tensor,
+    over_t: bool = False,
+    may_always_fire: str | None = None,
 ) -> torch.Tensor:
     """Both networks on ``x`` ``[T, N, ...]`` in float64 eval mode: equal spikes at every neuron
-    (each firing some of the time) and equal outputs (``over_t``: theirs is the mean over T of
-    ours); ours returned."""
+    (each firing some of the time, but the neurons whose label ends with ``may_always_fire``)
+    and equal outputs (``over_t``: theirs is the mean over T of ours); ours returned."""
     from spikingjelly.activation_based import functional
     from spikingjelly.activation_based.neuron import BaseNode
 
@@ -133,14 +143,43 @@ def compare(
     functional.reset_net(theirs)
     expected, their_spikes = spikes_of(theirs, BaseNode, lambda: theirs(x))
     out, our_spikes = spikes_of(ours, SpikingNeuron, lambda: ours(x))
-    assert len(our_spikes) == len(their_spikes) == len(ours.neurons())
-    rates = [s.mean().item() for s in our_spikes]
-    assert all(0.0 < r < 1.0 for r in rates), rates  # every neuron fires, not always
-    for (label, _), s, t in zip(ours.neurons(), our_spikes, their_spikes, strict=True):
+    assert len(our_spikes) == len(ours.neurons())
+    rates = {label: s.mean().item() for (label, _), s in zip(ours.neurons(), our_spikes)}
+    exempt = {label for label in rates if may_always_fire and label.endswith(may_always_fire)}
+    assert all(0.0 < r < 1.0 or (r == 1.0 and label in exempt) for label, r in rates.items()), [
+        (label, r) for label, r in rates.items() if not 0.0 < r < 1.0
+    ]  # every neuron fires, not always
+    labels, our_spikes = _fused_qkv(ours, [label for label, _ in ours.neurons()], our_spikes)
+    assert len(our_spikes) == len(their_spikes)
+    for label, s, t in zip(labels, our_spikes, their_spikes, strict=True):
+        t = t.reshape(s.shape)  # SDSA's per-channel sums: theirs [T, N, heads, 1, C / heads]
         if not torch.equal(s, t):
             pytest.fail(f"{label}'s spikes differ at {int((s != t).sum())} of {s.numel()} places")
     torch.testing.assert_close(out.mean(0) if over_t else out, expected, rtol=0, atol=1e-12)
     return out
+
+
+def _fused_qkv(
+    ours: SpikingNetwork, labels: list[str], spikes: list[torch.Tensor]
+) -> tuple[list[str], list]:
+    """SSA's q, k and v neurons' spikes joined along the channels, as SpikingJelly's one
+    ``qkv_lif`` fires them."""
+    from snnrun.net.attention import SpikingSelfAttention
+
+    ssa = {
+        f"{name}.q_neuron" for name, m, _ in ours.entries() if isinstance(m, SpikingSelfAttention)
+    }
+    merged_labels, merged, i = [], [], 0
+    while i < len(labels):
+        if labels[i] in ssa:
+            merged_labels.append(labels[i].removesuffix(".q_neuron") + ".qkv")
+            merged.append(torch.cat(spikes[i : i + 3], 2))
+            i += 3
+        else:
+            merged_labels.append(labels[i])
+            merged.append(spikes[i])
+            i += 1
+    return merged_labels, merged
 
 
 def images(n: int, size: int, seed: int = 1, T: int = 2) -> torch.Tensor:
@@ -152,19 +191,23 @@ def images(n: int, size: int, seed: int = 1, T: int = 2) -> torch.Tensor:
 
 # --- parameters and outputs ---------------------------------------------------------------
 COUNTS = {"spiking_resnet18": 11_181_642, "spiking_resnet34": 21_289_802,
-          "sew_resnet18": 11_181_642, "sew_resnet34": 21_289_802}  # fmt: skip
+          "sew_resnet18": 11_181_642, "sew_resnet34": 21_289_802,
+          "ms_resnet18": 11_185_866}  # fmt: skip
 NEURONS = {"spiking_resnet18": 1 + 2 * 8, "spiking_resnet34": 1 + 2 * 16,
-           "sew_resnet18": 1 + 2 * 8 + 3, "sew_resnet34": 1 + 2 * 16 + 3}  # fmt: skip
+           "sew_resnet18": 1 + 2 * 8 + 3, "sew_resnet34": 1 + 2 * 16 + 3,
+           "ms_resnet18": 2 * 8 + 1}  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "connect"), [
     ("spiking_resnet18", "add"), ("spiking_resnet34", "add"), ("sew_resnet18", "add"),
     ("sew_resnet18", "and"), ("sew_resnet18", "iand"), ("sew_resnet34", "iand"),
+    ("ms_resnet18", "add"),
 ])  # fmt: skip
 def test_resnet_matches_spikingjelly(name: str, connect: str) -> None:
     """ImageNet stem, 10 classes: SpikingJelly's parameter count (the global pool makes it the
     224x224 count) and tensors in order; then two 32x32 images (1x1 in stage 4), T=2, IF
-    neurons, float64: the same spikes at every neuron and the same logits at every step."""
+    neurons, float64: the same spikes at every neuron and the same logits at every step
+    (MS-ResNet: SpikingJelly returns their mean over T)."""
     pytest.importorskip("spikingjelly")
     connects = [f"model.connect={connect}"] if name.startswith("sew") else []
     ours, theirs = zoo(name, *connects, in_shape=(3, 32, 32)), spikingjelly(name, connect)
@@ -175,7 +218,7 @@ def test_resnet_matches_spikingjelly(name: str, connect: str) -> None:
     assert residuals == {connect}
     randomize(ours, seed=len(name) + len(connect))
     copy_by_order(ours, theirs)
-    compare(theirs, ours, images(2, 32, seed=5))
+    compare(theirs, ours, images(2, 32, seed=5), over_t=name.startswith("ms_"))
 
 
 def test_vgg11_matches_spikingjelly() -> None:
@@ -189,6 +232,77 @@ def test_vgg11_matches_spikingjelly() -> None:
     randomize(ours, seed=2)
     copy_by_order(ours, theirs)
     compare(theirs, ours, images(2, 32, seed=3))
+
+
+def test_spike_driven_transformer_matches_spikingjelly() -> None:
+    """sdt_8_384, 10 classes, SpikingJelly's LIF (tau 2; the attention neuron at 0.5): its
+    parameter count and tensors in order; on two 32x32 images (2x2 tokens), T=2, float64, the
+    same spikes at every neuron and the mean over T of the logits."""
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.model.spike_driven_transformer import sdt_8_384
+
+    ours = zoo("spike_driven_transformer", in_shape=(3, 32, 32), neuron="lif")
+    with torch.device("meta"):
+        theirs = sdt_8_384(num_classes=10)
+    functional.set_step_mode(theirs, "m")
+    theirs = theirs.to_empty(device="cpu")
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == sum(p.numel() for p in theirs.parameters()) == 16_435_594
+    assert len(ours.neurons()) == 4 + 8 * (5 + 2) + 1  # embedding, 8 x (SDSA 4 + 1, MLP 2), head
+    randomize(ours, seed=7, shift=0.5)  # the residual sums grow with depth: biases near 0.5
+    copy_by_order(ours, theirs)
+    compare(theirs, ours, images(2, 32, seed=8), over_t=True)
+
+
+def copy_qkformer(theirs: nn.Module, ours: SpikingNetwork) -> None:
+    """SpikingJelly's QKFormer weights into snnrun's: its modules are registered stage by stage
+    (the three patch embeddings, then the three stages) but run interleaved, as snnrun's
+    layers are listed; the stage-3 SSA's fused qkv is split (tests/test_attention.py)."""
+    from spikingjelly.activation_based.layer.attention import SpikingSelfAttention as SJAttention
+    from test_attention import copy_attention
+
+    from snnrun.net.attention import SpikingSelfAttention
+
+    sj_attn = [(n, m) for n, m in theirs.named_modules() if isinstance(m, SJAttention)]
+    our_attn = [(n, m) for n, m in ours.named_modules() if isinstance(m, SpikingSelfAttention)]
+    for (_, a), (_, b) in zip(sj_attn, our_attn, strict=True):
+        copy_attention(a, b)
+    order = ["patch_embed1", "stage1", "patch_embed2", "stage2", "patch_embed3", "stage3", "head"]
+    skip_theirs = tuple(f"{n}." for n, _ in sj_attn)
+    skip_ours = tuple(f"{n}." for n, _ in our_attn)
+    rest = sorted((k for k in theirs.state_dict() if not k.startswith(skip_theirs)),
+                  key=lambda k: order.index(k.split(".")[0]))  # fmt: skip
+    targets = [k for k in ours.state_dict() if not k.startswith(skip_ours)]
+    theirs_sd, ours_sd = theirs.state_dict(), ours.state_dict()
+    pairs = list(zip(rest, targets, strict=True))
+    assert all(theirs_sd[k].shape == ours_sd[j].shape for k, j in pairs)
+    ours.load_state_dict({**ours_sd, **{j: theirs_sd[k] for k, j in pairs}})
+
+
+@pytest.mark.parametrize("attention", ["token", "channel"])
+def test_qkformer_matches_spikingjelly(attention: str) -> None:
+    """qkformer_10_384 (its Q-K token attention, or the channel one), 10 classes, SpikingJelly's
+    LIF: its parameter count; on two 32x32 images (8x8, 4x4 and 2x2 tokens), T=2, float64,
+    the same spikes at every neuron and the mean over T of the logits."""
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.model.qkformer import QKFormer
+    from test_attention import randomize as randomize_tokens
+
+    ours = zoo("qkformer", f"model.attention={attention}", in_shape=(3, 32, 32), neuron="lif")
+    with torch.device("meta"):  # qkformer_10_384's sizes, with the attention chosen
+        theirs = QKFormer(num_classes=10, embed_dims=384, num_heads=(6, 6, 6),
+                          depths=(1, 2, 7), qka_type=attention)  # fmt: skip
+    functional.set_step_mode(theirs, "m")
+    theirs = theirs.to_empty(device="cpu")
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == sum(p.numel() for p in theirs.parameters()) == 16_091_434
+    randomize_tokens(theirs, seed=4)
+    copy_qkformer(theirs, ours)
+    # a head's token mask fires when any of its 32 channels' Q spikes: stage 2's always does
+    always = "attn_neuron" if attention == "token" else None
+    compare(theirs, ours, images(2, 32, seed=3), over_t=True, may_always_fire=always)
 
 
 # --- the stems ------------------------------------------------------------------------------
@@ -293,6 +407,11 @@ REDUCED = {  # the 34s are the 18s with more blocks (their files compose in the 
     "sew_resnet18": ["model.width=4", "model.blocks=[1,1,1,1]", "model.connect=iand"],  # 28 -> 7
     "spiking_vgg11": ["model.width=4", "model.hidden=16", "model.pool=1", "model.ceil_mode=true"],
     "sew_resnet_dvs": ["model.channels=4", "model.blocks=4", "model.classes=10"],
+    "ms_resnet18": ["model.width=4", "model.blocks=[1,1,1,1]"],  # 28 -> 14 -> 7 -> 4 -> 2 -> 1
+    "spike_driven_transformer": ["model.embed_dim=16", "model.depths=1", "model.heads=2",
+                                 "model.pooling=[none,none,pool,pool]"],
+    "qkformer": ["model.embed_dim=32", "model.depths=[1,1,1]", "model.heads=[2,2,2]",
+                 "model.attention=channel"],  # 28 -> 14 -> 7 (49 tokens) -> 4 -> 2
 }  # fmt: skip
 
 

@@ -38,8 +38,9 @@ from snnrun.core.errors import SnnrunError
 from snnrun.core.plugin import has_target, import_target, instantiate_target, takes
 from snnrun.core.progress import console
 from snnrun.core.registry import Registry
-from snnrun.net.attention import SpikingSelfAttention
+from snnrun.net.attention import QKAttention, SpikeDrivenSelfAttention, SpikingSelfAttention
 from snnrun.net.blocks import Block, Recurrent, Residual
+from snnrun.net.graph import INPUT, GraphBlock
 from snnrun.net.layers import TimeFolded
 from snnrun.net.model import SpikingNetwork
 from snnrun.neuron.neurons import SpikingNeuron
@@ -244,7 +245,7 @@ class SynapticOps(Monitor):
         }
 
 
-SPIKES_PASS = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Identity)  # spikes in, spikes out
+SPIKES_PASS = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Unflatten, nn.Identity)  # spikes stay
 # The layer types SynOps counts (the one place that knows them: _fan_in and _accumulates below).
 SYNAPTIC = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
@@ -268,8 +269,9 @@ def refuse_uncounted(model: nn.Module) -> None:
 def spike_fed(model: nn.Module) -> set[nn.Module]:
     """The synaptic layers of a :class:`~snnrun.net.model.SpikingNetwork` whose input is
     spikes by construction: a neuron's output, directly or through max pooling, flattening,
-    blocks, a residual connect of spikes (``add`` gives spike counts, still accumulates), or a
-    recurrent projection (fed the spikes of the step before)."""
+    blocks, a residual connect of spikes (``add`` gives spike counts, still accumulates), a
+    graph node merging spikes only, or a recurrent projection (fed the spikes of the step
+    before)."""
     fed: set[nn.Module] = set()
     layers = getattr(model, "layers", None)
     if isinstance(layers, nn.Sequential):
@@ -290,9 +292,21 @@ def _spikes_out(module: nn.Module, spikes_in: bool, fed: set[nn.Module]) -> bool
             fed.update((module.q_conv, module.k_conv, module.v_conv))
         fed.add(module.proj_conv)
         return True
+    if isinstance(module, SpikeDrivenSelfAttention | QKAttention):  # the projection reads masks
+        if spikes_in:
+            inputs = ("qk",) if isinstance(module, QKAttention) else ("q", "k", "v")
+            fed.update(getattr(module, f"{name}_conv") for name in inputs)
+        fed.add(module.proj_conv)
+        return module.proj_neuron is not None
     if isinstance(module, Residual):
         body = _spikes_out(module.body, spikes_in, fed)
         return _spikes_out(module.shortcut, spikes_in, fed) and body
+    if isinstance(module, GraphBlock):  # a node gets spikes when every input it merges is
+        spiking = {INPUT: spikes_in}
+        for name in module.order:
+            merged = all(spiking[src] for src in module.inputs[name])
+            spiking[name] = _spikes_out(module.nodes[name], merged, fed)
+        return spiking[module.output]
     if type(module) in (nn.Sequential, Block):
         for layer in module:
             spikes_in = _spikes_out(layer, spikes_in, fed)

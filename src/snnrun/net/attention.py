@@ -1,5 +1,8 @@
-"""Spiking self-attention (Spikformer, Zhou et al., ICLR 2023): the ``spiking_self_attention``
-layer entry.
+"""Spiking self-attentions: Spikformer's SSA (Zhou et al., ICLR 2023), the
+``spiking_self_attention`` entry; the Spike-driven Transformer's SDSA (Yao et al., NeurIPS
+2023), the ``spike_driven_self_attention`` entry (:class:`SpikeDrivenSelfAttention`); and
+QKFormer's Q-K attentions (Zhou et al., NeurIPS 2024), the ``qk_token_attention`` and
+``qk_channel_attention`` entries (:class:`QKAttention`).
 
 Tokens are channels first, ``X`` ``[T, N, C, L]`` (SpikingJelly's ``[T, B, C, N]``; a
 ``{type: flatten, start_dim: 2}`` entry turns ``[C, H, W]`` maps into ``[C, H*W]`` tokens).
@@ -91,32 +94,165 @@ class SpikingSelfAttention(nn.Module):
         return f"channels={self.channels}, heads={self.heads}, scale={self.scale:g}"
 
 
-def _multi_step(neuron: SpikingNeuron) -> SpikingNeuron:
-    neuron.step_mode = "m"  # fed [T, N, ...] (T = 1 per call in a step-by-step network)
-    return neuron
+class SpikeDrivenSelfAttention(nn.Module):
+    """SDSA (Yao et al., NeurIPS 2023) over spikes ``S`` ``[T, N, C, H, W]`` (or tokens
+    ``[T, N, C, L]``), with 1x1 convs ``W`` and BatchNorms ``BN``::
+
+        Q = SN_q(BN_q(W_q S)),  K = SN_k(BN_k(W_k S)),  V = SN_v(BN_v(W_v S))       spikes
+        KV_c = SN_a(sum over tokens of K_c V_c)       per channel c: [T, N, C, 1, 1]
+        Y = BN_p(W_p (Q KV))                          real-valued (``fire``: SN_p(...) spikes)
+
+    No softmax and no products of two real values: ``K V`` and ``Q KV`` are masks. ``SN_a``
+    fires at ``attn_v_threshold`` (0.5). The heads only group channels, which the per-channel
+    sum makes irrelevant; ``heads`` is checked (it must divide ``C``) for a config that names
+    it. SDT puts a neuron before it and adds its real output to the block's input (the membrane
+    shortcut): ``{type: residual, body: [{type: neuron}, {type: spike_driven_self_attention}]}``.
+    As SpikingJelly 2.0's ``SpikeDrivenSelfAttention`` without its shortcut neuron and sum.
+    """
+
+    def __init__(self, channels: int, maps: bool, neuron: NeuronFactory,
+                 attn_v_threshold: float = 0.5, fire: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        conv, norm = (nn.Conv2d, nn.BatchNorm2d) if maps else (nn.Conv1d, nn.BatchNorm1d)
+        self.channels = channels
+        for name in ("q", "k", "v"):
+            self.add_module(f"{name}_conv", conv(channels, channels, 1, bias=False))
+            self.add_module(f"{name}_bn", norm(channels))
+            self.add_module(f"{name}_neuron", _multi_step(neuron({})))
+        self.attn_neuron = _multi_step(neuron({"v_threshold": attn_v_threshold}))
+        self.proj_conv, self.proj_bn = conv(channels, channels, 1), norm(channels)
+        self.proj_neuron = _multi_step(neuron({})) if fire else None
+        self.out_shape: Shape | None = None  # set by the builder
+
+    def _folded(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        conv, bn = getattr(self, f"{name}_conv"), getattr(self, f"{name}_bn")
+        return bn(conv(x.flatten(0, 1))).unflatten(0, x.shape[:2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() not in (4, 5) or x.shape[2] != self.channels:
+            raise ValueError(f"spike_driven_self_attention takes [T, N, {self.channels}, ...], "
+                             f"got {list(x.shape)}")  # fmt: skip
+        q, k, v = (getattr(self, f"{n}_neuron")(self._folded(n, x)) for n in "qkv")
+        tokens = tuple(range(3, x.dim()))
+        kv = self.attn_neuron((k * v).sum(tokens, keepdim=True))
+        y = self._folded("proj", q * kv)
+        return y if self.proj_neuron is None else self.proj_neuron(y)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, fire={self.proj_neuron is not None}"
 
 
-@LAYERS.register("spiking_self_attention")
-def _spiking_self_attention(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
-    unknown = set(options) - set(OPTIONS)
+class QKAttention(nn.Module):
+    """QKFormer's Q-K attention (Zhou et al., NeurIPS 2024) over spike tokens ``X``
+    ``[T, N, C, L]``, with 1x1 conv1d ``W`` and BatchNorms ``BN``::
+
+        [Q; K] = SN_qk(BN_qk(W_qk X))                   [T, N, 2C, L] spikes, Q the first C
+        token:   A = SN_a(sum of Q_h over its d channels)    per head h: [T, N, heads, 1, L]
+        channel: A = SN_a(sum of Q over the L tokens)        per channel: [T, N, C, 1]
+        Y = SN_p(BN_p(W_p (A K)))                        [T, N, C, L] spikes (``fire``: true)
+
+    ``A`` masks ``K``: the token variant keeps or drops whole tokens of each head, the channel
+    one whole channels; linear in ``L``. ``SN_a`` fires at ``attn_v_threshold`` (0.5). As
+    SpikingJelly 2.0's ``QKAttention`` (``TokenQKAttention``, ``ChannelQKAttention``)."""
+
+    def __init__(self, channels: int, heads: int, kind: str, neuron: NeuronFactory,
+                 attn_v_threshold: float = 0.5, fire: bool = True) -> None:  # fmt: skip
+        super().__init__()
+        self.channels, self.heads, self.kind = channels, heads, kind
+        self.qk_conv = nn.Conv1d(channels, 2 * channels, 1, bias=False)
+        self.qk_bn = nn.BatchNorm1d(2 * channels)
+        self.qk_neuron = _multi_step(neuron({}))
+        self.attn_neuron = _multi_step(neuron({"v_threshold": attn_v_threshold}))
+        self.proj_conv = nn.Conv1d(channels, channels, 1, bias=False)
+        self.proj_bn = nn.BatchNorm1d(channels)
+        self.proj_neuron = _multi_step(neuron({})) if fire else None
+        self.out_shape: Shape | None = None  # set by the builder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[2] != self.channels:
+            raise ValueError(f"qk_{self.kind}_attention takes [T, N, {self.channels}, L], got "
+                             f"{list(x.shape)}")  # fmt: skip
+        qk = self.qk_bn(self.qk_conv(x.flatten(0, 1))).unflatten(0, x.shape[:2])
+        q, k = self.qk_neuron(qk).chunk(2, dim=2)
+        if self.kind == "token":
+            mask = self.attn_neuron(q.unflatten(2, (self.heads, -1)).sum(3, keepdim=True))
+            y = (mask * k.unflatten(2, (self.heads, -1))).flatten(2, 3)
+        else:
+            y = self.attn_neuron(q.sum(3, keepdim=True)) * k
+        y = self.proj_bn(self.proj_conv(y.flatten(0, 1))).unflatten(0, x.shape[:2])
+        return y if self.proj_neuron is None else self.proj_neuron(y)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, heads={self.heads}, kind={self.kind}"
+
+
+QK_OPTIONS = ("heads", "attn_v_threshold", "fire", "neuron")
+
+
+def _qk_attention(kind: str) -> Callable[[dict[str, Any], Shape, Context], nn.Module]:
+    entry = f"qk_{kind}_attention"
+
+    def build(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
+        _only(options, QK_OPTIONS, entry)
+        label = f"{ctx.path} ({entry})"
+        if len(in_shape) != 2:
+            raise ModelBuildError(
+                f"{label} takes tokens [C, L], got [{', '.join(map(str, in_shape))}]; put "
+                "{type: flatten, start_dim: 2} before it (and {type: unflatten} after, for maps)"
+            )
+        heads = options.get("heads", 8)
+        _check_heads(heads, in_shape[0], label)
+        neuron = _neuron_factory(options.get("neuron"), ctx, label)
+        module = QKAttention(in_shape[0], heads, kind, neuron,
+                             attn_v_threshold=options.get("attn_v_threshold", 0.5),
+                             fire=bool(options.get("fire", True)))  # fmt: skip
+        module.out_shape = tuple(in_shape)
+        return module
+
+    return build
+
+
+LAYERS.register("qk_token_attention")(_qk_attention("token"))
+LAYERS.register("qk_channel_attention")(_qk_attention("channel"))
+
+SDSA_OPTIONS = ("heads", "attn_v_threshold", "fire", "neuron")
+
+
+@LAYERS.register("spike_driven_self_attention")
+def _spike_driven_self_attention(options: dict[str, Any], in_shape: Shape,
+                                 ctx: Context) -> nn.Module:  # fmt: skip
+    _only(options, SDSA_OPTIONS, "spike_driven_self_attention")
+    label = f"{ctx.path} (spike_driven_self_attention)"
+    if len(in_shape) not in (2, 3):
+        raise ModelBuildError(f"{label} takes maps [C, H, W] or tokens [C, L], got "
+                              f"[{', '.join(map(str, in_shape))}]")  # fmt: skip
+    _check_heads(options.get("heads", 8), in_shape[0], label)
+    neuron = _neuron_factory(options.get("neuron"), ctx, label)
+    module = SpikeDrivenSelfAttention(in_shape[0], len(in_shape) == 3, neuron,
+                                      attn_v_threshold=options.get("attn_v_threshold", 0.5),
+                                      fire=bool(options.get("fire", False)))  # fmt: skip
+    module.out_shape = tuple(in_shape)
+    return module
+
+
+def _only(options: dict[str, Any], allowed: tuple[str, ...], entry: str) -> None:
+    unknown = set(options) - set(allowed)
     if unknown:
-        raise TypeError(
-            f"spiking_self_attention got unknown option(s) {', '.join(sorted(unknown))}; "
-            f"it takes {', '.join(OPTIONS)}"
-        )
-    label = f"{ctx.path} (spiking_self_attention)"
-    heads = options.get("heads", 8)
-    overrides = options.get("neuron") or {}
-    if len(in_shape) != 2:
+        raise TypeError(f"{entry} got unknown option(s) {', '.join(sorted(unknown))}; it takes "
+                        f"{', '.join(allowed)}")  # fmt: skip
+
+
+def _check_heads(heads: Any, channels: int, label: str) -> None:
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or channels % heads:
         raise ModelBuildError(
-            f"{label} takes tokens [C, L], got [{', '.join(map(str, in_shape))}]; put "
-            "{type: flatten, start_dim: 2} before it to turn [C, H, W] maps into [C, H*W] tokens"
+            f"{label}: heads={heads!r} must be a positive integer dividing the {channels} "
+            f"channels; pick one of {', '.join(map(str, _divisors(channels)))}"
         )
-    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or in_shape[0] % heads:
-        raise ModelBuildError(
-            f"{label}: heads={heads!r} must be a positive integer dividing the {in_shape[0]} "
-            f"channels; pick one of {', '.join(map(str, _divisors(in_shape[0])))}"
-        )
+
+
+def _neuron_factory(overrides: Any, ctx: Context, label: str) -> NeuronFactory:
+    """The layer's neurons: the run's group with the entry's ``neuron`` mapping over it."""
+    overrides = overrides or {}
     if not isinstance(overrides, Mapping):
         raise ModelBuildError(
             f"{label}: neuron must be a mapping of neuron options like {{name: lif, tau: 2.0}}, "
@@ -126,6 +262,26 @@ def _spiking_self_attention(options: dict[str, Any], in_shape: Shape, ctx: Conte
     def neuron(extra: dict[str, Any]) -> SpikingNeuron:
         return ctx.neuron({**overrides, **extra, "step_mode": "m"})
 
+    return neuron
+
+
+def _multi_step(neuron: SpikingNeuron) -> SpikingNeuron:
+    neuron.step_mode = "m"  # fed [T, N, ...] (T = 1 per call in a step-by-step network)
+    return neuron
+
+
+@LAYERS.register("spiking_self_attention")
+def _spiking_self_attention(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
+    _only(options, OPTIONS, "spiking_self_attention")
+    label = f"{ctx.path} (spiking_self_attention)"
+    heads = options.get("heads", 8)
+    if len(in_shape) != 2:
+        raise ModelBuildError(
+            f"{label} takes tokens [C, L], got [{', '.join(map(str, in_shape))}]; put "
+            "{type: flatten, start_dim: 2} before it to turn [C, H, W] maps into [C, H*W] tokens"
+        )
+    _check_heads(heads, in_shape[0], label)
+    neuron = _neuron_factory(options.get("neuron"), ctx, label)
     module = SpikingSelfAttention(
         in_shape[0],
         heads,

@@ -14,7 +14,9 @@ shape (``out_shape``) so that the builder never runs it on a dummy input.
   ``y = connect(body(x), shortcut(x))``; ``shortcut`` defaults to the identity. The connects
   (:data:`CONNECTS`) are SEW-ResNet's (Fang et al., NeurIPS 2021, eq. 8-10) with ``A = body(x)``
   and ``S = shortcut(x)``: ``add`` ``A + S``, ``and`` ``A S``, ``iand`` ``(1 - A) S``. ``and`` and
-  ``iand`` need spikes: the body must end with a neuron.
+  ``iand`` need spikes: the body must end with a neuron. ``concat`` joins ``[A, S]`` along the
+  per-sample dimension ``dim`` (0, the default: channels or features; DenseNet's connection):
+  the shapes must agree elsewhere.
 - ``{type: recurrent, layers: [...], ...neuron options}``: a neuron fed its own spikes of the
   previous step through the ``layers`` (the projection, e.g. a ``linear`` or a ``conv2d`` that
   keeps the shape; a ``linear`` or conv there keeps it unless told otherwise):
@@ -39,6 +41,7 @@ CONNECTS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Regis
 CONNECTS.register("add")(lambda a, s: a + s)
 CONNECTS.register("and")(lambda a, s: a * s)
 CONNECTS.register("iand")(lambda a, s: (1.0 - a) * s)
+CONNECTS.register("concat")(lambda a, s: torch.cat((a, s), 2))  # dim 0; Residual keeps its dim
 SPIKE_CONNECTS = ("and", "iand")  # defined on spikes only
 
 # A repeat's bounds, far above the zoo's largest networks (sew_resnet34: 259 modules;
@@ -57,20 +60,26 @@ class Block(nn.Sequential):
 
 
 class Residual(nn.Module):
-    """``connect(body(x), shortcut(x))`` over ``[T, N, ...]``."""
+    """``connect(body(x), shortcut(x))`` over ``[T, N, ...]``; ``dim``: the per-sample
+    dimension ``concat`` joins along (0 or more)."""
 
-    def __init__(self, body: Block, shortcut: Block, connect: str) -> None:
+    def __init__(self, body: Block, shortcut: Block, connect: str, dim: int = 0) -> None:
         super().__init__()
         self.body, self.shortcut = body, shortcut
-        self.connect = connect
+        self.connect, self.dim = connect, dim
         self._connect = CONNECTS.get(connect)
         self.out_shape = body.out_shape
+        if connect == "concat":
+            joined = body.out_shape[dim] + shortcut.out_shape[dim]
+            self.out_shape = (*body.out_shape[:dim], joined, *body.out_shape[dim + 1 :])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.connect == "concat":
+            return torch.cat((self.body(x), self.shortcut(x)), self.dim + 2)
         return self._connect(self.body(x), self.shortcut(x))
 
     def extra_repr(self) -> str:
-        return f"connect={self.connect}"
+        return f"connect={self.connect}" + (f", dim={self.dim}" if self.connect == "concat" else "")
 
 
 class Recurrent(Stateful):
@@ -102,10 +111,16 @@ class Recurrent(Stateful):
 
 def ends_in_spikes(block: nn.Module) -> bool:
     """Whether a block's output is spikes by construction: it ends with a neuron, a recurrent
-    entry, or a block (or an ``and``/``iand`` residual) that does."""
+    entry, or a block (an ``and``/``iand`` residual, a ``concat`` of spikes, a graph whose
+    output node does) that does."""
     if isinstance(block, (SpikingNeuron, Recurrent)):
         return True
+    spikes_out = getattr(block, "spikes_out", None)  # a graph block says it itself
+    if callable(spikes_out):
+        return bool(spikes_out())
     if isinstance(block, Residual):
+        if block.connect == "concat":
+            return ends_in_spikes(block.body) and ends_in_spikes(block.shortcut)
         return block.connect in SPIKE_CONNECTS
     if isinstance(block, Block):
         return len(block) > 0 and ends_in_spikes(block[-1])
@@ -166,12 +181,18 @@ def _check_repeat_size(label: str, times: int, copies: list[Block]) -> None:
 
 @LAYERS.register("residual")
 def _residual(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
-    _only(options, "residual", ("body", "shortcut", "connect"))
+    _only(options, "residual", ("body", "shortcut", "connect", "dim"))
     connect = options.get("connect", "add")
     CONNECTS.get(connect)
     body = Block(*build_layers(options.get("body") or [], in_shape, ctx, "body"))
     shortcut = Block(*build_layers(options.get("shortcut") or [], in_shape, ctx, "shortcut"))
     label = f"{ctx.path} (residual)"
+    if connect == "concat":
+        dim = _concat_dim(options.get("dim", 0), body.out_shape, shortcut.out_shape, label)
+        return Residual(body, shortcut, connect, dim)
+    if "dim" in options:
+        raise ModelBuildError(f"{label}: dim is the dimension connect=concat joins along; "
+                              f"connect={connect} takes none: drop dim")  # fmt: skip
     if body.out_shape != shortcut.out_shape:
         raise ModelBuildError(
             f"{label}: body gives [T, N, {', '.join(map(str, body.out_shape))}] but shortcut "
@@ -184,6 +205,25 @@ def _residual(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Modu
             "{type: neuron} entry; or use connect=add"
         )
     return Residual(body, shortcut, connect)
+
+
+def _concat_dim(dim: Any, body: Shape, shortcut: Shape, label: str) -> int:
+    """``dim`` as a per-sample index (-1: the last); the branches must agree on every other
+    dimension: else one line naming both shapes."""
+    rank = len(body)
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -rank <= dim < rank:
+        raise ModelBuildError(f"{label}: dim must be a per-sample dimension of [T, N, "
+                              f"{', '.join(map(str, body))}], -{rank}..{rank - 1} (0: channels or "
+                              f"features), got {dim!r}")  # fmt: skip
+    dim %= rank
+    others = lambda shape: (*shape[:dim], *shape[dim + 1 :])  # noqa: E731
+    if len(shortcut) != rank or others(body) != others(shortcut):
+        raise ModelBuildError(
+            f"{label}: connect=concat joins along dim {dim}, so body [T, N, "
+            f"{', '.join(map(str, body))}] and shortcut [T, N, {', '.join(map(str, shortcut))}] "
+            "must agree on every other dimension"
+        )
+    return dim
 
 
 def _keeping_shape(entry: Any, in_shape: Shape) -> Any:

@@ -10,6 +10,7 @@ their own (``sequential``, ``residual``, ``repeat``, ``recurrent``) build them t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -101,6 +102,11 @@ def check_nesting(entries: Any, path: str = "model.layers") -> None:
                 inner += [
                     (entry[k], [*here, k], (*around, id(items))) for k in SUBLISTS if k in entry
                 ]
+                inner += [
+                    (node["layers"], [*here, "nodes", str(name), "layers"], (*around, id(items)))
+                    for name, node in _nodes(entry)
+                    if "layers" in node
+                ]
         todo += reversed(inner)  # depth first, in config order
     if first is not None:
         raise ModelBuildError(
@@ -182,6 +188,16 @@ def walk_entries(entries: Any) -> Iterator[Mapping[str, Any]]:
             yield entry
             for key in SUBLISTS:
                 yield from walk_entries(entry.get(key))
+            for _, node in _nodes(entry):  # a graph's nodes: a list, or one entry of their own
+                yield from walk_entries(node.get("layers") if "type" not in node else [node])
+
+
+def _nodes(entry: Mapping[str, Any]) -> list[tuple[Any, Mapping[str, Any]]]:
+    """A ``graph`` entry's ``(name, node)`` pairs (none for other entries)."""
+    nodes = entry.get("nodes")
+    if not isinstance(nodes, Mapping):
+        return []
+    return [(name, node) for name, node in nodes.items() if isinstance(node, Mapping)]
 
 
 class TimeFolded(nn.Module):
@@ -291,6 +307,22 @@ LAYERS.register("avgpool2d")(_folded(nn.AvgPool2d))
 LAYERS.register("adaptive_avgpool2d")(_folded(nn.AdaptiveAvgPool2d))
 LAYERS.register("flatten")(_folded(nn.Flatten))
 LAYERS.register("linear")(_folded(nn.Linear, lambda s: {"in_features": s[-1]}))
+
+
+@LAYERS.register("unflatten")
+def _unflatten(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
+    """Tokens ``[C, L]`` back to maps ``[C, H, W]``: ``sizes: [H, W]`` (null: square,
+    ``H = W = sqrt(L)``), the inverse of ``{type: flatten, start_dim: 2}``."""
+    unknown = set(options) - {"sizes"}
+    if unknown:
+        raise TypeError(f"unflatten takes sizes, got {', '.join(sorted(unknown))}")
+    sizes = options.get("sizes")
+    if sizes is None:
+        side = math.isqrt(in_shape[-1])
+        if side * side != in_shape[-1]:
+            raise ValueError(f"{in_shape[-1]} tokens are no square; give sizes: [H, W]")
+        sizes = [side, side]
+    return TimeFolded(nn.Unflatten(-1, tuple(sizes)))
 
 
 @LAYERS.register("identity")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from snnrun.net import attention, blocks, custom, readout  # noqa: F401  (register their entries)
+from snnrun.net import attention, blocks, custom, graph, readout  # noqa: F401  (their entries)
 from snnrun.net.blocks import Block
 from snnrun.net.layers import (
     AUTO,

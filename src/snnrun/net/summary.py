@@ -16,10 +16,11 @@ from rich.table import Table
 from torch import nn
 
 from snnrun.net.blocks import Block, Recurrent, Residual
+from snnrun.net.graph import GraphBlock
 from snnrun.net.model import SpikingNetwork
 from snnrun.neuron.neurons import SpikingNeuron
 
-BLOCKS = (Block, Residual)  # rows whose output another row already counts
+BLOCKS = (Block, Residual, GraphBlock)  # rows whose output another row already counts
 
 
 def layer_rows(model: SpikingNetwork, T: int) -> list[tuple[str, str, str, str]]:
@@ -30,8 +31,21 @@ def layer_rows(model: SpikingNetwork, T: int) -> list[tuple[str, str, str, str]]
         out = "[" + ", ".join(map(str, (T, "N", *entry.shape))) + "]"
         params = sum(p.numel() for p in layer.parameters())
         what = entry.type + (f"({layer.connect})" if isinstance(layer, Residual) else "")
+        if isinstance(layer, GraphBlock):
+            what += f"(-> {layer.output})"
+        elif entry.type == "node":
+            what = _node(model, name, layer)
         rows.append((f"{name} {what}", out, f"{params:,}", _neuron(layer)))
     return rows
+
+
+def _node(model: SpikingNetwork, label: str, node: nn.Module) -> str:
+    """``node(concat of a, b)``: a graph node's row says what it merges."""
+    graph_label, _, name = label.rpartition(".nodes.")
+    graph = next(m for n, m, _ in model.entries() if n == graph_label)
+    inputs = graph.inputs[name]
+    merge = f"{graph.merges[name][0]} of " if len(inputs) > 1 else ""
+    return f"node({merge}{', '.join(inputs)})"
 
 
 def _neuron(layer: nn.Module) -> str:

@@ -55,6 +55,7 @@ from torch import nn
 
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.net.blocks import Block, Recurrent, Residual
+from snnrun.net.graph import GraphBlock
 from snnrun.net.layers import (
     LAYERS,
     Context,
@@ -813,6 +814,11 @@ class _Writer:
             )
         if type(m) is Residual:
             return self.residual(m, label, where, at)
+        if isinstance(m, GraphBlock):
+            raise NirError(
+                f"{where}: a graph block does not export to NIR yet; write its branches as "
+                "residual (connect=add) blocks to export"
+            )
         if type(m) in (Block, nn.Sequential):
             return self.children(m, label, at)
         if isinstance(m, Recurrent):
@@ -832,9 +838,10 @@ class _Writer:
         """``body(x) + shortcut(x)``: both branches start at one node and end in one node each;
         their edges meet at the node after the residual (an identity shortcut is a direct edge)."""
         if m.connect != "add":
+            what = "joins the branches" if m.connect == "concat" else "multiplies spikes"
             raise NirError(
-                f"{where}: connect={m.connect} multiplies spikes and NIR has no node for that; "
-                "only connect=add exports (the branches' edges meet at one node, which sums them)"
+                f"{where}: connect={m.connect} {what} and NIR has no node for that; only "
+                "connect=add exports (the branches' edges meet at one node, which sums them)"
             )
         fork = replace(self.summed(at), chain=())
         body = self.summed(self.children(m.body, f"{label}.body", fork))

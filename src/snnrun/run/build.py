@@ -219,6 +219,16 @@ def resolve_paths(cfg: DictConfig) -> dict[str, Any]:
     return config
 
 
+def label_custom_network(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``model.layers=[...]`` on the command line builds another network than its model group
+    names: it is labelled ``custom`` (in the summary, ``config.yaml`` and ``snnrun runs``)
+    unless ``model.name=`` labels it."""
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    if "model.layers" in keys and "model.name" not in keys:
+        config["model"]["name"] = "custom"
+    return config
+
+
 def data_identity(splits: Splits) -> dict[str, Any]:
     """What a resume can check about the data under a run (shape, classes, sizes, content)."""
     return {

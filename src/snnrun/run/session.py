@@ -34,7 +34,14 @@ from snnrun.engine.optim import follow_horizon
 from snnrun.engine.profile import StepProfiler
 from snnrun.engine.trainer import Trainer, TrainSettings, TrainState
 from snnrun.net.summary import markdown, summary_table, totals
-from snnrun.run.build import Run, build_run, data_identity, refuse_existing_run, resolve_paths
+from snnrun.run.build import (
+    Run,
+    build_run,
+    data_identity,
+    label_custom_network,
+    refuse_existing_run,
+    resolve_paths,
+)
 from snnrun.run.callbacks import Checkpoints, Logging, TrainingFigures
 from snnrun.run.checkpoint import VERSION as CHECKPOINT_VERSION
 from snnrun.run.checkpoint import Checkpoint, capture_rng, restore_rng
@@ -65,7 +72,7 @@ def train(
     in one dir; a fresh run refuses a dir that already holds a run, unless ``resume=auto``
     finds a run of the same config there and continues it (a requeued job).
     """
-    config = resolve_paths(cfg)
+    config = label_custom_network(resolve_paths(cfg), overrides)
     world = init_distributed()
     rundir = RunDir(run_dir)
     if checkpoint is None and config.get("resume") == "auto":
