@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_blocks import BN, HEAD, NEURON, conv, folded, if_neuron, net
+from test_blocks import BN, HEAD, IF, NEURON, conv, folded, if_neuron, net
 
 from snnrun.engine.monitor import spike_fed
 from snnrun.net.graph import GraphBlock
@@ -19,6 +19,7 @@ from snnrun.nir.graph import NirError, to_nir
 from conftest import (
     assert_one_line_error,
     cli,
+    neuron_spikes,
     read_metrics,
     resumed_equals_unbroken,
     train_in_process,
@@ -127,16 +128,55 @@ def test_step_by_step_equals_multi_step_through_a_graph() -> None:
       r"\.nodes\.b: unknown merge 'or'; known: add, mul, and, iand, concat"),
      (bad({"a": {"layers": [conv(2)], "kernel": 3}}), r"\.nodes\.a: unknown key\(s\) kernel"),
      (bad({"a": {"layers": [conv(2)]}}, output="z"), r" \(graph\): output 'z' is no node"),
-     (bad({"a": {"layers": [{"type": "conv3d"}]}}), r"\.nodes\.a\.layers\[0\] \(conv3d\)")],
+     (bad({"a": {"layers": [{"type": "conv3d"}]}}), r"\.nodes\.a\.layers\[0\] \(conv3d\)"),
+     (bad({"a.b": {"layers": [conv(2)]}}), r" \(graph\): 'a\.b' cannot name a node"),
+     (bad({"input": {"layers": [conv(2)]}}), r" \(graph\): 'input' cannot name a node")],
 )  # fmt: skip
 def test_a_bad_graph_names_the_node(entry: dict, needle: str) -> None:
     with pytest.raises(ModelBuildError, match=r"model\.layers\[1\]" + needle):
         net([conv(2), entry, *HEAD])
 
 
-def test_nir_export_refuses_a_graph_in_one_line() -> None:
+def add_graph() -> dict:
+    """Three branches summed, a branch that reads another's output, the input added twice."""
+    return bad({
+        "a": {"inputs": ["input"], "layers": [conv(2, kernel_size=1, padding=0), NEURON]},
+        "b": {"inputs": ["input"], "layers": [conv(2), BN, NEURON]},
+        "c": {"inputs": ["a"], "layers": [conv(2, kernel_size=5, padding=2), BN, NEURON]},
+        "s": {"inputs": ["a", "b", "c", "input"]},
+        "t": {"inputs": ["s", "input", "input"], "layers": [NEURON]},
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["if", "lif"])
+def test_nir_round_trip_of_an_add_graph_gives_the_same_spikes(kind: str, tmp_path: Path) -> None:
+    """Merges by ``add`` export as fan-in edges (NIR sums a node's inputs) and read back as a
+    graph block: the same spikes at every neuron and the same output."""
+    import nir
+
+    from snnrun.net.model import SpikingNetwork
+    from snnrun.nir.graph import from_nir
+
+    neuron = {"name": kind, **({"tau": 2.0} if kind == "lif" else {})}
+    model = lively(net([conv(2), NEURON, add_graph(), *HEAD], **neuron)).float()
+    exported = to_nir(model, (2, 6, 6), 1e-3)
+    nir.write(tmp_path / "g.nir", exported.graph)
+    groups = {"neuron": {**IF, **neuron}, "surrogate": {"name": "atan", "alpha": 2.0}}
+    back = SpikingNetwork(from_nir(nir.read(tmp_path / "g.nir"), (2, 6, 6), groups)).eval()
+    assert any(isinstance(m, GraphBlock) for m in back.modules())
+    x = torch.rand(4, 3, 2, 6, 6) * (2 if kind == "if" else 6)  # LIF halves its input
+    ours, theirs = neuron_spikes(model, x), neuron_spikes(back, x)
+    assert len(ours) == len(theirs) == 6 and all(s.sum() > 0 for s in ours[:5])  # the graph
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        assert torch.equal(model(x), back(x))
+    assert not exported.warnings
+
+
+def test_nir_export_refuses_a_concat_merge_in_one_line() -> None:
     model = net([conv(2), NEURON, inception(), *HEAD])
-    with pytest.raises(NirError, match=r"\[2\] \(graph\): a graph block does not export"):
+    with pytest.raises(NirError, match=r"\[2\] \(graph\): node cat merges by concat, which NIR"):
         to_nir(model.float(), (2, 6, 6), 1e-3)
 
 
@@ -191,6 +231,39 @@ def test_a_users_inception_net_trains_resumes_renders_and_exports(
     capsys.readouterr()
     train_in_process(monkeypatch, "export", str(whole), "format=onnx")
     assert "onnxruntime matches PyTorch" in capsys.readouterr().out
+
+
+ADD_NET = INCEPTION_NET.replace("out: {inputs: [a, b, c], merge: concat}",
+                                 "out: {inputs: [a, b, input], layers: [{type: neuron}]}").replace(
+    "out_channels: 2, kernel_size: 1", "out_channels: 4, kernel_size: 1").replace(
+    "out_channels: 3, kernel_size: 3", "out_channels: 4, kernel_size: 3").replace(
+    "      c: {inputs: [input], layers: [{type: maxpool2d, kernel_size: 3, stride: 1, "
+    "padding: 1}]}\n", "")  # fmt: skip
+
+
+def test_an_add_graph_exports_to_nir_through_the_command(monkeypatch, tmp_path: Path) -> None:
+    """A user's graph of add merges trains, and ``snnrun export format=nir`` writes it; read
+    back, its spikes equal the run's network's."""
+    import nir
+
+    from snnrun.api import load_run
+    from snnrun.net.model import SpikingNetwork
+    from snnrun.nir.graph import from_nir
+    from snnrun.run.build import neuron_groups
+
+    run = tmp_path / "run"
+    args = user_model_args(tmp_path, "add_net", ADD_NET)
+    train_in_process(monkeypatch, *args, "epochs=1", f"hydra.run.dir={run}")
+    train_in_process(monkeypatch, "export", str(run), "format=nir")
+    loaded = load_run(run, "latest", "cpu")
+    graph = nir.read(run / "export" / "model.nir")
+    back = SpikingNetwork(from_nir(graph, (1, 28, 28), neuron_groups(loaded.config))).eval()
+    assert any(isinstance(m, GraphBlock) for m in back.modules())  # a fork of three branches
+    x = torch.rand(4, 2, 1, 28, 28) * 3
+    ours, theirs = neuron_spikes(loaded.model, x), neuron_spikes(back, x)
+    assert len(ours) == len(theirs) and sum(float(s.sum()) for s in ours) > 0
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_a_bad_graph_through_the_command_is_one_line(

@@ -27,7 +27,7 @@ PAPER = {
         "scheduler.name": "cosine", "scheduler.eta_min": 1e-5, "scheduler.warmup_epochs": 20,
         "scheduler.warmup_lr": 1e-5, "scheduler.cooldown_epochs": 10, "loss.name": "ce_rate",
         "loss.label_smoothing": 0.1, "augment.flip": True, "augment.crop_padding": 0,
-        "augment.randaugment": 1, "augment.randaugment_magnitude": 9,
+        "augment.randaugment": 1, "augment.randaugment_magnitude": 27,
         "augment.random_erasing": 0.25, "augment.random_erasing_mode": "const",
         "mixup.alpha": 0.5, "mixup.cutmix_alpha": 0.0, "mixup.prob": 1.0, "mixup.off_epoch": 200,
     },
@@ -61,6 +61,44 @@ PAPER = {
         "neuron.init_tau": 2.0, "neuron.detach_reset": True, "optimizer.name": "sgd",
         "optimizer.lr": 0.001, "optimizer.momentum": 0.9, "scheduler.name": "step",
         "scheduler.step_size": 64, "scheduler.gamma": 0.1, "loss.name": "ce_rate",
+    },
+    "cifar10_sdt": {
+        "T": 4, "epochs": 310, "batch_size": 64, "model.name": "spike_driven_transformer",
+        "model.embed_dim": 512, "model.depths": 2, "model.heads": 8, "model.mlp_ratio": 4,
+        "dataset.name": "cifar10", "neuron.name": "lif", "neuron.tau": 2.0,
+        "neuron.detach_reset": True, "surrogate.name": "sigmoid", "surrogate.alpha": 4.0,
+        "optimizer.name": "adamw", "optimizer.lr": 3e-4, "optimizer.weight_decay": 0.06,
+        "scheduler.name": "cosine", "scheduler.eta_min": 1e-5, "scheduler.warmup_epochs": 20,
+        "scheduler.warmup_lr": 1e-6, "scheduler.cooldown_epochs": 10, "loss.name": "ce_rate",
+        "loss.label_smoothing": 0.1, "augment.flip": True, "augment.crop_padding": 0,
+        "augment.randaugment": 1, "augment.randaugment_magnitude": 27,
+        "augment.random_erasing": 0.0, "mixup.alpha": 0.5, "mixup.cutmix_alpha": 0.0,
+        "mixup.prob": 1.0, "mixup.off_epoch": 200, "precision.name": "fp32",
+    },
+    "cifar10_qkformer": {
+        "T": 4, "epochs": 410, "batch_size": 64, "model.name": "qkformer", "model.stem": "cifar",
+        "model.embed_dim": 384, "model.mlp_ratio": 4, "model.attention": "token",
+        "dataset.name": "cifar10", "neuron.name": "lif", "neuron.tau": 2.0,
+        "neuron.detach_reset": True, "surrogate.name": "sigmoid", "surrogate.alpha": 4.0,
+        "optimizer.name": "adamw", "optimizer.lr": 1e-3, "optimizer.weight_decay": 0.06,
+        "scheduler.name": "cosine", "scheduler.eta_min": 1e-5, "scheduler.warmup_epochs": 20,
+        "scheduler.warmup_lr": 1e-5, "scheduler.cooldown_epochs": 10, "loss.name": "ce_rate",
+        "loss.label_smoothing": 0.1, "augment.flip": True, "augment.crop_padding": 0,
+        "augment.randaugment": 1, "augment.randaugment_magnitude": 27,
+        "augment.random_erasing": 0.25, "augment.random_erasing_mode": "const",
+        "mixup.alpha": 0.5, "mixup.cutmix_alpha": 0.0, "mixup.prob": 1.0, "mixup.off_epoch": 200,
+        "precision.name": "amp_fp16",
+    },
+    "cifar10_ms_resnet": {
+        "T": 6, "epochs": 125, "batch_size": 256, "model.name": "ms_resnet18",
+        "model.stem": "cifar", "dataset.name": "cifar10", "neuron.name": "lif",
+        "neuron.tau": 4 / 3, "neuron.decay_input": False, "neuron.v_threshold": 0.5,
+        "neuron.v_reset": 0.0, "neuron.detach_reset": True, "surrogate.name": "rectangle",
+        "surrogate.width": 1.0, "optimizer.name": "sgd", "optimizer.lr": 0.1,
+        "optimizer.momentum": 0.9, "optimizer.weight_decay": 1e-5, "scheduler.name": "cosine",
+        "scheduler.eta_min": 0.0, "loss.name": "ce_rate", "loss.label_smoothing": 0.1,
+        "augment.crop_padding": 4, "augment.flip": True, "augment.autoaugment": True,
+        "precision.name": "amp_fp16",
     },
 }  # fmt: skip
 
@@ -135,6 +173,17 @@ REDUCED: dict[str, tuple[Callable[[Path], None], list[str]]] = {
         "model.channels=4", "model.blocks=2", "dataset.train_ratio=0.5", "batch_size=5"]),
     "dvsgesture_sew_resnet": (dvsgesture_files, [
         "model.channels=4", "model.blocks=2", "batch_size=2"]),
+    "cifar10_sdt": (cifar10_files, [
+        "model.embed_dim=16", "model.heads=2", "model.depths=1", "dataset.train_limit=32",
+        "dataset.test_limit=16", "batch_size=16", "scheduler.warmup_epochs=0.5",
+        "scheduler.cooldown_epochs=0.5"]),
+    "cifar10_qkformer": (cifar10_files, [
+        "model.embed_dim=32", "model.heads=[2,2,2]", "model.depths=[1,1,1]",
+        "dataset.train_limit=32", "dataset.test_limit=16", "batch_size=16",
+        "scheduler.warmup_epochs=0.5", "scheduler.cooldown_epochs=0.5"]),
+    "cifar10_ms_resnet": (cifar10_files, [
+        "model.width=4", "model.blocks=[1,1,1,1]", "dataset.train_limit=32",
+        "dataset.test_limit=16", "batch_size=16"]),
 }  # fmt: skip
 
 

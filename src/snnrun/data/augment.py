@@ -8,8 +8,9 @@ Steps, in the order of the CIFAR recipes (DeVries & Taylor 2017; Cubuk et al. 20
 - ``flip``: mirror left-right with probability 1/2.
 - ``autoaugment``: torchvision's ``AutoAugment`` with its CIFAR10 policy, on the image as uint8.
 - ``randaugment: n`` (and ``randaugment_magnitude: m``, 9): torchvision's ``RandAugment`` with
-  ``n`` operations of magnitude ``m`` (timm's ``rand-m9-n1`` is ``n`` 1, ``m`` 9; timm's
-  magnitude noise ``mstd`` has no torchvision counterpart), on the image as uint8.
+  ``n`` operations of magnitude ``m`` of 30 (timm's ``rand-m9-n1`` is ``n`` 1 at 9/10 of
+  each op's range: ``m`` 27; timm's magnitude noise ``mstd`` and its op probability 0.5 have
+  no torchvision counterpart), on the image as uint8.
 - ``cutout: L``: one ``L x L`` square (clipped at the border) centred uniformly in the image is
   set to the dataset's mean colour, 0 after normalisation, as Cutout sets it (16 on CIFAR-10,
   8 on CIFAR-100 in the paper).

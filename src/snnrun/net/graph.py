@@ -123,6 +123,10 @@ def _graph(options: dict[str, Any], in_shape: Shape, ctx: Context) -> nn.Module:
         raise ModelBuildError(f"{ctx.path} (graph): nodes must map names to nodes ({{name: "
                               f"{{inputs: [...], layers: [...]}}}}), got {specs!r}")  # fmt: skip
     names = list(specs)
+    for name in names:
+        if not isinstance(name, str) or not name or "." in name or name == INPUT:
+            raise ModelBuildError(f"{ctx.path} (graph): {name!r} cannot name a node (a name "
+                                  f"without dots, not {INPUT!r}: the block's input)")  # fmt: skip
     inputs = {name: _inputs(specs[name], names, i, ctx) for i, name in enumerate(names)}
     output = options.get("output", names[-1])
     if output not in specs:

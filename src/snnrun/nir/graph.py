@@ -32,9 +32,12 @@ Blocks. ``sequential`` and ``repeat`` blocks export their contents in order, at 
 identity shortcut: the node before the fork) both have an edge into the node after the
 residual, which sums its inputs, as NIR defines. Where that sum feeds a further fork, ends a
 branch or ends the graph, it is one ``Scale`` of ones (``snnrun_layer: add``), read back as
-nothing, so that every merge has two inputs. Import
-reads such forks back as ``Residual`` blocks. ``and`` / ``iand`` (spike logic), ``recurrent``
-and ``module`` entries, and any layer without a row are refused, naming the entry's config path.
+nothing, so that every merge has two inputs. A ``graph`` block whose merges are all ``add``
+exports the same way: each node's inputs have edges into its first node. Import reads a fork of
+two branches that merge again as a ``Residual`` block, and any other fork (more branches,
+branches that fork again, merges of several) up to the node where all its branches meet as a
+``GraphBlock``. ``and`` / ``iand`` / ``concat`` / ``mul`` merges, ``recurrent`` and ``module``
+entries, and any layer without a row are refused, naming the entry's config path.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from torch import nn
 
 from snnrun.core.errors import SnnrunError, one_line
 from snnrun.net.blocks import Block, Recurrent, Residual
-from snnrun.net.graph import GraphBlock
+from snnrun.net.graph import INPUT, GraphBlock
 from snnrun.net.layers import (
     LAYERS,
     Context,
@@ -815,10 +818,7 @@ class _Writer:
         if type(m) is Residual:
             return self.residual(m, label, where, at)
         if isinstance(m, GraphBlock):
-            raise NirError(
-                f"{where}: a graph block does not export to NIR yet; write its branches as "
-                "residual (connect=add) blocks to export"
-            )
+            return self.graph_block(m, label, where, at)
         if type(m) in (Block, nn.Sequential):
             return self.children(m, label, at)
         if isinstance(m, Recurrent):
@@ -852,6 +852,31 @@ class _Writer:
         self.out.layers.append(f"{label} residual(add) -> edges of both branches into one node")
         return _Point((*body.sources, *shortcut.sources), body.shape, False, (), label)
 
+    def graph_block(self, m: GraphBlock, label: str, where: str, at: _Point) -> _Point:
+        """Each node after its inputs: their edges meet at the node's first NIR node, which sums
+        them (an input that is itself a sum is one ``Scale`` of ones first; the same input twice,
+        one more); only ``merge: add`` exports."""
+        for name in m.order:
+            merge = m.merges[name][0]
+            if len(m.inputs[name]) > 1 and merge != "add":
+                raise NirError(f"{where}: node {name} merges by {merge}, which NIR has no node "
+                               "for; only merge=add exports (the inputs' edges meet at one "
+                               "node, which sums them)")  # fmt: skip
+        points = {INPUT: replace(self.summed(at), chain=())}
+        for name in m.order:
+            here, sources = f"{label}.nodes.{name}", []
+            for i, src in enumerate(m.inputs[name]):
+                point = points[src] = replace(self.summed(points[src]), chain=())
+                if point.sources[0] in sources:  # x + x: a second, identical edge is no sum
+                    point = self.add(f"{here}.input{i}", _sum_node(point.shape), point)
+                sources += point.sources
+            first = points[m.inputs[name][0]]
+            spikes = first.spikes and len(sources) == 1
+            start = _Point(tuple(sources), first.shape, spikes, (), here)
+            points[name] = self.children(m.nodes[name], here, start)
+        self.out.layers.append(f"{label} graph -> its nodes, each input's edges into one node")
+        return points[m.output]
+
     def leaf(self, m: nn.Module, label: str, where: str, at: _Point) -> _Point:
         module = m.module if isinstance(m, TimeFolded) else m
         row = _EXPORTS.get(type(module))
@@ -868,7 +893,7 @@ class _Writer:
             raise NirError(
                 f"{where}: snnrun writes no NIR node for {type(module).__name__}; the layers "
                 f"that export are {', '.join(sorted(r.name for r in TABLE if r.export))}, in "
-                "sequential, repeat and residual (connect=add) blocks"
+                "sequential, repeat, residual (connect=add) and graph (merge=add) blocks"
             )
         if at.blocked and type(module) is nn.BatchNorm2d:  # it folds into the entry passed over
             return replace(at, blocked=False)
@@ -961,8 +986,9 @@ def _layer_type(module: nn.Module) -> str:
 
 
 class _Reader:
-    """A NIR graph as snnrun layers: chains, and forks whose two branches merge again at one
-    node (a residual ``add``; one branch may be a direct edge), nested at any depth."""
+    """A NIR graph as snnrun layers: chains, and forks whose branches merge again at one node
+    (two: a residual ``add``, one branch may be a direct edge; more, or forks within: a graph
+    block), nested at any depth."""
 
     def __init__(self, graph: Any, dt: float, neuron_groups: dict[str, Any], path: str) -> None:
         self.nodes, self.dt, self.groups, self.path = graph.nodes, dt, neuron_groups, path
@@ -1000,10 +1026,10 @@ class _Reader:
             nxt = self.after.get(node, [])
             if len(nxt) == 1 and len(self.before[nxt[0]]) > 1:
                 return layers, shape, nxt[0]
-            if len(nxt) == 2:
-                residual, node = self.residual(node, shape)
-                layers.append(residual)
-                shape = residual.out_shape
+            if len(nxt) >= 2:
+                block, node = self.fork(node, shape)
+                layers.append(block)
+                shape = block.out_shape
             elif len(nxt) == 1:
                 node = nxt[0]
             else:
@@ -1017,6 +1043,73 @@ class _Reader:
                 more, shape = self.read(node, shape)
                 layers += more
         return layers, shape, None
+
+    def fork(self, fork: str, shape: Shape) -> tuple[nn.Module, str]:
+        """The branches from ``fork`` up to the node where they all merge: a two-branch fork as
+        a ``Residual``; any other (more branches, forks inside, merges of several) as a
+        ``GraphBlock``; the node they merge at."""
+        if len(self.after[fork]) == 2:
+            try:
+                return self.residual(fork, shape)
+            except NirError as refusal:
+                try:
+                    return self.region(fork, shape)
+                except NirError:
+                    raise refusal from None
+        return self.region(fork, shape)
+
+    def region(self, fork: str, shape: Shape) -> tuple[GraphBlock, str]:
+        """The nodes after ``fork`` up to the first node every one of its branches reaches (the
+        join), as a graph block whose output is the join's sum of its inputs."""
+        done, pending, order = {fork}, dict.fromkeys(self.after[fork]), []
+        while True:
+            ready = [n for n in pending if all(p in done for p in self.before[n])]
+            if not ready:
+                outside = next(p for n in pending for p in self.before[n] if p not in done)
+                raise NirError(
+                    f"the branches from {self.name(fork)} merge with {self.name(outside)}, "
+                    "which does not branch from it; snnrun reads branches that merge again"
+                )
+            node = ready[0]
+            if len(pending) == 1:  # every open edge ends here: the join
+                break
+            if self.kinds[node] == "Output":
+                raise NirError(
+                    f"the branches from {self.name(fork)} end at the Output before they merge; "
+                    "snnrun reads branches that merge again at one node"
+                )
+            del pending[node]
+            done.add(node)
+            order.append(node)
+            pending.update(dict.fromkeys(self.after.get(node, [])))
+        return self.graph_of(fork, order, node, shape), node
+
+    def graph_of(self, fork: str, order: list[str], join: str, shape: Shape) -> GraphBlock:
+        """A graph block of the NIR nodes ``order`` between ``fork`` and ``join``."""
+        key = {fork: INPUT}
+        for n in [*order, join]:  # module names: no dots, each its own (the join's: "join")
+            name = "join" if n == join else re.sub(r"[^A-Za-z0-9_]", "_", n)
+            while name in key.values() or (n != join and name == "join"):
+                name += "_"
+            key[n] = name
+        shapes = {INPUT: shape}
+        nodes: dict[str, Block] = {}
+        inputs: dict[str, list[str]] = {}
+        for name in [*order, join]:
+            sources = [key[p] for p in self.before[name]]
+            given = {shapes[s] for s in sources}
+            if len(given) != 1:
+                shown = ", ".join(str(list(g)) for g in given)
+                raise NirError(f"{self.name(name)} sums inputs of shapes {shown}; they must match")
+            merged = shapes[sources[0]]
+            modules, out = self.read(name, merged) if name != join else ([], merged)
+            node = key[name]
+            nodes[node], inputs[node], shapes[node] = Block(modules, out), sources, out
+            nodes[node].snnrun_entry = Entry("node", f"{self.path}:{name}", out)
+        merges = {n: ("add", 0) for n in nodes}
+        block = GraphBlock(nodes, inputs, merges, key[join], shapes[key[join]])
+        block.snnrun_entry = Entry("graph", f"{self.path}:{fork}..{join}", block.out_shape)
+        return block
 
     def branch(self, first: str, shape: Shape) -> tuple[list[nn.Module], Shape, str | None]:
         """One branch of a fork, from its ``first`` node to the node where it merges."""
@@ -1082,8 +1175,9 @@ def from_nir(
     """snnrun layers for a NIR graph, given one sample's shape and the run's ``neuron`` /
     ``surrogate`` groups (backend, step mode, surrogate of the neurons).
 
-    The graph is a chain in which a node may fork into two branches that merge again at one
-    node (NIR sums its inputs): a :class:`~snnrun.net.blocks.Residual` ``add``, at any depth.
+    The graph is a chain in which a node may fork into branches that merge again at one node
+    (NIR sums its inputs): two branches as a :class:`~snnrun.net.blocks.Residual` ``add``, any
+    other fork as a :class:`~snnrun.net.graph.GraphBlock`, at any depth.
     Cycles, several inputs and other shapes are one :class:`NirError`. ``dt`` defaults to the
     graph's own ``metadata["dt"]`` (snnrun writes it), else :data:`DT`. Every module is marked
     with an :class:`Entry` whose path is ``path:<node name>``.
