@@ -181,7 +181,7 @@ class Trainer:
         self.net.train()
         totals = Totals()
         k, batches = self.accumulate, len(loader)
-        starts = [_hook(cb, "on_train_batch_start") for cb in self.callbacks]
+        starts = _overriding(self.callbacks, "on_train_batch_start")  # no no-op call per batch
         for i, (x, y) in enumerate(loader):
             y = y.to(self.run.device, non_blocking=True)
             for start in starts:
@@ -244,6 +244,12 @@ def _hook(callback: Callback, name: str) -> Any:
     """``callback``'s hook ``name``; one of ``OPTIONAL_HOOKS`` that a callback written without
     subclassing :class:`Callback` lacks does nothing (the base class's)."""
     return getattr(callback, name, None) or getattr(Callback(), name)
+
+
+def _overriding(callbacks: Sequence[Callback], name: str) -> list[Any]:
+    """The hooks ``name`` of the callbacks that define one (not the base class's no-op)."""
+    base = getattr(Callback, name)
+    return [getattr(cb, name) for cb in callbacks if getattr(type(cb), name, base) is not base]
 
 
 def _each(callbacks: Sequence[Callback], call: Any) -> None:

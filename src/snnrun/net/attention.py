@@ -79,7 +79,7 @@ class SpikingSelfAttention(nn.Module):
         """``SN(BN(W x))`` of branch ``name`` over ``[T, N, C, L]`` (conv and BN on
         ``[T*N, C, L]``)."""
         conv, bn, neuron = (getattr(self, f"{name}_{part}") for part in ("conv", "bn", "neuron"))
-        return neuron(bn(conv(x.flatten(0, 1))).unflatten(0, x.shape[:2]))
+        return neuron(_conv_bn(conv, bn, x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[2] != self.channels:
@@ -126,7 +126,7 @@ class SpikeDrivenSelfAttention(nn.Module):
 
     def _folded(self, name: str, x: torch.Tensor) -> torch.Tensor:
         conv, bn = getattr(self, f"{name}_conv"), getattr(self, f"{name}_bn")
-        return bn(conv(x.flatten(0, 1))).unflatten(0, x.shape[:2])
+        return _conv_bn(conv, bn, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (4, 5) or x.shape[2] != self.channels:
@@ -172,14 +172,14 @@ class QKAttention(nn.Module):
         if x.dim() != 4 or x.shape[2] != self.channels:
             raise ValueError(f"qk_{self.kind}_attention takes [T, N, {self.channels}, L], got "
                              f"{list(x.shape)}")  # fmt: skip
-        qk = self.qk_bn(self.qk_conv(x.flatten(0, 1))).unflatten(0, x.shape[:2])
+        qk = _conv_bn(self.qk_conv, self.qk_bn, x)
         q, k = self.qk_neuron(qk).chunk(2, dim=2)
         if self.kind == "token":
             mask = self.attn_neuron(q.unflatten(2, (self.heads, -1)).sum(3, keepdim=True))
             y = (mask * k.unflatten(2, (self.heads, -1))).flatten(2, 3)
         else:
             y = self.attn_neuron(q.sum(3, keepdim=True)) * k
-        y = self.proj_bn(self.proj_conv(y.flatten(0, 1))).unflatten(0, x.shape[:2])
+        y = _conv_bn(self.proj_conv, self.proj_bn, y)
         return y if self.proj_neuron is None else self.proj_neuron(y)
 
     def extra_repr(self) -> str:
@@ -263,6 +263,11 @@ def _neuron_factory(overrides: Any, ctx: Context, label: str) -> NeuronFactory:
         return ctx.neuron({**overrides, **extra, "step_mode": "m"})
 
     return neuron
+
+
+def _conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``BN(W x)`` over ``[T, N, C, ...]``, the conv and BN on ``[T*N, C, ...]``."""
+    return bn(conv(x.flatten(0, 1))).unflatten(0, x.shape[:2])
 
 
 def _multi_step(neuron: SpikingNeuron) -> SpikingNeuron:
