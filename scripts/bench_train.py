@@ -43,6 +43,12 @@ The real images are read from ``../shared/data/{fashion-mnist,mnist}`` beside th
 
     python scripts/bench_train.py [--nets fmnist snntorch] [--channels 32] [--steps 10]
         [--profile] [--variants] [--eval] [--out FILE.md]
+    python scripts/bench_train.py --zoo [spikformer sew_resnet18]
+
+``--zoo``: the zoo's Spikformer (CIFAR-10, 32x32) and SEW-ResNet-18 (64x64) against SpikingJelly
+2.0's own builders of them, the same weights, one training step each (T=4, batch 8, LIF tau 2,
+ATan, SGD) alternating in one process on one thread, timed by CPU time
+(``scripts/bench_zoo.py``, which also profiles both sides: ``--profile``).
 """
 
 from __future__ import annotations
@@ -510,6 +516,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rows", nargs="+", help="only these rows (e.g. snnrun spikingjelly)")
     p.add_argument("--out", type=Path, help="also write the table (markdown) here")
     p.add_argument("--json", type=Path, help="also write the raw records here")
+    zoo_help = (
+        "race the zoo's spikformer / sew_resnet18 against SpikingJelly 2.0's builder "
+        "instead (scripts/bench_zoo.py: T=4, batch 8, 1 thread, CPU time)"
+    )
+    p.add_argument("--zoo", nargs="*", metavar="NET", help=zoo_help)
     p.add_argument("--child", nargs=2, metavar=("NET", "ROW"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     keep = ("--channels", "--batch", "--batches", "--steps", "--repeats", "--warmup")
@@ -523,8 +534,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     if args.child:
         child(args)
+    elif args.zoo is not None:
+        zoo(args.zoo or ["spikformer", "sew_resnet18"])
     else:
         race(args)
+
+
+def zoo(nets: list[str]) -> None:
+    """The zoo networks' training step against SpikingJelly 2.0's own builder, alternating in
+    one process on one thread, timed by CPU time (``scripts/bench_zoo.py``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_zoo
+
+    torch.set_num_threads(1)
+    print(bench_zoo.table(nets, T=4, batch=8, steps=7, warmup=2, clock=time.thread_time))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from torch import nn
 
 from snnrun.core.errors import SnnrunError
 from snnrun.engine.monitor import neuron_layers
+from snnrun.net.memory import recomputing
 
 KEYS = ("lower", "lower_strength", "upper", "upper_strength", "layers")
 
@@ -65,7 +66,7 @@ class RateRegularizer:
 
     def _counter(self, name: str) -> Any:
         def count(module: nn.Module, args: Any, out: torch.Tensor) -> None:
-            if not (module.training and torch.is_grad_enabled()):
+            if not (module.training and torch.is_grad_enabled()) or recomputing():
                 return
             spikes = out.sum(0) if getattr(module, "step_mode", "m") == "m" else out
             spikes = spikes.flatten(1).float()

@@ -27,6 +27,7 @@ from snnrun.net.layers import (
     build_layers,
     check_nesting,
 )
+from snnrun.net.spikes import SpikeStore
 from snnrun.neuron.neurons import SpikingNeuron, reset_states
 
 __all__ = ["ModelBuildError", "SpikingNetwork", "build_model", "label"]
@@ -55,6 +56,8 @@ class SpikingNetwork(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.head, self.tail = split_static(list(self.layers))
         self.step_by_step = any(m.step_mode == "s" for _, m in self.neurons())
+        self.spike_store: SpikeStore | None = None  # set by net/memory.apply_plan
+        self.memory_plan: Any = None  # the MemoryPlan applied (net/memory.py)
 
     @property
     def static_head(self) -> int:
@@ -80,10 +83,19 @@ class SpikingNetwork(nn.Module):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         reset_states(self)
+        if self.spike_store is None:
+            return self._forward(x_seq)
+        with self.spike_store.region():
+            return self._forward(x_seq)
+
+    def _forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if self.step_by_step:
             return torch.cat([self.layers(x_seq[t : t + 1]) for t in range(x_seq.shape[0])])
         if x_seq.shape[0] == 1 or x_seq.stride(0) != 0 or not self.head:
-            return self.layers(x_seq)
+            out = x_seq
+            for layer in [*self.head, *self.tail]:
+                out = layer(out)
+            return out
         head = x_seq[:1]
         for layer in self.head:
             head = layer(head)

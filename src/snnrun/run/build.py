@@ -27,6 +27,7 @@ from snnrun.core.progress import console
 from snnrun.data.dataset import Splits, build_splits, make_loader
 from snnrun.data.encoder import Encoder, build_encoder
 from snnrun.engine.loss import RateLoss, build_loss
+from snnrun.engine.memory_budget import check_options as check_memory_options
 from snnrun.engine.monitor import Monitor, build_monitors
 from snnrun.engine.optim import build_optimizer, build_scheduler
 from snnrun.engine.precision import Precision, build_precision
@@ -91,6 +92,7 @@ def check_values(config: dict[str, Any]) -> None:
             raise SnnrunError(f"{key} must be a {kind} integer, got {config[key]!r}")
     if not isinstance(config["epochs"], int) or config["epochs"] < 0:
         raise SnnrunError(f"epochs must be a non-negative integer, got {config['epochs']!r}")
+    check_memory_options(config.get("memory") or {})
     for key, value in flatten(config, lists=True).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise SnnrunError(f"{key}={value} is not a finite number; give it a real value")

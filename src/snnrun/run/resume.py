@@ -62,6 +62,7 @@ RESUMABLE = (
     "monitor.",
     "viz.",
     "early_stopping.",
+    "memory.",  # every plan trains the same numbers: a resume may pick another
 )
 
 

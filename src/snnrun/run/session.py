@@ -29,9 +29,11 @@ from snnrun.engine.builtin_callbacks import (
 from snnrun.engine.callback import Callback, Watch, build_callbacks, declared_metrics, watches
 from snnrun.engine.ema import NAME as EMA_NAME
 from snnrun.engine.ema import WeightEMA
+from snnrun.engine.memory_budget import plan_for
 from snnrun.engine.mixup import build_mixup
 from snnrun.engine.optim import follow_horizon
 from snnrun.engine.profile import StepProfiler
+from snnrun.engine.testing import LossStep
 from snnrun.engine.trainer import Trainer, TrainSettings, TrainState
 from snnrun.net.summary import markdown, summary_table, totals
 from snnrun.run.build import (
@@ -179,6 +181,7 @@ def _fit(
     user = {**build_callbacks(config.get("callbacks")), **_averaging(config)}  # fail fast
     mixing = build_mixup(config.get("mixup"))
     run = build_run(config, world)
+    memory = _memory_plan(config, run)
     has_val = run.val_loader is not None
     best, stopping = watches(config, has_val, declared_metrics(user))  # before a resume writes
     data = {"name": config["dataset"]["name"], **data_identity(run.splits)}
@@ -189,7 +192,8 @@ def _fit(
         if main:
             info = {"run_id": run_id, "snnrun_version": __version__, "data": data,
                     "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    "provenance": provenance(run.device, world, config)}  # fmt: skip
+                    "provenance": provenance(run.device, world, config),
+                    "memory": memory}  # fmt: skip
             if declared_metrics(user):  # the keys ``snnrun runs`` shows
                 info["callback_metrics"] = list(declared_metrics(user))
             rundir.write_info({**info, "init_from": origin} if origin else info)
@@ -200,7 +204,8 @@ def _fit(
         if main:
             rundir.rewrite_metrics(state.history)
             made = provenance(run.device, world, config)  # each resume says what it ran with
-            rundir.record_resume({"epochs": config["epochs"], **(change or {}), "provenance": made})
+            rundir.record_resume({"epochs": config["epochs"], **(change or {}), "provenance": made,
+                                  "memory": memory})  # fmt: skip
         console.print(f"resuming {rundir.path} at epoch {state.epoch + 1} of {config['epochs']} "
                       f"({state.epoch} done, best test_acc {state.best_acc:.4f})")  # fmt: skip
     if main:
@@ -219,6 +224,25 @@ def _fit(
     trainer.fit(config["epochs"], state, rundir.path)
     _report(state, rundir.path)
     return state.best_acc
+
+
+def _memory_plan(config: dict[str, Any], run: Run) -> dict[str, Any]:
+    """The ``memory`` group's plan on ``run.model`` (measured first for ``memory=auto`` or a
+    ``memory.budget``): what ``run.json`` records."""
+    options = config.get("memory") or {}
+    step = LossStep(run.device, run.encoder, run.loss, run.precision, config["T"])
+    test = run.splits.test
+    n = max(1, min(len(test), config["batch_size"] // run.world.size))
+    x, y = (torch.stack(v) for v in zip(*(test[i] for i in range(n))))
+    plan, record = plan_for(options, run.model, lambda net: step(net, x, y.to(run.device))[1],
+                            run.device)  # fmt: skip
+    if "measured" in record:
+        shown = ", ".join(f"{m['spikes']}/{m['checkpoint']} {m['peak_mib']:,.0f} MiB "
+                          f"{m['step_s']:.2f} s" for m in record["measured"])  # fmt: skip
+        budget = f" under memory.budget={record['budget_mib']} MiB" if record["budget_mib"] else ""
+        console.print(f"memory: {plan}{budget}, chosen from one step of each plan "
+                      f"(spikes/checkpoint peak time: {shown})", highlight=False)  # fmt: skip
+    return record
 
 
 def _averaging(config: dict[str, Any]) -> dict[str, Callback]:
@@ -385,9 +409,15 @@ def _describe(run: Run, rundir: RunDir, main: bool, stopping: Watch | None) -> N
         f"activations per sample)  dataset={config['dataset']['name']} "
         f"({len(splits.train)} train / {len(splits.test)} test, input {list(splits.sample_shape)})"
         f"  T={config['T']}  device={run.device}  precision={config['precision']['name']}"
-        f"{_training_switches(config, stopping)}",
+        f"{_memory_switch(run)}{_training_switches(config, stopping)}",
         highlight=False,
     )
+
+
+def _memory_switch(run: Run) -> str:
+    """``  memory=spikes=bits checkpoint=blocks`` when the plan is not the default."""
+    plan = run.model.memory_plan
+    return "" if plan is None or plan == type(plan)() else f"  memory=({plan})"
 
 
 def _training_switches(config: dict[str, Any], stopping: Watch | None) -> str:
