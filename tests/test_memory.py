@@ -73,8 +73,11 @@ def assert_same(a: list, b: list, what: str) -> None:
         assert (u is None and v is None) or torch.equal(u, v), f"{what}: tensor {i} differs"
 
 
-@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "amp_bf16"])
-@pytest.mark.parametrize("backend", ["torch", "autograd"])
+@pytest.mark.parametrize(
+    ("backend", "dtype"),
+    [("torch", None), ("autograd", None), ("torch", torch.bfloat16)],
+    ids=["torch-fp32", "autograd-fp32", "torch-amp_bf16"],
+)
 @pytest.mark.parametrize("net", list(NETS))
 def test_every_plan_equals_none_bit_for_bit(net, backend, dtype):
     model, x = build(net, f"neuron.backend={backend}")

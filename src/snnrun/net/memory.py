@@ -9,12 +9,14 @@ A plan is two choices (``conf/memory/``), each leaving the gradients bit-identic
   its parts' largest values: counts, kept as bytes).
 - ``memory.checkpoint``: ``none``; ``blocks``: every residual, graph, attention, recurrent
   entry and repeat copy (and a ``sequential`` holding none of those but a neuron) keeps only
-  its input and re-runs in the backward; ``all``: also the layers between them, in segments
-  that end at each neuron. A unit's input is saved packed like any spikes. A re-run starts
-  from the states its modules held when it first ran (neuron membranes at the unit's first
-  step, a dropout mask, BatchNorm's running statistics), and leaves them as the first run did,
-  so BatchNorm's statistics are updated once and dropout replays its mask
-  (:func:`checkpointed`); the RNG is replayed by ``torch.utils.checkpoint``.
+  its input and re-runs in the backward; ``all``: every layer at any depth (inside residual
+  bodies and shortcuts, graph nodes, repeat copies) in segments that end at each neuron, an
+  attention or recurrent entry as a whole: the least memory, each layer re-run once. A unit's
+  input is saved packed like any spikes. A re-run starts from the states its modules held when
+  it first ran (neuron membranes at the unit's first step, a dropout mask, BatchNorm's running
+  statistics), and leaves them as the first run did, so BatchNorm's statistics are updated once
+  and dropout replays its mask (:func:`checkpointed`); the RNG is replayed by
+  ``torch.utils.checkpoint``.
 """
 
 from __future__ import annotations
@@ -129,17 +131,19 @@ def _kind(module: nn.Module, largest: int | None, kind: Callable) -> int | None:
 
 
 def _checkpoint_chain(layers: list[nn.Module], mode: str) -> list[Callable]:
-    """``layers`` as they run under ``mode``: units re-run alone; under ``all`` the other
-    layers in segments ending at each neuron; blocks holding units walked into."""
+    """``layers`` as they run under ``mode``: units re-run alone, blocks holding units walked
+    into; under ``all`` every block but an attention or recurrent one is walked into (a
+    residual's body and shortcut, a graph's nodes) and its layers re-run in segments that end
+    at each neuron."""
     out: list[Callable] = []
     segment: list[nn.Module] = []
     for layer in layers:
-        if _is_unit(layer):
+        if mode == "all" and isinstance(layer, (Block, Residual, GraphBlock)):
+            _walk_into(layer, mode)
+        elif _is_unit(layer):
             layer.forward = MethodType(_unit_forward, layer)
         elif isinstance(layer, Block) and _holds_unit(layer):
-            steps = _checkpoint_chain(list(layer), mode)
-            layer.snnrun_steps = steps
-            layer.forward = MethodType(_steps_forward, layer)
+            _walk_into(layer, mode)
         elif mode == "all":
             segment.append(layer)
             if isinstance(layer, SpikingNeuron):
@@ -153,6 +157,20 @@ def _checkpoint_chain(layers: list[nn.Module], mode: str) -> list[Callable]:
     if segment:
         out.append(Segment(segment))
     return out
+
+
+def _walk_into(block: nn.Module, mode: str) -> None:
+    """Run ``block``'s chains (a block's layers; a residual's body and shortcut; a graph's
+    nodes) through :func:`_checkpoint_chain`."""
+    if isinstance(block, Residual):
+        chains = [block.body, block.shortcut]
+    elif isinstance(block, GraphBlock):
+        chains = list(block.nodes.values())
+    else:
+        chains = [block]
+    for chain in chains:
+        chain.snnrun_steps = _checkpoint_chain(list(chain), mode)
+        chain.forward = MethodType(_steps_forward, chain)
 
 
 def _is_unit(module: nn.Module) -> bool:
