@@ -70,9 +70,10 @@ neuron H (4 B, every step), a max-pool its input and int64 indices (8 B per outp
 q/k/v's input, their BN inputs and H, V, K and Q, the ``[d, d]`` product per head, the
 attention neuron's H, the projection's input spikes, BN input and H; what the layers before the
 first neuron keep counts once for all T (they run once), the input not at all (held before).
-``checkpoint=blocks``: a residual (or attention) keeps only its input; ``all``: so does each
-segment of the other layers, ending at each neuron. Not counted: the weight gradients, what the
-backward allocates as it runs, a recomputed unit's own tensors.
+``checkpoint=blocks``: a residual (or attention) keeps only its input; ``all``: an attention
+keeps only its input, and so does each segment of the other layers at any depth (residual
+bodies and shortcuts walked into), ending at each neuron. Not counted: the weight gradients,
+what the backward allocates as it runs, a recomputed unit's own tensors.
 
     python scripts/bench_memory.py --networks [csnn,sew_resnet18,spikformer,7b] [--T 4,16,64]
         [--rows snnrun,plain] [--size 128] [--max-T spikformer=16,7b=16] [--rounds 1]
@@ -605,8 +606,9 @@ def _out(m: torch.nn.Module) -> int:
     return math.prod(m.snnrun_entry.shape)
 
 
-def _walk(m: torch.nn.Module, v: _Value, kept: _Kept) -> _Value:
-    """``m``'s output for input ``v``, adding what ``m`` keeps to ``kept`` (no checkpoint)."""
+def _walk(m: torch.nn.Module, v: _Value, kept: _Kept, checkpoint: str = "none") -> _Value:
+    """``m``'s output for input ``v``, adding what ``m`` keeps to ``kept``; ``checkpoint``:
+    the plan's, for a block or residual walked into (``all``), else ``none``."""
     from torch import nn
 
     from snnrun.net.attention import SpikingSelfAttention
@@ -618,9 +620,10 @@ def _walk(m: torch.nn.Module, v: _Value, kept: _Kept) -> _Value:
         kept.add(4 * v.numel)  # H, every step
         return _Value(v.numel, 1)
     if isinstance(m, Block):
-        return _chain(list(m), v, kept, "none")
-    if isinstance(m, Residual) and m.connect == "add":
-        a, s = _chain(list(m.body), v, kept, "none"), _chain(list(m.shortcut), v, kept, "none")
+        return _chain(list(m), v, kept, checkpoint)
+    if isinstance(m, Residual) and m.connect == "add":  # the sum keeps nothing
+        a = _chain(list(m.body), v, kept, checkpoint)
+        s = _chain(list(m.shortcut), v, kept, checkpoint)
         both = a.largest is not None and s.largest is not None
         return _Value(a.numel, a.largest + s.largest if both else None)
     if isinstance(m, SpikingSelfAttention):
@@ -670,15 +673,20 @@ def _attention(m: torch.nn.Module, x: _Value, kept: _Kept) -> _Value:
 
 
 def _chain(layers: list, v: _Value, kept: _Kept, checkpoint: str) -> _Value:
-    """Layers in order under ``checkpoint``: a unit (residual, attention, a block with a
-    neuron but no unit) keeps only its input; under ``all`` so does each segment of the other
-    layers, ending at each neuron; a block holding units is walked into."""
+    """Layers in order under ``checkpoint``: ``blocks``: a unit (residual, attention, a block
+    with a neuron but no unit) keeps only its input, a block holding units is walked into;
+    ``all``: every block and residual is walked into (body and shortcut), an attention keeps
+    only its input, and so does each segment of the other layers, ending at each neuron."""
+    from snnrun.net.blocks import Block, Residual
     from snnrun.neuron.neurons import SpikingNeuron
 
     scratch = _Kept(kept.spikes, kept.T)  # what a recomputed part would have kept
     segment = False
     for m in layers:
-        if checkpoint != "none" and _is_unit(m):
+        if checkpoint == "all" and isinstance(m, (Block, Residual)):
+            segment = False
+            v = _walk(m, v, kept, checkpoint)
+        elif checkpoint != "none" and _is_unit(m):
             segment = False
             kept.save(v)
             v = _walk(m, v, scratch)

@@ -227,10 +227,17 @@ def test_a_resume_may_change_the_plan_and_trains_the_same_numbers(monkeypatch, t
 
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "amp_bf16"])
-@pytest.mark.parametrize("net", ["csnn", "lsnn", pytest.param("sew_iand", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "net",
+    [
+        "csnn",
+        "lsnn",
+        *(pytest.param(n, marks=pytest.mark.slow) for n in ("sew_iand", "spikformer")),
+    ],
+)
 def test_every_plan_equals_none_with_the_triton_kernels(net, dtype):
     """The fused kernels (interpreted on a CPU: conftest sets ``TRITON_INTERPRET=1``; the
-    SEW-ResNet's 100 s are in ``-m slow``)."""
+    SEW-ResNet's 100 s and the Spikformer's 45 s are in ``-m slow``)."""
     model, x = build(net, "neuron.backend=triton")
     reference = train_steps(copy.deepcopy(model), x, dtype)
     for plan in (MemoryPlan("bits", "blocks"), MemoryPlan("uint8", "all")):
