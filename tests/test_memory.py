@@ -75,8 +75,13 @@ def assert_same(a: list, b: list, what: str) -> None:
 
 @pytest.mark.parametrize(
     ("backend", "dtype"),
-    [("torch", None), ("autograd", None), ("torch", torch.bfloat16)],
-    ids=["torch-fp32", "autograd-fp32", "torch-amp_bf16"],
+    [
+        ("torch", None),
+        ("autograd", None),
+        ("torch", torch.bfloat16),
+        ("autograd", torch.bfloat16),
+    ],
+    ids=["torch-fp32", "autograd-fp32", "torch-amp_bf16", "autograd-amp_bf16"],
 )
 @pytest.mark.parametrize("net", list(NETS))
 def test_every_plan_equals_none_bit_for_bit(net, backend, dtype):
