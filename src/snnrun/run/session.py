@@ -6,6 +6,7 @@ The run dir (:class:`~snnrun.run.rundir.RunDir`) is claimed for the whole run, f
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -231,11 +232,15 @@ def _memory_plan(config: dict[str, Any], run: Run) -> dict[str, Any]:
     ``memory.budget``): what ``run.json`` records."""
     options = config.get("memory") or {}
     step = LossStep(run.device, run.encoder, run.loss, run.precision, config["T"])
-    test = run.splits.test
-    n = max(1, min(len(test), config["batch_size"] // run.world.size))
-    x, y = (torch.stack(v) for v in zip(*(test[i] for i in range(n))))
-    plan, record = plan_for(options, run.model, lambda net: step(net, x, y.to(run.device))[1],
-                            run.device)  # fmt: skip
+
+    @functools.cache
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:  # read only when plans are measured
+        test = run.splits.test
+        n = max(1, min(len(test), config["batch_size"] // run.world.size))
+        x, y = (torch.stack(v) for v in zip(*(test[i] for i in range(n))))
+        return x, y.to(run.device)
+
+    plan, record = plan_for(options, run.model, lambda net: step(net, *batch())[1], run.device)
     if "measured" in record:
         shown = ", ".join(f"{m['spikes']}/{m['checkpoint']} {m['peak_mib']:,.0f} MiB "
                           f"{m['step_s']:.2f} s" for m in record["measured"])  # fmt: skip
@@ -415,7 +420,7 @@ def _describe(run: Run, rundir: RunDir, main: bool, stopping: Watch | None) -> N
 
 
 def _memory_switch(run: Run) -> str:
-    """``  memory=spikes=bits checkpoint=blocks`` when the plan is not the default."""
+    """``  memory=(spikes=bits checkpoint=blocks)`` when the plan is not the default."""
     plan = run.model.memory_plan
     return "" if plan is None or plan == type(plan)() else f"  memory=({plan})"
 
