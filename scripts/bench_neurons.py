@@ -21,10 +21,17 @@ random ``grad``.
 Effective bandwidth counts only the bytes that must move, per neuron and step with ``B`` the
 input element size: forward reads x and writes spikes (2B); backward reads grad_s and the saved
 state and writes grad_x (3B). ``%copy`` divides the f+b figure by a device-to-device copy
-measured in the same run. The ``model`` column is each design's own bytes per element (f+b).
+measured in the same run. ``vs SJ`` is SpikingJelly's f+b time over the row's (above 1: faster
+than SpikingJelly). The ``model`` column is each design's own bytes per element (f+b). ``--out``
+is rewritten after every size, so a run cut short keeps the sizes it finished.
 
-    python scripts/bench_neurons.py [--quick] [--sizes 16x1048576,64x65536] [--out FILE.md]
-    python scripts/bench_neurons.py --e2e DATA_ROOT [--e2e-overrides "model.channels=8 ..."]
+    python scripts/bench_neurons.py [--quick] [--sizes 16x1048576,64x65536] [--skip compile]
+        [--out FILE.md]
+    python scripts/bench_neurons.py --e2e DATA_ROOT [--e2e-backends triton] [--e2e-train-limit 0]
+        [--e2e-overrides "model.channels=8 ..."] [--out FILE.md]
+
+``--e2e``: ``snnrun experiment=fmnist_csnn`` for one epoch per backend (``--e2e-train-limit 0``:
+the whole training set): train samples/s, peak GPU memory, wall time and the test accuracy.
 """
 
 from __future__ import annotations
@@ -283,16 +290,20 @@ def bench(args: argparse.Namespace) -> list[Row]:
     except ImportError:
         triton_ok = False
     time_ms = timer(cuda)
-    impls = [i for i in implementations(cuda, triton_ok) if _selected(i, args.impls)]
+    impls = [i for i in implementations(cuda, triton_ok)
+             if _selected(i, args.impls) and not _selected(i, args.skip or ["\0"])]  # fmt: skip
     args.copy_gbs = copy_bandwidth(device, time_ms)
+    args.header += f"; copy bandwidth {args.copy_gbs:,.0f} GB/s"
     print(f"device: {_device_name(device)}; copy bandwidth {args.copy_gbs:,.0f} GB/s")
     for impl in impls:
         line = f"  {impl.name}: {impl.note or ''}"
         print(line + (f" [skipped: {impl.skip}]" if impl.skip else ""))
-    rows = []
+    rows: list[Row] = []
     for t, n in sizes(args, cuda):
         for dtype_name in args.dtypes:
             rows += bench_size(impls, t, n, dtype_name, device, time_ms)
+            if args.out:
+                args.out.write_text(markdown(rows, args.copy_gbs, args.header))
     return rows
 
 
@@ -353,23 +364,24 @@ def _device_name(device: torch.device) -> str:
 # --------------------------------------------------------------------------- the table
 
 
-COLUMNS = ("impl", "T", "N", "dtype", "fwd ms", "f+b ms", "speed-up fwd/f+b", "GB/s fwd",
-           "GB/s f+b", "%copy", "agree", "model B/elem (f+b)")  # fmt: skip
+COLUMNS = ("impl", "T", "N", "dtype", "fwd ms", "f+b ms", "speed-up fwd/f+b", "vs SJ f+b",
+           "GB/s fwd", "GB/s f+b", "%copy", "agree", "model B/elem (f+b)")  # fmt: skip
 
 
-def _cells(row: Row, base: Row | None, copy_gbs: float) -> list[str]:
+def _cells(row: Row, base: Row | None, sj: Row | None, copy_gbs: float) -> list[str]:
     size = torch.tensor([], dtype=DTYPES[row.dtype]).element_size()
     elems = row.t * row.n
     head = [row.impl.name, str(row.t), _pow2(row.n), row.dtype]
     if row.status:
-        return [*head, row.status, "", "", "", "", "", "", row.impl.model]
+        return [*head, row.status, "", "", "", "", "", "", "", row.impl.model]
     fwd_gbs = 2 * size * elems / row.fwd_ms / 1e6
     fb_gbs = 5 * size * elems / row.fb_ms / 1e6
     speed = "-"
     if base is not None and not base.status:
         speed = f"{base.fwd_ms / row.fwd_ms:.1f}x / {base.fb_ms / row.fb_ms:.1f}x"
+    vs_sj = f"{sj.fb_ms / row.fb_ms:.2f}x" if sj is not None and not sj.status else "-"
     return [
-        *head, f"{row.fwd_ms:.3f}", f"{row.fb_ms:.3f}", speed, f"{fwd_gbs:,.1f}",
+        *head, f"{row.fwd_ms:.3f}", f"{row.fb_ms:.3f}", speed, vs_sj, f"{fwd_gbs:,.1f}",
         f"{fb_gbs:,.1f}", f"{100 * fb_gbs / copy_gbs:.0f}%", f"{row.agree:.4f}", row.impl.model,
     ]  # fmt: skip
 
@@ -379,12 +391,14 @@ def _pow2(n: int) -> str:
 
 
 def table(rows: list[Row], copy_gbs: float) -> list[list[str]]:
-    out = []
-    for row in rows:
-        base = next((r for r in rows if r.impl.name == "snnrun torch" and
+    def same_size(name: str, row: Row) -> Row | None:
+        return next((r for r in rows if r.impl.name == name and
                      (r.t, r.n, r.dtype) == (row.t, row.n, row.dtype)), None)  # fmt: skip
-        out.append(_cells(row, base, copy_gbs))
-    return out
+
+    return [
+        _cells(row, same_size("snnrun torch", row), same_size("spikingjelly", row), copy_gbs)
+        for row in rows
+    ]
 
 
 _printed_header = False
@@ -412,16 +426,15 @@ def markdown(rows: list[Row], copy_gbs: float, header: str) -> str:
 
 
 def e2e(args: argparse.Namespace) -> None:
-    """``snnrun experiment=fmnist_csnn`` for one epoch with each backend: samples/s, peak MB."""
+    """``snnrun experiment=fmnist_csnn`` for one epoch with each backend: samples/s, peak MB,
+    wall time, test accuracy."""
     results = {}
-    for backend in ("torch", "triton"):
+    limit = [f"dataset.train_limit={args.e2e_train_limit}"] if args.e2e_train_limit else []
+    shared = ["experiment=fmnist_csnn", "epochs=1", *limit, "logger=none",
+              f"dataset.root={args.e2e}", *args.e2e_overrides.split()]  # fmt: skip
+    for backend in args.e2e_backends:
         with tempfile.TemporaryDirectory(prefix=f"e2e-{backend}-") as run_dir:
-            overrides = [
-                "experiment=fmnist_csnn", f"neuron.backend={backend}", "epochs=1",
-                f"dataset.train_limit={args.e2e_train_limit}", "logger=none",
-                f"dataset.root={args.e2e}", f"hydra.run.dir={run_dir}",
-                *args.e2e_overrides.split(),
-            ]  # fmt: skip
+            overrides = [*shared, f"neuron.backend={backend}", f"hydra.run.dir={run_dir}"]
             command = [sys.executable, "-c", "from snnrun.cli import main; main()", *overrides]
             print("$ snnrun " + " ".join(overrides), flush=True)
             start = time.perf_counter()
@@ -431,10 +444,14 @@ def e2e(args: argparse.Namespace) -> None:
                 raise SystemExit(f"e2e run with neuron.backend={backend} failed")
             record = _last_record(Path(run_dir) / "metrics.jsonl")
             record["wall_s"] = time.perf_counter() - start
-            if "falling back to the torch backend" in proc.stderr:
+            if "falling back to the torch backend" in proc.stdout + proc.stderr:
                 print(f"  note: neuron.backend={backend} fell back to the torch loop (no CUDA)")
+                backend += " (ran torch: no CUDA)"
             results[backend] = record
-    _print_e2e(results)
+    text = e2e_table(results, " ".join(shared))
+    print(text)
+    if args.out:
+        args.out.write_text(text)
 
 
 def _last_record(path: Path) -> dict:
@@ -442,18 +459,24 @@ def _last_record(path: Path) -> dict:
     return json.loads(lines[-1])
 
 
-def _print_e2e(results: dict[str, dict]) -> None:
-    print("backend | train samples/s | peak GPU MB | wall s")
+def e2e_table(results: dict[str, dict], command: str) -> str:
+    """One markdown row per backend; the triton/torch ratios when both ran."""
+    lines = [f"`snnrun {command} neuron.backend=<backend>`", "",
+             "| backend | train samples/s | peak GPU MiB | test acc | wall s |",
+             "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for backend, r in results.items():
         peak = r.get("peak_gpu_mem_mb")
         peak_s = f"{peak:,.0f}" if peak is not None else "- (cpu)"
-        print(f"{backend} | {r['train_samples_per_s']:,.1f} | {peak_s} | {r['wall_s']:.1f}")
-    torch_r, triton_r = results["torch"], results["triton"]
-    ratio = triton_r["train_samples_per_s"] / torch_r["train_samples_per_s"]
-    line = f"triton/torch: samples/s x{ratio:.2f}"
-    if "peak_gpu_mem_mb" in torch_r and "peak_gpu_mem_mb" in triton_r:
-        line += f", peak memory x{triton_r['peak_gpu_mem_mb'] / torch_r['peak_gpu_mem_mb']:.2f}"
-    print(line)
+        lines.append(f"| {backend} | {r['train_samples_per_s']:,.1f} | {peak_s} "
+                     f"| {100 * r['test_acc']:.2f}% | {r['wall_s']:.1f} |")  # fmt: skip
+    if {"torch", "triton"} <= results.keys():
+        torch_r, triton_r = results["torch"], results["triton"]
+        ratio = triton_r["train_samples_per_s"] / torch_r["train_samples_per_s"]
+        line = f"triton/torch: samples/s x{ratio:.2f}"
+        if "peak_gpu_mem_mb" in torch_r and "peak_gpu_mem_mb" in triton_r:
+            line += f", peak memory x{triton_r['peak_gpu_mem_mb'] / torch_r['peak_gpu_mem_mb']:.2f}"
+        lines += ["", line]
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- main
@@ -468,10 +491,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", help="comma-separated TxN, e.g. 16x1048576,64x65536")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=DTYPES)
     p.add_argument("--impls", nargs="+", help="only rows whose name contains one of these")
+    p.add_argument("--skip", nargs="+", help="no rows whose name contains one of these")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is there")
     p.add_argument("--out", type=Path, help="also write the table as markdown to this file")
     p.add_argument("--e2e", metavar="DATA_ROOT", help="run the end-to-end comparison instead")
-    p.add_argument("--e2e-train-limit", type=int, default=10000)
+    p.add_argument("--e2e-train-limit", type=int, default=10000, help="0: the whole epoch")
+    p.add_argument("--e2e-backends", nargs="+", default=["torch", "triton"])
     p.add_argument("--e2e-overrides", default="", help="extra overrides, space-separated")
     return p.parse_args(argv)
 
@@ -483,14 +508,13 @@ def main(argv: list[str] | None = None) -> None:
         e2e(args)
         return
     started = time.strftime("%Y-%m-%d %H:%M")
-    rows = bench(args)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    args.header = (
+        f"`python scripts/bench_neurons.py {' '.join(sys.argv[1:])}` on {_device_name(device)}, "
+        f"{started}; torch {torch.__version__}"
+    )
+    bench(args)
     if args.out:
-        device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-        header = (
-            f"`python scripts/bench_neurons.py {' '.join(sys.argv[1:])}` on {_device_name(device)}"
-            f", {started}; torch {torch.__version__}; copy bandwidth {args.copy_gbs:,.0f} GB/s"
-        )
-        args.out.write_text(markdown(rows, args.copy_gbs, header))
         print(f"wrote {args.out}")
 
 

@@ -165,29 +165,15 @@ def snnrun_row(net: str, args: argparse.Namespace, variant: str) -> tuple[Step, 
 
 def spikingjelly_row(net: str, args: argparse.Namespace) -> tuple[Step, nn.Module]:
     """Seed 000's CSNN and training step, as written there (multi-step, reset after the step)."""
-    from spikingjelly.activation_based import functional, layer, neuron, surrogate
+    from bench_zoo import sj_csnn
+    from spikingjelly.activation_based import functional
 
     C, T = args.channels, NETS[net]["T"]
 
     class CSNN(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.conv_fc = nn.Sequential(
-                layer.Conv2d(1, C, kernel_size=3, padding=1, bias=False),
-                layer.BatchNorm2d(C),
-                neuron.IFNode(surrogate_function=surrogate.ATan()),
-                layer.MaxPool2d(2, 2),
-                layer.Conv2d(C, C, kernel_size=3, padding=1, bias=False),
-                layer.BatchNorm2d(C),
-                neuron.IFNode(surrogate_function=surrogate.ATan()),
-                layer.MaxPool2d(2, 2),
-                layer.Flatten(),
-                layer.Linear(C * 7 * 7, C * 4 * 4, bias=False),
-                neuron.IFNode(surrogate_function=surrogate.ATan()),
-                layer.Linear(C * 4 * 4, 10, bias=False),
-                neuron.IFNode(surrogate_function=surrogate.ATan()),
-            )
-            functional.set_step_mode(self, step_mode="m")
+            self.conv_fc = sj_csnn(C)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x_seq = x.unsqueeze(0).repeat(T, 1, 1, 1, 1)

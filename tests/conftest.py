@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import signal
+import struct
 
 # Triton reads this when kernels are defined, so it must be set before anything imports them.
 if os.environ.get("SNNRUN_TEST_GPU") != "1":
@@ -17,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import DictConfig, open_dict
@@ -42,6 +45,24 @@ TINY = [
     "optimizer.lr=0.01",
     "logger=none",
 ]
+
+
+def write_idx(folder: Path, size: int, n: int) -> None:
+    """MNIST-format files (gzipped idx, as Fashion-MNIST ships) of ``n`` random ``size x size``
+    images per split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split in ("train", "t10k"):
+        images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        head = struct.pack(">4I", 0x803, n, size, size)
+        (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(head + images.tobytes())
+        )
+        head = struct.pack(">2I", 0x801, n)
+        (folder / f"{split}-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(head + labels.tobytes())
+        )
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

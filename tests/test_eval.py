@@ -7,10 +7,8 @@ as one line."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
-import struct
 import sys
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from snnrun.data.dataset import CLASS_NAMES
 from snnrun.run.checkpoint import load_checkpoint
 from snnrun.run.rundir import CHECKPOINTS, RunDir
 
-from conftest import TINY, make_read_only, read_metrics, run_snnrun
+from conftest import TINY, make_read_only, read_metrics, run_snnrun, write_idx
 from conftest import cli as run_cli
 
 TEST_LIMIT = 128  # TINY's dataset.test_limit
@@ -113,29 +111,12 @@ def test_eval_latest_T_step_mode_and_limit(run_dir: Path) -> None:
     assert 0.0 <= rec["acc"] <= 1.0
 
 
-def _write_idx(folder: Path, size: int, n: int) -> None:
-    """MNIST-format files of ``n`` random ``size x size`` images per split."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for split in ("train", "t10k"):
-        images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        head = struct.pack(">4I", 0x803, n, size, size)
-        (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(
-            gzip.compress(head + images.tobytes())
-        )
-        head = struct.pack(">2I", 0x801, n)
-        (folder / f"{split}-labels-idx1-ubyte.gz").write_bytes(
-            gzip.compress(head + labels.tobytes())
-        )
-
-
 def test_eval_on_other_data(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Another dataset of the run's shape evaluates; one of another shape is one line.
     Fashion-MNIST's classes are shown by name, in the table and the record."""
-    _write_idx(tmp_path / "same", 28, 20)
+    write_idx(tmp_path / "same", 28, 20)
     evaluate.main(
         [str(run_dir), "dataset=fmnist", f"dataset.root={tmp_path / 'same'}", "device=cpu"]
     )
@@ -148,7 +129,7 @@ def test_eval_on_other_data(
     row = rec["per_class"]["9"]
     acc = "-" if row["acc"] is None else f"{row['acc']:.3f}"
     assert line.split() == ["9", "Ankle", "boot", f"{row['correct']}/{row['total']}", acc]
-    _write_idx(tmp_path / "small", 10, 20)
+    write_idx(tmp_path / "small", 10, 20)
     with pytest.raises(SnnrunError, match=r"\[1, 10, 10\].*change the network's shape"):
         evaluate.main([str(run_dir), "dataset=mnist", f"dataset.root={tmp_path / 'small'}"])
 

@@ -185,6 +185,30 @@ def test_matrix_against_reference(case: Case, dtype: torch.dtype, poison: None) 
     assert 0.05 < rate < 0.95, f"spike rate {rate:.2f}: inputs do not exercise the threshold"
 
 
+# The GPU run's quick subset (scripts/gpu_run.sh quick): every kernel and dtype at a small size
+# and at one of 2M neuron-steps (several blocks with a tail, four chunks); the large size is
+# -m slow on a CPU (interpreted), plain on a GPU.
+TWO_SIZES = [
+    pytest.param(11, 37, id="11x37"),
+    pytest.param(32, 65613, id="32x65613", marks=[] if ON_GPU else [pytest.mark.slow]),
+]
+EVERY_KERNEL = [
+    Case("if", "hard", "sigmoid"),
+    Case("lif", "hard0", "atan", detach_reset=True),
+    Case("plif", "soft", "erf", decay_input=False),
+    Case("leaky", "subtract", "triangle"),
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize(("t", "n"), TWO_SIZES)
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", EVERY_KERNEL, ids=lambda c: c.neuron)
+def test_every_kernel_and_dtype_at_two_sizes(case: Case, dtype: torch.dtype, t: int, n: int,
+                                             poison: None) -> None:  # fmt: skip
+    check_case(case, t, n, dtype, seed=t + n)
+
+
 @needs_kernels
 @pytest.mark.parametrize("decay_input", [True, False])
 @pytest.mark.parametrize("detach_reset", [False, True])

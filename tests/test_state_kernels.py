@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_kernels import AMBIGUOUS, DEVICE, HALF, ON_GPU, needs_kernels, rel_err
+from test_kernels import AMBIGUOUS, DEVICE, HALF, ON_GPU, TWO_SIZES, needs_kernels, rel_err
 
 import snnrun.kernels as kernels
 from snnrun.neuron.contract import SpikingNeuron
@@ -190,6 +190,20 @@ def test_matrix_against_reference(case: Case, dtype: torch.dtype, poison: None) 
     out = check(case, 11, 37, dtype)
     rate = out["s"].float().mean().item()
     assert 0.05 < rate < 0.95, f"spike rate {rate:.2f}: inputs do not exercise the threshold"
+
+
+@needs_kernels
+@pytest.mark.parametrize(("t", "n"), TWO_SIZES)
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize(
+    "case",
+    [Case("alif", "hard", surrogate="sigmoid"), Case("synaptic", learn=("alpha", "beta"))],
+    ids=["alif", "synaptic"],
+)
+def test_every_kernel_and_dtype_at_two_sizes(case: Case, dtype: torch.dtype, t: int, n: int,
+                                             poison: None) -> None:  # fmt: skip
+    """The GPU run's quick subset (scripts/gpu_run.sh quick), as in test_kernels.py."""
+    check(case, t, n, dtype, seed=t + n)
 
 
 @needs_kernels
