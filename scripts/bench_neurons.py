@@ -28,7 +28,7 @@ is rewritten after every size, so a run cut short keeps the sizes it finished.
     python scripts/bench_neurons.py [--quick] [--sizes 16x1048576,64x65536] [--skip compile]
         [--out FILE.md]
     python scripts/bench_neurons.py --e2e DATA_ROOT [--e2e-backends triton] [--e2e-train-limit 0]
-        [--e2e-overrides "model.channels=8 ..."] [--out FILE.md]
+        [--e2e-warmup 1024] [--e2e-overrides "model.channels=8 ..."] [--out FILE.md]
 
 ``--e2e``: ``snnrun experiment=fmnist_csnn`` for one epoch per backend (``--e2e-train-limit 0``:
 the whole training set): train samples/s, peak GPU memory, wall time and the test accuracy.
@@ -290,8 +290,8 @@ def bench(args: argparse.Namespace) -> list[Row]:
     except ImportError:
         triton_ok = False
     time_ms = timer(cuda)
-    impls = [i for i in implementations(cuda, triton_ok)
-             if _selected(i, args.impls) and not _selected(i, args.skip or ["\0"])]  # fmt: skip
+    impls = [i for i in implementations(cuda, triton_ok) if _selected(i, args.impls)]
+    impls = [i for i in impls if not any(name in i.name for name in args.skip or [])]
     args.copy_gbs = copy_bandwidth(device, time_ms)
     args.header += f"; copy bandwidth {args.copy_gbs:,.0f} GB/s"
     print(f"device: {_device_name(device)}; copy bandwidth {args.copy_gbs:,.0f} GB/s")
@@ -427,31 +427,47 @@ def markdown(rows: list[Row], copy_gbs: float, header: str) -> str:
 
 def e2e(args: argparse.Namespace) -> None:
     """``snnrun experiment=fmnist_csnn`` for one epoch with each backend: samples/s, peak MB,
-    wall time, test accuracy."""
-    results = {}
+    wall time, test accuracy; ``--out`` rewritten after each backend; a failed backend is a
+    row, the others still run (the exit status says so)."""
     limit = [f"dataset.train_limit={args.e2e_train_limit}"] if args.e2e_train_limit else []
     shared = ["experiment=fmnist_csnn", "epochs=1", *limit, "logger=none",
               f"dataset.root={args.e2e}", *args.e2e_overrides.split()]  # fmt: skip
+    results: dict[str, dict] = {}
     for backend in args.e2e_backends:
-        with tempfile.TemporaryDirectory(prefix=f"e2e-{backend}-") as run_dir:
-            overrides = [*shared, f"neuron.backend={backend}", f"hydra.run.dir={run_dir}"]
-            command = [sys.executable, "-c", "from snnrun.cli import main; main()", *overrides]
-            print("$ snnrun " + " ".join(overrides), flush=True)
-            start = time.perf_counter()
-            proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-            if proc.returncode != 0:
-                print(proc.stdout[-2000:], proc.stderr[-3000:], sep="\n")
-                raise SystemExit(f"e2e run with neuron.backend={backend} failed")
-            record = _last_record(Path(run_dir) / "metrics.jsonl")
+        if args.e2e_warmup and backend == "triton":  # untimed: fills Triton's on-disk cache
+            warm = [f"dataset.train_limit={args.e2e_warmup}", "dataset.test_limit=256"]
+            _run_snnrun([*shared, *warm, f"neuron.backend={backend}"])
+        start = time.perf_counter()
+        record, output = _run_snnrun([*shared, f"neuron.backend={backend}"])
+        if record is not None:
             record["wall_s"] = time.perf_counter() - start
-            if "falling back to the torch backend" in proc.stdout + proc.stderr:
-                print(f"  note: neuron.backend={backend} fell back to the torch loop (no CUDA)")
-                backend += " (ran torch: no CUDA)"
-            results[backend] = record
-    text = e2e_table(results, " ".join(shared))
+        if "falling back to the torch backend" in output:
+            backend += " (fell back to torch)"
+        results[backend] = record or {"status": "failed (its output is in the log)"}
+        text = e2e_table(results, " ".join(shared))
+        if args.out:
+            args.out.write_text(text)
     print(text)
-    if args.out:
-        args.out.write_text(text)
+    if any("status" in r for r in results.values()):
+        raise SystemExit("an e2e run failed")
+
+
+def _run_snnrun(overrides: list[str]) -> tuple[dict | None, str]:
+    """One ``snnrun`` run in a temporary run dir, its output streamed: (its last record, or
+    None if it failed; its output)."""
+    with tempfile.TemporaryDirectory(prefix="e2e-") as run_dir:
+        overrides = [*overrides, f"hydra.run.dir={run_dir}"]
+        command = [sys.executable, "-c", "from snnrun.cli import main; main()", *overrides]
+        print("$ snnrun " + " ".join(overrides), flush=True)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=REPO)  # fmt: skip
+        output = []
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            output.append(line)
+        if proc.wait() != 0:
+            return None, "".join(output)
+        return _last_record(Path(run_dir) / "metrics.jsonl"), "".join(output)
 
 
 def _last_record(path: Path) -> dict:
@@ -465,11 +481,14 @@ def e2e_table(results: dict[str, dict], command: str) -> str:
              "| backend | train samples/s | peak GPU MiB | test acc | wall s |",
              "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for backend, r in results.items():
+        if "status" in r:
+            lines.append(f"| {backend} | {r['status']} | | | |")
+            continue
         peak = r.get("peak_gpu_mem_mb")
         peak_s = f"{peak:,.0f}" if peak is not None else "- (cpu)"
         lines.append(f"| {backend} | {r['train_samples_per_s']:,.1f} | {peak_s} "
                      f"| {100 * r['test_acc']:.2f}% | {r['wall_s']:.1f} |")  # fmt: skip
-    if {"torch", "triton"} <= results.keys():
+    if {"torch", "triton"} <= results.keys() and not any("status" in r for r in results.values()):
         torch_r, triton_r = results["torch"], results["triton"]
         ratio = triton_r["train_samples_per_s"] / torch_r["train_samples_per_s"]
         line = f"triton/torch: samples/s x{ratio:.2f}"
@@ -497,6 +516,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--e2e", metavar="DATA_ROOT", help="run the end-to-end comparison instead")
     p.add_argument("--e2e-train-limit", type=int, default=10000, help="0: the whole epoch")
     p.add_argument("--e2e-backends", nargs="+", default=["torch", "triton"])
+    p.add_argument(
+        "--e2e-warmup",
+        type=int,
+        default=0,
+        metavar="SAMPLES",
+        help="triton: an untimed run of this many samples first (Triton's cache)",
+    )
     p.add_argument("--e2e-overrides", default="", help="extra overrides, space-separated")
     return p.parse_args(argv)
 

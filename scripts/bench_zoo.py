@@ -50,6 +50,7 @@ import contextlib
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,13 +157,18 @@ def spikingjelly_net(name: str, T: int) -> nn.Module:
 
 
 def sj_implementation(device: torch.device) -> str:
-    """The LIF implementation SpikingJelly 2.0 binds on ``device`` (its own query)."""
-    try:
-        from spikingjelly.activation_based import functional
+    """The LIF and IF implementations SpikingJelly 2.0 binds on ``device`` (its own query; it
+    may still run its reference under autocast, which the query does not judge)."""
+    found = []
+    for kind in ("lif", "if"):
+        try:
+            from spikingjelly.activation_based import functional
 
-        return str(functional.neuron_implementation("lif", device)["implementation"])
-    except Exception as e:  # an old version, or a query that fails, must not end the race
-        return f"unknown ({type(e).__name__})"
+            bound = functional.neuron_implementation(kind, device)["implementation"]
+            found.append(f"{kind} {bound}")
+        except Exception as e:  # an old version, or a query that fails, must not end the race
+            found.append(f"{kind} unknown ({type(e).__name__})")
+    return ", ".join(found)
 
 
 def copy_weights(ours: nn.Module, theirs: nn.Module) -> None:
@@ -215,12 +221,12 @@ def batch_of(name: str, T: int, batch: int, device: torch.device):
     net = NETS[name]
     g = torch.Generator().manual_seed(1)
     if net.sequence:
-        x = (torch.rand(T, batch, *net.shape, generator=g) < 0.05).float()
-    else:
-        x = torch.rand(batch, *net.shape, generator=g)
+        x = (torch.rand(T, batch, *net.shape, generator=g) < 0.05).float().to(device)
+    else:  # expanded on the device, as the runner's encoder does: snnrun sees stride 0 over T
+        x = torch.rand(batch, *net.shape, generator=g).to(device)
         x = x.unsqueeze(0).expand(T, *x.shape)  # encoder=direct
     y = torch.randint(0, net.classes, (batch,), generator=g)
-    return x.to(device), y.to(device)
+    return x, y.to(device)
 
 
 def sides(name: str, T: int, batch: int, device: torch.device | None = None,
@@ -266,7 +272,7 @@ def sides(name: str, T: int, batch: int, device: torch.device | None = None,
 class Record:
     """One side's race: the first step's loss, the timed steps, their peak memory (CUDA)."""
 
-    first_loss: float = float("nan")
+    first_loss: float | None = None
     times: list[float] = field(default_factory=list)  # s
     peaks: list[float] = field(default_factory=list)  # MiB above the step's start
     status: str = ""  # why it stopped, if it did
@@ -283,20 +289,22 @@ def measure(run: dict[str, Step], steps: int, warmup: int, device: torch.device,
         r = records[side]
         if r.status:
             return
-        if cuda:
-            torch.cuda.synchronize(device)
-            base = torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        start = clock()
         try:
+            if cuda:
+                torch.cuda.synchronize(device)
+                base = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            start = clock()
             loss = run[side]()
+            if cuda:
+                torch.cuda.synchronize(device)
+            elapsed = clock() - start
         except Exception as e:  # one side's failure (out of memory, a backend's) ends only it
             r.status = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:100]}"
+            print(f"{side}:", file=sys.stderr)
+            traceback.print_exc()
             return
-        if cuda:
-            torch.cuda.synchronize(device)
-        elapsed = clock() - start
-        if r.first_loss != r.first_loss:  # nan: this was the first step
+        if r.first_loss is None:
             r.first_loss = loss
         if timed:
             r.times.append(elapsed)
@@ -351,8 +359,9 @@ def device_table(name: str, T: int, batch: int, steps: int, warmup: int, device:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for side, r in records.items():
+        loss = _loss_cell(r, records.get(_peer_label(side, len(precisions) > 1)))
         if r.status or not r.times:
-            lines.append(f"| {side} | {r.first_loss:.4f} | {r.status or 'no step'} | | | |")
+            lines.append(f"| {side} | {loss} | {r.status or 'no step'} | | | |")
             continue
         peer = records.get(_peer_label(side, len(precisions) > 1))
         speed = batch / statistics.median(r.times)
@@ -363,11 +372,29 @@ def device_table(name: str, T: int, batch: int, steps: int, warmup: int, device:
             if peak is not None and peer.peaks:
                 vs_mem = f"{peak / max(peer.peaks):.2f}x"
         peak_s = f"{peak:,.0f}" if peak is not None else "- (cpu)"
-        lines.append(f"| {side} | {r.first_loss:.4f} | {speed:,.1f} | {vs_speed} | {peak_s} "
+        lines.append(f"| {side} | {loss} | {speed:,.1f} | {vs_speed} | {peak_s} "
                      f"| {vs_mem} |")  # fmt: skip
     if NETS[name].peer is None:
         lines += ["", "SpikingJelly 2.0 has no builder for this network (it ships no ALIF neuron)."]
+    lines += _fallback_note(device, backends)
     return "\n".join(lines) + "\n"
+
+
+def _loss_cell(r: Record, peer: Record | None) -> str:
+    """The first loss, marked ``(!)`` where it is 5% off SpikingJelly's of the same precision
+    (the same weights and input: a different network or a wrong copy)."""
+    if r.first_loss is None:
+        return "-"
+    off = peer is not None and peer.first_loss is not None and (
+        abs(r.first_loss - peer.first_loss) > 0.05 * max(1.0, abs(peer.first_loss)))  # fmt: skip
+    return f"{r.first_loss:.4f}" + (" (!)" if off else "")
+
+
+def _fallback_note(device: torch.device, backends: tuple[str, ...]) -> list[str]:
+    from snnrun.kernels import fallback_reason
+
+    reason = fallback_reason(device.type) if "triton" in backends else None
+    return ["", f"snnrun triton ran the torch backend here: {reason}."] if reason else []
 
 
 def _peer_label(side: str, several_precisions: bool) -> str:
@@ -440,6 +467,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, T={args.T}, "
           f"batch {args.batch}, {args.steps} alternating steps each, "
           f"{'CPU' if args.cpu_time else 'wall'} time")  # fmt: skip
+    if not args.device and any(NETS[n].peer is None for n, _, _ in nets):
+        parser.error("a net without a SpikingJelly builder (alif) races only with --device")
     if args.profile:
         for name, batch, T in nets:
             profile(name, T, batch, args.warmup, args.top, args.steps)
@@ -468,8 +497,12 @@ def device_race(nets: list[tuple[str, int, int]], args: argparse.Namespace) -> N
             f"implementation: {sj_implementation(device)}\n")  # fmt: skip
     parts = [head]
     for net, batch, T in nets:
-        parts.append(device_table(net, T, batch, args.steps, args.warmup, device, backends,
-                                  precisions))  # fmt: skip
+        try:
+            parts.append(device_table(net, T, batch, args.steps, args.warmup, device, backends,
+                                      precisions))  # fmt: skip
+        except Exception as e:  # one net's failure (a builder's, CUDA's) must not end the race
+            traceback.print_exc()
+            parts.append(f"{net}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}\n")
         print(parts[-1], flush=True)
         if args.out:
             args.out.write_text("\n".join(parts))

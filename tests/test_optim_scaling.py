@@ -21,7 +21,7 @@ def test_linear_and_sqrt_scaling() -> None:
     assert scaled_lr({"name": "sgd", "lr": 0.1, "lr_base_size": None}, 999) == {
         "name": "sgd", "lr": 0.1}  # fmt: skip
     net = torch.nn.Linear(2, 2)
-    assert build_optimizer({**base, "lr_base_scale": "linear"}, net.parameters(),
+    assert build_optimizer({**base, "lr_base_scale": "linear"}, net,
                            128).param_groups[0]["lr"] == pytest.approx(0.05)  # fmt: skip
 
 

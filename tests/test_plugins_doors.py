@@ -330,7 +330,7 @@ def test_added_keys_of_a_user_monitor_are_not_refused_but_a_builtin_ones_are(
 def test_the_builders_need_no_name_beside_a_target(plugs: str) -> None:
     """``name`` only labels a ``_target_`` group; a plain function takes ``_partial_: true``."""
     net = torch.nn.Linear(2, 2)
-    optimizer = build_optimizer({"_target_": "torch.optim.SGD", "lr": 0.5}, net.parameters())
+    optimizer = build_optimizer({"_target_": "torch.optim.SGD", "lr": 0.5}, net)
     assert optimizer.param_groups[0]["lr"] == 0.5
     assert build_scheduler({"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 1},
                            optimizer, 10).step_size == 1  # fmt: skip

@@ -80,7 +80,7 @@ def test_nir_round_trip_keeps_the_membrane(kind: str) -> None:
         {"type": "linear", "out_features": 16, "bias": False},
         {"type": "neuron"},
         {"type": "linear", "out_features": 10, "bias": False},
-        {"type": "readout", "kind": kind, "tau": 3.0},
+        {"type": "readout", "kind": kind, **({"tau": 3.0} if kind == "li" else {})},
     ]
     torch.manual_seed(0)
     net = build_network(config, {"sample_shape": [1, 28, 28], "num_classes": 10}).eval()
@@ -129,7 +129,8 @@ def test_a_reduced_lsnn_learns_real_nmnist(monkeypatch, tmp_path: Path) -> None:
 def test_a_bad_readout_is_one_line(monkeypatch, capsys, tmp_path: Path, user_conf: Path) -> None:
     args = [a for a in TINY if not a.startswith("model.")]
     for key, needle in (("kind=lif", "readout kind must be li or sum"),
-                        ("tau=0.5", "readout li needs tau > 1")):  # fmt: skip
+                        ("tau=0.5", "readout li needs tau > 1"),
+                        ("kind=sum", "readout sum has no tau")):  # fmt: skip
         search = f"hydra.searchpath=[file://{user_conf}]"
         code, err = cli(monkeypatch, capsys, *args, search, "model=fc_li",
                         f"model.layers.4.{key}", f"hydra.run.dir={tmp_path / 'x'}")  # fmt: skip

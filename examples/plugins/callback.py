@@ -32,9 +32,11 @@ class WeightNorm(Callback):
         self.ema: float | None = None
 
     def on_epoch_end(self, run: Any, record: dict[str, Any]) -> dict[str, float]:
-        with torch.no_grad():
-            norms = [p.detach().float().norm() for p in run.model.parameters()]
-            norm = float(torch.stack(norms).norm())  # one sync per epoch
+        with torch.no_grad():  # in float64, rounded to float32: a float32 norm of bit-equal
+            # weights differed in its last bit from one process to the next (a CPU reduction's
+            # summation order is not fixed), which broke the records' exact resume
+            norms = [p.detach().double().norm() for p in run.model.parameters()]
+            norm = float(torch.stack(norms).norm().float())  # one sync per epoch
         self.ema = norm if self.ema is None else self.beta * self.ema + (1 - self.beta) * norm
         return {"weight_norm": norm, "weight_norm_ema": self.ema}
 

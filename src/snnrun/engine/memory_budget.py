@@ -36,6 +36,7 @@ from snnrun.net.model import SpikingNetwork
 AUTO = "auto"
 SEARCHED = {"spikes": ("float", "bits"), "checkpoint": CHECKPOINTS}
 KEYS = ("spikes", "checkpoint", "budget", "max_slowdown")
+MAX_SLOWDOWN = 1.3  # conf/memory/none.yaml's, for a memory group written without the key
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def check_options(options: dict[str, Any]) -> None:
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
                                or budget <= 0):  # fmt: skip
         raise SnnrunError(f"memory.budget={budget} must be a positive number of MiB (or null)")
-    slowdown = options.get("max_slowdown", 1.3)
+    slowdown = options.get("max_slowdown", MAX_SLOWDOWN)
     if isinstance(slowdown, bool) or not isinstance(slowdown, (int, float)) or slowdown < 1:
         raise SnnrunError(f"memory.max_slowdown={slowdown} must be a number >= 1")
 
@@ -100,7 +101,7 @@ def choose(options: dict[str, Any], measured: list[Measured]) -> Measured:
             )
         return min(fitting, key=lambda m: m.step_s)
     fastest = min(m.step_s for m in measured)
-    slowdown = options.get("max_slowdown", 1.3)
+    slowdown = options.get("max_slowdown", MAX_SLOWDOWN)
     allowed = [m for m in measured if m.step_s <= slowdown * fastest]
     return min(allowed, key=lambda m: (m.peak_mib, m.step_s))
 

@@ -7,6 +7,9 @@ A group with ``_target_`` builds the user's class instead (:mod:`snnrun.core.pro
 ``Optimizer(params, **keys)`` and ``Scheduler(optimizer, **keys)``, the group's other keys as
 arguments (over a built-in group, its keys: ``optimizer._target_=...`` over ``optimizer=sgd``
 passes ``lr``, ``momentum``, ``weight_decay``); ``clip_grad_norm`` stays the trainer's.
+
+``decay_bias_and_norm: false`` applies ``weight_decay`` to the weights of two or more dimensions
+only (:func:`parameter_groups`, timm's ``filter_bias_and_bn``), a user's optimizer included.
 """
 
 from __future__ import annotations
@@ -115,13 +118,16 @@ def _none(optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     return None
 
 
-def build_optimizer(
-    options: dict[str, Any], params: Iterable[torch.nn.Parameter], total_batch: int = 1
-):
-    """The optimizer; ``clip_grad_norm`` is the trainer's (checked here: positive or null);
-    ``lr`` scaled to ``total_batch`` when ``lr_base_size`` is set (:func:`scaled_lr`)."""
+def build_optimizer(options: dict[str, Any], model: torch.nn.Module, total_batch: int = 1):
+    """The optimizer of ``model``'s parameters (:func:`parameter_groups`); ``clip_grad_norm``
+    is the trainer's (checked here: positive or null); ``lr`` scaled to ``total_batch`` when
+    ``lr_base_size`` is set (:func:`scaled_lr`)."""
     options = scaled_lr(options, total_batch)
     name = options.pop("name", None)
+    decay_all = options.pop("decay_bias_and_norm", True)
+    if not isinstance(decay_all, bool):
+        raise ValueError(f"decay_bias_and_norm must be true or false, got {decay_all!r}")
+    params = parameter_groups(model, options.get("weight_decay", 0.0), decay_all)
     clip = options.pop("clip_grad_norm", None)
     if clip is not None and (
         not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip <= 0
@@ -133,6 +139,22 @@ def build_optimizer(
         built = instantiate_target(options, "optimizer", params)
         return protocols.check("optimizer", built, options["_target_"])
     return OPTIMIZERS.get(name)(params, **options)
+
+
+def parameter_groups(
+    model: torch.nn.Module, weight_decay: float, decay_all: bool
+) -> Iterable[torch.nn.Parameter] | list[dict[str, Any]]:
+    """``model``'s parameters as the optimizer takes them: one group (``decay_all``, or no
+    weight decay), else two: the weights of two or more dimensions (``weight_decay``) and the
+    rest, which no decay pulls to zero: biases, normalization scales and shifts, a neuron's
+    learned decay or threshold (``ndim <= 1``; ``weight_decay: 0``)."""
+    if decay_all or not weight_decay:
+        return model.parameters()
+    params = list(model.parameters())
+    return [
+        {"params": [p for p in params if p.ndim > 1]},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
 
 
 def scaled_lr(options: dict[str, Any], total_batch: int) -> dict[str, Any]:

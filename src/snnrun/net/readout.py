@@ -28,11 +28,15 @@ KINDS = ("li", "sum")
 class Readout(Stateful):
     """The membrane ``V [T, N, ...]`` of a non-spiking integrator of ``X [T, N, ...]``."""
 
-    def __init__(self, kind: str = "li", tau: float = 2.0) -> None:
+    def __init__(self, kind: str = "li", tau: float | None = None) -> None:
+        """``tau``: li's time constant in steps (default 2); sum has none (it does not leak)."""
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"readout kind must be li or sum, got {kind!r}; set kind: li")
-        tau = float(tau)
+        if kind == "sum" and tau is not None:
+            raise ValueError(f"readout sum has no tau (it does not leak), got tau={tau}; "
+                             "drop tau, or set kind: li for a leaky readout")  # fmt: skip
+        tau = float(tau) if tau is not None else 2.0
         if kind == "li" and not (tau > 1.0 and math.isfinite(tau)):
             raise ValueError(f"readout li needs tau > 1 (steps), got {tau:g}; set tau: 2.0")
         self.kind, self.tau = kind, tau

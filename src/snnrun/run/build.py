@@ -165,7 +165,7 @@ def build_run(config: dict[str, Any], world: World | None = None) -> Run:
     settings = TrainSettings.of(config)
     total_batch = config["batch_size"] * settings.accumulate
     optimizer = _built(
-        config, "optimizer", build_optimizer, config["optimizer"], model.parameters(), total_batch
+        config, "optimizer", build_optimizer, config["optimizer"], model, total_batch
     )
     batch, seed, workers = config["batch_size"], config["seed"], config["num_workers"]
     train_loader = make_loader(splits.train, batch, True, seed, workers, world)
