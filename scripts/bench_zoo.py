@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import sys
 import time
@@ -261,7 +262,7 @@ def sides(name: str, T: int, batch: int, device: torch.device | None = None,
         theirs = spikingjelly_net(name, T)
         copy_weights(first, theirs)
         theirs.to(device).train()
-        reset = (lambda m: lambda: functional.reset_net(m))(theirs)
+        reset = functools.partial(functional.reset_net, theirs)
         run[label("spikingjelly", (precision, precisions))] = make_step(
             theirs, x, y, reset, PRECISIONS[precision]
         )
@@ -330,8 +331,7 @@ def race(name: str, T: int, batch: int, steps: int, warmup: int,
     for r in (ours, theirs):
         if r.status:
             raise RuntimeError(f"{name}: {r.status}")
-    # equal weights and spikes; float32 rounding in another layout (channels_last) may flip a few
-    if abs(ours.first_loss - theirs.first_loss) > 0.05 * max(1.0, abs(ours.first_loss)):
+    if losses_differ(ours.first_loss, theirs.first_loss):
         raise AssertionError(f"{name}: the first losses differ: {ours.first_loss}, "
                              f"{theirs.first_loss}")  # fmt: skip
     ratios = [b / a for a, b in zip(ours.times, theirs.times, strict=True)]
@@ -359,11 +359,11 @@ def device_table(name: str, T: int, batch: int, steps: int, warmup: int, device:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for side, r in records.items():
-        loss = _loss_cell(r, records.get(_peer_label(side, len(precisions) > 1)))
+        peer = records.get(_peer_label(side, len(precisions) > 1))
+        loss = _loss_cell(r, peer)
         if r.status or not r.times:
             lines.append(f"| {side} | {loss} | {r.status or 'no step'} | | | |")
             continue
-        peer = records.get(_peer_label(side, len(precisions) > 1))
         speed = batch / statistics.median(r.times)
         peak = max(r.peaks) if r.peaks else None
         vs_speed = vs_mem = "-"
@@ -385,8 +385,8 @@ def _loss_cell(r: Record, peer: Record | None) -> str:
     (the same weights and input: a different network or a wrong copy)."""
     if r.first_loss is None:
         return "-"
-    off = peer is not None and peer.first_loss is not None and (
-        abs(r.first_loss - peer.first_loss) > 0.05 * max(1.0, abs(peer.first_loss)))  # fmt: skip
+    off = peer is not None and peer.first_loss is not None and losses_differ(
+        peer.first_loss, r.first_loss)  # fmt: skip
     return f"{r.first_loss:.4f}" + (" (!)" if off else "")
 
 
@@ -395,6 +395,12 @@ def _fallback_note(device: torch.device, backends: tuple[str, ...]) -> list[str]
 
     reason = fallback_reason(device.type) if "triton" in backends else None
     return ["", f"snnrun triton ran the torch backend here: {reason}."] if reason else []
+
+
+def losses_differ(reference: float, other: float) -> bool:
+    """More than 5% apart: not the same network on the same weights and input (float32 rounding
+    in another layout or precision may flip a few spikes, not more)."""
+    return abs(other - reference) > 0.05 * max(1.0, abs(reference))
 
 
 def _peer_label(side: str, several_precisions: bool) -> str:
